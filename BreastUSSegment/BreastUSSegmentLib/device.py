@@ -1,0 +1,36 @@
+"""Choosing the torch device that inference and training run on."""
+
+from __future__ import annotations
+
+import torch
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+
+
+def select_device(preference: str = "auto") -> torch.device:
+    """Return the device for ``preference``: ``auto`` picks CUDA, then Apple MPS, then CPU.
+
+    ``gpu`` is accepted as a synonym of ``cuda``. Asking for an accelerator that
+    is not available raises ``RuntimeError`` rather than silently using the CPU.
+    """
+    choice = (preference or "auto").strip().lower()
+    if choice == "gpu":
+        choice = "cuda"
+    if choice not in DEVICE_CHOICES:
+        raise ValueError(f"unknown device {preference!r}; choose one of {', '.join(DEVICE_CHOICES)}")
+    if choice == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("CUDA was requested but no CUDA GPU is available to PyTorch")
+    if choice == "mps" and not mps_available():
+        raise RuntimeError("Apple MPS was requested but is not available to PyTorch")
+    return torch.device(choice)
+
+
+def mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())

@@ -1,0 +1,186 @@
+"""The improved (deeper) Attention U-Net of Guo (2025) for breast ultrasound lesions.
+
+The network follows the description in "An Improved U-Net Model for Ultrasound
+Image Segmentation of Breast Cancer":
+
+* encoder levels of two 3x3 convolutions with ReLU (optionally batch norm),
+  dropout, He-normal initialisation and 2x2 max-pooling, one level deeper than
+  the original U-Net by default;
+* a bottleneck at the lowest resolution;
+* a decoder that upsamples, re-weights the matching skip connection with an
+  additive attention gate (Oktay et al., 2018), concatenates and applies two
+  3x3 convolutions;
+* a 1x1 convolution to one output channel. The network returns logits; apply
+  ``torch.sigmoid`` for probabilities (training uses ``BCEWithLogitsLoss``,
+  which is the paper's sigmoid + BCE computed in a numerically stable way).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture hyper-parameters; stored in every model card."""
+
+    in_channels: int = 1
+    base_channels: int = 16
+    depth: int = 5  # number of 2x2 poolings; the original U-Net has 4
+    dropout: float = 0.1
+    batch_norm: bool = True
+
+    def __post_init__(self) -> None:
+        if self.in_channels < 1:
+            raise ValueError(f"in_channels must be >= 1, got {self.in_channels}")
+        if self.base_channels < 1:
+            raise ValueError(f"base_channels must be >= 1, got {self.base_channels}")
+        if not 1 <= self.depth <= 8:
+            raise ValueError(f"depth must be between 1 and 8, got {self.depth}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def channels(self) -> tuple[int, ...]:
+        """Feature channels per level, from the first encoder level to the bottleneck."""
+        return tuple(self.base_channels * 2**level for level in range(self.depth + 1))
+
+    @property
+    def size_multiple(self) -> int:
+        """Input height and width must be a multiple of this."""
+        return 2**self.depth
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown model configuration keys: {sorted(unknown)}")
+        return cls(**values)
+
+
+class ConvBlock(nn.Sequential):
+    """Two 3x3 convolutions, each followed by (batch norm and) ReLU, then dropout."""
+
+    def __init__(self, in_channels: int, out_channels: int, dropout: float, batch_norm: bool):
+        layers: list[nn.Module] = []
+        for block_in in (in_channels, out_channels):
+            layers.append(nn.Conv2d(block_in, out_channels, 3, padding=1, bias=not batch_norm))
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(out_channels))
+            layers.append(nn.ReLU(inplace=True))
+        if dropout > 0:
+            layers.append(nn.Dropout2d(dropout))
+        super().__init__(*layers)
+
+
+class AttentionGate(nn.Module):
+    """Additive attention gate of Oktay et al. (2018).
+
+    The gating signal ``g`` (coarser decoder features) and the skip features
+    ``x`` are projected to ``inter_channels`` by 1x1 convolutions, added,
+    passed through ReLU, projected to one channel and squashed by a sigmoid.
+    The coefficients, resampled to the skip resolution, multiply ``x``.
+    """
+
+    def __init__(self, gate_channels: int, skip_channels: int, inter_channels: int):
+        super().__init__()
+        self.gate_proj = nn.Conv2d(gate_channels, inter_channels, 1, bias=True)
+        self.skip_proj = nn.Conv2d(skip_channels, inter_channels, 1, bias=False)
+        self.psi = nn.Conv2d(inter_channels, 1, 1, bias=True)
+
+    def forward(self, skip: torch.Tensor, gate: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        gate_features = self.gate_proj(gate)
+        if gate_features.shape[-2:] != skip.shape[-2:]:
+            gate_features = F.interpolate(gate_features, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+        coefficients = torch.sigmoid(self.psi(F.relu(self.skip_proj(skip) + gate_features)))
+        return skip * coefficients, coefficients
+
+
+class DecoderLevel(nn.Module):
+    """Upsample, gate the skip connection, concatenate and convolve."""
+
+    def __init__(self, in_channels: int, skip_channels: int, dropout: float, batch_norm: bool):
+        super().__init__()
+        self.upsample = nn.ConvTranspose2d(in_channels, skip_channels, kernel_size=2, stride=2)
+        self.gate = AttentionGate(skip_channels, skip_channels, max(skip_channels // 2, 1))
+        self.conv = ConvBlock(2 * skip_channels, skip_channels, dropout, batch_norm)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        upsampled = self.upsample(x)
+        gated_skip, coefficients = self.gate(skip, upsampled)
+        return self.conv(torch.cat([gated_skip, upsampled], dim=1)), coefficients
+
+
+class AttentionUNet(nn.Module):
+    """Deeper Attention U-Net with one output channel (logits).
+
+    ``forward(x)`` returns logits of shape ``(N, 1, H, W)``; with
+    ``return_attention=True`` it also returns the attention coefficients of
+    every gate, ordered from the coarsest to the finest level, each of shape
+    ``(N, 1, h, w)`` at that level's resolution.
+    """
+
+    def __init__(self, config: ModelConfig | None = None):
+        super().__init__()
+        self.config = config or ModelConfig()
+        channels = self.config.channels
+        dropout, batch_norm = self.config.dropout, self.config.batch_norm
+
+        self.encoders = nn.ModuleList()
+        previous = self.config.in_channels
+        for level_channels in channels[:-1]:
+            self.encoders.append(ConvBlock(previous, level_channels, dropout, batch_norm))
+            previous = level_channels
+        self.pool = nn.MaxPool2d(2)
+        self.bottleneck = ConvBlock(channels[-2], channels[-1], dropout, batch_norm)
+        self.decoders = nn.ModuleList(
+            DecoderLevel(channels[level + 1], channels[level], dropout, batch_norm)
+            for level in reversed(range(self.config.depth))
+        )
+        self.head = nn.Conv2d(channels[0], 1, kernel_size=1)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """He-normal initialisation of every convolution, as in the paper."""
+        for module in self.modules():
+            if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def forward(self, x: torch.Tensor, return_attention: bool = False):
+        multiple = self.config.size_multiple
+        if x.ndim != 4 or x.shape[1] != self.config.in_channels:
+            raise ValueError(f"expected input of shape (N, {self.config.in_channels}, H, W), got {tuple(x.shape)}")
+        if x.shape[-2] % multiple or x.shape[-1] % multiple:
+            raise ValueError(f"input height and width must be multiples of {multiple}, got {tuple(x.shape[-2:])}")
+
+        skips = []
+        for encoder in self.encoders:
+            x = encoder(x)
+            skips.append(x)
+            x = self.pool(x)
+        x = self.bottleneck(x)
+
+        attention = []
+        for decoder, skip in zip(self.decoders, reversed(skips)):
+            x, coefficients = decoder(x, skip)
+            attention.append(coefficients)
+        logits = self.head(x)
+        return (logits, attention) if return_attention else logits
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

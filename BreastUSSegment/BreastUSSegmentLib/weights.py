@@ -1,0 +1,159 @@
+"""Saving and loading model weights with their JSON model card.
+
+Format (version 1): ``<name>.safetensors`` holds the state dict (float32
+tensors only, never pickled code) and ``<name>.json`` beside it is the model
+card: architecture, input size, normalisation, threshold, post-processing,
+training provenance, metrics and the sha256 of the weights file. Loading
+verifies that checksum and refuses a file that does not match.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .model import AttentionUNet, ModelConfig
+from .postprocessing import PostprocessOptions
+from .preprocessing import NORMALIZATION_NAME
+
+FORMAT_VERSION = 1
+
+
+class WeightsError(RuntimeError):
+    """Weights or model card missing, corrupt, tampered with or incompatible."""
+
+
+@dataclass
+class ModelCard:
+    """Everything needed to rebuild and run a saved model, plus its provenance."""
+
+    model: dict
+    input_size: list[int]
+    sha256: str
+    weights_file: str
+    name: str = "BreastUS Attention U-Net"
+    format_version: int = FORMAT_VERSION
+    normalization: str = NORMALIZATION_NAME
+    postprocessing: dict = field(default_factory=lambda: PostprocessOptions().to_dict())
+    training: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+
+    @property
+    def model_config(self) -> ModelConfig:
+        return ModelConfig.from_dict(self.model)
+
+    @property
+    def postprocess_options(self) -> PostprocessOptions:
+        return PostprocessOptions.from_dict(self.postprocessing)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+
+
+def card_path_for(weights_path: str | os.PathLike) -> Path:
+    """The model card lives beside the weights: ``model.safetensors`` -> ``model.json``."""
+    return Path(weights_path).with_suffix(".json")
+
+
+def sha256_of_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _write_atomically(path: Path, write) -> None:
+    """Write through a temporary file in the same folder, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(handle)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def save_model(
+    model: AttentionUNet,
+    weights_path: str | os.PathLike,
+    *,
+    input_size: tuple[int, int] = (256, 256),
+    postprocessing: PostprocessOptions | None = None,
+    training: dict | None = None,
+    metrics: dict | None = None,
+    name: str | None = None,
+) -> ModelCard:
+    """Write ``weights_path`` (.safetensors) and its model card; return the card."""
+    weights_path = Path(weights_path)
+    if weights_path.suffix != ".safetensors":
+        raise ValueError(f"weights must be saved as .safetensors, got {weights_path.name}")
+    state = {key: value.detach().to("cpu", torch.float32).contiguous() for key, value in model.state_dict().items()}
+    _write_atomically(weights_path, lambda temporary: save_file(state, temporary, metadata={"format": "pt"}))
+    card = ModelCard(
+        model=model.config.to_dict(),
+        input_size=[int(input_size[0]), int(input_size[1])],
+        sha256=sha256_of_file(weights_path),
+        weights_file=weights_path.name,
+        postprocessing=(postprocessing or PostprocessOptions()).to_dict(),
+        training=dict(training or {}),
+        metrics=dict(metrics or {}),
+    )
+    if name:
+        card.name = name
+    text = card.to_json()
+    _write_atomically(card_path_for(weights_path), lambda temporary: Path(temporary).write_text(text))
+    return card
+
+
+def read_model_card(weights_path: str | os.PathLike) -> ModelCard:
+    """Read and validate the model card beside ``weights_path``."""
+    card_path = card_path_for(weights_path)
+    if not card_path.is_file():
+        raise WeightsError(f"model card not found: {card_path} (expected beside the weights file)")
+    try:
+        values = json.loads(card_path.read_text())
+        card = ModelCard(**values)
+        card.model_config  # validates the architecture block
+        card.postprocess_options
+    except (ValueError, TypeError) as error:
+        raise WeightsError(f"model card {card_path} is not valid: {error}") from error
+    if card.format_version != FORMAT_VERSION:
+        raise WeightsError(f"model card {card_path} has format version {card.format_version}; this code reads {FORMAT_VERSION}")
+    return card
+
+
+def load_model(weights_path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[AttentionUNet, ModelCard]:
+    """Load weights after verifying their sha256 against the model card; returns the model in eval mode."""
+    weights_path = Path(weights_path)
+    if not weights_path.is_file():
+        raise WeightsError(f"model weights not found: {weights_path}")
+    if weights_path.suffix != ".safetensors":
+        raise WeightsError(f"only .safetensors weights are loaded (no pickled files), got {weights_path.name}")
+    card = read_model_card(weights_path)
+    actual = sha256_of_file(weights_path)
+    if actual != card.sha256:
+        raise WeightsError(
+            f"checksum mismatch for {weights_path}: the model card expects sha256 {card.sha256}, "
+            f"the file has {actual}. The file is corrupt or was modified; re-install or re-export it."
+        )
+    try:
+        state = load_file(str(weights_path))
+    except (SafetensorError, OSError) as error:
+        raise WeightsError(f"cannot read weights {weights_path}: {error}") from error
+    model = AttentionUNet(card.model_config)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise WeightsError(f"weights {weights_path} do not match the architecture in its model card: {error}") from error
+    return model.to(device).eval(), card
