@@ -1,0 +1,1 @@
+"""Training, evaluation and export of the SlicerBreastUS model on BUSI."""
