@@ -1,0 +1,84 @@
+"""Post-processing on constructed probability maps with known answers."""
+
+import numpy as np
+import pytest
+
+from BreastUSSegmentLib.postprocessing import (
+    PostprocessOptions,
+    keep_largest_component,
+    postprocess_frames,
+    postprocess_mask,
+    remove_small_components,
+    smooth_boundary,
+)
+
+RAW_ONLY = dict(min_area_fraction=0.0, keep_largest=False, fill_holes=False, smoothing_sigma=0.0)
+
+
+def disc(shape, center, radius):
+    rows, cols = np.ogrid[: shape[0], : shape[1]]
+    return (rows - center[0]) ** 2 + (cols - center[1]) ** 2 <= radius**2
+
+
+def test_threshold_only_equals_raw_mask():
+    probability = np.random.default_rng(0).random((40, 50)).astype(np.float32)
+    for threshold in (0.3, 0.5, 0.8):
+        mask = postprocess_mask(probability, PostprocessOptions(threshold=threshold, **RAW_ONLY))
+        np.testing.assert_array_equal(mask, probability >= threshold)
+
+
+def test_small_components_removed_by_area_fraction():
+    mask = np.zeros((100, 100), bool)
+    mask[10:30, 10:30] = True  # 400 px
+    mask[60:65, 60:65] = True  # 25 px
+    kept = remove_small_components(mask, 26)
+    assert kept[15, 15] and not kept[62, 62]
+    options = PostprocessOptions(min_area_fraction=0.003, keep_largest=False, fill_holes=False, smoothing_sigma=0)
+    assert postprocess_mask(mask.astype(np.float32), options).sum() == 400
+
+
+def test_keep_largest_component():
+    mask = np.zeros((50, 50), bool)
+    mask[5:15, 5:15] = True  # 100
+    mask[30:45, 30:45] = True  # 225
+    largest = keep_largest_component(mask)
+    assert largest.sum() == 225 and not largest[10, 10]
+    # Diagonal neighbours belong to one component (8-connectivity).
+    diagonal = np.eye(6, dtype=bool)
+    assert keep_largest_component(diagonal).sum() == 6
+
+
+def test_fill_holes():
+    ring = disc((60, 60), (30, 30), 20) & ~disc((60, 60), (30, 30), 8)
+    filled = postprocess_mask(ring.astype(np.float32), PostprocessOptions(**{**RAW_ONLY, "fill_holes": True}))
+    np.testing.assert_array_equal(filled, disc((60, 60), (30, 30), 20))
+
+
+def test_smoothing_removes_jagged_boundary_but_keeps_a_disc():
+    clean = disc((256, 256), (128, 128), 50)
+    rng = np.random.default_rng(1)
+    jagged = clean.copy()
+    border = clean ^ np.roll(clean, 2, axis=1)
+    jagged[border & (rng.random(clean.shape) < 0.5)] ^= True
+    smoothed = smooth_boundary(jagged, sigma=2.0)
+    assert np.sum(smoothed ^ clean) < np.sum(jagged ^ clean)
+    assert abs(int(smoothed.sum()) - int(clean.sum())) < 0.03 * clean.sum()
+
+
+def test_empty_probability_stays_empty_and_frames_are_independent():
+    probabilities = np.zeros((3, 32, 32), np.float32)
+    probabilities[1][disc((32, 32), (16, 16), 6)] = 0.9
+    masks = postprocess_frames(probabilities)
+    assert masks.shape == (3, 32, 32) and masks.dtype == bool
+    assert not masks[0].any() and masks[1].any() and not masks[2].any()
+
+
+@pytest.mark.parametrize("bad", [dict(threshold=0.0), dict(threshold=1.0), dict(min_area_fraction=-0.1), dict(smoothing_sigma=-1)])
+def test_invalid_options(bad):
+    with pytest.raises(ValueError):
+        PostprocessOptions(**bad)
+
+
+def test_options_round_trip_ignores_unknown_keys():
+    options = PostprocessOptions(threshold=0.4, keep_largest=False)
+    assert PostprocessOptions.from_dict({**options.to_dict(), "future_option": 1}) == options
