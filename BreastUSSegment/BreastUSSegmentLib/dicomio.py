@@ -1,0 +1,233 @@
+"""Reading DICOM ultrasound images (single- and multi-frame) with pydicom 3.
+
+Decisions, so that every caller gets the same pixels:
+
+* A file is DICOM when it has the ``DICM`` marker at byte 128; a file without
+  the marker (no preamble) is accepted when pydicom parses it into a dataset
+  holding image elements (Rows, Columns, SOP Class UID or Pixel Data).
+* MONOCHROME1 is inverted so that bright means high, like MONOCHROME2.
+  The inversion uses the stored bit depth, so the dtype is kept.
+* The modality LUT (Rescale Slope/Intercept or a Modality LUT Sequence) of a
+  grayscale image is applied only when it changes values; a rescale gives
+  float32 pixels. Identity rescales (slope 1, intercept 0) are ignored.
+* YBR_FULL and YBR_FULL_422 become RGB (pydicom's colour conversion), PALETTE
+  COLOR becomes RGB (RGBA with an alpha table) through its lookup table. RGB,
+  YBR_ICT and YBR_RCT (decoded to RGB by the JPEG 2000 decoders) are colour.
+* Pixel spacing, first found wins: PixelSpacing (also in the shared functional
+  groups of enhanced files), ImagerPixelSpacing, then the ultrasound region
+  calibration (SequenceOfUltrasoundRegions, regions in centimetres only,
+  converted to mm; the region containing the image centre is preferred, else
+  the first calibrated one). Otherwise the spacing is unknown, ``(1.0, 1.0)``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.pixels import apply_color_lut, apply_modality_lut, pixel_array
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from .imageio import UNKNOWN_SPACING, ImageReadError, LoadedImage
+
+GRAY_INTERPRETATIONS = ("MONOCHROME1", "MONOCHROME2")
+COLOR_INTERPRETATIONS = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "PALETTE COLOR")
+PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+IMAGE_KEYWORDS = ("SOPClassUID", "Rows", "Columns") + PIXEL_KEYWORDS
+CENTIMETRE_UNITS = 3  # PhysicalUnitsX/YDirection code for cm
+
+
+def has_dicom_magic(path: str | Path) -> bool:
+    """True when the file has the DICOM ``DICM`` marker after its 128-byte preamble."""
+    with open(path, "rb") as stream:
+        header = stream.read(132)
+    return len(header) == 132 and header[128:] == b"DICM"
+
+
+def looks_like_dicom(path: str | Path) -> bool:
+    """True for a file with the DICM marker or a preamble-less file that parses as a DICOM image."""
+    if has_dicom_magic(path):
+        return True
+    try:
+        dataset = pydicom.dcmread(path, force=True, stop_before_pixels=True)
+        return _has_image_elements(dataset)
+    except Exception:  # any parser failure simply means "not DICOM"
+        return False
+
+
+def read_dicom(path: str | Path) -> LoadedImage:
+    """Read the pixels and spacing of a DICOM file; raise :class:`ImageReadError` naming it."""
+    path = Path(path)
+    magic = has_dicom_magic(path)
+    try:
+        dataset = pydicom.dcmread(path, force=True)
+        recognised = magic or _has_image_elements(dataset)
+    except Exception as exc:  # pydicom raises many types on damaged files
+        raise ImageReadError(path, f"not a readable DICOM file ({_one_line(exc)})") from None
+    if not recognised:
+        raise ImageReadError(path, "not a DICOM file (no DICM marker and no DICOM image elements)")
+    if not any(keyword in dataset for keyword in PIXEL_KEYWORDS):
+        raise ImageReadError(path, "the DICOM file has no pixel data")
+
+    rows, columns = int(dataset.get("Rows") or 0), int(dataset.get("Columns") or 0)
+    if rows == 0 or columns == 0:
+        raise ImageReadError(path, f"the image has no pixels ({rows} rows x {columns} columns)")
+    interpretation = str(dataset.get("PhotometricInterpretation", "")).strip().upper()
+    if interpretation not in GRAY_INTERPRETATIONS + COLOR_INTERPRETATIONS:
+        supported = ", ".join(GRAY_INTERPRETATIONS + COLOR_INTERPRETATIONS)
+        raise ImageReadError(
+            path, f"photometric interpretation '{interpretation or 'missing'}' is not supported (supported: {supported})"
+        )
+
+    pixels = _decode(dataset, path)
+    if interpretation in GRAY_INTERPRETATIONS:
+        if interpretation == "MONOCHROME1":
+            pixels = invert_monochrome1(pixels, dataset)
+        pixels = _apply_modality_lut(pixels, dataset)
+        color = False
+    else:
+        if interpretation == "PALETTE COLOR":
+            pixels = _apply_palette(pixels, dataset, path)
+        if pixels.shape[-1] not in (3, 4):
+            raise ImageReadError(path, f"colour image decoded to an unexpected shape {pixels.shape}")
+        color = True
+    spacing, source = dicom_spacing(dataset, (rows, columns))
+    return LoadedImage(pixels, spacing, source, color, path)
+
+
+def _has_image_elements(dataset: pydicom.Dataset) -> bool:
+    return any(keyword in dataset for keyword in IMAGE_KEYWORDS)
+
+
+def _decode(dataset: pydicom.Dataset, path: Path) -> np.ndarray:
+    """Decoded pixels (YBR converted to RGB); clear errors for missing decoders or broken data."""
+    _ensure_transfer_syntax(dataset)
+    syntax = UID(dataset.file_meta.TransferSyntaxUID)
+    try:
+        return pixel_array(dataset)
+    except Exception as exc:  # decoders raise RuntimeError, ValueError, NotImplementedError...
+        if syntax.is_compressed:
+            problem = f"cannot decode pixel data compressed as '{syntax.name}' ({_one_line(exc)})"
+        else:
+            problem = f"cannot decode the pixel data ({_one_line(exc)})"
+        raise ImageReadError(path, problem) from None
+
+
+def _ensure_transfer_syntax(dataset: pydicom.Dataset) -> None:
+    """Give a file without file meta information the transfer syntax it was parsed with."""
+    if dataset.file_meta.get("TransferSyntaxUID"):
+        return
+    implicit, little = dataset.original_encoding
+    if implicit:
+        dataset.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    else:
+        dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+
+
+def invert_monochrome1(pixels: np.ndarray, dataset: pydicom.Dataset) -> np.ndarray:
+    """Turn MONOCHROME1 (bright = low) into MONOCHROME2 (bright = high), keeping the dtype."""
+    if np.issubdtype(pixels.dtype, np.floating):
+        return (pixels.max() + pixels.min() - pixels).astype(pixels.dtype)
+    if int(dataset.get("PixelRepresentation", 0)) == 1:
+        return (-1 - pixels).astype(pixels.dtype)  # maps [min, max] of the signed range onto [max, min]
+    bits = int(dataset.get("BitsStored") or pixels.dtype.itemsize * 8)
+    top = 2**bits - 1
+    return (top - np.clip(pixels, 0, top)).astype(pixels.dtype)
+
+
+def _apply_modality_lut(pixels: np.ndarray, dataset: pydicom.Dataset) -> np.ndarray:
+    """Apply the modality LUT or rescale, but only when it changes values."""
+    slope = float(dataset.get("RescaleSlope", 1.0) or 1.0)
+    intercept = float(dataset.get("RescaleIntercept", 0.0) or 0.0)
+    has_lut = bool(dataset.get("ModalityLUTSequence"))
+    if not has_lut and slope == 1.0 and intercept == 0.0:
+        return pixels
+    result = apply_modality_lut(pixels, dataset)
+    return result.astype(np.float32) if np.issubdtype(result.dtype, np.floating) else result
+
+
+def _apply_palette(pixels: np.ndarray, dataset: pydicom.Dataset, path: Path) -> np.ndarray:
+    try:
+        return apply_color_lut(pixels, dataset)
+    except Exception as exc:  # missing or malformed lookup tables
+        raise ImageReadError(path, f"cannot apply the PALETTE COLOR lookup table ({_one_line(exc)})") from None
+
+
+# ---------------------------------------------------------------- spacing
+
+
+def dicom_spacing(dataset: pydicom.Dataset, frame_shape: tuple[int, int]) -> tuple[tuple[float, float], str]:
+    """Pixel spacing ``(row_mm, column_mm)`` and the element it came from (see module docstring)."""
+    spacing = _positive_pair(dataset.get("PixelSpacing"))
+    if spacing:
+        return spacing, "PixelSpacing"
+    spacing = _functional_group_spacing(dataset)
+    if spacing:
+        return spacing, "PixelSpacing"
+    spacing = _positive_pair(dataset.get("ImagerPixelSpacing"))
+    if spacing:
+        return spacing, "ImagerPixelSpacing"
+    spacing = ultrasound_region_spacing(dataset, frame_shape)
+    if spacing:
+        return spacing, "SequenceOfUltrasoundRegions"
+    return UNKNOWN_SPACING, "unknown"
+
+
+def ultrasound_region_spacing(dataset: pydicom.Dataset, frame_shape: tuple[int, int]) -> tuple[float, float] | None:
+    """Spacing in mm from the calibrated (cm) ultrasound regions, preferring the one holding the centre."""
+    calibrated = []
+    for region in dataset.get("SequenceOfUltrasoundRegions") or []:
+        if region.get("PhysicalUnitsXDirection") != CENTIMETRE_UNITS:
+            continue
+        if region.get("PhysicalUnitsYDirection") != CENTIMETRE_UNITS:
+            continue
+        spacing = _positive_pair([_abs(region.get("PhysicalDeltaY")), _abs(region.get("PhysicalDeltaX"))])
+        if spacing:
+            calibrated.append((region, (spacing[0] * 10.0, spacing[1] * 10.0)))
+    if not calibrated:
+        return None
+    centre_row, centre_column = (frame_shape[0] - 1) / 2.0, (frame_shape[1] - 1) / 2.0
+    for region, spacing in calibrated:
+        if _region_contains(region, centre_row, centre_column):
+            return spacing
+    return calibrated[0][1]
+
+
+def _region_contains(region: pydicom.Dataset, row: float, column: float) -> bool:
+    bounds = [region.get(k) for k in ("RegionLocationMinX0", "RegionLocationMinY0", "RegionLocationMaxX1", "RegionLocationMaxY1")]
+    if any(value is None for value in bounds):
+        return False
+    min_x, min_y, max_x, max_y = (float(value) for value in bounds)
+    return min_x <= column <= max_x and min_y <= row <= max_y
+
+
+def _functional_group_spacing(dataset: pydicom.Dataset) -> tuple[float, float] | None:
+    """PixelSpacing of an enhanced multi-frame file, from its shared functional groups."""
+    try:
+        measures = dataset.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    except (AttributeError, IndexError, KeyError):
+        return None
+    return _positive_pair(measures.get("PixelSpacing"))
+
+
+def _positive_pair(value) -> tuple[float, float] | None:
+    """Two finite positive numbers as floats, or None for anything else."""
+    try:
+        first, second = (float(item) for item in value)
+    except (TypeError, ValueError):
+        return None
+    if all(math.isfinite(item) and item > 0 for item in (first, second)):
+        return first, second
+    return None
+
+
+def _abs(value):
+    return None if value is None else abs(float(value))
+
+
+def _one_line(exc: BaseException) -> str:
+    """A library error folded onto one line."""
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    return text or type(exc).__name__

@@ -1,0 +1,279 @@
+"""Reading and writing ultrasound images as numpy arrays, with their pixel spacing.
+
+Supported for reading:
+
+* PNG, JPEG, BMP, TIFF (Pillow). 8-bit gray stays uint8, 16-bit gray stays
+  uint16, 32-bit integer and float gray stay int32/float32. A 1-bit image is
+  read as uint8 with values 0 and 255. A palette image becomes RGB (RGBA when the
+  palette has transparency), gray + alpha drops the alpha, RGBA keeps it, CMYK
+  and other colour modes become RGB. A multi-page TIFF reads as a stack of
+  frames. The EXIF orientation of a photo is applied. These formats carry no
+  trustworthy physical spacing, so spacing is ``(1.0, 1.0)`` / ``"unknown"``.
+* NRRD, NIfTI, MetaImage (SimpleITK). A 2-D image, or a 3-D image with one
+  slice, is one frame; a 3-D image with several slices is a cine clip of frames.
+  A 3- or 4-component vector pixel is colour. Spacing comes from the header.
+  The array is returned in storage order: the header's direction is not applied.
+* DICOM, detected by content (see :mod:`.dicomio`).
+
+Arrays are ``(H, W)``, ``(H, W, C)``, ``(F, H, W)`` or ``(F, H, W, C)`` in the
+stored dtype; ``LoadedImage.color`` tells whether the last axis is colour.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+UNKNOWN_SPACING = (1.0, 1.0)
+PILLOW_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+SIMPLEITK_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
+DICOM_SUFFIXES = (".dcm", ".dicom")
+WRITE_SUFFIXES = (".nrrd", ".nii", ".nii.gz", ".mha", ".png")
+
+
+class ImageReadError(ValueError):
+    """A file cannot be read as an image; the message names the file and the problem."""
+
+    def __init__(self, path: str | os.PathLike, problem: str):
+        self.path = Path(path)
+        self.problem = problem
+        super().__init__(f"Cannot read image '{path}': {problem}")
+
+
+class ImageWriteError(ValueError):
+    """An array cannot be written to the requested file."""
+
+
+@dataclass
+class LoadedImage:
+    """Pixels of an image file as stored, with the physical size of a pixel."""
+
+    pixels: np.ndarray  # (H, W) | (H, W, C) | (F, H, W) | (F, H, W, C)
+    spacing: tuple[float, float]  # (row_mm, column_mm); (1.0, 1.0) when unknown
+    spacing_source: str  # "PixelSpacing", "ImagerPixelSpacing", "SequenceOfUltrasoundRegions", "header", "unknown"
+    color: bool  # the last axis holds RGB(A) samples
+    path: Path
+
+    @property
+    def frame_count(self) -> int:
+        """Number of frames (1 for a single image)."""
+        is_stack = self.pixels.ndim == 4 or (self.pixels.ndim == 3 and not self.color)
+        return int(self.pixels.shape[0]) if is_stack else 1
+
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        """Height and width of one frame."""
+        shape = self.pixels.shape[:-1] if self.color else self.pixels.shape
+        return int(shape[-2]), int(shape[-1])
+
+
+def file_suffix(path: str | os.PathLike) -> str:
+    """Lower-case suffix, with ``.nii.gz`` kept whole."""
+    name = Path(path).name.lower()
+    if name.endswith(".nii.gz"):
+        return ".nii.gz"
+    return Path(name).suffix
+
+
+def read_image(path: str | os.PathLike) -> LoadedImage:
+    """Read any supported image file; raise :class:`ImageReadError` naming the file on failure."""
+    path = Path(path)
+    if not path.exists():
+        raise ImageReadError(path, "the file does not exist")
+    if path.is_dir():
+        raise ImageReadError(path, "it is a directory, not an image file")
+    if path.stat().st_size == 0:
+        raise ImageReadError(path, "the file is empty (0 bytes)")
+
+    from . import dicomio  # imported here: pydicom is only loaded for DICOM files
+
+    suffix = file_suffix(path)
+    if dicomio.has_dicom_magic(path) or suffix in DICOM_SUFFIXES:
+        image = dicomio.read_dicom(path)
+    elif suffix in PILLOW_SUFFIXES:
+        image = _read_with_pillow(path)
+    elif suffix in SIMPLEITK_SUFFIXES:
+        image = _read_with_simpleitk(path)
+    elif suffix == "":
+        image = _read_without_suffix(path, dicomio)
+    else:
+        supported = ", ".join(PILLOW_SUFFIXES + SIMPLEITK_SUFFIXES + DICOM_SUFFIXES)
+        raise ImageReadError(path, f"unknown file type '{suffix}' (supported: {supported}, or DICOM)")
+    check_pixels(image.pixels, path)
+    return image
+
+
+def check_pixels(pixels: np.ndarray, path: Path) -> None:
+    """Refuse empty images, unusable pixel types and NaN or infinite values."""
+    if pixels.size == 0 or 0 in pixels.shape:
+        raise ImageReadError(path, f"the image has no pixels (shape {pixels.shape})")
+    if not (np.issubdtype(pixels.dtype, np.integer) or np.issubdtype(pixels.dtype, np.floating)):
+        raise ImageReadError(path, f"unsupported pixel type {pixels.dtype}")
+    if np.issubdtype(pixels.dtype, np.floating) and not np.isfinite(pixels).all():
+        raise ImageReadError(path, "the image contains NaN or infinite values")
+
+
+def _read_without_suffix(path: Path, dicomio) -> LoadedImage:
+    """A file without suffix: DICOM (possibly without preamble) first, then any Pillow image."""
+    if dicomio.looks_like_dicom(path):
+        return dicomio.read_dicom(path)
+    try:
+        return _read_with_pillow(path)
+    except ImageReadError:
+        raise ImageReadError(path, "the file has no suffix and is neither DICOM nor a PNG/JPEG/BMP/TIFF image") from None
+
+
+# ---------------------------------------------------------------- Pillow
+
+
+def _read_with_pillow(path: Path) -> LoadedImage:
+    from PIL import Image, ImageOps, ImageSequence
+
+    try:
+        with Image.open(path) as image:
+            if getattr(image, "n_frames", 1) == 1:
+                frames = [_pillow_frame_to_array(ImageOps.exif_transpose(image), path)]
+            else:
+                frames = [_pillow_frame_to_array(frame, path) for frame in ImageSequence.Iterator(image)]
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        if isinstance(exc, ImageReadError):
+            raise
+        raise ImageReadError(path, f"not a readable image ({_last_line(exc)})") from None
+
+    first = frames[0]
+    for number, frame in enumerate(frames[1:], start=2):
+        if frame.shape != first.shape or frame.dtype != first.dtype:
+            raise ImageReadError(
+                path,
+                f"page {number} has shape {frame.shape} and type {frame.dtype}, "
+                f"unlike page 1 ({first.shape}, {first.dtype}); all pages of a clip must match",
+            )
+    pixels = first if len(frames) == 1 else np.stack(frames)
+    return LoadedImage(pixels, UNKNOWN_SPACING, "unknown", first.ndim == 3, path)
+
+
+def _pillow_frame_to_array(image, path: Path) -> np.ndarray:
+    """One Pillow frame as a numpy array, following the mode rules in the module docstring."""
+    mode = image.mode
+    if mode == "1":
+        return np.array(image.convert("L"), dtype=np.uint8)
+    if mode in ("L", "RGB", "RGBA", "F"):
+        return np.array(image)
+    if mode == "I":
+        return np.array(image, dtype=np.int32)
+    if mode.startswith("I;16"):
+        return np.array(image).astype(np.uint16)
+    if mode in ("LA", "La"):
+        return np.array(image.convert("L"))
+    if mode in ("P", "PA"):
+        has_alpha = mode == "PA" or "transparency" in image.info
+        return np.array(image.convert("RGBA" if has_alpha else "RGB"))
+    if mode in ("CMYK", "YCbCr", "LAB", "HSV", "RGBX", "RGBa"):
+        return np.array(image.convert("RGB"))
+    raise ImageReadError(path, f"unsupported Pillow image mode '{mode}'")
+
+
+# ---------------------------------------------------------------- SimpleITK
+
+
+def _read_with_simpleitk(path: Path) -> LoadedImage:
+    import SimpleITK as sitk
+
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise ImageReadError(path, f"not a readable image ({_last_line(exc)})") from None
+
+    dimension = image.GetDimension()
+    components = image.GetNumberOfComponentsPerPixel()
+    if dimension not in (2, 3):
+        raise ImageReadError(path, f"{dimension}-D images are not supported; expected a 2-D frame or a 3-D clip")
+    if components not in (1, 3, 4):
+        raise ImageReadError(
+            path, f"vector pixels with {components} components are not an image (expected 1, 3 or 4 components)"
+        )
+    try:
+        pixels = sitk.GetArrayFromImage(image)
+    except RuntimeError as exc:
+        raise ImageReadError(path, f"unsupported pixel type ({_last_line(exc)})") from None
+    color = components in (3, 4)
+    if dimension == 3 and pixels.shape[0] == 1:
+        pixels = pixels[0]
+    spacing_x, spacing_y = image.GetSpacing()[:2]
+    return LoadedImage(pixels, (float(spacing_y), float(spacing_x)), "header", color, path)
+
+
+def _last_line(exc: BaseException) -> str:
+    """The most telling line of a library error, for the user's message."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
+
+
+# ---------------------------------------------------------------- writing
+
+
+def write_image(path: str | os.PathLike, array: np.ndarray, spacing: tuple[float, float] = (1.0, 1.0)) -> Path:
+    """Write a frame ``(H, W)`` or a stack ``(F, H, W)``; the format follows the suffix.
+
+    ``.nrrd``, ``.nii``, ``.nii.gz`` and ``.mha`` store the array with its
+    spacing ``(row_mm, column_mm)`` (a stack as a 3-D volume with slice spacing
+    1). ``.png`` stores one frame without spacing: booleans as 0/255, floats in
+    [0, 1] scaled to 0..255, uint8 and uint16 as they are, other integers as
+    8-bit when they fit 0..255, else 16-bit.
+    Missing parent folders are created. Returns the path written.
+    """
+    path = Path(path)
+    suffix = file_suffix(path)
+    if suffix not in WRITE_SUFFIXES:
+        raise ImageWriteError(f"Cannot write '{path}': unknown suffix '{suffix}' (use one of {', '.join(WRITE_SUFFIXES)})")
+    array = np.asarray(array)
+    if array.ndim not in (2, 3) or array.size == 0:
+        raise ImageWriteError(f"Cannot write '{path}': expected a (H, W) frame or a (F, H, W) stack, got shape {array.shape}")
+    if array.dtype == bool:
+        array = array.astype(np.uint8) * (255 if suffix == ".png" else 1)
+    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise ImageWriteError(f"Cannot write '{path}': unsupported array type {array.dtype}")
+    row_mm, column_mm = (float(value) for value in spacing)
+    if not (np.isfinite([row_mm, column_mm]).all() and row_mm > 0 and column_mm > 0):
+        raise ImageWriteError(f"Cannot write '{path}': spacing must be two positive numbers, got {spacing}")
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if suffix == ".png":
+        _write_png(path, array)
+    else:
+        _write_with_simpleitk(path, array, (row_mm, column_mm))
+    return path
+
+
+def _write_png(path: Path, array: np.ndarray) -> None:
+    from PIL import Image
+
+    if array.ndim == 3:
+        if array.shape[0] != 1:
+            raise ImageWriteError(f"Cannot write '{path}': a PNG holds one frame, got a stack of {array.shape[0]}")
+        array = array[0]
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all() or array.min() < 0 or array.max() > 1:
+            raise ImageWriteError(f"Cannot write '{path}': float values must lie in [0, 1] to be saved as PNG")
+        array = np.round(array * 255).astype(np.uint8)
+    elif array.dtype not in (np.uint8, np.uint16):
+        low, high = int(array.min()), int(array.max())
+        if low < 0 or high > 65535:
+            raise ImageWriteError(f"Cannot write '{path}': integer values {low}..{high} do not fit a PNG (0..65535)")
+        array = array.astype(np.uint8 if high <= 255 else np.uint16)
+    Image.fromarray(np.ascontiguousarray(array)).save(path)
+
+
+def _write_with_simpleitk(path: Path, array: np.ndarray, spacing: tuple[float, float]) -> None:
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array), isVector=False)
+    row_mm, column_mm = spacing
+    image.SetSpacing((column_mm, row_mm) if array.ndim == 2 else (column_mm, row_mm, 1.0))
+    try:
+        sitk.WriteImage(image, str(path), useCompression=True)
+    except RuntimeError as exc:
+        raise ImageWriteError(f"Cannot write '{path}': {_last_line(exc)}") from None
