@@ -1,0 +1,348 @@
+"""Evaluate a saved model on one subset of the BUSI split, the way the extension runs it.
+
+Every image goes through the core's :class:`LesionSegmenter` at its original
+resolution (the pipeline resizes to the network and back), and both masks it
+returns are scored against the ground truth: the raw thresholded mask
+(post-processing off) and the processed mask (post-processing on).
+
+Metrics, for each of the two masks:
+
+* lesion images (benign + malignant), and each class alone: per-image Dice and
+  IoU (mean and population standard deviation), pooled IoU (sum of
+  intersections over sum of unions) and HD95 in pixels (mean and median over
+  the images where it is defined; an empty prediction has no HD95 and is
+  counted as ``undefined`` instead);
+* normal images: the false-positive rate, the fraction of normal images on
+  which any lesion pixel is predicted.
+
+Outputs in ``--output``: ``report.json`` (every number, per-case rows, the
+weights' and split's sha256 and the options), ``report.md`` (tables),
+``cases.png`` (the best and worst cases by processed Dice) and, with
+``--run-dir``, ``training_curves.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+from tqdm import tqdm
+
+from BreastUSSegmentLib.device import DEVICE_CHOICES
+from BreastUSSegmentLib.inference import LesionSegmenter
+from BreastUSSegmentLib.metrics import dice_score, hausdorff95, iou_score, nan_summary, overlap_counts, pooled_iou_from_counts
+from BreastUSSegmentLib.weights import load_model
+
+from .figures import CaseFigure, plot_case_grid, plot_training_curves
+
+REPORT_FORMAT_VERSION = 1
+MODES = ("raw", "processed")
+MODE_TITLES = {"raw": "off", "processed": "on"}
+LESION_CLASSES = ("benign", "malignant")
+NORMAL_CLASS = "normal"
+EXTREME_CASES = 3
+
+
+@dataclass
+class Sample:
+    """One evaluation image with its ground truth."""
+
+    case_id: str
+    label: str
+    image: np.ndarray
+    target: np.ndarray  # bool (H, W)
+
+
+def score_masks(prediction: np.ndarray, target: np.ndarray) -> dict:
+    """Dice, IoU, HD95 (pixels; None when undefined) and the pixel counts of one mask pair."""
+    intersection, union = overlap_counts(prediction, target)
+    hd95 = hausdorff95(prediction, target)
+    return {
+        "dice": dice_score(prediction, target),
+        "iou": iou_score(prediction, target),
+        "hd95_px": None if math.isnan(hd95) else hd95,
+        "intersection": intersection,
+        "union": union,
+        "predicted_pixels": int(np.count_nonzero(prediction)),
+    }
+
+
+def evaluate_sample(segmenter: LesionSegmenter, sample: Sample, test_time_flip: bool = False):
+    """Segment one image; return its per-case row and the segmentation result."""
+    target = np.asarray(sample.target, dtype=bool)
+    result = segmenter.segment(sample.image, test_time_flip=test_time_flip)
+    if result.processed_mask.shape[1:] != target.shape:
+        raise ValueError(
+            f"case {sample.case_id}: prediction size {result.processed_mask.shape[1:]} differs from its mask {target.shape}"
+        )
+    row = {
+        "id": sample.case_id,
+        "label": sample.label,
+        "height": int(target.shape[0]),
+        "width": int(target.shape[1]),
+        "target_pixels": int(target.sum()),
+        "raw": score_masks(result.raw_mask[0], target),
+        "processed": score_masks(result.processed_mask[0], target),
+    }
+    return row, result
+
+
+def evaluate_samples(
+    segmenter: LesionSegmenter,
+    samples: Iterable[Sample],
+    test_time_flip: bool = False,
+    total: int | None = None,
+    progress: bool = True,
+) -> list[dict]:
+    """Per-case rows for every sample, with a progress bar over the cases."""
+    rows = []
+    for sample in tqdm(samples, total=total, desc="evaluating", unit="image", disable=not progress):
+        rows.append(evaluate_sample(segmenter, sample, test_time_flip)[0])
+    return rows
+
+
+def lesion_statistics(rows: list[dict], mode: str) -> dict:
+    """Dice, IoU, pooled IoU and HD95 over lesion rows for ``mode`` ("raw" or "processed")."""
+    scores = [row[mode] for row in rows]
+    dice, iou = nan_summary(s["dice"] for s in scores), nan_summary(s["iou"] for s in scores)
+    hd95 = nan_summary(math.nan if s["hd95_px"] is None else s["hd95_px"] for s in scores)
+    return {
+        "images": len(rows),
+        "dice_mean": dice["mean"],
+        "dice_std": dice["std"],
+        "iou_mean": iou["mean"],
+        "iou_std": iou["std"],
+        "pooled_iou": pooled_iou_from_counts([s["intersection"] for s in scores], [s["union"] for s in scores])
+        if rows else None,
+        "hd95_px_mean": hd95["mean"],
+        "hd95_px_median": hd95["median"],
+        "hd95_undefined": hd95["undefined"],
+    }
+
+
+def normal_statistics(rows: list[dict], mode: str) -> dict:
+    """False positives on normal images: images with any predicted lesion pixel."""
+    positives = sum(1 for row in rows if row[mode]["predicted_pixels"] > 0)
+    return {
+        "images": len(rows),
+        "false_positives": positives,
+        "false_positive_rate": positives / len(rows) if rows else None,
+    }
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Summary per mode: lesion images, each lesion class, and normal images."""
+    lesion_rows = [row for row in rows if row["label"] in LESION_CLASSES]
+    normal_rows = [row for row in rows if row["label"] == NORMAL_CLASS]
+    summary = {}
+    for mode in MODES:
+        summary[mode] = {"lesion": lesion_statistics(lesion_rows, mode)}
+        for label in LESION_CLASSES:
+            summary[mode][label] = lesion_statistics([row for row in lesion_rows if row["label"] == label], mode)
+        summary[mode][NORMAL_CLASS] = normal_statistics(normal_rows, mode)
+    return summary
+
+
+def select_extremes(rows: list[dict], count: int = EXTREME_CASES) -> tuple[list[dict], list[dict]]:
+    """The ``count`` best and worst lesion cases by processed Dice (no case in both lists)."""
+    lesion_rows = sorted(
+        (row for row in rows if row["label"] in LESION_CLASSES), key=lambda row: (-row["processed"]["dice"], row["id"])
+    )
+    best = lesion_rows[:count]
+    worst = [row for row in reversed(lesion_rows) if row not in best][:count]
+    return best, worst
+
+
+def _number(value, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _mean_std(stats: dict, name: str) -> str:
+    if stats[f"{name}_mean"] is None:
+        return "n/a"
+    return f"{stats[f'{name}_mean']:.3f} ± {stats[f'{name}_std']:.3f}"
+
+
+def markdown_report(report: dict) -> str:
+    """The report's summary as Markdown tables (rows: post-processing off / on)."""
+    summary, options = report["summary"], report["options"]
+    counts = summary["processed"]
+    lines = [
+        f"# Evaluation on the {report['subset']} subset",
+        "",
+        f"- Images: {counts['lesion']['images']} with a lesion ({counts['benign']['images']} benign, "
+        f"{counts['malignant']['images']} malignant) and {counts['normal']['images']} normal",
+        f"- Weights: `{report['weights']['path']}` (sha256 `{report['weights']['sha256']}`)",
+        f"- Split: `{report['split']['path']}` (sha256 `{report['split']['sha256']}`)",
+        f"- Threshold {options['postprocessing']['threshold']}, test-time flip: {'yes' if options['test_time_flip'] else 'no'}",
+        "",
+        "## Lesion images (benign + malignant) and normal images",
+        "",
+        "| Post-processing | Dice | IoU | Pooled IoU | HD95 mean (px) | HD95 median (px) | HD95 undefined | Normal FP rate |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for mode in MODES:
+        lesion, normal = summary[mode]["lesion"], summary[mode]["normal"]
+        lines.append(
+            f"| {MODE_TITLES[mode]} | {_mean_std(lesion, 'dice')} | {_mean_std(lesion, 'iou')} | "
+            f"{_number(lesion['pooled_iou'])} | {_number(lesion['hd95_px_mean'], 1)} | "
+            f"{_number(lesion['hd95_px_median'], 1)} | {lesion['hd95_undefined']} | "
+            f"{_number(normal['false_positive_rate'])} ({normal['false_positives']}/{normal['images']}) |"
+        )
+    lines += [
+        "",
+        "## Per class",
+        "",
+        "| Post-processing | Class | Images | Dice | IoU | Pooled IoU | HD95 median (px) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for mode in MODES:
+        for label in LESION_CLASSES:
+            stats = summary[mode][label]
+            lines.append(
+                f"| {MODE_TITLES[mode]} | {label} | {stats['images']} | {_mean_std(stats, 'dice')} | "
+                f"{_mean_std(stats, 'iou')} | {_number(stats['pooled_iou'])} | {_number(stats['hd95_px_median'], 1)} |"
+            )
+    lines += [
+        "",
+        "Dice and IoU: mean ± population standard deviation over images. Pooled IoU: sum of intersections over "
+        "sum of unions. HD95: 95th percentile of the symmetric boundary distances, in pixels of the original "
+        "image, over images where it is defined (an empty prediction has none; see \"HD95 undefined\"). "
+        "Normal FP rate: fraction of normal images with any predicted lesion pixel.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_report(output_dir: str | os.PathLike, report: dict) -> tuple[Path, Path]:
+    """Write ``report.json`` and ``report.md`` into ``output_dir``."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    json_path, markdown_path = output_dir / "report.json", output_dir / "report.md"
+    json_path.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+    markdown_path.write_text(markdown_report(report))
+    return json_path, markdown_path
+
+
+def case_figures(
+    segmenter: LesionSegmenter, samples: list[Sample], rows: list[dict], test_time_flip: bool = False
+) -> list[CaseFigure]:
+    """Segment the given samples again (inference is deterministic) and build grid rows."""
+    by_id = {row["id"]: row for row in rows}
+    figures = []
+    for sample in samples:
+        result = segmenter.segment(sample.image, test_time_flip=test_time_flip)
+        figures.append(CaseFigure(
+            case_id=sample.case_id, label=sample.label, image=sample.image,
+            target=np.asarray(sample.target, dtype=bool), raw_mask=result.raw_mask[0],
+            processed_mask=result.processed_mask[0], attention=result.combined_attention[0],
+            dice=by_id[sample.case_id]["processed"]["dice"],
+        ))
+    return figures
+
+
+def build_segmenter(weights: str | os.PathLike, device: str = "auto", threshold: float | None = None):
+    """Load verified weights; return ``(segmenter, card)``, with the card's threshold unless one is given."""
+    model, card = load_model(weights, device="cpu")
+    options = card.postprocess_options
+    if threshold is not None:
+        options = replace(options, threshold=threshold)
+    return LesionSegmenter(model, tuple(card.input_size), options, device), card
+
+
+def evaluate_busi(
+    data_root: str | os.PathLike,
+    split_path: str | os.PathLike,
+    weights: str | os.PathLike,
+    subset: str,
+    output_dir: str | os.PathLike,
+    *,
+    test_time_flip: bool = False,
+    device: str = "auto",
+    threshold: float | None = None,
+    run_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Evaluate ``weights`` on ``subset`` of the split, write the report and figures, return the report."""
+    from .busi import load_case, load_manifest
+
+    data_root, output_dir = Path(data_root), Path(output_dir)
+    if not data_root.is_dir():
+        raise FileNotFoundError(f"BUSI data folder not found: {data_root}")
+    manifest = load_manifest(split_path)
+    cases = list(manifest.cases_for(subset))
+    if not cases:
+        raise ValueError(f"the split {split_path} has no case in subset {subset!r}")
+    segmenter, card = build_segmenter(weights, device, threshold)
+
+    def sample_of(case) -> Sample:
+        image, mask = load_case(data_root, case)
+        return Sample(case.id, case.label, image, mask)
+
+    started = time.perf_counter()
+    rows = evaluate_samples(segmenter, (sample_of(case) for case in cases), test_time_flip, len(cases), progress)
+    seconds = time.perf_counter() - started
+    report = {
+        "format_version": REPORT_FORMAT_VERSION,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "subset": subset,
+        "data_root": str(data_root),
+        "split": {"path": str(split_path), "sha256": manifest.sha256},
+        "weights": {"path": str(weights), "sha256": card.sha256, "name": card.name, "input_size": card.input_size},
+        "options": {
+            "test_time_flip": bool(test_time_flip),
+            "device": str(segmenter.device),
+            "postprocessing": segmenter.postprocessing.to_dict(),
+        },
+        "seconds": round(seconds, 2),
+        "summary": summarize(rows),
+        "cases": rows,
+    }
+    json_path, markdown_path = write_report(output_dir, report)
+    log(f"wrote {json_path} and {markdown_path} ({len(rows)} images in {seconds:.1f} s)")
+
+    best, worst = select_extremes(rows)
+    if best:
+        by_id = {case.id: case for case in cases}
+        chosen = [sample_of(by_id[row["id"]]) for row in best + worst]
+        grid = plot_case_grid(
+            case_figures(segmenter, chosen, rows, test_time_flip), output_dir / "cases.png",
+            title=f"{len(best)} best and {len(worst)} worst {subset} cases by processed Dice",
+        )
+        log(f"wrote {grid}")
+    if run_dir is not None:
+        curves = plot_training_curves(Path(run_dir) / "metrics.csv", output_dir / "training_curves.png")
+        log(f"wrote {curves}")
+    return report
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, required=True, help="BUSI folder (with benign/, malignant/, normal/)")
+    parser.add_argument("--split", type=Path, required=True, help="split file, e.g. Training/splits/busi_split.json")
+    parser.add_argument("--weights", type=Path, required=True, help="model .safetensors (model card beside it)")
+    parser.add_argument("--subset", default="test", help="which part of the split to evaluate (default: test)")
+    parser.add_argument("--output", type=Path, required=True, help="report folder, e.g. reports/NAME")
+    parser.add_argument("--tta", action="store_true", help="average with a horizontally flipped pass")
+    parser.add_argument("--device", choices=DEVICE_CHOICES + ("gpu",), default="auto")
+    parser.add_argument("--threshold", type=float, help="probability threshold (default: the model card's)")
+    parser.add_argument("--run-dir", type=Path, help="training run folder; its metrics.csv gives training curves")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    report = evaluate_busi(
+        args.data, args.split, args.weights, args.subset, args.output,
+        test_time_flip=args.tta, device=args.device, threshold=args.threshold,
+        run_dir=args.run_dir, progress=not args.no_progress,
+    )
+    print(markdown_report(report))
+    return 0
