@@ -72,7 +72,8 @@ def test_png_16_bit_stays_uint16(tmp_path):
 def test_one_bit_png_reads_as_uint8_0_and_255(tmp_path):
     bits = random_array((HEIGHT, WIDTH), bool, high=2)
     Image.fromarray(bits).convert("1").save(tmp_path / "bits.png")
-    assert Image.open(tmp_path / "bits.png").mode == "1"
+    with Image.open(tmp_path / "bits.png") as stored:
+        assert stored.mode == "1"
     image = read_image(tmp_path / "bits.png")
     assert image.pixels.dtype == np.uint8
     np.testing.assert_array_equal(image.pixels, bits.astype(np.uint8) * 255)

@@ -77,9 +77,8 @@ def read_dicom(path: str | Path) -> LoadedImage:
     interpretation = str(dataset.get("PhotometricInterpretation", "")).strip().upper()
     if interpretation not in GRAY_INTERPRETATIONS + COLOR_INTERPRETATIONS:
         supported = ", ".join(GRAY_INTERPRETATIONS + COLOR_INTERPRETATIONS)
-        raise ImageReadError(
-            path, f"photometric interpretation '{interpretation or 'missing'}' is not supported (supported: {supported})"
-        )
+        name = interpretation or "missing"
+        raise ImageReadError(path, f"photometric interpretation '{name}' is not supported (supported: {supported})")
 
     pixels = _decode(dataset, path)
     if interpretation in GRAY_INTERPRETATIONS:
@@ -196,7 +195,8 @@ def ultrasound_region_spacing(dataset: pydicom.Dataset, frame_shape: tuple[int, 
 
 
 def _region_contains(region: pydicom.Dataset, row: float, column: float) -> bool:
-    bounds = [region.get(k) for k in ("RegionLocationMinX0", "RegionLocationMinY0", "RegionLocationMaxX1", "RegionLocationMaxY1")]
+    keywords = ("RegionLocationMinX0", "RegionLocationMinY0", "RegionLocationMaxX1", "RegionLocationMaxY1")
+    bounds = [region.get(keyword) for keyword in keywords]
     if any(value is None for value in bounds):
         return False
     min_x, min_y, max_x, max_y = (float(value) for value in bounds)

@@ -101,7 +101,8 @@ def read_image(path: str | os.PathLike) -> LoadedImage:
         image = _read_without_suffix(path, dicomio)
     else:
         supported = ", ".join(PILLOW_SUFFIXES + SIMPLEITK_SUFFIXES + DICOM_SUFFIXES)
-        raise ImageReadError(path, f"unknown file type '{suffix}' (supported: {supported}, or DICOM)")
+        problem = f"unknown file type '{suffix}' (supported: {supported}; DICOM is recognised by content)"
+        raise ImageReadError(path, problem)
     check_pixels(image.pixels, path)
     return image
 
@@ -123,7 +124,8 @@ def _read_without_suffix(path: Path, dicomio) -> LoadedImage:
     try:
         return _read_with_pillow(path)
     except ImageReadError:
-        raise ImageReadError(path, "the file has no suffix and is neither DICOM nor a PNG/JPEG/BMP/TIFF image") from None
+        problem = "the file has no suffix and is neither DICOM nor a PNG/JPEG/BMP/TIFF image"
+        raise ImageReadError(path, problem) from None
 
 
 # ---------------------------------------------------------------- Pillow
@@ -228,10 +230,13 @@ def write_image(path: str | os.PathLike, array: np.ndarray, spacing: tuple[float
     path = Path(path)
     suffix = file_suffix(path)
     if suffix not in WRITE_SUFFIXES:
-        raise ImageWriteError(f"Cannot write '{path}': unknown suffix '{suffix}' (use one of {', '.join(WRITE_SUFFIXES)})")
+        allowed = ", ".join(WRITE_SUFFIXES)
+        raise ImageWriteError(f"Cannot write '{path}': unknown suffix '{suffix}' (use one of {allowed})")
     array = np.asarray(array)
     if array.ndim not in (2, 3) or array.size == 0:
-        raise ImageWriteError(f"Cannot write '{path}': expected a (H, W) frame or a (F, H, W) stack, got shape {array.shape}")
+        raise ImageWriteError(
+            f"Cannot write '{path}': expected a (H, W) frame or a (F, H, W) stack, got shape {array.shape}"
+        )
     if array.dtype == bool:
         array = array.astype(np.uint8) * (255 if suffix == ".png" else 1)
     if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
