@@ -87,8 +87,10 @@ def read_image(path: str | os.PathLike) -> LoadedImage:
         raise ImageReadError(path, "it is a directory, not an image file")
     if path.stat().st_size == 0:
         raise ImageReadError(path, "the file is empty (0 bytes)")
+    if not os.access(path, os.R_OK):
+        raise ImageReadError(path, "the file cannot be opened for reading (permission denied)")
 
-    from . import dicomio  # imported here: pydicom is only loaded for DICOM files
+    from . import dicomio  # imported here because dicomio imports this module
 
     suffix = file_suffix(path)
     if dicomio.has_dicom_magic(path) or suffix in DICOM_SUFFIXES:
