@@ -1,0 +1,41 @@
+"""Command line ``breastus-train`` (also ``python -m breastus_training``).
+
+Each subcommand lives in its own module, which provides ``add_arguments(parser)``
+and ``run(args) -> exit code``; add a subcommand by listing its module in
+``SUBCOMMANDS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import prepare, train
+
+SUBCOMMANDS = {
+    "prepare": (prepare, "index BUSI, group duplicates and write the train/val/test split manifest"),
+    "train": (train, "train the Attention U-Net on a split manifest (resumes an existing run folder)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="breastus-train", description="Train and evaluate the SlicerBreastUS model on BUSI.")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module, help_text) in SUBCOMMANDS.items():
+        subparser = subparsers.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(subparser)
+        subparser.set_defaults(handler=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except ValueError as error:  # bad input: dataset, manifest, settings, resume (DatasetError, ResumeError, ...)
+        print(f"breastus-train {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
