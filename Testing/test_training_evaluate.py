@@ -163,3 +163,142 @@ def test_training_curves_name_a_missing_column(tmp_path):
     csv_path.write_text("epoch,train_loss\n1,0.5\n")
     with pytest.raises(ValueError, match=r"metrics.csv: missing column\(s\) val_loss, val_iou"):
         figures.plot_training_curves(csv_path, tmp_path / "curves.png")
+
+
+# ---------------------------------------------------------------------------
+# End to end on a synthetic BUSI tree: prepare -> evaluate -> export, through the command line.
+
+from busi_synthetic import write_synthetic_busi  # noqa: E402
+
+from breastus_training import cli  # noqa: E402
+from breastus_training.busi import load_case, load_manifest  # noqa: E402
+from breastus_training.prepare import build_manifest, write_manifest  # noqa: E402
+from BreastUSSegmentLib.weights import sha256_of_file  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def busi(tmp_path_factory):
+    """A synthetic BUSI tree, its split manifest and two controlled models saved with their cards."""
+    root = tmp_path_factory.mktemp("busi")
+    write_synthetic_busi(root / "BUSI")
+    split = root / "split.json"
+    write_manifest(build_manifest(root / "BUSI"), split)
+    full, empty = root / "full" / "best.safetensors", root / "empty" / "best.safetensors"
+    provenance = {"epochs": 2, "note": "synthetic test run"}
+    save_model(tiny_model(head_bias=30.0), full, input_size=INPUT_SIZE, training=provenance)
+    save_model(tiny_model(head_bias=-30.0), empty, input_size=INPUT_SIZE, training=provenance)
+    (full.parent / "metrics.csv").write_text(
+        "epoch,train_loss,val_loss,val_dice,val_iou,lr,seconds\n1,0.9,0.8,0.3,0.2,0.001,3.0\n2,0.7,0.75,0.5,0.35,0.001,3.1\n"
+    )
+    return {"data": root / "BUSI", "split": split, "full": full, "empty": empty, "root": root}
+
+
+def run_evaluate(busi, weights, name, *extra):
+    output = busi["root"] / "reports" / name
+    code = cli.main(["evaluate", "--data", str(busi["data"]), "--split", str(busi["split"]), "--weights", str(weights),
+                     "--subset", "test", "--output", str(output), "--device", "cpu", "--no-progress", *extra])
+    assert code == 0
+    return output, json.loads((output / "report.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def full_report(busi):
+    return run_evaluate(busi, busi["full"], "full", "--run-dir", str(busi["full"].parent))
+
+
+def test_evaluate_report_matches_hand_computed_scores_of_an_all_lesion_model(busi, full_report):
+    output, report = full_report
+    manifest = load_manifest(busi["split"])
+    test_cases = manifest.cases_for("test")
+    assert [row["id"] for row in report["cases"]] == [case.id for case in test_cases]
+    assert report["split"]["sha256"] == manifest.sha256
+    assert report["weights"]["sha256"] == sha256_of_file(busi["full"])
+    assert report["subset"] == "test" and report["options"]["test_time_flip"] is False
+
+    masks = {case.id: load_case(busi["data"], case)[1] for case in test_cases}
+    lesion = [case for case in test_cases if case.label != "normal"]
+    normal = [case for case in test_cases if case.label == "normal"]
+    assert lesion and normal  # the synthetic split's test subset holds both kinds
+    dice = [2 * masks[c.id].sum() / (masks[c.id].sum() + masks[c.id].size) for c in lesion]
+    raw = report["summary"]["raw"]
+    assert raw["lesion"]["dice_mean"] == pytest.approx(np.mean(dice))
+    assert raw["lesion"]["iou_mean"] == pytest.approx(np.mean([masks[c.id].sum() / masks[c.id].size for c in lesion]))
+    assert raw["lesion"]["images"] == len(lesion)
+    assert raw["normal"]["false_positive_rate"] == 1.0
+    assert report["summary"]["processed"]["normal"]["false_positive_rate"] == 1.0
+    for row in report["cases"]:
+        assert (row["height"], row["width"]) == masks[row["id"]].shape  # scored at the original resolution
+        assert row["raw"]["predicted_pixels"] == masks[row["id"]].size
+
+    markdown = (output / "report.md").read_text()
+    lesion_on = report["summary"]["processed"]["lesion"]
+    assert f"| off | {raw['lesion']['dice_mean']:.3f} ± {raw['lesion']['dice_std']:.3f} |" in markdown
+    assert f"| on | {lesion_on['dice_mean']:.3f} ± {lesion_on['dice_std']:.3f} |" in markdown
+    assert report["weights"]["sha256"] in markdown
+
+    with Image.open(output / "cases.png") as grid:
+        rows = min(len(lesion), 6)
+        assert grid.size == (5 * figures.CELL_INCHES * figures.DPI, (rows * figures.CELL_INCHES + 0.5) * figures.DPI)
+    with Image.open(output / "training_curves.png") as curves:
+        assert curves.size == (1000, 400)
+
+
+def test_evaluate_an_all_background_model(busi):
+    _, report = run_evaluate(busi, busi["empty"], "empty", "--tta")
+    for mode in ("raw", "processed"):
+        summary = report["summary"][mode]
+        assert summary["lesion"]["dice_mean"] == 0.0 and summary["lesion"]["pooled_iou"] == 0.0
+        assert summary["lesion"]["hd95_undefined"] == summary["lesion"]["images"]
+        assert summary["normal"]["false_positives"] == 0 and summary["normal"]["false_positive_rate"] == 0.0
+    assert report["options"]["test_time_flip"] is True
+
+
+def test_evaluate_names_a_missing_data_folder(busi, capsys):
+    code = cli.main(["evaluate", "--data", str(busi["root"] / "nowhere"), "--split", str(busi["split"]),
+                     "--weights", str(busi["full"]), "--output", str(busi["root"] / "x"), "--no-progress"])
+    assert code == 2
+    assert "BUSI data folder not found" in capsys.readouterr().err
+
+
+def test_export_round_trips_and_carries_the_evaluation(busi, full_report, capsys):
+    output_dir, report = full_report
+    target = busi["root"] / "bundle" / "breastus_attention_unet.safetensors"
+    arguments = ["export", "--weights", str(busi["full"]), "--report", str(output_dir / "report.json"), "--output", str(target)]
+    assert cli.main(arguments) == 0
+    card = read_model_card(target)
+    assert f"sha256 {card.sha256}" in capsys.readouterr().out
+
+    model, loaded_card = load_model(target)  # verifies the sha256
+    source, _ = load_model(busi["full"])
+    exported_state, source_state = model.state_dict(), source.state_dict()
+    assert exported_state.keys() == source_state.keys()
+    for key in source_state:
+        assert torch.equal(exported_state[key], source_state[key]), key
+
+    summary = report["summary"]
+    assert loaded_card.metrics["subset"] == "test"
+    assert loaded_card.metrics["processed"]["lesion_dice_mean"] == summary["processed"]["lesion"]["dice_mean"]
+    assert loaded_card.metrics["raw"]["lesion_pooled_iou"] == summary["raw"]["lesion"]["pooled_iou"]
+    assert loaded_card.metrics["processed"]["normal_false_positive_rate"] == 1.0
+    assert loaded_card.training["epochs"] == 2  # the training card's provenance is kept
+    assert loaded_card.training["split_sha256"] == report["split"]["sha256"]
+    assert loaded_card.training["evaluation_report"]["sha256"] == sha256_of_file(output_dir / "report.json")
+    assert loaded_card.postprocessing == report["options"]["postprocessing"]
+
+    # A second export refuses to overwrite, unless --force.
+    assert cli.main(arguments) == 2
+    assert "already exists; pass --force" in capsys.readouterr().err
+    assert cli.main(arguments + ["--force"]) == 0
+    load_model(target)
+
+
+def test_export_refuses_a_report_of_other_weights_or_threshold(busi, full_report, capsys):
+    report_path = str(full_report[0] / "report.json")
+    target = str(busi["root"] / "bundle2" / "model.safetensors")
+    assert cli.main(["export", "--weights", str(busi["empty"]), "--report", report_path, "--output", target]) == 2
+    assert "evaluate these weights first" in capsys.readouterr().err
+    assert cli.main(["export", "--weights", str(busi["full"]), "--report", report_path, "--output", target,
+                     "--threshold", "0.3"]) == 2
+    assert "computed at threshold 0.5, not 0.3" in capsys.readouterr().err
+    with pytest.raises(WeightsError):
+        load_model(target)  # nothing was written

@@ -41,6 +41,7 @@ from BreastUSSegmentLib.inference import LesionSegmenter
 from BreastUSSegmentLib.metrics import dice_score, hausdorff95, iou_score, nan_summary, overlap_counts, pooled_iou_from_counts
 from BreastUSSegmentLib.weights import load_model
 
+from .busi import SPLITS, load_case, load_manifest
 from .figures import CaseFigure, plot_case_grid, plot_training_curves
 
 REPORT_FORMAT_VERSION = 1
@@ -273,8 +274,6 @@ def evaluate_busi(
     log: Callable[[str], None] = print,
 ) -> dict:
     """Evaluate ``weights`` on ``subset`` of the split, write the report and figures, return the report."""
-    from .busi import load_case, load_manifest
-
     data_root, output_dir = Path(data_root), Path(output_dir)
     if not data_root.is_dir():
         raise FileNotFoundError(f"BUSI data folder not found: {data_root}")
@@ -329,7 +328,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, required=True, help="BUSI folder (with benign/, malignant/, normal/)")
     parser.add_argument("--split", type=Path, required=True, help="split file, e.g. Training/splits/busi_split.json")
     parser.add_argument("--weights", type=Path, required=True, help="model .safetensors (model card beside it)")
-    parser.add_argument("--subset", default="test", help="which part of the split to evaluate (default: test)")
+    parser.add_argument("--subset", default="test", choices=SPLITS, help="which part of the split to evaluate (default: test)")
     parser.add_argument("--output", type=Path, required=True, help="report folder, e.g. reports/NAME")
     parser.add_argument("--tta", action="store_true", help="average with a horizontally flipped pass")
     parser.add_argument("--device", choices=DEVICE_CHOICES + ("gpu",), default="auto")
