@@ -1,0 +1,57 @@
+"""Figures for the command line: lesion outline and attention heatmap over the frame (Pillow only)."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageDraw
+from scipy import ndimage
+
+from .preprocessing import normalize_intensity, to_grayscale_frames
+
+# Anchor colours of a black-red-yellow-white heat scale, at evenly spaced values in [0, 1].
+HEAT_ANCHORS = np.array(
+    [[0, 0, 0], [128, 0, 0], [230, 40, 0], [255, 160, 0], [255, 240, 80], [255, 255, 255]], dtype=np.float32
+)
+OUTLINE_COLOR = np.array([0, 255, 0], dtype=np.uint8)
+
+
+def heat_colormap(values: np.ndarray) -> np.ndarray:
+    """Map values in [0, 1] to uint8 RGB colours along the heat scale."""
+    positions = np.clip(values, 0.0, 1.0) * (len(HEAT_ANCHORS) - 1)
+    lower = np.floor(positions).astype(int).clip(0, len(HEAT_ANCHORS) - 2)
+    fraction = (positions - lower)[..., np.newaxis]
+    colours = HEAT_ANCHORS[lower] * (1 - fraction) + HEAT_ANCHORS[lower + 1] * fraction
+    return colours.round().astype(np.uint8)
+
+
+def mask_outline(mask: np.ndarray, thickness: int = 2) -> np.ndarray:
+    """Pixels on the inner border of ``mask``, ``thickness`` pixels wide."""
+    mask = np.asarray(mask, dtype=bool)
+    return mask & ~ndimage.binary_erosion(mask, iterations=max(1, thickness), border_value=0)
+
+
+def gray_to_rgb(frame: np.ndarray) -> np.ndarray:
+    """Any single frame (gray or colour, any dtype) to uint8 RGB for display."""
+    gray = normalize_intensity(to_grayscale_frames(frame))[0]
+    return np.repeat((gray * 255).round().astype(np.uint8)[..., np.newaxis], 3, axis=-1)
+
+
+def overlay_figure(frame: np.ndarray, mask: np.ndarray, attention: np.ndarray, opacity: float = 0.5) -> Image.Image:
+    """Side by side: the frame with the lesion outline (left) and with the attention heatmap (right)."""
+    base = gray_to_rgb(frame)
+    if mask.shape != base.shape[:2] or attention.shape != base.shape[:2]:
+        raise ValueError(f"mask {mask.shape} and attention {attention.shape} must match the frame {base.shape[:2]}")
+    thickness = max(1, round(min(mask.shape) / 200))
+    outlined = base.copy()
+    outlined[mask_outline(mask, thickness)] = OUTLINE_COLOR
+    heat = (base * (1 - opacity) + heat_colormap(attention) * opacity).round().astype(np.uint8)
+
+    height, width = base.shape[:2]
+    gap, caption = 8, 22
+    canvas = Image.new("RGB", (2 * width + gap, height + caption), "black")
+    canvas.paste(Image.fromarray(outlined), (0, caption))
+    canvas.paste(Image.fromarray(heat), (width + gap, caption))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((4, 4), "Lesion (processed mask)", fill=(0, 255, 0))
+    draw.text((width + gap + 4, 4), "Attention (mean of gates)", fill=(255, 200, 0))
+    return canvas
