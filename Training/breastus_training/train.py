@@ -295,7 +295,8 @@ def train(config: dict, context: ProcessContext) -> dict:
     val_data = preload_cases(config["data"], val_cases, input_size, progress, "loading val")
 
     model_config = ModelConfig(base_channels=config["base_channels"], depth=config["depth"], dropout=config["dropout"])
-    model = AttentionUNet(model_config).to(device)
+    # channels-last halves the CPU training step time of this network (measured on 2 cores) and suits GPU tensor cores.
+    model = AttentionUNet(model_config).to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"])
     scheduler = make_scheduler(config["scheduler"], optimizer, config["epochs"])
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
@@ -405,7 +406,7 @@ def train_one_epoch(model, loader, optimizer, scaler, loss_fn, device, use_amp, 
     model.train()
     total = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, image count
     for images, masks in tqdm(loader, desc=description, unit="batch", leave=False, disable=not progress):
-        images = images.to(device, non_blocking=True)
+        images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
         masks = masks.to(device, non_blocking=True)
         with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
             logits = model(images)
