@@ -253,11 +253,16 @@ def test_evaluate_an_all_background_model(busi):
     assert report["options"]["test_time_flip"] is True
 
 
-def test_evaluate_names_a_missing_data_folder(busi, capsys):
+def test_evaluate_names_a_missing_data_folder_or_weights_file(busi, capsys):
     code = cli.main(["evaluate", "--data", str(busi["root"] / "nowhere"), "--split", str(busi["split"]),
                      "--weights", str(busi["full"]), "--output", str(busi["root"] / "x"), "--no-progress"])
     assert code == 2
     assert "BUSI data folder not found" in capsys.readouterr().err
+    code = cli.main(["evaluate", "--data", str(busi["data"]), "--split", str(busi["split"]),
+                     "--weights", str(busi["root"] / "missing.safetensors"), "--output", str(busi["root"] / "x"),
+                     "--no-progress"])
+    assert code == 2
+    assert "model weights not found" in capsys.readouterr().err
 
 
 def test_export_round_trips_and_carries_the_evaluation(busi, full_report, capsys):

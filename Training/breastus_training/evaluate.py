@@ -34,14 +34,15 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
-from BreastUSSegmentLib.device import DEVICE_CHOICES
+from BreastUSSegmentLib.device import DEVICE_CHOICES, select_device
 from BreastUSSegmentLib.inference import LesionSegmenter
 from BreastUSSegmentLib.metrics import dice_score, hausdorff95, iou_score, nan_summary, overlap_counts, pooled_iou_from_counts
-from BreastUSSegmentLib.weights import load_model
+from BreastUSSegmentLib.weights import WeightsError, load_model
 
-from .busi import SPLITS, load_case, load_manifest
+from .busi import SPLITS, DatasetError, load_case, load_manifest
 from .figures import CaseFigure, plot_case_grid, plot_training_curves
 
 REPORT_FORMAT_VERSION = 1
@@ -250,7 +251,7 @@ def case_figures(
     return figures
 
 
-def build_segmenter(weights: str | os.PathLike, device: str = "auto", threshold: float | None = None):
+def build_segmenter(weights: str | os.PathLike, device: str | torch.device = "auto", threshold: float | None = None):
     """Load verified weights; return ``(segmenter, card)``, with the card's threshold unless one is given."""
     model, card = load_model(weights, device="cpu")
     options = card.postprocess_options
@@ -267,7 +268,7 @@ def evaluate_busi(
     output_dir: str | os.PathLike,
     *,
     test_time_flip: bool = False,
-    device: str = "auto",
+    device: str | torch.device = "auto",
     threshold: float | None = None,
     run_dir: str | os.PathLike | None = None,
     progress: bool = True,
@@ -276,7 +277,7 @@ def evaluate_busi(
     """Evaluate ``weights`` on ``subset`` of the split, write the report and figures, return the report."""
     data_root, output_dir = Path(data_root), Path(output_dir)
     if not data_root.is_dir():
-        raise FileNotFoundError(f"BUSI data folder not found: {data_root}")
+        raise DatasetError(f"BUSI data folder not found: {data_root}")
     manifest = load_manifest(split_path)
     cases = list(manifest.cases_for(subset))
     if not cases:
@@ -338,10 +339,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    report = evaluate_busi(
-        args.data, args.split, args.weights, args.subset, args.output,
-        test_time_flip=args.tta, device=args.device, threshold=args.threshold,
-        run_dir=args.run_dir, progress=not args.no_progress,
-    )
+    # Bad weights and an unavailable device are input errors: the command line reports them without a traceback.
+    try:
+        device = select_device(args.device)
+    except RuntimeError as error:
+        raise ValueError(str(error)) from error
+    try:
+        report = evaluate_busi(
+            args.data, args.split, args.weights, args.subset, args.output,
+            test_time_flip=args.tta, device=device, threshold=args.threshold,
+            run_dir=args.run_dir, progress=not args.no_progress,
+        )
+    except WeightsError as error:
+        raise ValueError(str(error)) from error
     print(markdown_report(report))
     return 0

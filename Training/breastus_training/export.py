@@ -15,12 +15,12 @@ from pathlib import Path
 
 from BreastUSSegmentLib import BUNDLED_WEIGHTS
 from BreastUSSegmentLib.postprocessing import PostprocessOptions
-from BreastUSSegmentLib.weights import ModelCard, card_path_for, load_model, save_model, sha256_of_file
+from BreastUSSegmentLib.weights import ModelCard, WeightsError, card_path_for, load_model, save_model, sha256_of_file
 
 SUMMARY_KEYS = ("dice_mean", "dice_std", "iou_mean", "iou_std", "pooled_iou", "hd95_px_mean", "hd95_px_median")
 
 
-class ExportError(RuntimeError):
+class ExportError(ValueError):
     """The export would be inconsistent or would overwrite a file."""
 
 
@@ -108,7 +108,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    card = export_model(args.weights, args.report, args.output, args.threshold, args.force)
+    try:
+        card = export_model(args.weights, args.report, args.output, args.threshold, args.force)
+    except WeightsError as error:  # reported by the command line like any other bad input
+        raise ExportError(str(error)) from error
     print(f"wrote {args.output} and {card_path_for(args.output)}")
     print(f"sha256 {card.sha256}")
     return 0

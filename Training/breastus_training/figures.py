@@ -45,7 +45,7 @@ def read_metrics_csv(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Columns of a training run's ``metrics.csv`` as float arrays (empty cells become NaN)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"training metrics not found: {path}")
+        raise ValueError(f"training metrics not found: {path} (is --run-dir a training run folder?)")
     with open(path, newline="") as stream:
         reader = csv.DictReader(stream)
         missing = [name for name in CURVE_COLUMNS if name not in (reader.fieldnames or [])]
