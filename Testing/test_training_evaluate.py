@@ -307,3 +307,11 @@ def test_export_refuses_a_report_of_other_weights_or_threshold(busi, full_report
     assert "computed at threshold 0.5, not 0.3" in capsys.readouterr().err
     with pytest.raises(WeightsError):
         load_model(target)  # nothing was written
+
+
+def test_export_names_a_report_that_is_not_an_evaluation(busi, tmp_path, capsys):
+    bad = tmp_path / "report.json"
+    bad.write_text(json.dumps({"subset": "test", "summary": {}}))
+    code = cli.main(["export", "--weights", str(busi["full"]), "--report", str(bad), "--output", str(tmp_path / "m.safetensors")])
+    assert code == 2
+    assert "is not an evaluation report" in capsys.readouterr().err

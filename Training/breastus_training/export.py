@@ -17,7 +17,17 @@ from BreastUSSegmentLib import BUNDLED_WEIGHTS
 from BreastUSSegmentLib.postprocessing import PostprocessOptions
 from BreastUSSegmentLib.weights import ModelCard, WeightsError, card_path_for, load_model, save_model, sha256_of_file
 
-SUMMARY_KEYS = ("dice_mean", "dice_std", "iou_mean", "iou_std", "pooled_iou", "hd95_px_mean", "hd95_px_median")
+REQUIRED_REPORT_KEYS = (
+    ("subset",),
+    ("summary", "processed", "lesion"),
+    ("summary", "raw", "lesion"),
+    ("summary", "processed", "normal"),
+    ("weights", "sha256"),
+    ("split", "sha256"),
+    ("options", "test_time_flip"),
+    ("options", "postprocessing", "threshold"),
+)
+SUMMARY_KEYS = ("dice_mean", "dice_std", "iou_mean", "iou_std", "pooled_iou", "hd95_px_mean", "hd95_px_median", "hd95_undefined")
 
 
 class ExportError(ValueError):
@@ -25,16 +35,20 @@ class ExportError(ValueError):
 
 
 def read_report(path: str | os.PathLike) -> dict:
-    """Read an evaluation ``report.json`` and check the parts export needs."""
+    """Read an evaluation ``report.json`` and check that it holds the parts export needs."""
     path = Path(path)
     if not path.is_file():
         raise ExportError(f"evaluation report not found: {path}")
     try:
         report = json.loads(path.read_text())
-        report["summary"]["processed"]["lesion"], report["summary"]["raw"]["normal"]
-        report["weights"]["sha256"], report["split"]["sha256"], report["options"]["postprocessing"]["threshold"]
+        for keys in REQUIRED_REPORT_KEYS:
+            value = report
+            for key in keys:
+                value = value[key]
     except (ValueError, KeyError, TypeError) as error:
-        raise ExportError(f"{path} is not an evaluation report written by 'breastus-train evaluate': {error!r}") from error
+        raise ExportError(
+            f"{path} is not an evaluation report written by 'breastus-train evaluate' (missing or unreadable {error})"
+        ) from error
     return report
 
 
