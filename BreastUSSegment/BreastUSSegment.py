@@ -1,0 +1,996 @@
+"""Breast ultrasound lesion segmentation for 3D Slicer.
+
+The module runs the improved (deeper) Attention U-Net of the BreastUSSegmentLib
+core package on an ultrasound frame or cine clip and writes an editable
+"Lesion" segment, an attention-map overlay and, on request, a probability map.
+
+It imports in two places: inside 3D Slicer (5.8 or later) and in plain Python
+with the ``slicer-core`` package from PyPI, where Qt, the application object
+and the scripted-module base classes do not exist. The Logic class never uses
+Qt and imports PyTorch only when it segments, so it runs headless in tests and
+batch scripts.
+
+Python 3.9 compatible (Slicer 5.8 bundles Python 3.9): no ``X | Y`` unions in
+annotations that are evaluated at run time.
+"""
+
+import enum
+import hashlib
+import importlib.util
+import logging
+import os
+import traceback
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Annotated, Any, Callable, List, Optional, Union
+
+import numpy as np
+import vtk
+import vtk.util.numpy_support
+
+import slicer
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLVectorVolumeNode
+from slicer.util import VTKObservationMixin
+
+try:  # Inside Slicer only
+    import ctk
+    import qt
+except ImportError:
+    ctk = qt = None
+
+try:
+    from slicer.i18n import tr as _
+except ImportError:
+
+    def _(text):
+        return text
+
+
+try:
+    from slicer.ScriptedLoadableModule import (
+        ScriptedLoadableModule,
+        ScriptedLoadableModuleLogic,
+        ScriptedLoadableModuleTest,
+        ScriptedLoadableModuleWidget,
+    )
+except ImportError:  # plain Python with slicer-core: minimal stand-ins so the Logic is usable
+    import unittest
+
+    class ScriptedLoadableModule:
+        def __init__(self, parent):
+            self.parent = parent
+            self.moduleName = self.__class__.__name__
+
+    class ScriptedLoadableModuleWidget:
+        def __init__(self, parent=None):
+            self.parent = parent
+
+    class ScriptedLoadableModuleLogic:
+        def __init__(self, parent=None):
+            self.moduleName = self.__class__.__name__[: -len("Logic")]
+
+    class ScriptedLoadableModuleTest(unittest.TestCase):
+        def delayDisplay(self, message, msec=100):
+            logging.info(message)
+
+
+try:
+    from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
+except ImportError:  # slicer-core has no parameter node wrapper: keep the class as a plain annotated class
+
+    def parameterNodeWrapper(cls):
+        return cls
+
+    @dataclass(frozen=True)
+    class WithinRange:
+        minimum: float
+        maximum: float
+
+from BreastUSSegmentLib import BUNDLED_WEIGHTS, SAMPLES_DIR
+from BreastUSSegmentLib.measure import LesionMeasurement, measure_frames
+
+#
+# Constants shared by the Logic, the widget and the tests
+#
+
+LESION_SEGMENT_NAME = "Lesion"
+LESION_SEGMENT_COLOR = (144 / 255.0, 238 / 255.0, 144 / 255.0)
+# The module's own segment is found by this tag, never by its (editable) name.
+LESION_TAG = "BreastUSSegment.Role"
+LESION_TAG_VALUE = "Lesion"
+# Slicer terminology entry: context~category~type~type modifier~anatomic context~region~region modifier.
+LESION_TERMINOLOGY_ENTRY = (
+    "Segmentation category and type - DICOM master list"
+    "~SCT^49755003^Morphologically Altered Structure"
+    "~SCT^52988006^Lesion"
+    "~^^"
+    "~Anatomic codes - DICOM master list"
+    "~SCT^76752008^Breast"
+    "~^^"
+)
+ATTENTION_REFERENCE_ROLE = "BreastUSSegment.AttentionVolume"
+PROBABILITY_REFERENCE_ROLE = "BreastUSSegment.ProbabilityVolume"
+# Standard Slicer colour node used for the attention overlay when the scene has it.
+STANDARD_HEAT_COLOR_NODE_ID = "vtkMRMLPETProceduralColorNodePET-Heat"
+FALLBACK_HEAT_COLOR_NODE_NAME = "BreastUS attention heat"
+# Frames x rows x columns accepted in one run. The pipeline holds about a dozen
+# float32 copies of the input (frames, probability, one map per attention gate,
+# output volumes), so this keeps a run within a few GB of memory.
+MAX_INPUT_VOXELS = 50_000_000
+DEFAULT_ATTENTION_OPACITY = 0.4
+LABELMAP_SUFFIXES = (".nrrd", ".nii", ".nii.gz")
+SAMPLE_NAMES = ("breastus_sample_benign", "breastus_sample_malignant")
+# Python packages the inference needs besides PyTorch: (import name, pip requirement).
+PYTHON_REQUIREMENTS = (("safetensors", "safetensors>=0.4"), ("scipy", "scipy"))
+MINIMUM_TORCH = ">=2.5"
+
+ProgressCallback = Callable[[int, int], None]
+
+
+class BreastUSSegmentError(ValueError):
+    """A problem the user can fix (bad input, missing weights...); the message is shown in the panel."""
+
+
+#
+# BreastUSSegment
+#
+
+
+class BreastUSSegment(ScriptedLoadableModule):
+    """Module description shown in Slicer's module list and help panel."""
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("Breast US Lesion Segmentation")
+        self.parent.categories = [_("Segmentation")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["SlicerBreastUS contributors"]
+        self.parent.helpText = _(
+            """
+Segments a breast lesion in an ultrasound frame or cine clip with an improved (deeper) Attention U-Net
+and writes an editable <b>Lesion</b> segment, an attention-map overlay and the lesion's area and largest diameter.
+Refine the result in Segment Editor and export it as a labelmap (NRRD or NIfTI).
+<p><b>Research use only. Not for diagnosis or any clinical decision.</b></p>
+<p>Method: Guo, "An Improved U-Net Model for Ultrasound Image Segmentation of Breast Cancer" (2025).
+Training data: Al-Dhabyani W, Gomaa M, Khaled H, Fahmy A, "Dataset of breast ultrasound images",
+Data in Brief 28 (2020) 104863, doi:10.1016/j.dib.2019.104863.</p>
+"""
+        )
+        self.parent.acknowledgementText = _(
+            """
+Built on 3D Slicer and PyTorch. The model is trained on the BUSI dataset (Al-Dhabyani et al., 2020, CC0 1.0);
+please cite the dataset and the method above when you use this module.
+"""
+        )
+        if hasattr(slicer, "app"):
+            slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+#
+# Sample data
+#
+
+
+def sampleDataSources(samplesDir=SAMPLES_DIR):
+    """``(name, image path, sha256)`` of every bundled sample frame present in ``samplesDir``."""
+    sources = []
+    for name in SAMPLE_NAMES:
+        path = Path(samplesDir) / f"{name}.png"
+        if path.is_file():
+            sources.append((name, path, hashlib.sha256(path.read_bytes()).hexdigest()))
+    return sources
+
+
+def registerSampleData():
+    """Add the bundled sample frames to the Sample Data module (local files, no download)."""
+    import SampleData
+
+    category = "Breast ultrasound"
+    for name, path, digest in sampleDataSources():
+        SampleData.SampleDataLogic.registerCustomSampleDataSource(
+            category=category,
+            sampleName=name,
+            thumbnailFileName=str(path),
+            uris=path.as_uri(),
+            fileNames=path.name,
+            checksums=f"SHA256:{digest}",
+            nodeNames=name,
+        )
+
+
+#
+# Parameter node
+#
+
+
+class DeviceChoice(enum.Enum):
+    """Where the network runs."""
+
+    AUTO = "auto"
+    CPU = "cpu"
+    GPU = "gpu"
+
+    @staticmethod
+    def label(member):
+        return {"AUTO": _("Auto (GPU if available)"), "CPU": _("CPU"), "GPU": _("GPU (CUDA)")}[member.name]
+
+
+@parameterNodeWrapper
+class BreastUSSegmentParameterNode:
+    """The panel's state, stored in the scene.
+
+    inputVolume - the ultrasound frame, cine clip or RGB screenshot to segment.
+    outputSegmentation - receives the "Lesion" segment (created when empty).
+    threshold - probability above which a pixel is lesion.
+    keepLargest, fillHoles, smoothing - post-processing steps.
+    testTimeAugmentation - also segment the mirrored image and average.
+    device - where the network runs.
+    showAttention, attentionOpacity - the attention overlay in the slice views.
+    createProbabilityVolume - also write the probability map as a volume.
+    """
+
+    inputVolume: Union[vtkMRMLScalarVolumeNode, vtkMRMLVectorVolumeNode, None]
+    outputSegmentation: vtkMRMLSegmentationNode
+    threshold: Annotated[float, WithinRange(0.05, 0.95)] = 0.5
+    keepLargest: bool = True
+    fillHoles: bool = True
+    smoothing: bool = True
+    testTimeAugmentation: bool = False
+    device: DeviceChoice = DeviceChoice.AUTO
+    showAttention: bool = True
+    attentionOpacity: Annotated[float, WithinRange(0.0, 1.0)] = DEFAULT_ATTENTION_OPACITY
+    createProbabilityVolume: bool = False
+
+
+#
+# BreastUSSegmentWidget
+#
+
+
+class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The module panel (Slicer GUI only)."""
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._lastOverlaySettings = None
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/BreastUSSegment.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+
+        self.logic = BreastUSSegmentLogic()
+
+        self.ui.modelPathLineEdit.filters = ctk.ctkPathLineEdit.Files | ctk.ctkPathLineEdit.Readable
+        self.ui.modelPathLineEdit.nameFilters = [_("Model weights (*.safetensors)")]
+        self.ui.modelPathLineEdit.settingKey = "BreastUSSegment/ModelPath"
+        self.ui.progressBar.hide()
+        self._setStatus(_("Select an ultrasound image, then click Segment lesion."))
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.ui.segmentButton.connect("clicked(bool)", self.onSegmentButton)
+        self.ui.measureButton.connect("clicked(bool)", self.onMeasureButton)
+        self.ui.editButton.connect("clicked(bool)", self.onEditButton)
+        self.ui.exportNrrdButton.connect("clicked(bool)", lambda: self.onExportLabelmap(".nrrd"))
+        self.ui.exportNiftiButton.connect("clicked(bool)", lambda: self.onExportLabelmap(".nii.gz"))
+
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        """Use the scene's parameter node and pick the first volume if none is selected."""
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            firstVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if firstVolume and not firstVolume.IsA("vtkMRMLLabelMapVolumeNode"):
+                self._parameterNode.inputVolume = firstVolume
+
+    def setParameterNode(self, inputParameterNode) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+            self._onParameterNodeModified()
+
+    def _onParameterNodeModified(self, caller=None, event=None) -> None:
+        """Enable buttons for the current selection and apply overlay changes at once."""
+        parameters = self._parameterNode
+        if parameters is None:
+            return
+        problem = self.logic.inputProblem(parameters.inputVolume)
+        self.ui.segmentButton.enabled = not problem
+        self.ui.segmentButton.toolTip = problem or _("Segment the lesion in the selected image (all frames of a clip).")
+        segmentationNode = parameters.outputSegmentation
+        hasLesion = bool(segmentationNode and self.logic.lesionSegmentId(segmentationNode))
+        for button in (self.ui.measureButton, self.ui.editButton, self.ui.exportNrrdButton, self.ui.exportNiftiButton):
+            button.enabled = hasLesion and parameters.inputVolume is not None
+        self.ui.attentionOpacitySliderWidget.enabled = parameters.showAttention
+
+        overlaySettings = (parameters.showAttention, parameters.attentionOpacity)
+        if overlaySettings != self._lastOverlaySettings:
+            self._lastOverlaySettings = overlaySettings
+            attentionVolume = segmentationNode.GetNodeReference(ATTENTION_REFERENCE_ROLE) if segmentationNode else None
+            if attentionVolume and parameters.inputVolume:
+                self.logic.showAttentionOverlay(parameters.inputVolume, attentionVolume, *overlaySettings)
+
+    # --- Actions ---
+
+    def onSegmentButton(self) -> None:
+        parameters = self._parameterNode
+        if not self._ensurePythonDependencies():
+            return
+        inputVolume = parameters.inputVolume
+        segmentationNode = parameters.outputSegmentation
+        if segmentationNode is None:
+            segmentationNode = slicer.mrmlScene.AddNewNodeByClass(
+                "vtkMRMLSegmentationNode", slicer.mrmlScene.GenerateUniqueName(f"{inputVolume.GetName()} lesion")
+            )
+            parameters.outputSegmentation = segmentationNode
+        weightsPath = self.ui.modelPathLineEdit.currentPath.strip() or None
+
+        self._setBusy(True)
+        self._setStatus(_("Segmenting..."))
+        try:
+            with slicer.util.WaitCursor():
+                output = self.logic.segment(
+                    inputVolume,
+                    segmentationNode,
+                    weightsPath=weightsPath,
+                    device=parameters.device.value,
+                    threshold=parameters.threshold,
+                    keepLargest=parameters.keepLargest,
+                    fillHoles=parameters.fillHoles,
+                    smoothing=parameters.smoothing,
+                    testTimeFlip=parameters.testTimeAugmentation,
+                    showAttention=parameters.showAttention,
+                    attentionOpacity=parameters.attentionOpacity,
+                    createProbabilityVolume=parameters.createProbabilityVolume,
+                    progressCallback=self._onProgress,
+                )
+        except Exception as error:  # every failure is shown in the panel, not only in the log
+            self._showError(_("Segmentation failed"), error)
+            return
+        finally:
+            self._setBusy(False)
+        if self.ui.modelPathLineEdit.currentPath:
+            self.ui.modelPathLineEdit.addCurrentPathToHistory()
+        slicer.util.resetSliceViews()
+        self._setStatus(self.logic.measurementSummary(output.measurements, self.logic.volumeSpacing(inputVolume)))
+        self._onParameterNodeModified()
+
+    def onMeasureButton(self) -> None:
+        """Measure the Lesion segment again, e.g. after editing it in Segment Editor."""
+        parameters = self._parameterNode
+        try:
+            measurements = self.logic.measureLesion(parameters.outputSegmentation, parameters.inputVolume)
+        except Exception as error:
+            self._showError(_("Measurement failed"), error)
+            return
+        self._setStatus(self.logic.measurementSummary(measurements, self.logic.volumeSpacing(parameters.inputVolume)))
+
+    def onEditButton(self) -> None:
+        """Open Segment Editor on the lesion, with the input image as source volume."""
+        parameters = self._parameterNode
+        segmentationNode = parameters.outputSegmentation
+        slicer.util.selectModule("SegmentEditor")
+        editor = slicer.util.getModuleWidget("SegmentEditor").editor
+        editor.setSegmentationNode(segmentationNode)
+        editor.setSourceVolumeNode(parameters.inputVolume)
+        segmentId = self.logic.lesionSegmentId(segmentationNode)
+        if segmentId:
+            editor.setCurrentSegmentID(segmentId)
+
+    def onExportLabelmap(self, suffix: str) -> None:
+        """Ask for a file name (never overwriting silently) and write the lesion labelmap."""
+        parameters = self._parameterNode
+        settings = qt.QSettings()
+        folder = settings.value("BreastUSSegment/ExportFolder", qt.QDir.homePath())
+        defaultPath = os.path.join(folder, f"{parameters.inputVolume.GetName()}_lesion{suffix}")
+        fileFilter = _("NRRD (*.nrrd)") if suffix == ".nrrd" else _("NIfTI (*.nii.gz *.nii)")
+        # Qt's save dialog asks before replacing an existing file.
+        path = qt.QFileDialog.getSaveFileName(slicer.util.mainWindow(), _("Export lesion labelmap"), defaultPath, fileFilter)
+        if not path:
+            return
+        if not path.lower().endswith(LABELMAP_SUFFIXES):
+            path += suffix  # the dialog did not see this name: ask ourselves
+            if os.path.exists(path) and not slicer.util.confirmOkCancelDisplay(
+                _("{path} already exists. Replace it?").format(path=path)
+            ):
+                return
+        try:
+            with slicer.util.WaitCursor():
+                self.logic.exportLabelmap(parameters.outputSegmentation, parameters.inputVolume, path, overwrite=True)
+        except Exception as error:
+            self._showError(_("Export failed"), error)
+            return
+        settings.setValue("BreastUSSegment/ExportFolder", os.path.dirname(path))
+        self._setStatus(_("Lesion labelmap written to {path}").format(path=path))
+
+    # --- Helpers ---
+
+    def _ensurePythonDependencies(self) -> bool:
+        """Install PyTorch (through the PyTorch extension) and other packages after asking the user."""
+        if importlib.util.find_spec("torch") is None:
+            try:
+                import PyTorchUtils
+            except ModuleNotFoundError:
+                self._showError(
+                    _("PyTorch is missing"),
+                    BreastUSSegmentError(
+                        _("This module needs PyTorch. Install the 'PyTorch' extension from the Extensions Manager, "
+                          "restart Slicer and click Segment lesion again.")
+                    ),
+                )
+                return False
+            torchLogic = PyTorchUtils.PyTorchUtilsLogic()
+            if not torchLogic.torchInstalled():
+                torch = torchLogic.installTorch(askConfirmation=True, torchVersionRequirement=MINIMUM_TORCH)
+                if torch is None:
+                    self._setStatus(_("PyTorch is required to segment; installation was cancelled."), error=True)
+                    return False
+        missing = [requirement for module, requirement in PYTHON_REQUIREMENTS if importlib.util.find_spec(module) is None]
+        if missing:
+            if not slicer.util.confirmOkCancelDisplay(
+                _("This module needs the Python packages {packages}. Download and install them now?").format(
+                    packages=", ".join(missing)
+                )
+            ):
+                self._setStatus(_("Missing Python packages: {packages}.").format(packages=", ".join(missing)), error=True)
+                return False
+            with slicer.util.WaitCursor():
+                slicer.util.pip_install(missing)
+        return True
+
+    def _onProgress(self, done: int, total: int) -> None:
+        self.ui.progressBar.maximum = total
+        self.ui.progressBar.value = done
+        self._setStatus(_("Segmenting frame {done} of {total}...").format(done=done, total=total))
+        slicer.app.processEvents()
+
+    def _setBusy(self, busy: bool) -> None:
+        self.ui.segmentButton.enabled = not busy
+        self.ui.progressBar.value = 0
+        self.ui.progressBar.setVisible(busy)
+        slicer.app.processEvents()
+
+    def _setStatus(self, text: str, error: bool = False) -> None:
+        self.ui.statusLabel.text = text
+        self.ui.statusLabel.styleSheet = "color: #c0392b;" if error else ""
+
+    def _showError(self, title: str, error: Exception) -> None:
+        message = f"{title}: {error}"
+        logging.error(message + "\n" + traceback.format_exc())
+        self._setStatus(message, error=True)
+        slicer.util.errorDisplay(message, detailedText=traceback.format_exc())
+
+
+#
+# BreastUSSegmentLogic
+#
+
+
+@dataclass
+class SegmentationOutput:
+    """What :meth:`BreastUSSegmentLogic.segment` produced."""
+
+    segmentationNode: Any
+    segmentId: str
+    attentionVolumeNode: Any
+    probabilityVolumeNode: Any = None
+    measurements: List[LesionMeasurement] = field(default_factory=list)
+    pipelineResult: Any = None  # BreastUSSegmentLib.inference.SegmentationResult
+
+
+def ensureSegmentationConverterRules() -> None:
+    """Register the standard labelmap <-> surface conversion rules if nobody did.
+
+    Slicer's Segmentations module registers them at startup; with slicer-core
+    alone the factory starts empty and segmentations cannot hold labelmaps.
+    """
+    factory = slicer.vtkSegmentationConverterFactory.GetInstance()
+    registered = {rule.GetClassName() for rule in factory.GetConverterRules()}
+    for ruleClass in (
+        slicer.vtkBinaryLabelmapToClosedSurfaceConversionRule,
+        slicer.vtkClosedSurfaceToBinaryLabelmapConversionRule,
+    ):
+        if ruleClass.__name__ not in registered:
+            factory.RegisterConverterRule(ruleClass())
+
+
+class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
+    """Segmentation, overlays, measurement and export on any MRML scene, without GUI."""
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self.maxInputVoxels = MAX_INPUT_VOXELS
+        self._segmenters = {}
+        ensureSegmentationConverterRules()
+
+    def getParameterNode(self):
+        return BreastUSSegmentParameterNode(super().getParameterNode())
+
+    # --- Input checks ---
+
+    def inputProblem(self, volumeNode) -> str:
+        """Why ``volumeNode`` cannot be segmented, or an empty string when it can."""
+        if volumeNode is None:
+            return _("No input volume selected. Load an ultrasound image and select it as input.")
+        name = volumeNode.GetName()
+        imageData = volumeNode.GetImageData()
+        if imageData is None or imageData.GetPointData() is None or imageData.GetPointData().GetScalars() is None:
+            return _("Input volume '{name}' has no image data.").format(name=name)
+        dimensions = imageData.GetDimensions()
+        if min(dimensions) < 1 or dimensions[0] < 2 or dimensions[1] < 2:
+            return _("Input volume '{name}' has no usable image (size {size}).").format(name=name, size=dimensions)
+        components = imageData.GetNumberOfScalarComponents()
+        if components not in (1, 3, 4):
+            return _("Input volume '{name}' has {count} components per pixel; expected grayscale, RGB or RGBA.").format(
+                name=name, count=components
+            )
+        voxels = int(dimensions[0]) * int(dimensions[1]) * int(dimensions[2])
+        if voxels > self.maxInputVoxels:
+            return _(
+                "Input volume '{name}' is too large: {frames} frames of {rows} x {columns} pixels ({voxels:,} voxels); "
+                "the limit is {limit:,} voxels. Crop it or split the clip (e.g. with Crop Volume) and try again."
+            ).format(name=name, frames=dimensions[2], rows=dimensions[1], columns=dimensions[0], voxels=voxels,
+                     limit=self.maxInputVoxels)
+        return ""
+
+    def inputArray(self, volumeNode):
+        """``(frames, color)``: the voxels as ``(K, J, I)`` or ``(K, J, I, C)`` and whether they are RGB(A)."""
+        problem = self.inputProblem(volumeNode)
+        if problem:
+            raise BreastUSSegmentError(problem)
+        imageData = volumeNode.GetImageData()
+        components = imageData.GetNumberOfScalarComponents()
+        if components == 1 or volumeNode.IsA("vtkMRMLVectorVolumeNode"):
+            array = slicer.util.arrayFromVolume(volumeNode)
+        else:  # a scalar volume node carrying colour pixels
+            shape = tuple(reversed(imageData.GetDimensions())) + (components,)
+            array = vtk.util.numpy_support.vtk_to_numpy(imageData.GetPointData().GetScalars()).reshape(shape)
+        return array, components > 1
+
+    @staticmethod
+    def volumeSpacing(volumeNode):
+        """``(row_mm, col_mm)`` of a volume: spacing along J (rows) and I (columns)."""
+        spacing = volumeNode.GetSpacing()
+        return float(spacing[1]), float(spacing[0])
+
+    # --- Model ---
+
+    def segmenter(self, weightsPath=None, device: str = "auto"):
+        """The core's ``LesionSegmenter`` for these weights and device (cached)."""
+        path = Path(weightsPath) if weightsPath else Path(BUNDLED_WEIGHTS)
+        if not path.is_file():
+            if path == Path(BUNDLED_WEIGHTS):
+                raise BreastUSSegmentError(
+                    _("The trained model is not installed: {path} is missing. Reinstall the extension or choose a "
+                      "model file (.safetensors) under Advanced.").format(path=path)
+                )
+            raise BreastUSSegmentError(_("Model weights not found: {path}").format(path=path))
+        key = (str(path.resolve()), path.stat().st_mtime_ns, str(device))
+        if key not in self._segmenters:
+            try:
+                from BreastUSSegmentLib.inference import LesionSegmenter
+                from BreastUSSegmentLib.weights import WeightsError
+            except ImportError as error:
+                raise BreastUSSegmentError(
+                    _("A Python package the model needs is missing ({error}). Install PyTorch with the PyTorch "
+                      "extension and restart Slicer.").format(error=error)
+                ) from error
+            try:
+                self._segmenters[key] = LesionSegmenter.from_weights(path, device=device)
+            except (WeightsError, RuntimeError, ValueError) as error:
+                raise BreastUSSegmentError(_("Cannot load the model {path}: {error}").format(path=path, error=error)) from error
+        return self._segmenters[key]
+
+    def clearModelCache(self) -> None:
+        self._segmenters.clear()
+
+    # --- Segmentation ---
+
+    def segment(
+        self,
+        inputVolumeNode,
+        outputSegmentationNode=None,
+        weightsPath=None,
+        device: str = "auto",
+        threshold: Optional[float] = None,
+        keepLargest: Optional[bool] = None,
+        fillHoles: Optional[bool] = None,
+        smoothing: Optional[bool] = None,
+        testTimeFlip: bool = False,
+        showAttention: bool = True,
+        attentionOpacity: float = DEFAULT_ATTENTION_OPACITY,
+        createProbabilityVolume: bool = False,
+        progressCallback: Optional[ProgressCallback] = None,
+    ) -> SegmentationOutput:
+        """Segment every frame of ``inputVolumeNode`` into the "Lesion" segment of the output segmentation.
+
+        Post-processing options left as ``None`` follow the model card. Only the
+        module's own segment is replaced; other segments are left untouched.
+        A new segmentation node is created when ``outputSegmentationNode`` is None.
+        """
+        frames, color = self.inputArray(inputVolumeNode)
+        scene = inputVolumeNode.GetScene()
+        if scene is None:
+            raise BreastUSSegmentError(_("Input volume '{name}' is not in a scene.").format(name=inputVolumeNode.GetName()))
+        if outputSegmentationNode is None:
+            outputSegmentationNode = scene.AddNewNodeByClass(
+                "vtkMRMLSegmentationNode", scene.GenerateUniqueName(f"{inputVolumeNode.GetName()} lesion")
+            )
+        elif outputSegmentationNode.GetScene() is not scene:
+            raise BreastUSSegmentError(_("The output segmentation and the input volume are in different scenes."))
+
+        segmenter = self.segmenter(weightsPath, device)
+        options = self.postprocessOptions(segmenter.postprocessing, threshold, keepLargest, fillHoles, smoothing)
+        logging.info(f"BreastUSSegment: segmenting {inputVolumeNode.GetName()} {frames.shape} on {segmenter.device}")
+        result = segmenter.segment(
+            frames, color=color, test_time_flip=testTimeFlip, postprocessing=options, progress=progressCallback
+        )
+
+        outputSegmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(inputVolumeNode)
+        segmentId = self.writeLesionSegment(outputSegmentationNode, result.processed_mask, inputVolumeNode)
+        outputSegmentationNode.CreateDefaultDisplayNodes()
+        outputSegmentationNode.CreateClosedSurfaceRepresentation()
+
+        baseName = inputVolumeNode.GetName()
+        attentionVolume = self.updateResultVolume(
+            outputSegmentationNode, ATTENTION_REFERENCE_ROLE, f"{baseName} attention", result.combined_attention, inputVolumeNode
+        )
+        probabilityVolume = None
+        if createProbabilityVolume:
+            probabilityVolume = self.updateResultVolume(
+                outputSegmentationNode, PROBABILITY_REFERENCE_ROLE, f"{baseName} probability", result.probability, inputVolumeNode
+            )
+        self.showAttentionOverlay(inputVolumeNode, attentionVolume, showAttention, attentionOpacity)
+
+        measurements = measure_frames(result.processed_mask, self.volumeSpacing(inputVolumeNode))
+        return SegmentationOutput(
+            segmentationNode=outputSegmentationNode,
+            segmentId=segmentId,
+            attentionVolumeNode=attentionVolume,
+            probabilityVolumeNode=probabilityVolume,
+            measurements=measurements,
+            pipelineResult=result,
+        )
+
+    @staticmethod
+    def postprocessOptions(base, threshold=None, keepLargest=None, fillHoles=None, smoothing=None):
+        """``base`` (the model card's options) with the panel's choices applied; ``None`` keeps the card's value."""
+        changes = {}
+        if threshold is not None:
+            changes["threshold"] = float(threshold)
+        if keepLargest is not None:
+            changes["keep_largest"] = bool(keepLargest)
+        if fillHoles is not None:
+            changes["fill_holes"] = bool(fillHoles)
+        if smoothing is not None:
+            defaultSigma = type(base)().smoothing_sigma
+            changes["smoothing_sigma"] = (base.smoothing_sigma or defaultSigma) if smoothing else 0.0
+        try:
+            return replace(base, **changes)
+        except ValueError as error:
+            raise BreastUSSegmentError(_("Invalid post-processing option: {error}").format(error=error)) from error
+
+    # --- Segments ---
+
+    @staticmethod
+    def lesionSegmentId(segmentationNode) -> Optional[str]:
+        """ID of the segment this module wrote (found by its tag), or None."""
+        if segmentationNode is None:
+            return None
+        segmentation = segmentationNode.GetSegmentation()
+        for segmentId in segmentation.GetSegmentIDs():
+            value = vtk.reference("")
+            if segmentation.GetSegment(segmentId).GetTag(LESION_TAG, value) and str(value) == LESION_TAG_VALUE:
+                return segmentId
+        return None
+
+    def addLesionSegment(self, segmentationNode) -> str:
+        """Add the empty "Lesion" segment with its tag, colour and terminology; return its ID."""
+        segmentation = segmentationNode.GetSegmentation()
+        segmentId = segmentation.AddEmptySegment(
+            segmentation.GenerateUniqueSegmentID(LESION_SEGMENT_NAME), LESION_SEGMENT_NAME, list(LESION_SEGMENT_COLOR)
+        )
+        segment = segmentation.GetSegment(segmentId)
+        segment.SetTag(LESION_TAG, LESION_TAG_VALUE)
+        segment.SetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), LESION_TERMINOLOGY_ENTRY)
+        segment.SetNameAutoGenerated(False)
+        segment.SetColorAutoGenerated(False)
+        return segmentId
+
+    def writeLesionSegment(self, segmentationNode, masks, referenceVolumeNode) -> str:
+        """Replace the voxels of the module's segment by ``masks`` ``(K, J, I)`` on the reference volume's grid."""
+        segmentId = self.lesionSegmentId(segmentationNode) or self.addLesionSegment(segmentationNode)
+        self.updateSegmentFromArray(segmentationNode, segmentId, masks, referenceVolumeNode)
+        return segmentId
+
+    @staticmethod
+    def updateSegmentFromArray(segmentationNode, segmentId, masks, referenceVolumeNode) -> None:
+        """Like ``slicer.util.updateSegmentBinaryLabelmapFromArray`` but in the nodes' own scene (no globals)."""
+        scene = segmentationNode.GetScene()
+        labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__BreastUSSegment_temp__")
+        try:
+            _copyGeometry(referenceVolumeNode, labelmap)
+            slicer.util.updateVolumeFromArray(labelmap, np.asarray(masks, dtype=np.uint8).reshape(_kji(referenceVolumeNode)))
+            segmentIds = vtk.vtkStringArray()
+            segmentIds.InsertNextValue(segmentId)
+            if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, segmentationNode, segmentIds):
+                raise BreastUSSegmentError(_("Could not write the lesion into segmentation '{name}'.").format(
+                    name=segmentationNode.GetName()))
+        finally:
+            scene.RemoveNode(labelmap)
+
+    @staticmethod
+    def arrayFromSegment(segmentationNode, segmentId, referenceVolumeNode):
+        """Voxels ``(K, J, I)`` uint8 of one segment on the reference volume's grid (no globals needed)."""
+        labelmap = BreastUSSegmentLogic._exportToLabelmapNode(segmentationNode, [segmentId], referenceVolumeNode, "__BreastUSSegment_temp__")
+        try:
+            return slicer.util.arrayFromVolume(labelmap).copy()
+        finally:
+            _removeLabelmapNode(labelmap)
+
+    @staticmethod
+    def _exportToLabelmapNode(segmentationNode, segmentIds, referenceVolumeNode, name):
+        scene = segmentationNode.GetScene()
+        labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", name)
+        ids = vtk.vtkStringArray()
+        for segmentId in segmentIds:
+            ids.InsertNextValue(segmentId)
+        if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(segmentationNode, ids, labelmap, referenceVolumeNode):
+            _removeLabelmapNode(labelmap)
+            raise BreastUSSegmentError(_("Could not export segmentation '{name}' to a labelmap.").format(
+                name=segmentationNode.GetName()))
+        return labelmap
+
+    # --- Result volumes and overlay ---
+
+    def updateResultVolume(self, segmentationNode, role: str, name: str, array, referenceVolumeNode):
+        """Create or update the float volume referenced by ``role`` with ``array`` on the reference geometry."""
+        scene = segmentationNode.GetScene()
+        volume = segmentationNode.GetNodeReference(role)
+        if volume is None or volume.GetScene() is not scene:
+            volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", scene.GenerateUniqueName(name))
+            segmentationNode.SetNodeReferenceID(role, volume.GetID())
+        slicer.util.updateVolumeFromArray(volume, np.asarray(array, dtype=np.float32).reshape(_kji(referenceVolumeNode)))
+        _copyGeometry(referenceVolumeNode, volume)
+        volume.CreateDefaultDisplayNodes()
+        display = volume.GetDisplayNode()
+        display.SetAndObserveColorNodeID(self.heatColorNode(scene).GetID())
+        display.AutoWindowLevelOff()
+        display.SetWindowLevelMinMax(0.0, 1.0)
+        return volume
+
+    @staticmethod
+    def heatColorNode(scene):
+        """Slicer's PET-Heat colour node when the scene has it, else a small heat table created once."""
+        standard = scene.GetNodeByID(STANDARD_HEAT_COLOR_NODE_ID)
+        if standard is not None:
+            return standard
+        existing = scene.GetFirstNodeByName(FALLBACK_HEAT_COLOR_NODE_NAME)
+        if existing is not None and existing.IsA("vtkMRMLColorTableNode"):
+            return existing
+        table = slicer.vtkMRMLColorTableNode()
+        table.SetName(FALLBACK_HEAT_COLOR_NODE_NAME)
+        table.SetTypeToUser()
+        table.SetNumberOfColors(256)
+        for index in range(256):  # black -> red -> yellow -> white
+            value = index / 255.0
+            table.SetColor(index, f"{value:.3f}", min(1.0, 3 * value), min(1.0, max(0.0, 3 * value - 1)),
+                           min(1.0, max(0.0, 3 * value - 2)), 1.0)
+        table.SetSaveWithScene(True)
+        scene.AddNode(table)
+        return table
+
+    @staticmethod
+    def showAttentionOverlay(backgroundVolumeNode, attentionVolumeNode, show: bool = True,
+                             opacity: float = DEFAULT_ATTENTION_OPACITY) -> None:
+        """Show the attention map over the image in every slice view of the scene (or hide it)."""
+        scene = attentionVolumeNode.GetScene()
+        compositeNodes = scene.GetNodesByClass("vtkMRMLSliceCompositeNode")
+        for index in range(compositeNodes.GetNumberOfItems()):
+            composite = compositeNodes.GetItemAsObject(index)
+            composite.SetBackgroundVolumeID(backgroundVolumeNode.GetID())
+            if show:
+                composite.SetForegroundVolumeID(attentionVolumeNode.GetID())
+                composite.SetForegroundOpacity(float(opacity))
+            elif composite.GetForegroundVolumeID() == attentionVolumeNode.GetID():
+                composite.SetForegroundVolumeID(None)
+
+    # --- Measurement and export ---
+
+    def measureLesion(self, segmentationNode, referenceVolumeNode, segmentId=None) -> List[LesionMeasurement]:
+        """Area (mm²) and largest diameter (mm) of the lesion segment, one entry per frame of the reference volume."""
+        if segmentationNode is None or referenceVolumeNode is None:
+            raise BreastUSSegmentError(_("Select the input volume and the segmentation to measure."))
+        segmentId = segmentId or self.lesionSegmentId(segmentationNode)
+        if not segmentId:
+            raise BreastUSSegmentError(
+                _("Segmentation '{name}' has no Lesion segment; click Segment lesion first.").format(
+                    name=segmentationNode.GetName())
+            )
+        masks = self.arrayFromSegment(segmentationNode, segmentId, referenceVolumeNode)
+        return measure_frames(masks, self.volumeSpacing(referenceVolumeNode))
+
+    @staticmethod
+    def measurementSummary(measurements: List[LesionMeasurement], spacing=(1.0, 1.0)) -> str:
+        """One line for the status label: the lesion's size (in the frame where it is largest for a clip)."""
+        if not measurements or all(m.pixel_count == 0 for m in measurements):
+            return _("No lesion found. Lower the threshold under Advanced, or draw the lesion in Segment Editor.")
+        frame = max(range(len(measurements)), key=lambda index: measurements[index].area_mm2)
+        largest = measurements[frame]
+        text = _("Lesion area {area:.1f} mm², largest diameter {diameter:.1f} mm").format(
+            area=largest.area_mm2, diameter=largest.largest_diameter_mm)
+        if len(measurements) > 1:
+            found = sum(1 for m in measurements if m.pixel_count)
+            text += _(" (largest in frame {frame}; lesion in {found} of {total} frames)").format(
+                frame=frame + 1, found=found, total=len(measurements))
+        if tuple(spacing) == (1.0, 1.0):
+            text += _(". The image spacing is 1 mm per pixel: if the image has no calibration, read mm as pixels.")
+        return text
+
+    def exportLabelmap(self, segmentationNode, referenceVolumeNode, path=None, overwrite: bool = False):
+        """The Lesion segment as a labelmap volume node (lesion = 1) on the reference grid, written to ``path`` if given.
+
+        ``path`` must end with .nrrd, .nii or .nii.gz; an existing file is only replaced with ``overwrite=True``.
+        """
+        if segmentationNode is None or referenceVolumeNode is None:
+            raise BreastUSSegmentError(_("Select the input volume and the segmentation to export."))
+        segmentId = self.lesionSegmentId(segmentationNode)
+        if not segmentId:
+            raise BreastUSSegmentError(
+                _("Segmentation '{name}' has no Lesion segment; click Segment lesion first.").format(
+                    name=segmentationNode.GetName())
+            )
+        if path is not None:
+            path = str(path)
+            if not path.lower().endswith(LABELMAP_SUFFIXES):
+                raise BreastUSSegmentError(
+                    _("Cannot write {path}: use a .nrrd, .nii or .nii.gz file name.").format(path=path))
+            if os.path.exists(path) and not overwrite:
+                raise BreastUSSegmentError(_("{path} already exists; not overwriting it.").format(path=path))
+        scene = segmentationNode.GetScene()
+        name = scene.GenerateUniqueName(f"{referenceVolumeNode.GetName()} lesion label")
+        labelmap = self._exportToLabelmapNode(segmentationNode, [segmentId], referenceVolumeNode, name)
+        if path is not None:
+            storage = labelmap.GetStorageNode()
+            if storage is None:
+                labelmap.AddDefaultStorageNode()
+                storage = labelmap.GetStorageNode()
+            storage.SetFileName(path)
+            storage.SetUseCompression(1)
+            if not storage.WriteData(labelmap):
+                raise BreastUSSegmentError(_("Writing the labelmap to {path} failed.").format(path=path))
+        return labelmap
+
+
+def _kji(volumeNode):
+    """``(K, J, I)`` shape of a volume's voxel array."""
+    return tuple(reversed(volumeNode.GetImageData().GetDimensions()))
+
+
+def _copyGeometry(sourceVolumeNode, targetVolumeNode) -> None:
+    """Give ``target`` the IJK-to-RAS matrix (origin, spacing, directions) and parent transform of ``source``."""
+    matrix = vtk.vtkMatrix4x4()
+    sourceVolumeNode.GetIJKToRASMatrix(matrix)
+    targetVolumeNode.SetIJKToRASMatrix(matrix)
+    targetVolumeNode.SetAndObserveTransformNodeID(sourceVolumeNode.GetTransformNodeID())
+
+
+def _removeLabelmapNode(labelmapNode) -> None:
+    """Remove a temporary labelmap node and the colour table made for it."""
+    scene = labelmapNode.GetScene()
+    display = labelmapNode.GetDisplayNode()
+    colorNode = display.GetColorNode() if display else None
+    scene.RemoveNode(labelmapNode)
+    if colorNode is not None and colorNode.GetName().startswith(labelmapNode.GetName()):
+        scene.RemoveNode(colorNode)
+
+
+#
+# BreastUSSegmentTest
+#
+
+
+class BreastUSSegmentTest(ScriptedLoadableModuleTest):
+    """Self-test run inside Slicer (Reload and Test, or CTest)."""
+
+    # The bundled model must reach this Dice on the bundled sample frames.
+    MINIMUM_SAMPLE_DICE = 0.6
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_TinyModelMatchesThePipeline()
+        self.setUp()
+        self.test_SampleDataWithBundledModel()
+
+    def test_TinyModelMatchesThePipeline(self):
+        """The Lesion segment equals the core pipeline's mask for the same image, and re-running replaces it."""
+        import tempfile
+
+        import torch
+
+        from BreastUSSegmentLib.inference import LesionSegmenter
+        from BreastUSSegmentLib.model import AttentionUNet, ModelConfig
+        from BreastUSSegmentLib.weights import save_model
+
+        self.delayDisplay("Segmenting a synthetic frame with a tiny model")
+        torch.manual_seed(0)
+        rows, columns = np.indices((48, 64))
+        frame = (100 + 80 * np.sin(rows / 5.0) * np.cos(columns / 7.0)).astype(np.uint8)
+        volume = slicer.util.addVolumeFromArray(frame[np.newaxis], name="synthetic frame")
+        volume.SetSpacing(0.2, 0.3, 1.0)
+        with tempfile.TemporaryDirectory() as folder:
+            weights = os.path.join(folder, "tiny.safetensors")
+            save_model(AttentionUNet(ModelConfig(base_channels=4, depth=2)), weights, input_size=(64, 64))
+            reference = LesionSegmenter.from_weights(weights, device="cpu")
+            threshold = float(np.quantile(reference.segment(frame).probability, 0.6))
+            expected = reference.segment(frame, postprocessing=BreastUSSegmentLogic.postprocessOptions(
+                reference.postprocessing, threshold)).processed_mask
+            logic = BreastUSSegmentLogic()
+            output = logic.segment(volume, weightsPath=weights, device="cpu", threshold=threshold)
+            again = logic.segment(volume, output.segmentationNode, weightsPath=weights, device="cpu", threshold=threshold)
+        self.assertEqual(output.segmentId, again.segmentId)
+        self.assertEqual(output.segmentationNode.GetSegmentation().GetNumberOfSegments(), 1)
+        actual = slicer.util.arrayFromSegmentBinaryLabelmap(output.segmentationNode, output.segmentId, volume)
+        np.testing.assert_array_equal(actual.astype(bool), expected)
+        self.delayDisplay("Tiny model test passed")
+
+    def test_SampleDataWithBundledModel(self):
+        """The bundled model segments the bundled sample frames close to their reference masks."""
+        import SampleData
+
+        from BreastUSSegmentLib.metrics import dice_score
+
+        sources = sampleDataSources()
+        self.assertTrue(sources, f"no sample frames found in {SAMPLES_DIR}")
+        self.assertTrue(Path(BUNDLED_WEIGHTS).is_file(), f"bundled weights missing: {BUNDLED_WEIGHTS}")
+        registerSampleData()
+        logic = BreastUSSegmentLogic()
+        for name, path, _digest in sources:
+            self.delayDisplay(f"Segmenting sample {name}")
+            volume = SampleData.downloadSample(name)
+            output = logic.segment(volume, device="auto")
+            mask = slicer.util.loadVolume(str(path.with_name(f"{name}_mask.png")), {"labelmap": True, "show": False})
+            reference = slicer.util.arrayFromVolume(mask)
+            if reference.ndim == 4:
+                reference = reference.max(axis=-1)
+            actual = slicer.util.arrayFromSegmentBinaryLabelmap(output.segmentationNode, output.segmentId, volume)
+            dice = dice_score(actual > 0, reference > 0)
+            self.delayDisplay(f"{name}: Dice {dice:.3f}")
+            self.assertGreaterEqual(dice, self.MINIMUM_SAMPLE_DICE, f"{name}: Dice {dice:.3f}")
+            self.assertGreater(output.measurements[0].area_mm2, 0.0)
+        self.delayDisplay("Sample data test passed")

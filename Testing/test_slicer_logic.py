@@ -1,0 +1,425 @@
+"""The Slicer module's Logic on real MRML scenes (slicer-core), with a tiny model saved by the tests."""
+
+import ast
+import hashlib
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import slicerio
+import torch
+import vtk
+
+import slicer
+from BreastUSSegmentLib.inference import LesionSegmenter
+from BreastUSSegmentLib.measure import measure_frames
+from BreastUSSegmentLib.model import AttentionUNet, ModelConfig
+from BreastUSSegmentLib.weights import save_model
+
+MODULE_PATH = Path(__file__).resolve().parents[1] / "BreastUSSegment" / "BreastUSSegment.py"
+SHAPE = (48, 64)  # rows, columns of the synthetic frames
+SPACING = (0.12, 0.08, 1.0)  # I (columns), J (rows), K mm
+ORIGIN = (12.5, -30.0, 4.0)
+ANGLE = math.radians(25)
+
+
+def load_module():
+    spec = importlib.util.spec_from_file_location("BreastUSSegment", MODULE_PATH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["BreastUSSegment"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+BUS = load_module()
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    save_model(AttentionUNet(ModelConfig(base_channels=4, depth=2, dropout=0.0)), path, input_size=(64, 64))
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(weights):
+    """The core pipeline run outside Slicer on the same weights."""
+    return LesionSegmenter.from_weights(weights, device="cpu")
+
+
+@pytest.fixture
+def logic():
+    return BUS.BreastUSSegmentLogic()
+
+
+@pytest.fixture
+def scene():
+    return slicer.vtkMRMLScene()
+
+
+def frame(seed=0, shape=SHAPE):
+    """A smooth synthetic ultrasound-like frame, different for every seed."""
+    rows, cols = np.indices(shape)
+    rng = np.random.default_rng(seed)
+    image = 90 + 60 * np.sin(rows / (4.0 + seed)) * np.cos(cols / 6.0) + rng.normal(0, 8, shape)
+    image[rows > shape[0] * (0.55 + 0.05 * seed)] -= 50  # an asymmetric dark region
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def add_volume(scene, array, className="vtkMRMLScalarVolumeNode", name="us"):
+    """Volume node from a (K, J, I) or (K, J, I, C) array with a rotated, offset, anisotropic geometry."""
+    node = scene.AddNewNodeByClass(className, name)
+    slicer.util.updateVolumeFromArray(node, array)
+    node.SetSpacing(*SPACING)
+    node.SetOrigin(*ORIGIN)
+    directions = vtk.vtkMatrix4x4()
+    rotation = [[math.cos(ANGLE), -math.sin(ANGLE), 0], [-math.sin(ANGLE), -math.cos(ANGLE), 0], [0, 0, 1]]
+    for row in range(3):
+        for col in range(3):
+            directions.SetElement(row, col, rotation[row][col])
+    node.SetIJKToRASDirectionMatrix(directions)
+    return node
+
+
+def ijk_to_ras(node):
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def expected_result(reference, image, threshold, color=None):
+    options = BUS.BreastUSSegmentLogic.postprocessOptions(reference.postprocessing, threshold)
+    return reference.segment(image, color=color, postprocessing=options)
+
+
+def split_threshold(reference, image, color=None):
+    """A threshold that puts about 40 % of the random model's pixels in the lesion."""
+    return float(np.quantile(reference.segment(image, color=color).probability, 0.6))
+
+
+def segment_ids(segmentation_node):
+    return list(segmentation_node.GetSegmentation().GetSegmentIDs())
+
+
+# --- Segmentation into the scene ---
+
+
+def test_lesion_segment_equals_pipeline_mask_on_input_geometry(scene, logic, weights, reference):
+    image = frame()
+    volume = add_volume(scene, image[np.newaxis])
+    threshold = split_threshold(reference, image)
+    expected = expected_result(reference, image, threshold).processed_mask
+    assert 0 < expected.sum() < expected.size
+
+    output = logic.segment(volume, weightsPath=weights, device="cpu", threshold=threshold)
+    segmentation_node = output.segmentationNode
+    assert segmentation_node.GetScene() is scene
+    np.testing.assert_array_equal(logic.arrayFromSegment(segmentation_node, output.segmentId, volume), expected)
+
+    segment = segmentation_node.GetSegmentation().GetSegment(output.segmentId)
+    assert segment.GetName() == "Lesion"
+    np.testing.assert_allclose(segment.GetColor(), BUS.LESION_SEGMENT_COLOR)
+    terminology = vtk.reference("")
+    assert segment.GetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), terminology)
+    assert str(terminology) == BUS.LESION_TERMINOLOGY_ENTRY
+    assert "SCT^52988006^Lesion" in str(terminology) and "SCT^76752008^Breast" in str(terminology)
+
+    # Segment Editor paints on the internal labelmap: its voxels must be the image's voxels.
+    internal = segmentation_node.GetBinaryLabelmapInternalRepresentation(output.segmentId)
+    image_to_world = vtk.vtkMatrix4x4()
+    internal.GetImageToWorldMatrix(image_to_world)
+    np.testing.assert_allclose(
+        [[image_to_world.GetElement(r, c) for c in range(4)] for r in range(4)], ijk_to_ras(volume), atol=1e-6
+    )
+    assert segmentation_node.GetSegmentation().ContainsRepresentation("Closed surface")
+    assert output.measurements == measure_frames(expected, (SPACING[1], SPACING[0]))
+
+
+def test_seg_nrrd_written_and_read_back_identical(scene, logic, weights, reference, tmp_path):
+    image = frame(1)
+    volume = add_volume(scene, image[np.newaxis])
+    threshold = split_threshold(reference, image)
+    expected = expected_result(reference, image, threshold).processed_mask
+    output = logic.segment(volume, weightsPath=weights, device="cpu", threshold=threshold)
+
+    path = tmp_path / "lesion.seg.nrrd"
+    writer = slicer.vtkMRMLSegmentationStorageNode()
+    writer.SetFileName(str(path))
+    assert writer.WriteData(output.segmentationNode)
+
+    reloaded = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "reloaded")
+    reader = slicer.vtkMRMLSegmentationStorageNode()
+    reader.SetFileName(str(path))
+    assert reader.ReadData(reloaded)
+    segment_id = logic.lesionSegmentId(reloaded)  # the tag survives the file
+    assert segment_id == output.segmentId
+    np.testing.assert_array_equal(logic.arrayFromSegment(reloaded, segment_id, volume), expected)
+
+    # Independent reader: slicerio gives voxels in (I, J, K) order with their extent offset and IJK-to-LPS.
+    segmentation = slicerio.read_segmentation(str(path))
+    info = slicerio.segment_from_name(segmentation, "Lesion")
+    voxels = segmentation["voxels"]
+    if voxels.ndim == 4:
+        voxels = voxels[..., info["layer"]]
+    offset = segmentation["referenceImageExtentOffset"]
+    full = np.zeros((SHAPE[1], SHAPE[0], 1), dtype=bool)
+    full[offset[0] : offset[0] + voxels.shape[0], offset[1] : offset[1] + voxels.shape[1], offset[2] : offset[2] + voxels.shape[2]] = (
+        voxels == info["labelValue"]
+    )
+    np.testing.assert_array_equal(full.transpose(2, 1, 0), expected)
+    np.testing.assert_allclose(segmentation["ijkToLPS"], ras_to_lps_matrix(ijk_to_ras(volume)), atol=1e-5)
+
+
+def test_labelmap_export_nrrd_and_nifti_match_mask_and_geometry(scene, logic, weights, reference, tmp_path):
+    image = frame(2)
+    volume = add_volume(scene, image[np.newaxis])
+    threshold = split_threshold(reference, image)
+    expected = expected_result(reference, image, threshold).processed_mask
+    output = logic.segment(volume, weightsPath=weights, device="cpu", threshold=threshold)
+
+    for name in ("lesion.nrrd", "lesion.nii.gz"):
+        path = tmp_path / name
+        labelmap = logic.exportLabelmap(output.segmentationNode, volume, path)
+        assert labelmap.IsA("vtkMRMLLabelMapVolumeNode")
+        np.testing.assert_array_equal(slicer.util.arrayFromVolume(labelmap), expected.astype(np.uint8))
+        written = sitk.ReadImage(str(path))
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(written), expected.astype(np.uint8))
+        lps = ras_to_lps_matrix(ijk_to_ras(volume))
+        np.testing.assert_allclose(written.GetSpacing(), SPACING, atol=1e-5)
+        np.testing.assert_allclose(written.GetOrigin(), lps[:3, 3], atol=1e-4)
+        directions = lps[:3, :3] / np.array(SPACING)
+        np.testing.assert_allclose(np.array(written.GetDirection()).reshape(3, 3), directions, atol=1e-5)
+
+        with pytest.raises(BUS.BreastUSSegmentError, match="already exists"):
+            logic.exportLabelmap(output.segmentationNode, volume, path)
+        logic.exportLabelmap(output.segmentationNode, volume, path, overwrite=True)
+
+    with pytest.raises(BUS.BreastUSSegmentError, match=r"\.nrrd, \.nii or \.nii\.gz"):
+        logic.exportLabelmap(output.segmentationNode, volume, tmp_path / "lesion.png")
+
+
+def ras_to_lps_matrix(ras_matrix):
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ ras_matrix
+
+
+def test_rgb_vector_volume_is_converted_by_the_core(scene, logic, weights, reference):
+    gray = frame(3)
+    rgb = np.stack([gray, np.clip(gray.astype(int) + 30, 0, 255), gray // 2], axis=-1).astype(np.uint8)
+    volume = add_volume(scene, rgb[np.newaxis], className="vtkMRMLVectorVolumeNode")
+    threshold = split_threshold(reference, rgb)
+    expected = expected_result(reference, rgb, threshold).processed_mask  # the 2-D RGB frame as a user would pass it
+    output = logic.segment(volume, weightsPath=weights, device="cpu", threshold=threshold)
+    np.testing.assert_array_equal(logic.arrayFromSegment(output.segmentationNode, output.segmentId, volume), expected)
+
+
+def test_multi_slice_volume_segments_every_frame(scene, logic, weights, reference):
+    clip = np.stack([frame(seed) for seed in range(3)])
+    volume = add_volume(scene, clip)
+    threshold = split_threshold(reference, clip)
+    expected = expected_result(reference, clip, threshold).processed_mask
+    assert not np.array_equal(expected[0], expected[1])
+    progress = []
+    output = logic.segment(
+        volume, weightsPath=weights, device="cpu", threshold=threshold, progressCallback=lambda d, t: progress.append((d, t))
+    )
+    np.testing.assert_array_equal(logic.arrayFromSegment(output.segmentationNode, output.segmentId, volume), expected)
+    assert progress[-1] == (3, 3)
+    assert len(output.measurements) == 3
+    assert [m.pixel_count for m in output.measurements] == [int(mask.sum()) for mask in expected]
+
+
+def test_user_segments_preserved_and_lesion_replaced_not_duplicated(scene, logic, weights, reference):
+    image = frame(4)
+    volume = add_volume(scene, image[np.newaxis])
+    segmentation_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "review")
+    segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    segmentation = segmentation_node.GetSegmentation()
+    # A user segment that overlaps the lesion, and one the user named "Lesion" (no module tag).
+    user_mask = np.zeros((1, *SHAPE), dtype=bool)
+    user_mask[0, 10:40, 5:50] = True
+    user_id = segmentation.AddEmptySegment("", "Cyst (drawn)", [0.2, 0.4, 1.0])
+    logic.updateSegmentFromArray(segmentation_node, user_id, user_mask, volume)
+    named_mask = np.zeros((1, *SHAPE), dtype=bool)
+    named_mask[0, 2:8, 2:8] = True
+    named_id = segmentation.AddEmptySegment("", "Lesion", [1.0, 0.0, 0.0])
+    logic.updateSegmentFromArray(segmentation_node, named_id, named_mask, volume)
+
+    low = split_threshold(reference, image)
+    first = logic.segment(volume, segmentation_node, weightsPath=weights, device="cpu", threshold=low)
+    assert first.segmentId not in (user_id, named_id)
+    segmentation.GetSegment(first.segmentId).SetName("Lesion (edited name)")
+
+    high = float(np.quantile(reference.segment(image).probability, 0.8))
+    second = logic.segment(volume, segmentation_node, weightsPath=weights, device="cpu", threshold=high)
+    assert second.segmentId == first.segmentId
+    assert sorted(segment_ids(segmentation_node)) == sorted([user_id, named_id, first.segmentId])
+    expected = expected_result(reference, image, high).processed_mask
+    assert not np.array_equal(expected, expected_result(reference, image, low).processed_mask)
+    np.testing.assert_array_equal(logic.arrayFromSegment(segmentation_node, first.segmentId, volume), expected)
+    np.testing.assert_array_equal(logic.arrayFromSegment(segmentation_node, user_id, volume), user_mask)
+    np.testing.assert_array_equal(logic.arrayFromSegment(segmentation_node, named_id, volume), named_mask)
+
+
+def test_attention_volume_geometry_colour_and_slice_views(scene, logic, weights, reference):
+    image = frame(5)
+    volume = add_volume(scene, image[np.newaxis])
+    composites = [scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode") for _ in range(2)]
+    threshold = split_threshold(reference, image)
+    result = expected_result(reference, image, threshold)
+
+    output = logic.segment(
+        volume, weightsPath=weights, device="cpu", threshold=threshold, attentionOpacity=0.3, createProbabilityVolume=True
+    )
+    attention = output.attentionVolumeNode
+    np.testing.assert_allclose(ijk_to_ras(attention), ijk_to_ras(volume))
+    assert attention.GetImageData().GetDimensions() == volume.GetImageData().GetDimensions()
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(attention), result.combined_attention, atol=1e-6)
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(output.probabilityVolumeNode), result.probability, atol=1e-6)
+    color = attention.GetDisplayNode().GetColorNode()
+    assert color is not None and color.GetName() == BUS.FALLBACK_HEAT_COLOR_NODE_NAME
+    assert color.GetNumberOfColors() == 256
+    for composite in composites:
+        assert composite.GetBackgroundVolumeID() == volume.GetID()
+        assert composite.GetForegroundVolumeID() == attention.GetID()
+        assert composite.GetForegroundOpacity() == pytest.approx(0.3)
+
+    again = logic.segment(volume, output.segmentationNode, weightsPath=weights, device="cpu", showAttention=False)
+    assert again.attentionVolumeNode is attention  # updated, not duplicated
+    assert scene.GetNumberOfNodesByClass("vtkMRMLColorTableNode") == 1
+    assert all(composite.GetForegroundVolumeID() is None for composite in composites)
+
+
+def test_attention_uses_slicer_standard_heat_colours_when_present(scene, logic, weights):
+    colors = slicer.vtkMRMLColorLogic()
+    colors.SetMRMLScene(scene)
+    volume = add_volume(scene, frame(6)[np.newaxis])
+    output = logic.segment(volume, weightsPath=weights, device="cpu")
+    assert output.attentionVolumeNode.GetDisplayNode().GetColorNodeID() == BUS.STANDARD_HEAT_COLOR_NODE_ID
+    colors.SetMRMLScene(None)
+
+
+# --- Measurement ---
+
+
+def test_measure_lesion_on_a_disc_of_known_radius(scene, logic):
+    volume = add_volume(scene, np.zeros((1, 120, 160), dtype=np.uint8))
+    row_mm, col_mm = SPACING[1], SPACING[0]
+    radius_mm = 3.0
+    rows, cols = np.indices((120, 160))
+    disc = np.hypot((rows - 60) * row_mm, (cols - 80) * col_mm) <= radius_mm
+    segmentation_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    segment_id = logic.addLesionSegment(segmentation_node)
+    logic.updateSegmentFromArray(segmentation_node, segment_id, disc[np.newaxis], volume)
+
+    [measured] = logic.measureLesion(segmentation_node, volume)
+    pixel = max(row_mm, col_mm)
+    assert abs(measured.largest_diameter_mm - 2 * radius_mm) <= pixel
+    assert abs(measured.area_mm2 - math.pi * radius_mm**2) <= 2 * math.pi * radius_mm * pixel
+    assert measured.pixel_count == int(disc.sum())
+    summary = logic.measurementSummary([measured], (row_mm, col_mm))
+    assert f"{measured.area_mm2:.1f} mm²" in summary and f"{measured.largest_diameter_mm:.1f} mm" in summary
+    assert "pixels" not in summary
+    assert "read mm as pixels" in logic.measurementSummary([measured], (1.0, 1.0))
+    assert "No lesion found" in logic.measurementSummary(measure_frames(np.zeros((2, 4, 4))))
+
+
+# --- Errors ---
+
+
+def test_errors_have_clear_messages(scene, logic, weights, tmp_path, monkeypatch):
+    Error = BUS.BreastUSSegmentError
+    volume = add_volume(scene, frame(7)[np.newaxis])
+    with pytest.raises(Error, match="No input volume selected"):
+        logic.segment(None, weightsPath=weights)
+
+    empty = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "empty")
+    with pytest.raises(Error, match="'empty' has no image data"):
+        logic.segment(empty, weightsPath=weights)
+
+    two = add_volume(scene, np.zeros((1, 8, 8, 2), dtype=np.uint8), className="vtkMRMLVectorVolumeNode", name="two")
+    with pytest.raises(Error, match="2 components per pixel"):
+        logic.segment(two, weightsPath=weights)
+
+    logic.maxInputVoxels = 1000
+    with pytest.raises(Error, match=r"too large: 1 frames of 48 x 64 pixels \(3,072 voxels\); the limit is 1,000"):
+        logic.segment(volume, weightsPath=weights)
+    logic.maxInputVoxels = BUS.MAX_INPUT_VOXELS
+
+    with pytest.raises(Error, match="Model weights not found: .*missing.safetensors"):
+        logic.segment(volume, weightsPath=tmp_path / "missing.safetensors")
+    monkeypatch.setattr(BUS, "BUNDLED_WEIGHTS", tmp_path / "Models" / "bundled.safetensors")
+    with pytest.raises(Error, match="trained model is not installed"):
+        logic.segment(volume)
+
+    tampered = tmp_path / "tampered.safetensors"
+    tampered.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")
+    (tmp_path / "tampered.json").write_text(weights.with_suffix(".json").read_text())
+    with pytest.raises(Error, match="Cannot load the model .*checksum"):
+        logic.segment(volume, weightsPath=tampered)
+
+    with pytest.raises(Error, match="threshold"):
+        logic.segment(volume, weightsPath=weights, threshold=1.5)
+
+    segmentation_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "nothing yet")
+    with pytest.raises(Error, match="'nothing yet' has no Lesion segment"):
+        logic.exportLabelmap(segmentation_node, volume, tmp_path / "x.nrrd")
+    with pytest.raises(Error, match="no Lesion segment"):
+        logic.measureLesion(segmentation_node, volume)
+
+    other_scene = slicer.vtkMRMLScene()
+    foreign = other_scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    with pytest.raises(Error, match="different scenes"):
+        logic.segment(volume, foreign, weightsPath=weights)
+
+
+def test_segmenter_is_cached_per_weights_and_device(logic, weights):
+    assert logic.segmenter(weights, "cpu") is logic.segmenter(weights, "cpu")
+    assert logic.segmenter(weights, "cpu") is not logic.segmenter(weights, "auto")
+
+
+# --- Module file ---
+
+
+def test_module_parses_as_python_3_9_without_runtime_pep604_unions():
+    """Slicer 5.8 runs Python 3.9: ``X | Y`` in evaluated annotations would fail at import."""
+    source = MODULE_PATH.read_text()
+    tree = ast.parse(source, feature_version=(3, 9))
+    assert "from __future__ import annotations" not in source  # the parameter node wrapper reads real types
+
+    def has_union(node):
+        return node is not None and any(isinstance(n, ast.BinOp) and isinstance(n.op, ast.BitOr) for n in ast.walk(node))
+
+    offending = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            arguments = node.args.args + node.args.kwonlyargs + node.args.posonlyargs
+            if has_union(node.returns) or any(has_union(a.annotation) for a in arguments):
+                offending.append(node.name)
+        elif isinstance(node, ast.AnnAssign) and has_union(node.annotation):
+            offending.append(ast.unparse(node.target))
+    assert offending == []
+
+
+def test_module_classes_and_parameter_node_fields():
+    for suffix in ("", "Widget", "Logic", "Test"):
+        assert hasattr(BUS, "BreastUSSegment" + suffix)
+    fields = BUS.BreastUSSegmentParameterNode.__annotations__
+    assert set(fields) == {
+        "inputVolume", "outputSegmentation", "threshold", "keepLargest", "fillHoles", "smoothing",
+        "testTimeAugmentation", "device", "showAttention", "attentionOpacity", "createProbabilityVolume",
+    }
+    assert [choice.value for choice in BUS.DeviceChoice] == ["auto", "cpu", "gpu"]
+
+
+def test_sample_sources_list_only_existing_frames(tmp_path):
+    assert BUS.sampleDataSources(tmp_path) == []
+    (tmp_path / "breastus_sample_benign.png").write_bytes(b"png bytes")
+    [(name, path, digest)] = BUS.sampleDataSources(tmp_path)
+    assert name == "breastus_sample_benign" and path == tmp_path / "breastus_sample_benign.png"
+    assert digest == hashlib.sha256(b"png bytes").hexdigest()
