@@ -82,12 +82,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
+    previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+                torch.get_num_threads())
     context = setup_process(config)
     try:
         train(config, context)
     finally:
         if context.distributed:
             dist.destroy_process_group()
+        # leave the caller's process as it was (the command can be called from Python)
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+        torch.set_num_threads(previous[2])
     return 0
 
 
@@ -139,7 +144,10 @@ def setup_process(config: dict) -> ProcessContext:
     if config["threads"]:
         torch.set_num_threads(config["threads"])
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    device = select_device(config["device"])
+    try:
+        device = select_device(config["device"])
+    except RuntimeError as error:  # e.g. --device cuda without a GPU: a settings error, reported by the CLI
+        raise ValueError(str(error)) from error
     if world_size <= 1:
         return ProcessContext(device=device)
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))

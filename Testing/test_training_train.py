@@ -1,0 +1,179 @@
+"""breastus-train train on a synthetic BUSI tree: learning, resuming, checkpoints, saved model, augmentation."""
+
+import csv
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from BreastUSSegmentLib.preprocessing import prepare_input
+from BreastUSSegmentLib.weights import load_model
+from breastus_training import cli
+from breastus_training.augment import affine_pair, standard_augment
+from breastus_training.busi import load_case, load_manifest
+from breastus_training.checkpoint import ResumeError, capture_rng_state, restore_rng_state
+from breastus_training.dataset import SegmentationDataset, preload_cases
+from breastus_training.train import train as train_run
+from breastus_training.train import ProcessContext, config_from_args
+from breastus_training.cli import build_parser
+
+from busi_synthetic import write_synthetic_busi
+
+TINY = ["--input-size", "64", "--base-channels", "4", "--depth", "2", "--batch-size", "4", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("busi_train")
+    info = write_synthetic_busi(root / "BUSI")
+    split = root / "split.json"
+    assert cli.main(["prepare", "--data", str(info.root), "--output", str(split)]) == 0
+    return info.root, split
+
+
+def train_args(dataset, run_dir, *extra):
+    data, split = dataset
+    return ["train", "--data", str(data), "--split", str(split), "--run-dir", str(run_dir), *TINY, *extra]
+
+
+def read_metrics(run_dir):
+    with open(run_dir / "metrics.csv", newline="") as stream:
+        return list(csv.DictReader(stream))
+
+
+def scramble_global_rngs():
+    """What a fresh process would look like: global generators in some other state."""
+    torch.manual_seed(987654)
+    np.random.seed(4321)
+    random.seed(77)
+
+
+def test_training_lowers_the_loss_and_writes_the_run_folder(dataset, tmp_path):
+    run_dir = tmp_path / "learn"
+    assert cli.main(train_args(dataset, run_dir, "--epochs", "10", "--augment", "none", "--lr", "0.01",
+                               "--patience", "0")) == 0
+    rows = read_metrics(run_dir)
+    assert [int(row["epoch"]) for row in rows] == list(range(1, 11))
+    losses = [float(row["train_loss"]) for row in rows]
+    assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:2])
+    for name in ("config.json", "checkpoint_last.pt", "best.safetensors", "best.json"):
+        assert (run_dir / name).is_file()
+    assert any((run_dir / "tensorboard").iterdir())
+
+
+def test_resumed_run_equals_uninterrupted_run(dataset, tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert cli.main(train_args(dataset, straight, "--epochs", "2")) == 0
+    assert cli.main(train_args(dataset, resumed, "--epochs", "1")) == 0
+    after_one = torch.load(resumed / "checkpoint_last.pt", weights_only=True)
+    scramble_global_rngs()
+    assert cli.main(train_args(dataset, resumed, "--epochs", "2")) == 0  # "killed" after epoch 1, run again
+
+    expected = torch.load(straight / "checkpoint_last.pt", weights_only=True)
+    actual = torch.load(resumed / "checkpoint_last.pt", weights_only=True)
+    assert actual["epoch"] == expected["epoch"] == 2
+    for key, value in expected["model"].items():
+        assert torch.equal(actual["model"][key], value), key
+    changed = [key for key, value in after_one["model"].items() if not torch.equal(value, expected["model"][key])]
+    assert changed  # epoch 2 really trained after the resume
+    for first, second in zip(read_metrics(straight), read_metrics(resumed)):
+        for column in ("epoch", "train_loss", "val_loss", "val_dice", "val_iou", "lr"):
+            assert first[column] == second[column]
+
+
+def test_checkpoint_is_weights_only_and_complete(dataset, tmp_path):
+    run_dir = tmp_path / "ckpt"
+    assert cli.main(train_args(dataset, run_dir, "--epochs", "1", "--scheduler", "cosine")) == 0
+    state = torch.load(run_dir / "checkpoint_last.pt", weights_only=True)
+    for key in ("model", "optimizer", "scheduler", "epoch", "best_score", "epochs_without_improvement", "rng", "config"):
+        assert key in state
+    assert state["optimizer"]["state"]  # Adam moments were saved
+    assert state["scheduler"]["T_max"] == 1
+
+
+def test_rng_state_round_trip():
+    state = capture_rng_state()
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    scramble_global_rngs()
+    restore_rng_state(state)
+    actual = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(actual[0], expected[0]) and np.array_equal(actual[1], expected[1]) and actual[2] == expected[2]
+
+
+def test_best_model_loads_with_the_core_and_records_its_provenance(dataset, tmp_path):
+    run_dir = tmp_path / "best"
+    assert cli.main(train_args(dataset, run_dir, "--epochs", "2")) == 0
+    model, card = load_model(run_dir / "best.safetensors")
+    manifest = load_manifest(dataset[1])
+    assert card.model["base_channels"] == 4 and card.model["depth"] == 2
+    assert card.input_size == [64, 64]
+    assert card.training["split_sha256"] == manifest.sha256
+    assert card.training["epoch"] in (1, 2)
+    best_row = read_metrics(run_dir)[card.training["epoch"] - 1]
+    assert card.training["val_iou"] == pytest.approx(float(best_row["val_iou"]))
+    assert model(torch.zeros(1, 1, 64, 64)).shape == (1, 1, 64, 64)
+
+
+def test_resume_with_other_settings_is_refused(dataset, tmp_path, capsys):
+    run_dir = tmp_path / "refuse"
+    assert cli.main(train_args(dataset, run_dir, "--epochs", "2")) == 0
+    assert cli.main(train_args(dataset, run_dir, "--epochs", "2", "--lr", "0.01")) == 2
+    assert "lr: run has 0.001, requested 0.01" in capsys.readouterr().err
+    assert cli.main(train_args(dataset, run_dir, "--epochs", "1")) == 2
+    assert "may only be increased" in capsys.readouterr().err
+    config = config_from_args(build_parser().parse_args(train_args(dataset, run_dir, "--epochs", "2", "--loss", "dice_bce")))
+    with pytest.raises(ResumeError, match="loss"):
+        train_run(config, ProcessContext(device=torch.device("cpu")))
+
+
+def test_invalid_settings_give_clear_errors(dataset, tmp_path, capsys):
+    assert cli.main(train_args(dataset, tmp_path / "bad", "--input-size", "66")) == 2
+    assert "multiple of 4" in capsys.readouterr().err
+    data, _ = dataset
+    assert cli.main(["train", "--data", str(data), "--split", str(tmp_path / "none.json"),
+                     "--run-dir", str(tmp_path / "r")]) == 2
+    assert "split manifest not found" in capsys.readouterr().err
+
+
+def test_preloaded_cases_use_the_inference_preprocessing(dataset):
+    data, split = dataset
+    cases = load_manifest(split).cases_for("train")[:3]
+    prepared = preload_cases(data, cases, (64, 64), progress=False)
+    for index, case in enumerate(cases):
+        image, mask = load_case(data, case)
+        assert torch.equal(prepared.images[index], prepare_input(image, (64, 64))[0])
+        assert set(prepared.masks[index].unique().tolist()) <= {0.0, 1.0}
+        assert abs(prepared.masks[index].mean().item() - mask.mean()) < 0.05  # same lesion fraction
+
+
+def test_augmentation_depends_only_on_seed_epoch_and_index(dataset):
+    data, split = dataset
+    cases = load_manifest(split).cases_for("train")[:2]
+    augmented = SegmentationDataset(preload_cases(data, cases, (64, 64), progress=False), standard_augment, seed=0)
+    augmented.set_epoch(3)
+    first = augmented[1]
+    augmented.set_epoch(4)
+    other_epoch = augmented[1]
+    augmented.set_epoch(3)
+    again = augmented[1]
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+    assert not torch.equal(first[0], other_epoch[0])
+
+
+def test_standard_augmentation_moves_image_and_mask_together_and_never_flips_vertically():
+    image = torch.zeros(1, 64, 64)
+    image[:, 8:24, 20:50] = 1.0  # a bright block near the top (the transducer side)
+    mask = (image > 0.5).float()
+    same_image, same_mask = affine_pair(image, mask, 0.0, 1.0)
+    assert torch.allclose(same_image, image, atol=1e-5) and torch.equal(same_mask, mask)
+    rows = torch.arange(64, dtype=torch.float32)[:, None]
+    for seed in range(20):
+        out_image, out_mask = standard_augment(image, mask, torch.Generator().manual_seed(seed))
+        assert out_image.shape == image.shape and out_mask.shape == mask.shape
+        assert 0.0 <= float(out_image.min()) and float(out_image.max()) <= 1.0
+        assert set(out_mask.unique().tolist()) <= {0.0, 1.0}
+        assert float((out_mask[0] * rows).sum() / out_mask.sum()) < 32  # the lesion stays in the top half
+        bright = out_image[0] > out_image[0][out_mask[0] == 0].mean()
+        overlap = (bright & (out_mask[0] > 0)).sum() / out_mask.sum()
+        assert overlap > 0.8  # the mask follows the image's geometric transform
