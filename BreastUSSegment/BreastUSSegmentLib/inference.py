@@ -24,6 +24,11 @@ logger = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int, int], None]
 
+# Frames per forward pass on the CPU. Larger batches do more work per frame on a
+# small CPU (their activations no longer fit in the caches); measured with
+# benchmarks/benchmark.py. Results do not depend on it: frames are independent.
+CPU_FRAMES_PER_FORWARD = 4
+
 
 @dataclass
 class SegmentationResult:
@@ -52,6 +57,7 @@ class LesionSegmenter:
     ):
         self.device = device if isinstance(device, torch.device) else select_device(device)
         self.model = model.to(self.device).eval()
+        self._set_memory_format()
         self.input_size = (int(input_size[0]), int(input_size[1]))
         self.postprocessing = postprocessing or PostprocessOptions()
         multiple = model.config.size_multiple
@@ -63,6 +69,18 @@ class LesionSegmenter:
         """Build a segmenter from a verified ``.safetensors`` file and its model card."""
         model, card = load_model(weights_path, device="cpu")
         return cls(model, tuple(card.input_size), card.postprocess_options, device)
+
+    def _set_memory_format(self) -> None:
+        """Use channels-last weights on the CPU, where its convolutions are faster.
+
+        The values of the weights do not change, only their layout in memory.
+        """
+        if self.device.type == "cpu":
+            self.model.to(memory_format=torch.channels_last)
+
+    def _frames_per_forward(self, batch_size: int) -> int:
+        """Frames per forward pass: on the CPU at most ``CPU_FRAMES_PER_FORWARD`` (see its comment)."""
+        return min(batch_size, CPU_FRAMES_PER_FORWARD) if self.device.type == "cpu" else batch_size
 
     def _forward(self, batch: torch.Tensor, test_time_flip: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
         logits, attention = self.model(batch, return_attention=True)
@@ -76,7 +94,7 @@ class LesionSegmenter:
     def _predict_batch(self, batch: torch.Tensor, test_time_flip: bool):
         """Forward one batch; on CUDA out-of-memory move to the CPU with a warning and retry."""
         try:
-            return self._forward(batch.to(self.device), test_time_flip)
+            return self._forward(self._to_device(batch), test_time_flip)
         except torch.OutOfMemoryError:
             if self.device.type == "cpu":
                 raise
@@ -84,7 +102,15 @@ class LesionSegmenter:
             torch.cuda.empty_cache()
             self.device = torch.device("cpu")
             self.model.to(self.device)
-            return self._forward(batch, test_time_flip)
+            self._set_memory_format()
+            return self._forward(self._to_device(batch), test_time_flip)
+
+    def _to_device(self, batch: torch.Tensor) -> torch.Tensor:
+        """The batch on the model's device, channels-last on the CPU like the weights."""
+        batch = batch.to(self.device)
+        if self.device.type == "cpu":
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return batch
 
     @torch.inference_mode()
     def segment(
@@ -104,31 +130,58 @@ class LesionSegmenter:
         options = postprocessing or self.postprocessing
         network_input = prepare_input(image, self.input_size, color=color)
         frame_count, original_size = network_input.shape[0], _original_size(image, color)
+        outputs = _OutputFrames(frame_count, original_size)
 
-        probabilities, attention_levels = [], None
-        for start in range(0, frame_count, max(1, batch_size)):
-            batch = network_input[start : start + batch_size]
-            probability, attention = self._predict_batch(batch, test_time_flip)
-            probabilities.append(resize_frames(probability.float().cpu(), original_size))
-            resized = [resize_frames(level.float().cpu(), original_size) for level in attention]
-            if attention_levels is None:
-                attention_levels = [[] for _ in resized]
-            for store, level in zip(attention_levels, resized):
-                store.append(level)
+        step = max(1, batch_size)
+        for start in range(0, frame_count, step):
+            stop = min(start + step, frame_count)
+            chunk = self._frames_per_forward(step)
+            for first in range(start, stop, chunk):
+                last = min(first + chunk, stop)
+                probability, attention = self._predict_batch(network_input[first:last], test_time_flip)
+                outputs.store(first, last, probability, attention)
             if progress is not None:
-                progress(min(start + batch_size, frame_count), frame_count)
+                progress(stop, frame_count)
 
-        probability = _to_numpy(probabilities)
-        attention_maps = [_to_numpy(level) for level in attention_levels]
-        combined = np.mean(attention_maps, axis=0).astype(np.float32)
-        raw_mask = probability >= options.threshold
+        raw_mask = outputs.probability >= options.threshold
         return SegmentationResult(
-            probability=probability,
+            probability=outputs.probability,
             raw_mask=raw_mask,
-            processed_mask=postprocess_frames(probability, options),
-            attention_maps=attention_maps,
-            combined_attention=combined,
+            processed_mask=postprocess_frames(outputs.probability, options),
+            attention_maps=outputs.attention_maps,
+            combined_attention=outputs.combined_attention(),
         )
+
+
+class _OutputFrames:
+    """The pipeline's float outputs, filled batch by batch on the input's own grid.
+
+    Each batch is resized straight into preallocated arrays, so a long cine clip
+    is never held twice (no list of batches to concatenate, no stack of all
+    attention levels to average).
+    """
+
+    def __init__(self, frame_count: int, size: tuple[int, int]):
+        self.size = size
+        self.probability = np.empty((frame_count, *size), dtype=np.float32)
+        self.attention_maps: list[np.ndarray] = []
+
+    def store(self, first: int, last: int, probability: torch.Tensor, attention: list[torch.Tensor]) -> None:
+        """Resize ``(n, 1, h, w)`` network outputs to the input grid, clip to [0, 1] and keep them."""
+        if not self.attention_maps:
+            self.attention_maps = [np.empty_like(self.probability) for _ in attention]
+        for target, source in zip([self.probability, *self.attention_maps], [probability, *attention]):
+            rows = torch.from_numpy(target[first:last])
+            rows.copy_(resize_frames(source.float().cpu(), self.size).squeeze(1))
+            rows.clamp_(0.0, 1.0)
+
+    def combined_attention(self) -> np.ndarray:
+        """Mean of the attention levels, summed level by level in float32."""
+        combined = self.attention_maps[0].copy()
+        for level in self.attention_maps[1:]:
+            combined += level
+        combined /= np.float32(len(self.attention_maps))
+        return combined
 
 
 def _original_size(image: np.ndarray, color: bool | None) -> tuple[int, int]:
@@ -136,8 +189,3 @@ def _original_size(image: np.ndarray, color: bool | None) -> tuple[int, int]:
     shape = np.shape(image)
     is_color = len(shape) == 4 or (len(shape) == 3 and (color if color is not None else shape[-1] in (3, 4)))
     return (shape[-3], shape[-2]) if is_color else (shape[-2], shape[-1])
-
-
-def _to_numpy(batches: list[torch.Tensor]) -> np.ndarray:
-    """Concatenate ``(n, 1, H, W)`` batches into a ``(F, H, W)`` float32 array clipped to [0, 1]."""
-    return torch.cat(batches).squeeze(1).clamp_(0.0, 1.0).numpy().astype(np.float32, copy=False)

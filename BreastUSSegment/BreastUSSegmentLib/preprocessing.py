@@ -53,7 +53,8 @@ def to_grayscale_frames(image: np.ndarray, color: bool | None = None) -> np.ndar
         )
     if min(frames.shape[-2:]) < 2:
         raise InvalidImageError(f"a frame must be at least 2x2 pixels, got {frames.shape[-2:]}")
-    if not np.isfinite(frames).all():
+    # Only floating-point pixels can be NaN or infinite; skip the scan for integer ones.
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(frames).all():
         raise InvalidImageError("the image contains NaN or infinite values")
     return frames
 
@@ -67,7 +68,9 @@ def normalize_intensity(frames: np.ndarray) -> np.ndarray:
     low = frames.min(axis=(-2, -1), keepdims=True)
     span = frames.max(axis=(-2, -1), keepdims=True) - low
     span[span == 0] = 1.0
-    return (frames - low) / span
+    normalized = frames - low  # a new array, so dividing in place leaves the caller's frames alone
+    normalized /= span
+    return normalized
 
 
 def resize_frames(frames: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
