@@ -1,0 +1,384 @@
+"""The module panel (.ui) loaded with Qt's own loader, checked against what BreastUSSegment.py uses.
+
+Slicer's custom widgets (qMRMLNodeComboBox, ctkSliderWidget, ...) are not on
+PyPI, so small stand-ins with the same class names are registered with
+QUiLoader; they draw roughly like the real ones so the panel can also be
+rendered to ``Resources/Screenshots/panel.png``:
+
+    QT_QPA_PLATFORM=offscreen .venv/bin/python Testing/test_panel_ui.py --screenshot
+"""
+
+import enum
+import importlib.util
+import os
+import re
+import sys
+import typing
+import xml.etree.ElementTree as ElementTree
+from pathlib import Path
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+import pytest
+from PySide6.QtCore import Property, QSize, Qt
+from PySide6.QtGui import QColor, QImage, QPainter, QPalette
+from PySide6.QtUiTools import QUiLoader
+from PySide6.QtWidgets import (
+    QApplication,
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSlider,
+    QStyle,
+    QStyleOptionButton,
+    QToolButton,
+    QWidget,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULE_PATH = ROOT / "BreastUSSegment" / "BreastUSSegment.py"
+UI_PATH = ROOT / "BreastUSSegment" / "Resources" / "UI" / "BreastUSSegment.ui"
+SCREENSHOT_PATH = ROOT / "Resources" / "Screenshots" / "panel.png"
+
+# Which .ui class a widget must have, from the suffix of its name (checked in this order).
+EXPECTED_CLASS_BY_SUFFIX = (
+    ("CollapsibleButton", "ctkCollapsibleButton"),
+    ("Button", "QPushButton"),
+    ("Selector", "qMRMLNodeComboBox"),
+    ("CheckBox", "QCheckBox"),
+    ("SliderWidget", "ctkSliderWidget"),
+    ("ComboBox", "QComboBox"),
+    ("PathLineEdit", "ctkPathLineEdit"),
+    ("ProgressBar", "QProgressBar"),
+    ("Label", "QLabel"),
+)
+
+
+# --- Stand-ins for Slicer's custom widgets (same class names as in the .ui) ---
+
+
+class qMRMLWidget(QWidget):
+    pass
+
+
+class qMRMLNodeComboBox(QComboBox):
+    """Shows one node name, like the real selector once a scene is set."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self._properties = {}
+
+    def showNode(self, name):
+        self.clear()
+        self.addItem(name)
+
+
+class ctkCollapsibleButton(QWidget):
+    """A button-like header with an arrow; the child widgets sit below it."""
+
+    HEADER = 24
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self._text = ""
+        self._collapsed = False
+        self.setContentsMargins(4, self.HEADER + 4, 4, 4)
+
+    def getText(self):
+        return self._text
+
+    def setText(self, text):
+        self._text = text
+        self.update()
+
+    def getCollapsed(self):
+        return self._collapsed
+
+    def setCollapsed(self, collapsed):
+        self._collapsed = bool(collapsed)
+        for child in self.findChildren(QWidget, options=Qt.FindDirectChildrenOnly):
+            child.setVisible(not self._collapsed)
+        self.setMaximumHeight(self.HEADER + 2 if self._collapsed else 16777215)
+
+    text = Property(str, getText, setText)
+    collapsed = Property(bool, getCollapsed, setCollapsed)
+
+    def paintEvent(self, event):
+        painter = QPainter(self)
+        option = QStyleOptionButton()
+        option.initFrom(self)
+        option.rect = self.rect().adjusted(0, 0, -1, 0)
+        option.rect.setHeight(self.HEADER)
+        self.style().drawControl(QStyle.CE_PushButton, option, painter, self)
+        arrow = "\u25b6" if self._collapsed else "\u25bc"
+        painter.drawText(option.rect.adjusted(8, 0, 0, 0), Qt.AlignVCenter | Qt.AlignLeft, f"{arrow}  {self._text}")
+        if not self._collapsed:
+            painter.setPen(self.palette().color(QPalette.Mid))
+            painter.drawRect(self.rect().adjusted(0, self.HEADER, -1, -1))
+
+
+class ctkSliderWidget(QWidget):
+    """A slider with a spin box, like ctkSliderWidget."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        self.slider = QSlider(Qt.Horizontal)
+        self.spinBox = QDoubleSpinBox()
+        layout.addWidget(self.slider, 1)
+        layout.addWidget(self.spinBox)
+        self.slider.setRange(0, 1000)
+        self.spinBox.valueChanged.connect(self._syncSlider)
+
+    def _syncSlider(self, value):
+        span = (self.spinBox.maximum() - self.spinBox.minimum()) or 1.0
+        self.slider.setValue(round(1000 * (value - self.spinBox.minimum()) / span))
+
+    def getMinimum(self):
+        return self.spinBox.minimum()
+
+    def setMinimum(self, value):
+        self.spinBox.setMinimum(value)
+
+    def getMaximum(self):
+        return self.spinBox.maximum()
+
+    def setMaximum(self, value):
+        self.spinBox.setMaximum(value)
+
+    def getValue(self):
+        return self.spinBox.value()
+
+    def setValue(self, value):
+        self.spinBox.setValue(value)
+        self._syncSlider(value)
+
+    def getSingleStep(self):
+        return self.spinBox.singleStep()
+
+    def setSingleStep(self, value):
+        self.spinBox.setSingleStep(value)
+
+    def getDecimals(self):
+        return self.spinBox.decimals()
+
+    def setDecimals(self, value):
+        self.spinBox.setDecimals(value)
+
+    minimum = Property(float, getMinimum, setMinimum)
+    maximum = Property(float, getMaximum, setMaximum)
+    value = Property(float, getValue, setValue)
+    singleStep = Property(float, getSingleStep, setSingleStep)
+    decimals = Property(int, getDecimals, setDecimals)
+
+
+class ctkPathLineEdit(QWidget):
+    """A path field with a browse button."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        self.lineEdit = QLineEdit()
+        self.lineEdit.setPlaceholderText("(bundled model)")
+        button = QToolButton()
+        button.setText("...")
+        layout.addWidget(self.lineEdit, 1)
+        layout.addWidget(button)
+
+
+STAND_INS = (qMRMLWidget, qMRMLNodeComboBox, ctkCollapsibleButton, ctkSliderWidget, ctkPathLineEdit)
+QT_CLASSES = {
+    "QPushButton": QPushButton,
+    "QCheckBox": QCheckBox,
+    "QComboBox": QComboBox,
+    "QLabel": QLabel,
+    "QProgressBar": QProgressBar,
+    **{cls.__name__: cls for cls in STAND_INS},
+}
+
+
+# --- Helpers ---
+
+
+def load_module():
+    spec = importlib.util.spec_from_file_location("BreastUSSegment", MODULE_PATH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["BreastUSSegment"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def ui_tree():
+    return ElementTree.parse(UI_PATH).getroot()
+
+
+def ui_widgets():
+    """``{objectName: element}`` for every widget in the .ui file."""
+    return {element.get("name"): element for element in ui_tree().iter("widget")}
+
+
+def ui_property(element, name):
+    """Python value of a ``<property>`` of a widget element (string, bool, number or string list)."""
+    for prop in element.findall("property"):
+        if prop.get("name") == name:
+            value = prop[0]
+            if value.tag == "stringlist":
+                return [item.text for item in value.findall("string")]
+            if value.tag == "bool":
+                return value.text == "true"
+            if value.tag in ("double", "number"):
+                return float(value.text)
+            return value.text
+    return None
+
+
+def used_ui_names():
+    return set(re.findall(r"self\.ui\.(\w+)", MODULE_PATH.read_text()))
+
+
+def expected_class(name):
+    for suffix, class_name in EXPECTED_CLASS_BY_SUFFIX:
+        if name.lower().endswith(suffix.lower()):
+            return class_name
+    return None
+
+
+@pytest.fixture(scope="module")
+def app():
+    return QApplication.instance() or QApplication([])
+
+
+def load_panel():
+    loader = QUiLoader()
+    for cls in STAND_INS:
+        loader.registerCustomWidget(cls)
+    panel = loader.load(str(UI_PATH))
+    assert panel is not None, loader.errorString()
+    return panel
+
+
+# --- Tests ---
+
+
+def test_every_widget_the_module_uses_exists_with_a_compatible_class(app):
+    panel = load_panel()
+    widgets = ui_widgets()
+    used = used_ui_names()
+    assert {"segmentButton", "statusLabel", "progressBar", "exportNrrdButton", "exportNiftiButton"} <= used
+    for name in sorted(used):
+        assert name in widgets, f"BreastUSSegment.py uses self.ui.{name}, which the .ui file lacks"
+        wanted = expected_class(name)
+        assert wanted is not None, f"no rule for the kind of widget self.ui.{name} is"
+        assert widgets[name].get("class") == wanted, f"{name} is a {widgets[name].get('class')}, expected {wanted}"
+        loaded = panel.findChild(QWidget, name)
+        assert isinstance(loaded, QT_CLASSES[wanted]), f"{name} did not load as {wanted}"
+
+
+def test_parameter_node_fields_are_bound_to_suitable_widgets():
+    """Slicer's connectGui picks a connector by exact widget class and field type; check both sides."""
+    module = load_module()
+    fields = typing.get_type_hints(module.BreastUSSegmentParameterNode, include_extras=True)
+    bound = {}
+    for name, element in ui_widgets().items():
+        parameter = ui_property(element, "SlicerParameterName")
+        if parameter:
+            assert parameter not in bound, f"{parameter} is bound twice"
+            bound[parameter] = element
+    assert set(bound) == set(fields)
+
+    for parameter, hint in fields.items():
+        element, class_name = bound[parameter], bound[parameter].get("class")
+        base = typing.get_args(hint)[0] if typing.get_origin(hint) is typing.Annotated else hint
+        if base is bool:
+            assert class_name == "QCheckBox", parameter
+        elif base is float:
+            assert class_name == "ctkSliderWidget", parameter
+            [limits] = [a for a in typing.get_args(hint)[1:] if isinstance(a, module.WithinRange)]
+            assert (ui_property(element, "minimum"), ui_property(element, "maximum")) == (limits.minimum, limits.maximum)
+            assert limits.minimum <= ui_property(element, "value") <= limits.maximum
+        elif isinstance(base, type) and issubclass(base, enum.Enum):
+            assert class_name == "QComboBox", parameter
+        else:  # MRML node types (a class or a Union with None)
+            assert class_name == "qMRMLNodeComboBox", parameter
+            node_types = [t.__name__ for t in typing.get_args(base) if t is not type(None)] or [base.__name__]
+            assert ui_property(element, "nodeTypes") == node_types, parameter
+
+
+def test_node_selectors_get_the_scene_and_offer_the_right_nodes():
+    root = ui_tree()
+    top = root.find("widget").get("name")
+    connected = {
+        connection.findtext("receiver")
+        for connection in root.iter("connection")
+        if connection.findtext("sender") == top
+        and connection.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)"
+        and connection.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"
+    }
+    selectors = {name for name, element in ui_widgets().items() if element.get("class") == "qMRMLNodeComboBox"}
+    assert selectors == connected == {"inputSelector", "outputSelector"}
+    widgets = ui_widgets()
+    assert ui_property(widgets["inputSelector"], "showChildNodeTypes") is False  # no labelmaps
+    assert ui_property(widgets["inputSelector"], "addEnabled") is False
+    assert ui_property(widgets["outputSelector"], "addEnabled") is True
+    assert ui_property(widgets["outputSelector"], "noneEnabled") is True
+
+
+def test_segment_button_is_prominent_and_advanced_options_start_collapsed(app):
+    widgets = ui_widgets()
+    assert ui_property(widgets["segmentButton"], "enabled") is False  # enabled once a valid input is selected
+    assert ui_property(widgets["segmentButton"], "text") == "Segment lesion"
+    panel = load_panel()
+    button = panel.findChild(QPushButton, "segmentButton")
+    assert button.font().bold() and button.minimumHeight() >= 32
+    assert panel.findChild(ctkCollapsibleButton, "advancedCollapsibleButton").collapsed is True
+    for name in ("exportNrrdButton", "exportNiftiButton", "measureButton", "editButton"):
+        assert ui_property(widgets[name], "enabled") is False, name
+    advanced = widgets["advancedCollapsibleButton"]
+    inside = {element.get("name") for element in advanced.iter("widget")}
+    assert {"deviceComboBox", "thresholdSliderWidget", "keepLargestCheckBox", "fillHolesCheckBox",
+            "smoothingCheckBox", "testTimeAugmentationCheckBox"} <= inside
+    assert "Research use only" in ui_property(widgets["disclaimerLabel"], "text")
+
+
+def render_panel(path):
+    """Render the panel as it looks with a frame selected and the advanced options open."""
+    module = load_module()
+    panel = load_panel()
+    panel.findChild(qMRMLNodeComboBox, "inputSelector").showNode("breastus_sample_benign")
+    panel.findChild(qMRMLNodeComboBox, "outputSelector").showNode("breastus_sample_benign lesion")
+    device = panel.findChild(QComboBox, "deviceComboBox")
+    for choice in module.DeviceChoice:
+        device.addItem(module.DeviceChoice.label(choice))
+    panel.findChild(QPushButton, "segmentButton").setEnabled(True)
+    panel.findChild(QProgressBar, "progressBar").hide()
+    panel.findChild(ctkCollapsibleButton, "advancedCollapsibleButton").setCollapsed(False)
+    panel.resize(QSize(400, panel.sizeHint().height()))
+    panel.layout().activate()
+    image = panel.grab().toImage()
+    assert image.save(str(path))
+    return image
+
+
+def test_panel_renders_to_a_non_blank_image(app, tmp_path):
+    image = render_panel(tmp_path / "panel.png")
+    assert image.width() >= 400 and image.height() > 400
+    colours = {image.pixelColor(x, y).rgb() for x in range(0, image.width(), 3) for y in range(0, image.height(), 3)}
+    assert len(colours) > 20
+    committed = QImage(str(SCREENSHOT_PATH))
+    assert not committed.isNull(), f"{SCREENSHOT_PATH} is missing; run this file with --screenshot"
+    assert committed.width() >= 300
+
+
+if __name__ == "__main__":
+    if "--screenshot" in sys.argv:
+        application = QApplication.instance() or QApplication([])
+        SCREENSHOT_PATH.parent.mkdir(parents=True, exist_ok=True)
+        render_panel(SCREENSHOT_PATH)
+        print(f"wrote {SCREENSHOT_PATH}")
