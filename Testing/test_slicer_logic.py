@@ -423,3 +423,24 @@ def test_sample_sources_list_only_existing_frames(tmp_path):
     [(name, path, digest)] = BUS.sampleDataSources(tmp_path)
     assert name == "breastus_sample_benign" and path == tmp_path / "breastus_sample_benign.png"
     assert digest == hashlib.sha256(b"png bytes").hexdigest()
+
+
+def test_slicer_self_test_with_tiny_model_runs_headless(monkeypatch):
+    """Run the module's in-Slicer self-test (tiny-model part) with Slicer's globals bound to real slicer-core objects.
+
+    Inside Slicer, ``slicer.mrmlScene`` is the application's scene and
+    ``slicer.modules.segmentations.logic()`` the Segmentations logic; here they
+    are a fresh scene and a real ``vtkSlicerSegmentationsModuleLogic``.
+    """
+    from types import SimpleNamespace
+
+    scene = slicer.vtkMRMLScene()
+    monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
+    segmentations = slicer.vtkSlicerSegmentationsModuleLogic()
+    segmentations.SetMRMLScene(scene)
+    monkeypatch.setattr(slicer, "modules", SimpleNamespace(segmentations=SimpleNamespace(logic=lambda: segmentations)),
+                        raising=False)
+    test = BUS.BreastUSSegmentTest("test_TinyModelMatchesThePipeline")
+    test.setUp()
+    test.test_TinyModelMatchesThePipeline()
+    assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 1
