@@ -428,7 +428,8 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 return
         try:
             with slicer.util.WaitCursor():
-                self.logic.exportLabelmap(parameters.outputSegmentation, parameters.inputVolume, path, overwrite=True)
+                labelmap = self.logic.exportLabelmap(parameters.outputSegmentation, parameters.inputVolume, path, overwrite=True)
+            _removeLabelmapNode(labelmap)  # the file is the result; keep the scene uncluttered
         except Exception as error:
             self._showError(_("Export failed"), error)
             return
@@ -488,9 +489,10 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _showError(self, title: str, error: Exception) -> None:
         message = f"{title}: {error}"
-        logging.error(message + "\n" + traceback.format_exc())
+        details = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+        logging.error(message + "\n" + details)
         self._setStatus(message, error=True)
-        slicer.util.errorDisplay(message, detailedText=traceback.format_exc())
+        slicer.util.errorDisplay(message, detailedText=details)
 
 
 #
