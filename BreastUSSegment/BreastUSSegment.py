@@ -519,13 +519,14 @@ def ensureSegmentationConverterRules() -> None:
     alone the factory starts empty and segmentations cannot hold labelmaps.
     """
     factory = slicer.vtkSegmentationConverterFactory.GetInstance()
-    registered = {rule.GetClassName() for rule in factory.GetConverterRules()}
-    for ruleClass in (
-        slicer.vtkBinaryLabelmapToClosedSurfaceConversionRule,
-        slicer.vtkClosedSurfaceToBinaryLabelmapConversionRule,
-    ):
-        if ruleClass.__name__ not in registered:
-            factory.RegisterConverterRule(ruleClass())
+    representations = (
+        slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName(),
+        slicer.vtkSegmentationConverter.GetClosedSurfaceRepresentationName(),
+    )
+    if all(factory.ConstructRepresentationObjectByRepresentation(name) is not None for name in representations):
+        return
+    factory.RegisterConverterRule(slicer.vtkBinaryLabelmapToClosedSurfaceConversionRule())
+    factory.RegisterConverterRule(slicer.vtkClosedSurfaceToBinaryLabelmapConversionRule())
 
 
 class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):

@@ -444,3 +444,16 @@ def test_slicer_self_test_with_tiny_model_runs_headless(monkeypatch):
     test.setUp()
     test.test_TinyModelMatchesThePipeline()
     assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 1
+
+
+def test_conversion_rules_are_registered_once():
+    """The Logic registers the labelmap/surface rules only when the factory lacks them (Slicer registers its own)."""
+
+    def rule_names():
+        return sorted(rule.GetClassName() for rule in slicer.vtkSegmentationConverterFactory.GetInstance().GetConverterRules())
+
+    BUS.BreastUSSegmentLogic()
+    before = rule_names()
+    assert {"vtkBinaryLabelmapToClosedSurfaceConversionRule", "vtkClosedSurfaceToBinaryLabelmapConversionRule"} <= set(before)
+    BUS.BreastUSSegmentLogic()
+    assert rule_names() == before
