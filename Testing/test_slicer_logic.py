@@ -457,3 +457,19 @@ def test_conversion_rules_are_registered_once():
     assert {"vtkBinaryLabelmapToClosedSurfaceConversionRule", "vtkClosedSurfaceToBinaryLabelmapConversionRule"} <= set(before)
     BUS.BreastUSSegmentLogic()
     assert rule_names() == before
+
+
+def test_module_imports_without_loading_torch():
+    """Inside Slicer PyTorch may not be installed yet: the module must still load to offer installing it."""
+    import subprocess
+
+    code = (
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('BreastUSSegment', {str(MODULE_PATH)!r})\n"
+        "module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)\n"
+        "module.BreastUSSegmentLogic()\n"
+        "print(sorted(name for name in ('torch', 'safetensors', 'scipy') if name in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
