@@ -1,0 +1,125 @@
+"""The benchmark script in quick mode: a row per model with positive numbers, ours as the 1.00 reference.
+
+Runs the real script (its workers in subprocesses) once for the module. MONAI
+is optional: without it the MONAI rows must say so and only our rows are checked.
+"""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+BENCHMARK_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def load_benchmark():
+    spec = importlib.util.spec_from_file_location("breastus_benchmark", BENCHMARK_DIR / "benchmark.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # also puts benchmarks/ on sys.path for the bench_* helpers
+    return module
+
+
+benchmark = load_benchmark()
+from bench_models import MODELS, monai_available  # noqa: E402
+from bench_report import network_table, targets_table  # noqa: E402
+from bench_settings import QUICK  # noqa: E402
+from bench_timing import time_calls  # noqa: E402
+
+
+def table_after(report: str, heading: str) -> list[dict]:
+    """Rows of the first Markdown table after ``heading``, as dicts keyed by the header cells."""
+    lines = report.splitlines()
+    start = next(index for index, line in enumerate(lines) if line.startswith(heading))
+    table = []
+    for line in lines[start + 1 :]:
+        if line.startswith("## "):
+            break
+        if line.startswith("|"):
+            table.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+    header, _separator, *rows = table
+    return [dict(zip(header, row)) for row in rows]
+
+
+def number(cell: str) -> float:
+    """The leading number of a cell such as ``7,866,118`` or ``618 ms``."""
+    return float(cell.split()[0].replace(",", ""))
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    output = tmp_path_factory.mktemp("benchmarks") / "results.md"
+    assert benchmark.main(["--quick", "--output", str(output)]) == 0
+    return output.read_text()
+
+
+def test_network_table_has_a_positive_row_per_model_and_ours_is_the_reference(report):
+    rows = {row["Model"]: row for row in table_after(report, "## Networks on the CPU")}
+    assert [spec.label for spec in MODELS] == list(rows)
+    for spec in MODELS:
+        row = rows[spec.label]
+        if spec.needs_monai and not monai_available():
+            assert row["Parameters"] == "monai not installed"
+            continue
+        for column, cell in row.items():
+            if column != "Model":
+                assert number(cell) > 0, f"{spec.label}: {column} = {cell!r}"
+    ours = rows[MODELS[0].label]
+    assert ours["Latency ratio"] == "1.00" and ours["Throughput ratio"] == "1.00"
+    assert number(ours["Parameters"]) > 1_000_000  # the default deeper network, not a toy
+
+
+def test_end_to_end_rows_are_measured(report):
+    rows = table_after(report, "## Our pipeline end to end")
+    tasks = {row["Task"].split(" (")[0].split(":")[0]: row for row in rows}
+    for task in ("PNG file 500x500 to processed mask + attention maps", "Cine clip 3x500x500 uint8 in memory"):
+        assert number(tasks[task]["Median"]) > 0 and number(tasks[task]["Peak RSS (MiB)"]) > 0
+    slicer = tasks["Slicer Logic"]
+    assert slicer["Median"].startswith("not available") or number(slicer["Median"]) > 0
+
+
+def test_gpu_section_is_skipped_with_a_reason_or_measured(report):
+    section = report.split("## Networks on the GPU")[1].split("## ")[0]
+    assert "Skipped: no CUDA GPU" in section or "| fp32 |" in section
+
+
+def test_report_header_names_threads_and_weights(report):
+    assert f"torch.set_num_threads({benchmark.os.cpu_count()})" in report
+    assert "Weights for the end-to-end rows:" in report and "Quick mode" in report
+
+
+def fake_cpu_result(latency_s: float, fps: float) -> dict:
+    return {
+        "parameters": 10, "flops": 2e9, "weights_bytes": 2**20, "base_rss_mib": 100.0,
+        "cpu": {"latency": {"median_s": latency_s, "p90_s": latency_s, "runs": 1}, "throughput_fps": fps,
+                "peak_rss_batch1_mib": 150.0, "peak_rss_batch_mib": 200.0},
+    }
+
+
+def test_ratios_divide_by_ours_and_missing_monai_is_reported():
+    results = {
+        "ours": fake_cpu_result(0.1, 40.0),
+        "monai-attention-unet-32": {"unavailable": "monai not installed"},
+        "monai-attention-unet-64": fake_cpu_result(0.35, 10.0),
+    }
+    lines = network_table(results, QUICK)
+    rows = {line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[2:-1]] for line in lines[2:]}
+    assert rows["MONAI AttentionUnet (32..512)"][0] == "monai not installed"
+    big = rows["MONAI AttentionUnet (64..1024)"]
+    assert big[5] == "3.50" and big[7] == "0.25"  # latency ratio 0.35/0.1, throughput ratio 10/40
+    targets = "\n".join(targets_table(results, {}, QUICK))
+    assert "| 3.50x | yes |" in targets
+
+
+def test_time_calls_warms_up_then_times_each_run():
+    calls = []
+    timing = time_calls(lambda: calls.append(1), runs=4, warmup=2)
+    assert len(calls) == 6 and len(timing.samples) == 4
+    assert timing.median >= 0 and timing.p90 >= timing.median
+    with pytest.raises(ValueError, match="runs must be >= 1"):
+        time_calls(lambda: None, runs=0, warmup=0)
+
+
+def test_bad_arguments_are_refused(capsys):
+    with pytest.raises(SystemExit):
+        benchmark.main(["--threads", "0"])
+    assert "--threads must be >= 1" in capsys.readouterr().err

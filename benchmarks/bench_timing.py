@@ -1,0 +1,63 @@
+"""Small measuring helpers shared by the benchmark workers: wall-clock timing and peak memory."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+try:
+    import resource
+except ImportError:  # Windows has no getrusage
+    resource = None
+
+
+@dataclass
+class Timing:
+    """Wall-clock durations of repeated calls, in seconds."""
+
+    samples: list[float]
+
+    @property
+    def median(self) -> float:
+        return float(np.median(self.samples))
+
+    @property
+    def p90(self) -> float:
+        return float(np.percentile(self.samples, 90))
+
+    def to_dict(self) -> dict:
+        return {"median_s": self.median, "p90_s": self.p90, "runs": len(self.samples)}
+
+
+def time_calls(call: Callable[[], object], runs: int, warmup: int, synchronize: Callable[[], None] | None = None) -> Timing:
+    """Run ``call`` ``warmup`` times untimed, then ``runs`` times timed one by one.
+
+    ``synchronize`` (e.g. ``torch.cuda.synchronize``) is called before each clock
+    reading so that asynchronous GPU work is counted.
+    """
+    if runs < 1:
+        raise ValueError(f"runs must be >= 1, got {runs}")
+    sync = synchronize or (lambda: None)
+    for _ in range(warmup):
+        call()
+    sync()
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        call()
+        sync()
+        samples.append(time.perf_counter() - start)
+    return Timing(samples)
+
+
+def peak_rss_mib() -> float | None:
+    """Peak resident memory of this process so far, in MiB (None where the OS does not tell)."""
+    if resource is None:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Linux reports KiB, macOS bytes.
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
