@@ -23,7 +23,7 @@ benchmark = load_benchmark()
 from bench_models import MODELS, monai_available  # noqa: E402
 from bench_report import network_table, targets_table  # noqa: E402
 from bench_settings import QUICK  # noqa: E402
-from bench_timing import time_calls  # noqa: E402
+from bench_timing import time_calls, time_interleaved  # noqa: E402
 
 
 def table_after(report: str, heading: str) -> list[dict]:
@@ -48,7 +48,8 @@ def number(cell: str) -> float:
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     output = tmp_path_factory.mktemp("benchmarks") / "results.md"
-    assert benchmark.main(["--quick", "--output", str(output)]) == 0
+    # Passive OpenMP threads keep the quick run fast when other processes share the cores.
+    assert benchmark.main(["--quick", "--passive-omp", "--output", str(output)]) == 0
     return output.read_text()
 
 
@@ -84,6 +85,7 @@ def test_gpu_section_is_skipped_with_a_reason_or_measured(report):
 
 def test_report_header_names_threads_and_weights(report):
     assert f"torch.set_num_threads({benchmark.os.cpu_count()})" in report
+    assert "OMP_WAIT_POLICY=PASSIVE" in report
     assert "Weights for the end-to-end rows:" in report and "Quick mode" in report
 
 
@@ -117,6 +119,14 @@ def test_time_calls_warms_up_then_times_each_run():
     assert timing.median >= 0 and timing.p90 >= timing.median
     with pytest.raises(ValueError, match="runs must be >= 1"):
         time_calls(lambda: None, runs=0, warmup=0)
+
+
+def test_time_interleaved_rotates_the_order_and_times_every_call():
+    order = []
+    calls = {name: (lambda name=name: order.append(name)) for name in "abc"}
+    timings = time_interleaved(calls, runs=3, warmup=1)
+    assert order == list("abc" "abc" "bca" "cab")  # one warm-up round, then rotating rounds
+    assert {name: len(timing.samples) for name, timing in timings.items()} == {"a": 3, "b": 3, "c": 3}
 
 
 def test_bad_arguments_are_refused(capsys):

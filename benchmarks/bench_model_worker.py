@@ -1,12 +1,14 @@
-"""Measures one network in its own process: size, FLOPs, CPU speed and memory, GPU speed.
+"""Measurements of the networks, each kind run by ``benchmark.py`` in a fresh subprocess.
 
-Run by ``benchmark.py`` in a fresh subprocess per model, so that the peak
-resident memory of one model is not inflated by another.
+* :func:`measure_model`: one network per process (so that the peak resident
+  memory of one model is not inflated by another): size, FLOPs, CPU memory and
+  GPU speed.
+* :func:`measure_cpu_speed`: every network in one process, timed round-robin
+  so that a busy machine slows them alike and their ratios stay meaningful.
 """
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bench_models import build_model
 from bench_settings import Settings
-from bench_timing import peak_rss_mib, time_calls
+from bench_timing import peak_rss_mib, time_calls, time_interleaved
 
 
 def count_parameters(model: torch.nn.Module) -> int:
@@ -46,21 +48,45 @@ def _input(batch: int, size: tuple[int, int], channels_last: bool, device: str =
     return tensor.contiguous(memory_format=torch.channels_last) if channels_last else tensor
 
 
-def measure_cpu(model: torch.nn.Module, settings: Settings, channels_last: bool) -> dict:
-    """Batch-1 latency and batch throughput on the CPU, with the peak memory after each."""
+def measure_cpu_memory(model: torch.nn.Module, settings: Settings, channels_last: bool) -> dict:
+    """Peak resident memory after batch-1 forward passes, then after a batch forward pass."""
     size = settings.input_size
     single, batch = _input(1, size, channels_last), _input(settings.cpu_batch, size, channels_last)
     with torch.inference_mode():
-        latency = time_calls(lambda: model(single), settings.latency_runs, settings.warmup)
-        peak_after_latency = peak_rss_mib()
-        throughput = time_calls(lambda: model(batch), settings.throughput_runs, warmup=1)
-        peak_after_throughput = peak_rss_mib()
+        for _ in range(2):
+            model(single)
+        peak_single = peak_rss_mib()
+        model(batch)
+        peak_batch = peak_rss_mib()
+    return {"peak_rss_batch1_mib": peak_single, "peak_rss_batch_mib": peak_batch}
+
+
+def measure_cpu_speed(keys: list[str], settings: Settings, threads: int, channels_last: bool) -> dict:
+    """Batch-1 latency and batch throughput of every network, timed round-robin in this process."""
+    torch.set_num_threads(threads)
+    models = {}
+    for key in keys:
+        model, _source = build_model(key)
+        models[key] = model.to(memory_format=torch.channels_last) if channels_last else model
+    size = settings.input_size
+    single, batch = _input(1, size, channels_last), _input(settings.cpu_batch, size, channels_last)
+    with torch.inference_mode():
+        latency = time_interleaved(
+            {key: (lambda m=model: m(single)) for key, model in models.items()}, settings.latency_runs, settings.warmup
+        )
+        throughput = time_interleaved(
+            {key: (lambda m=model: m(batch)) for key, model in models.items()}, settings.throughput_runs, warmup=1
+        )
     return {
-        "latency": latency.to_dict(),
-        "throughput_fps": settings.cpu_batch * len(throughput.samples) / sum(throughput.samples),
-        "throughput_batch": settings.cpu_batch,
-        "peak_rss_batch1_mib": peak_after_latency,
-        "peak_rss_batch_mib": peak_after_throughput,
+        "threads": torch.get_num_threads(),
+        "models": {
+            key: {
+                "latency": latency[key].to_dict(),
+                "throughput_fps": settings.cpu_batch * len(throughput[key].samples) / sum(throughput[key].samples),
+                "throughput_batch": settings.cpu_batch,
+            }
+            for key in keys
+        },
     }
 
 
@@ -95,7 +121,7 @@ def measure_gpu(model: torch.nn.Module, settings: Settings, channels_last: bool)
 
 
 def measure_model(key: str, settings: Settings, threads: int, channels_last: bool) -> dict:
-    """Every measurement of one model; CPU memory readings come first, before anything else allocates."""
+    """Size, FLOPs, CPU memory and GPU speed of one model; memory readings come before anything else allocates."""
     torch.set_num_threads(threads)
     base_rss = peak_rss_mib()
     model, source = build_model(key)
@@ -103,10 +129,9 @@ def measure_model(key: str, settings: Settings, threads: int, channels_last: boo
         model = model.to(memory_format=torch.channels_last)
     result = {"model": key, "source": source, "threads": torch.get_num_threads(), "base_rss_mib": base_rss}
     result["parameters"] = count_parameters(model)
-    result["cpu"] = measure_cpu(model, settings, channels_last)
+    result["memory"] = measure_cpu_memory(model, settings, channels_last)
     result["flops"] = forward_flops(model, _input(1, settings.input_size, channels_last))
     result["weights_bytes"] = weights_bytes(model)
     reason = gpu_unavailable_reason()
     result["gpu"] = {"skipped": reason} if reason else measure_gpu(model, settings, channels_last)
-    result["pid"] = os.getpid()
     return result

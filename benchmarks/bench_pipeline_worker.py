@@ -77,6 +77,7 @@ def run_png(weights: Path, settings: Settings) -> dict:
         outputs = {}
 
         def read_and_segment():
+            outputs.clear()
             loaded = read_image(path)
             outputs["result"] = segmenter.segment(loaded.pixels, color=loaded.color)
 
@@ -102,6 +103,7 @@ def run_cine(weights: Path, settings: Settings) -> dict:
     outputs = {}
 
     def segment_clip():
+        outputs.clear()  # free the previous run's result first, so that peak memory counts one result
         outputs["result"] = segmenter.segment(clip)
 
     timing = time_calls(segment_clip, settings.cine_runs, warmup=0)

@@ -176,9 +176,10 @@ def build_report(environment: dict, results: dict[str, dict], pipeline: dict[str
     lines += [f"- {name}: {value}" for name, value in environment.items()]
     if settings.quick:
         lines.append("- **Quick mode**: one run each and tiny batches; these numbers only show that the script works.")
-    lines += ["", f"## Networks on the CPU (input 1x{settings.input_size[0]}x{settings.input_size[1]}, each model in its own process)", ""]
+    lines += ["", f"## Networks on the CPU (input 1x{settings.input_size[0]}x{settings.input_size[1]})", ""]
     lines += network_table(results, settings)
-    lines += ["", "Latency ratio: model median / ours (above 1 means slower than ours). "
+    lines += ["", "Timings: all networks in one process, timed round-robin. Memory, size and FLOPs: each network in "
+              "its own process. Latency ratio: model median / ours (above 1 means slower than ours). "
               "Throughput ratio: model frames/s / ours (below 1 means slower than ours).", ""]
     lines += [f"## Networks on the GPU (fp32 and autocast, batch 1 and {settings.gpu_batch})", ""]
     lines += gpu_section(results, settings)

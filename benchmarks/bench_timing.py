@@ -61,3 +61,25 @@ def peak_rss_mib() -> float | None:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # Linux reports KiB, macOS bytes.
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def time_interleaved(calls: dict[str, Callable[[], object]], runs: int, warmup: int) -> dict[str, Timing]:
+    """Time several calls round-robin so that a busy machine slows each of them alike.
+
+    Every round times each call once; the order rotates from round to round so
+    that no call always runs right after the same other one.
+    """
+    if runs < 1:
+        raise ValueError(f"runs must be >= 1, got {runs}")
+    keys = list(calls)
+    for _ in range(warmup):
+        for key in keys:
+            calls[key]()
+    samples = {key: [] for key in keys}
+    for round_index in range(runs):
+        shift = round_index % len(keys)
+        for key in keys[shift:] + keys[:shift]:
+            start = time.perf_counter()
+            calls[key]()
+            samples[key].append(time.perf_counter() - start)
+    return {key: Timing(values) for key, values in samples.items()}

@@ -45,8 +45,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--models", nargs="+", choices=MODEL_KEYS, default=list(MODEL_KEYS), help="networks to measure")
     parser.add_argument("--no-pipeline", action="store_true", help="skip the end-to-end rows")
     parser.add_argument("--channels-last", action="store_true", help="run every network in channels-last memory format")
+    parser.add_argument("--passive-omp", action="store_true",
+                        help="set OMP_WAIT_POLICY=PASSIVE in the workers (idle OpenMP threads sleep instead of spinning)")
     # Internal: one measurement in this process, printed as JSON.
-    parser.add_argument("--worker", choices=("model", "pipeline"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=("model", "speed", "pipeline"), help=argparse.SUPPRESS)
     parser.add_argument("--model", choices=MODEL_KEYS, help=argparse.SUPPRESS)
     parser.add_argument("--task", choices=PIPELINE_TASKS, help=argparse.SUPPRESS)
     parser.add_argument("--weights", type=Path, help=argparse.SUPPRESS)
@@ -67,6 +69,10 @@ def run_worker(args: argparse.Namespace) -> int:
         from bench_model_worker import measure_model
 
         result = measure_model(args.model, settings, args.threads, args.channels_last)
+    elif args.worker == "speed":
+        from bench_model_worker import measure_cpu_speed
+
+        result = measure_cpu_speed(args.models, settings, args.threads, args.channels_last)
     else:
         from bench_pipeline_worker import measure_pipeline
 
@@ -75,12 +81,12 @@ def run_worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def spawn(worker_args: list[str], common: list[str]) -> dict:
+def spawn(worker_args: list[str], common: list[str], environment: dict[str, str]) -> dict:
     """Run this script as a worker in a fresh Python process and return its JSON result."""
     command = [sys.executable, str(Path(__file__).resolve()), *worker_args, *common]
     print(f"running {' '.join(worker_args)} ...", file=sys.stderr, flush=True)
     try:
-        completed = subprocess.run(command, capture_output=True, text=True, timeout=WORKER_TIMEOUT_S)
+        completed = subprocess.run(command, capture_output=True, text=True, timeout=WORKER_TIMEOUT_S, env=environment)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {WORKER_TIMEOUT_S} s"}
     for line in reversed(completed.stdout.splitlines()):
@@ -100,7 +106,12 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def environment(args: argparse.Namespace, weights_note: str) -> dict:
+def load_average() -> str:
+    """The 1-minute load average, to show how busy the machine was (not on every OS)."""
+    return f"{os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else "unknown"
+
+
+def environment(args: argparse.Namespace, weights_note: str, load_before: str) -> dict:
     """What the numbers were measured on."""
     monai_version = "not installed"
     if monai_available():
@@ -113,7 +124,9 @@ def environment(args: argparse.Namespace, weights_note: str) -> dict:
         "Machine": f"{platform.system()} {platform.machine()}, CPU {cpu_name()}, os.cpu_count() = {os.cpu_count()}",
         "GPU": gpu,
         "Software": f"Python {platform.python_version()}, torch {torch.__version__}, monai {monai_version}",
-        "CPU threads": f"torch.set_num_threads({args.threads}) in every worker",
+        "CPU threads": f"torch.set_num_threads({args.threads}) in every worker; OMP_WAIT_POLICY="
+                       f"{'PASSIVE (--passive-omp)' if args.passive_omp else os.environ.get('OMP_WAIT_POLICY', 'unset')}",
+        "Load average (1 min) at start / end": f"{load_before} / {load_average()} (above the CPU count means a busy machine)",
         "Memory format of the networks": "channels-last" if args.channels_last else "contiguous (NCHW, PyTorch default)",
         "Weights for the end-to-end rows": weights_note,
     }
@@ -133,9 +146,19 @@ def pipeline_weights(folder: Path) -> tuple[Path, str]:
     return path, "untrained default model saved with save_model (bundled weights absent; speed does not depend on weight values)"
 
 
+def worker_environment(passive_omp: bool) -> dict[str, str]:
+    """The workers' environment; OpenMP must be configured before torch loads, hence here."""
+    env = dict(os.environ)
+    if passive_omp:
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
+    return env
+
+
 def run_benchmarks(args: argparse.Namespace) -> str:
     """Every measurement, each in its own subprocess; returns the Markdown report."""
     settings = settings_for(args.quick)
+    load_before = load_average()
+    env = worker_environment(args.passive_omp)
     common = ["--threads", str(args.threads)] + (["--quick"] if args.quick else [])
     model_common = common + (["--channels-last"] if args.channels_last else [])
     results = {}
@@ -143,15 +166,23 @@ def run_benchmarks(args: argparse.Namespace) -> str:
         if spec_for(key).needs_monai and not monai_available():
             results[key] = {"model": key, "unavailable": "monai not installed"}
             continue
-        results[key] = spawn(["--worker", "model", "--model", key], model_common)
+        results[key] = spawn(["--worker", "model", "--model", key], model_common, env)
+    measured = [key for key, result in results.items() if "unavailable" not in result and "error" not in result]
+    if measured:
+        speed = spawn(["--worker", "speed", "--models", *measured], model_common, env)
+        for key in measured:
+            if "error" in speed:
+                results[key] = {"model": key, "error": f"CPU timing {speed['error']}"}
+            else:
+                results[key]["cpu"] = {**speed["models"][key], **results[key].pop("memory")}
 
     pipeline = {}
     with tempfile.TemporaryDirectory(prefix="breastus-bench-") as folder:
         weights, weights_note = pipeline_weights(Path(folder))
         if not args.no_pipeline:
             for task in PIPELINE_TASKS:
-                pipeline[task] = spawn(["--worker", "pipeline", "--task", task, "--weights", str(weights)], common)
-    return build_report(environment(args, weights_note), results, pipeline, settings)
+                pipeline[task] = spawn(["--worker", "pipeline", "--task", task, "--weights", str(weights)], common, env)
+    return build_report(environment(args, weights_note, load_before), results, pipeline, settings)
 
 
 def main(argv: list[str] | None = None) -> int:

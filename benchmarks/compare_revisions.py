@@ -1,0 +1,114 @@
+"""Before/after timing of the inference pipeline: the working tree against an earlier git revision.
+
+Usage::
+
+    .venv/bin/python benchmarks/compare_revisions.py --baseline <git revision> [--runs 5] [--frames 100]
+
+The core package as it was at ``--baseline`` is imported under another name
+beside the current one. Both segment the same 500x500 frame and the same cine
+clip with the same weights, alternating run by run so that a busy machine
+slows both alike. The script also checks that both give the same outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+BENCHMARK_DIR = Path(__file__).resolve().parent
+REPO_DIR = BENCHMARK_DIR.parent
+PACKAGE = "BreastUSSegment/BreastUSSegmentLib"
+BASELINE_NAME = "baseline_breastus_lib"
+if str(BENCHMARK_DIR) not in sys.path:
+    sys.path.insert(0, str(BENCHMARK_DIR))
+
+from BreastUSSegmentLib.inference import LesionSegmenter  # noqa: E402
+from BreastUSSegmentLib.model import AttentionUNet, ModelConfig  # noqa: E402
+from BreastUSSegmentLib.weights import save_model  # noqa: E402
+from bench_pipeline_worker import benchmark_frame, cine_clip  # noqa: E402
+
+
+def git(*args: str) -> str:
+    completed = subprocess.run(["git", *args], cwd=REPO_DIR, capture_output=True, text=True)
+    if completed.returncode != 0:
+        raise SystemExit(f"git {' '.join(args)} failed: {completed.stderr.strip()}")
+    return completed.stdout
+
+
+def import_baseline(revision: str, folder: Path):
+    """The core package's ``inference`` module as of ``revision``, imported as a separate package.
+
+    Files that did not exist at ``revision`` are taken from the working tree.
+    """
+    target = folder / BASELINE_NAME
+    shutil.copytree(REPO_DIR / PACKAGE, target, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in git("ls-tree", "--name-only", revision, f"{PACKAGE}/").split():
+        if name.endswith(".py"):
+            (target / Path(name).name).write_text(git("show", f"{revision}:{name}"))
+    sys.path.insert(0, str(folder))
+    return importlib.import_module(f"{BASELINE_NAME}.inference")
+
+
+def timed(call) -> float:
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--baseline", required=True, help="git revision to compare with (e.g. a commit id)")
+    parser.add_argument("--runs", type=int, default=5, help="alternating runs per version (default 5)")
+    parser.add_argument("--frames", type=int, default=100, help="cine clip length (default 100)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (default: all CPUs)")
+    args = parser.parse_args(argv)
+    if args.runs < 1 or args.frames < 1:
+        parser.error("--runs and --frames must be >= 1")
+    torch.set_num_threads(args.threads)
+
+    with tempfile.TemporaryDirectory(prefix="breastus-compare-") as folder:
+        baseline = import_baseline(args.baseline, Path(folder))
+        torch.manual_seed(0)
+        weights = Path(folder) / "untrained.safetensors"
+        save_model(AttentionUNet(ModelConfig()), weights)
+        versions = {
+            f"baseline {args.baseline}": baseline.LesionSegmenter.from_weights(weights, device="cpu"),
+            "working tree": LesionSegmenter.from_weights(weights, device="cpu"),
+        }
+        frame, source = benchmark_frame()
+        clip = cine_clip(frame, args.frames)
+        outputs = {name: segmenter.segment(clip[:2]) for name, segmenter in versions.items()}  # warm-up
+
+        frame_times = {name: [] for name in versions}
+        clip_times = {name: [] for name in versions}
+        for run in range(args.runs):
+            order = list(versions) if run % 2 == 0 else list(reversed(versions))
+            for name in order:
+                frame_times[name].append(timed(lambda: versions[name].segment(frame)))
+                clip_times[name].append(timed(lambda: outputs.__setitem__(name, versions[name].segment(clip))))
+
+    print(f"torch threads: {torch.get_num_threads()}; frame: {source}; clip: {args.frames} frames; runs: {args.runs}")
+    for name in versions:
+        print(f"{name:>24}: single frame median {np.median(frame_times[name]) * 1e3:7.1f} ms, "
+              f"cine median {np.median(clip_times[name]):6.2f} s")
+    first, second = (outputs[name] for name in versions)
+    probability_diff = float(np.abs(first.probability - second.probability).max())
+    attention_diff = float(np.abs(first.combined_attention - second.combined_attention).max())
+    masks_equal = bool(np.array_equal(first.processed_mask, second.processed_mask))
+    print(f"largest probability difference {probability_diff:.2e}, attention {attention_diff:.2e}; "
+          f"processed masks identical: {masks_equal}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
