@@ -9,7 +9,6 @@ rendered to ``Resources/Screenshots/panel.png``:
 """
 
 import enum
-import importlib.util
 import os
 import re
 import sys
@@ -20,6 +19,7 @@ from pathlib import Path
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 import pytest
+from slicer_module import MODULE_PATH, load_module
 from PySide6.QtCore import Property, QSize, Qt
 from PySide6.QtGui import QColor, QImage, QPainter, QPalette
 from PySide6.QtUiTools import QUiLoader
@@ -41,7 +41,6 @@ from PySide6.QtWidgets import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-MODULE_PATH = ROOT / "BreastUSSegment" / "BreastUSSegment.py"
 UI_PATH = ROOT / "BreastUSSegment" / "Resources" / "UI" / "BreastUSSegment.ui"
 SCREENSHOT_PATH = ROOT / "Resources" / "Screenshots" / "panel.png"
 
@@ -207,12 +206,6 @@ QT_CLASSES = {
 # --- Helpers ---
 
 
-def load_module():
-    spec = importlib.util.spec_from_file_location("BreastUSSegment", MODULE_PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["BreastUSSegment"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def ui_tree():

@@ -2,13 +2,13 @@
 
 import ast
 import hashlib
-import importlib.util
 import math
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from slicer_module import MODULE_PATH, load_module
 import SimpleITK as sitk
 import slicerio
 import torch
@@ -20,19 +20,12 @@ from BreastUSSegmentLib.measure import measure_frames
 from BreastUSSegmentLib.model import AttentionUNet, ModelConfig
 from BreastUSSegmentLib.weights import save_model
 
-MODULE_PATH = Path(__file__).resolve().parents[1] / "BreastUSSegment" / "BreastUSSegment.py"
 SHAPE = (48, 64)  # rows, columns of the synthetic frames
 SPACING = (0.12, 0.08, 1.0)  # I (columns), J (rows), K mm
 ORIGIN = (12.5, -30.0, 4.0)
 ANGLE = math.radians(25)
 
 
-def load_module():
-    spec = importlib.util.spec_from_file_location("BreastUSSegment", MODULE_PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["BreastUSSegment"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 BUS = load_module()
