@@ -19,7 +19,7 @@ REFERENCE_SIZE = 256
 @dataclass(frozen=True)
 class PostprocessOptions:
     threshold: float = 0.5
-    min_area_fraction: float = 0.001  # components below this fraction of the frame are dropped; 0 keeps all
+    min_area_fraction: float = 0.005  # components below this fraction of the frame are dropped; 0 keeps all (chosen on BUSI val)
     keep_largest: bool = True
     fill_holes: bool = True
     smoothing_sigma: float = 1.5  # Gaussian sigma in pixels of a 256-pixel frame; 0 disables

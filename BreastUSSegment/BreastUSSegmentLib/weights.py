@@ -78,6 +78,7 @@ def _write_atomically(path: Path, write) -> None:
     os.close(handle)
     try:
         write(temporary)
+        os.chmod(temporary, 0o644)  # mkstemp creates owner-only files; weights and cards are meant to be shared
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):

@@ -1,0 +1,36 @@
+"""The model shipped in the module's resources: verified checksum, sane card, real segmentation of a sample."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from BreastUSSegmentLib import BUNDLED_WEIGHTS, SAMPLES_DIR
+from BreastUSSegmentLib.inference import LesionSegmenter
+from BreastUSSegmentLib.metrics import dice_score
+from BreastUSSegmentLib.weights import card_path_for, read_model_card, sha256_of_file
+
+MAX_WEIGHTS_BYTES = 40 * 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def segmenter():
+    return LesionSegmenter.from_weights(BUNDLED_WEIGHTS, device="cpu")
+
+
+def test_bundled_weights_match_their_card_and_size_budget():
+    card = read_model_card(BUNDLED_WEIGHTS)
+    assert sha256_of_file(BUNDLED_WEIGHTS) == card.sha256
+    assert BUNDLED_WEIGHTS.stat().st_size <= MAX_WEIGHTS_BYTES
+    raw = json.loads(card_path_for(BUNDLED_WEIGHTS).read_text())
+    assert raw["training"]["dataset"] == "BUSI" and raw["training"]["split_sha256"]
+    assert raw["metrics"]["subset"] == "test"  # evaluation numbers of the committed test split
+
+
+@pytest.mark.parametrize("name", ["benign"])
+def test_bundled_model_segments_a_sample_frame(segmenter, name):
+    image = np.array(Image.open(SAMPLES_DIR / f"breastus_sample_{name}.png"))
+    truth = np.array(Image.open(SAMPLES_DIR / f"breastus_sample_{name}_mask.png")) > 0
+    result = segmenter.segment(image)
+    assert dice_score(result.processed_mask[0], truth) > 0.7
