@@ -8,15 +8,15 @@ from scipy import ndimage
 
 from .preprocessing import normalize_intensity, to_grayscale_frames
 
-# Anchor colours of a black-red-yellow-white heat scale, at evenly spaced values in [0, 1].
+# Anchor colours of a blue-cyan-yellow-red scale (low attention blue, high red), evenly spaced in [0, 1].
 HEAT_ANCHORS = np.array(
-    [[0, 0, 0], [128, 0, 0], [230, 40, 0], [255, 160, 0], [255, 240, 80], [255, 255, 255]], dtype=np.float32
+    [[0, 0, 140], [0, 60, 255], [0, 220, 255], [255, 230, 0], [255, 80, 0], [200, 0, 0]], dtype=np.float32
 )
 OUTLINE_COLOR = np.array([0, 255, 0], dtype=np.uint8)
 
 
 def heat_colormap(values: np.ndarray) -> np.ndarray:
-    """Map values in [0, 1] to uint8 RGB colours along the heat scale."""
+    """Map values in [0, 1] to uint8 RGB colours along the blue-to-red scale."""
     positions = np.clip(values, 0.0, 1.0) * (len(HEAT_ANCHORS) - 1)
     lower = np.floor(positions).astype(int).clip(0, len(HEAT_ANCHORS) - 2)
     fraction = (positions - lower)[..., np.newaxis]
@@ -44,7 +44,10 @@ def overlay_figure(frame: np.ndarray, mask: np.ndarray, attention: np.ndarray, o
     thickness = max(1, round(min(mask.shape) / 200))
     outlined = base.copy()
     outlined[mask_outline(mask, thickness)] = OUTLINE_COLOR
-    heat = (base * (1 - opacity) + heat_colormap(attention) * opacity).round().astype(np.uint8)
+    # Attention coefficients sit in a narrow band: stretch the 2nd-99.5th percentile range to [0, 1].
+    low, high = np.percentile(attention, [2.0, 99.5])
+    stretched = np.clip((attention - low) / max(high - low, 1e-6), 0.0, 1.0)
+    heat = (base * (1 - opacity) + heat_colormap(stretched) * opacity).round().astype(np.uint8)
 
     height, width = base.shape[:2]
     gap, caption = 8, 22
@@ -53,5 +56,5 @@ def overlay_figure(frame: np.ndarray, mask: np.ndarray, attention: np.ndarray, o
     canvas.paste(Image.fromarray(heat), (width + gap, caption))
     draw = ImageDraw.Draw(canvas)
     draw.text((4, 4), "Lesion (processed mask)", fill=(0, 255, 0))
-    draw.text((width + gap + 4, 4), "Attention (mean of gates)", fill=(255, 200, 0))
+    draw.text((width + gap + 4, 4), "Attention (mean of gates; blue low, red high)", fill=(255, 200, 0))
     return canvas
