@@ -667,8 +667,12 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
         outputSegmentationNode.CreateClosedSurfaceRepresentation()
 
         baseName = inputVolumeNode.GetName()
+        # Attention coefficients of a trained model sit in a narrow band: window the overlay on the
+        # 2nd-99.5th percentile so the colour scale spans what the gates actually did.
+        attentionRange = tuple(float(v) for v in np.percentile(result.combined_attention, [2.0, 99.5]))
         attentionVolume = self.updateResultVolume(
-            outputSegmentationNode, ATTENTION_REFERENCE_ROLE, f"{baseName} attention", result.combined_attention, inputVolumeNode
+            outputSegmentationNode, ATTENTION_REFERENCE_ROLE, f"{baseName} attention", result.combined_attention,
+            inputVolumeNode, displayRange=attentionRange,
         )
         probabilityVolume = None
         if createProbabilityVolume:
@@ -778,8 +782,9 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
 
     # --- Result volumes and overlay ---
 
-    def updateResultVolume(self, segmentationNode, role: str, name: str, array, referenceVolumeNode):
-        """Create or update the float volume referenced by ``role`` with ``array`` on the reference geometry."""
+    def updateResultVolume(self, segmentationNode, role: str, name: str, array, referenceVolumeNode, displayRange=(0.0, 1.0)):
+        """Create or update the float volume referenced by ``role`` with ``array`` on the reference geometry,
+        displayed with the heat colours over ``displayRange``."""
         scene = segmentationNode.GetScene()
         volume = segmentationNode.GetNodeReference(role)
         if volume is None or volume.GetScene() is not scene:
@@ -791,7 +796,8 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
         display = volume.GetDisplayNode()
         display.SetAndObserveColorNodeID(self.heatColorNode(scene).GetID())
         display.AutoWindowLevelOff()
-        display.SetWindowLevelMinMax(0.0, 1.0)
+        low, high = displayRange
+        display.SetWindowLevelMinMax(low, max(high, low + 1e-6))
         return volume
 
     @staticmethod

@@ -466,3 +466,23 @@ def test_module_imports_without_loading_torch():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_attention_overlay_is_windowed_on_the_attention_range(tmp_path):
+    """The overlay's colour window spans the attention map's own 2nd-99.5th percentile range."""
+    weights = tmp_path / "m.safetensors"
+    torch.manual_seed(3)
+    save_model(AttentionUNet(ModelConfig(base_channels=4, depth=2, dropout=0.0)), weights, input_size=(64, 64))
+    scene = slicer.vtkMRMLScene()
+    volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "frame")
+    slicer.util.updateVolumeFromArray(volume, np.random.default_rng(0).integers(0, 255, (1, 50, 60)).astype(np.uint8))
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "seg")
+    BUS.BreastUSSegmentLogic().segment(volume, segmentation, weightsPath=weights, device="cpu")
+    attention = segmentation.GetNodeReference(BUS.ATTENTION_REFERENCE_ROLE)
+    values = slicer.util.arrayFromVolume(attention)
+    low, high = np.percentile(values, [2.0, 99.5])
+    display = attention.GetDisplayNode()
+    window_min = display.GetLevel() - display.GetWindow() / 2
+    window_max = display.GetLevel() + display.GetWindow() / 2
+    assert window_min == pytest.approx(low, abs=1e-4) and window_max == pytest.approx(high, abs=1e-4)
+    assert high - low < 1.0
