@@ -17,7 +17,7 @@ import torch
 from .device import select_device
 from .model import AttentionUNet
 from .postprocessing import PostprocessOptions, postprocess_frames
-from .preprocessing import prepare_input, resize_frames
+from .preprocessing import prepare_frames, resize_frames
 from .weights import load_model
 
 logger = logging.getLogger(__name__)
@@ -128,8 +128,8 @@ class LesionSegmenter:
         ``progress(done, total)`` is called after every batch of frames.
         """
         options = postprocessing or self.postprocessing
-        network_input = prepare_input(image, self.input_size, color=color)
-        frame_count, original_size = network_input.shape[0], _original_size(image, color)
+        network_input, original_size = prepare_frames(image, self.input_size, color=color)
+        frame_count = network_input.shape[0]
         outputs = _OutputFrames(frame_count, original_size)
 
         step = max(1, batch_size)
@@ -182,10 +182,3 @@ class _OutputFrames:
             combined += level
         combined /= np.float32(len(self.attention_maps))
         return combined
-
-
-def _original_size(image: np.ndarray, color: bool | None) -> tuple[int, int]:
-    """Height and width of the input frames, using the same layout rules as preprocessing."""
-    shape = np.shape(image)
-    is_color = len(shape) == 4 or (len(shape) == 3 and (color if color is not None else shape[-1] in (3, 4)))
-    return (shape[-3], shape[-2]) if is_color else (shape[-2], shape[-1])

@@ -83,7 +83,15 @@ def resize_frames(frames: torch.Tensor, size: tuple[int, int], mode: str = "bili
     return F.interpolate(frames, size=size, mode=mode, align_corners=False, antialias=shrinking)
 
 
+def prepare_frames(
+    image: np.ndarray, input_size: tuple[int, int], color: bool | None = None
+) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Full preprocessing: the network input ``(F, 1, h, w)`` and the frames' original ``(H, W)``."""
+    frames = normalize_intensity(to_grayscale_frames(image, color=color))
+    original_size = (int(frames.shape[-2]), int(frames.shape[-1]))
+    return resize_frames(torch.from_numpy(frames).unsqueeze(1), tuple(input_size)), original_size
+
+
 def prepare_input(image: np.ndarray, input_size: tuple[int, int], color: bool | None = None) -> torch.Tensor:
     """Full preprocessing: any supported array to a float32 tensor ``(F, 1, h, w)`` for the network."""
-    frames = normalize_intensity(to_grayscale_frames(image, color=color))
-    return resize_frames(torch.from_numpy(frames).unsqueeze(1), tuple(input_size))
+    return prepare_frames(image, input_size, color)[0]
