@@ -315,3 +315,16 @@ def test_export_names_a_report_that_is_not_an_evaluation(busi, tmp_path, capsys)
     code = cli.main(["export", "--weights", str(busi["full"]), "--report", str(bad), "--output", str(tmp_path / "m.safetensors")])
     assert code == 2
     assert "is not an evaluation report" in capsys.readouterr().err
+
+
+def test_post_processing_chosen_at_evaluation_is_what_export_ships(busi, tmp_path):
+    """evaluate --threshold/--min-area-fraction override the card; export ships exactly those settings."""
+    output, report = run_evaluate(busi, busi["full"], "chosen", "--threshold", "0.4", "--min-area-fraction", "0.02")
+    evaluated = report["options"]["postprocessing"]
+    assert evaluated["threshold"] == 0.4 and evaluated["min_area_fraction"] == 0.02
+    assert evaluated["keep_largest"] == read_model_card(busi["full"]).postprocessing["keep_largest"]
+    assert "minimum component area 0.02 of the frame" in (output / "report.md").read_text()
+    target = tmp_path / "model.safetensors"
+    assert cli.main(["export", "--weights", str(busi["full"]), "--report", str(output / "report.json"),
+                     "--output", str(target)]) == 0
+    assert read_model_card(target).postprocessing == evaluated

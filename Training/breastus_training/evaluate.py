@@ -184,7 +184,9 @@ def markdown_report(report: dict) -> str:
         f"{counts['malignant']['images']} malignant) and {counts['normal']['images']} normal",
         f"- Weights: `{report['weights']['path']}` (sha256 `{report['weights']['sha256']}`)",
         f"- Split: `{report['split']['path']}` (sha256 `{report['split']['sha256']}`)",
-        f"- Threshold {options['postprocessing']['threshold']}, test-time flip: {'yes' if options['test_time_flip'] else 'no'}",
+        f"- Threshold {options['postprocessing']['threshold']}, minimum component area "
+        f"{options['postprocessing']['min_area_fraction']} of the frame, "
+        f"test-time flip: {'yes' if options['test_time_flip'] else 'no'}",
         "",
         "## Lesion images (benign + malignant) and normal images",
         "",
@@ -251,12 +253,17 @@ def case_figures(
     return figures
 
 
-def build_segmenter(weights: str | os.PathLike, device: str | torch.device = "auto", threshold: float | None = None):
-    """Load verified weights; return ``(segmenter, card)``, with the card's threshold unless one is given."""
+def build_segmenter(
+    weights: str | os.PathLike,
+    device: str | torch.device = "auto",
+    threshold: float | None = None,
+    min_area_fraction: float | None = None,
+):
+    """Load verified weights; return ``(segmenter, card)``, with the card's post-processing
+    except for the threshold and minimum component area given here."""
     model, card = load_model(weights, device="cpu")
-    options = card.postprocess_options
-    if threshold is not None:
-        options = replace(options, threshold=threshold)
+    overrides = {"threshold": threshold, "min_area_fraction": min_area_fraction}
+    options = replace(card.postprocess_options, **{k: v for k, v in overrides.items() if v is not None})
     return LesionSegmenter(model, tuple(card.input_size), options, device), card
 
 
@@ -270,6 +277,7 @@ def evaluate_busi(
     test_time_flip: bool = False,
     device: str | torch.device = "auto",
     threshold: float | None = None,
+    min_area_fraction: float | None = None,
     run_dir: str | os.PathLike | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
@@ -282,7 +290,7 @@ def evaluate_busi(
     cases = list(manifest.cases_for(subset))
     if not cases:
         raise ValueError(f"the split {split_path} has no case in subset {subset!r}")
-    segmenter, card = build_segmenter(weights, device, threshold)
+    segmenter, card = build_segmenter(weights, device, threshold, min_area_fraction)
 
     def sample_of(case) -> Sample:
         image, mask = load_case(data_root, case)
@@ -334,6 +342,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tta", action="store_true", help="average with a horizontally flipped pass")
     parser.add_argument("--device", choices=DEVICE_CHOICES + ("gpu",), default="auto")
     parser.add_argument("--threshold", type=float, help="probability threshold (default: the model card's)")
+    parser.add_argument("--min-area-fraction", type=float,
+                        help="drop predicted components below this fraction of the frame (default: the model card's)")
     parser.add_argument("--run-dir", type=Path, help="training run folder; its metrics.csv gives training curves")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -348,6 +358,7 @@ def run(args: argparse.Namespace) -> int:
         report = evaluate_busi(
             args.data, args.split, args.weights, args.subset, args.output,
             test_time_flip=args.tta, device=device, threshold=args.threshold,
+            min_area_fraction=args.min_area_fraction,
             run_dir=args.run_dir, progress=not args.no_progress,
         )
     except WeightsError as error:
