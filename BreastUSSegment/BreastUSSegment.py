@@ -667,9 +667,10 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
         outputSegmentationNode.CreateClosedSurfaceRepresentation()
 
         baseName = inputVolumeNode.GetName()
-        # Attention coefficients of a trained model sit in a narrow band: window the overlay on the
-        # 2nd-99.5th percentile so the colour scale spans what the gates actually did.
-        attentionRange = tuple(float(v) for v in np.percentile(result.combined_attention, [2.0, 99.5]))
+        # The overlay's colour window spans what the gates actually did (their values sit in a narrow band).
+        from BreastUSSegmentLib.inference import attention_display_range
+
+        attentionRange = attention_display_range(result.combined_attention)
         attentionVolume = self.updateResultVolume(
             outputSegmentationNode, ATTENTION_REFERENCE_ROLE, f"{baseName} attention", result.combined_attention,
             inputVolumeNode, displayRange=attentionRange,
@@ -796,8 +797,7 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
         display = volume.GetDisplayNode()
         display.SetAndObserveColorNodeID(self.heatColorNode(scene).GetID())
         display.AutoWindowLevelOff()
-        low, high = displayRange
-        display.SetWindowLevelMinMax(low, max(high, low + 1e-6))
+        display.SetWindowLevelMinMax(*displayRange)
         return volume
 
     @staticmethod

@@ -45,6 +45,16 @@ class SegmentationResult:
         return self.probability.shape[0]
 
 
+# Attention coefficients of a trained model sit in a narrow band; displays span these percentiles.
+ATTENTION_DISPLAY_PERCENTILES = (2.0, 99.5)
+
+
+def attention_display_range(attention: np.ndarray) -> tuple[float, float]:
+    """``(low, high)`` values an attention map is best displayed between (its 2nd-99.5th percentiles)."""
+    low, high = np.percentile(attention, ATTENTION_DISPLAY_PERCENTILES)
+    return float(low), float(max(high, low + 1e-6))
+
+
 class LesionSegmenter:
     """Runs an :class:`AttentionUNet` on frames of any size, dtype and colour layout."""
 

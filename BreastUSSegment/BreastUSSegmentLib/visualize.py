@@ -6,6 +6,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
+from .inference import attention_display_range
 from .preprocessing import normalize_intensity, to_grayscale_frames
 
 # Anchor colours of a blue-cyan-yellow-red scale (low attention blue, high red), evenly spaced in [0, 1].
@@ -44,9 +45,8 @@ def overlay_figure(frame: np.ndarray, mask: np.ndarray, attention: np.ndarray, o
     thickness = max(1, round(min(mask.shape) / 200))
     outlined = base.copy()
     outlined[mask_outline(mask, thickness)] = OUTLINE_COLOR
-    # Attention coefficients sit in a narrow band: stretch the 2nd-99.5th percentile range to [0, 1].
-    low, high = np.percentile(attention, [2.0, 99.5])
-    stretched = np.clip((attention - low) / max(high - low, 1e-6), 0.0, 1.0)
+    low, high = attention_display_range(attention)
+    stretched = np.clip((attention - low) / (high - low), 0.0, 1.0)
     heat = (base * (1 - opacity) + heat_colormap(stretched) * opacity).round().astype(np.uint8)
 
     height, width = base.shape[:2]
