@@ -38,7 +38,7 @@ from tqdm import tqdm
 from BreastUSSegmentLib.device import select_device
 from BreastUSSegmentLib.metrics import dice_score, iou_score
 from BreastUSSegmentLib.model import AttentionUNet, ModelConfig
-from BreastUSSegmentLib.weights import save_model
+from BreastUSSegmentLib.weights import load_model, save_model, sha256_of_file
 
 from .augment import AUGMENTATIONS, get_augmentation
 from .busi import load_manifest
@@ -71,6 +71,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base-channels", type=int, default=ModelConfig.base_channels, help="channels of the first level")
     parser.add_argument("--depth", type=int, default=ModelConfig.depth, help="number of poolings")
     parser.add_argument("--dropout", type=float, default=ModelConfig.dropout, help="dropout probability")
+    parser.add_argument("--init-weights", type=Path, default=None, metavar="SAFETENSORS",
+                        help="start from these weights (e.g. an earlier run's best.safetensors, same architecture) "
+                             "with a fresh optimizer and schedule; default: random initialisation")
     parser.add_argument("--seed", type=int, default=0, help="seed of initialisation, shuffling and augmentation")
     parser.add_argument("--limit", type=int, default=None, help="use only this many training cases (smoke tests)")
     parser.add_argument("--num-workers", type=int, default=None,
@@ -188,6 +191,17 @@ class SoftDiceBCELoss(nn.Module):
         return self.bce(logits, target) + (1 - dice).mean()
 
 
+def initialise_from(model: AttentionUNet, weights_path: str, verbose: bool) -> None:
+    """Copy the weights of an exported model (checksum-verified) into ``model``; the architectures must match."""
+    source, card = load_model(weights_path)
+    if card.model_config != model.config:
+        raise ValueError(f"--init-weights {weights_path} has architecture {card.model_config}, "
+                         f"but this run builds {model.config}; pass the matching --base-channels/--depth/--dropout")
+    model.load_state_dict(source.state_dict())
+    if verbose:
+        print(f"initialised from {weights_path} (sha256 {card.sha256[:12]}…)")
+
+
 def make_loss(name: str) -> nn.Module:
     return nn.BCEWithLogitsLoss() if name == "bce" else SoftDiceBCELoss()
 
@@ -279,6 +293,8 @@ def train(config: dict, context: ProcessContext) -> dict:
     checkpoint_path = run_dir / CHECKPOINT_NAME
     manifest = load_manifest(config["split"])
     config = dict(config, split_sha256=manifest.sha256)
+    if config.get("init_weights"):
+        config["init_weights_sha256"] = sha256_of_file(config["init_weights"])
     progress = not config["no_progress"] and context.is_main
     device = context.device
     use_amp = device.type == "cuda"
@@ -304,7 +320,10 @@ def train(config: dict, context: ProcessContext) -> dict:
 
     model_config = ModelConfig(base_channels=config["base_channels"], depth=config["depth"], dropout=config["dropout"])
     # channels-last halves the CPU training step time of this network (measured on 2 cores) and suits GPU tensor cores.
-    model = AttentionUNet(model_config).to(device, memory_format=torch.channels_last)
+    model = AttentionUNet(model_config)
+    if checkpoint is None and config.get("init_weights"):
+        initialise_from(model, config["init_weights"], context.is_main)
+    model = model.to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"])
     scheduler = make_scheduler(config["scheduler"], optimizer, config["epochs"])
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
