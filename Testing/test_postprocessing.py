@@ -1,5 +1,7 @@
 """Post-processing on constructed probability maps with known answers."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -9,6 +11,7 @@ from BreastUSSegmentLib.postprocessing import (
     postprocess_frames,
     postprocess_mask,
     remove_small_components,
+    remove_uncertain_components,
     smooth_boundary,
 )
 
@@ -35,6 +38,21 @@ def test_small_components_removed_by_area_fraction():
     assert kept[15, 15] and not kept[62, 62]
     options = PostprocessOptions(min_area_fraction=0.003, keep_largest=False, fill_holes=False, smoothing_sigma=0)
     assert postprocess_mask(mask.astype(np.float32), options).sum() == 400
+
+
+def test_uncertain_components_removed_by_mean_probability():
+    probability = np.zeros((100, 100), np.float32)
+    probability[10:30, 10:30] = 0.95  # a confident lesion
+    probability[60:90, 60:90] = 0.7  # a larger, lukewarm blob
+    probability[62, 62] = 1.0  # one bright pixel does not make the blob confident
+    mask = probability >= 0.5
+    kept = remove_uncertain_components(mask, probability, 0.8)
+    assert kept[15, 15] and not kept[70, 70]
+    np.testing.assert_array_equal(remove_uncertain_components(mask, probability, 0.0), mask)
+    # In the pipeline the filter runs before keep-largest, so the confident lesion survives.
+    options = PostprocessOptions(min_mean_probability=0.8, min_area_fraction=0, fill_holes=False, smoothing_sigma=0)
+    assert postprocess_mask(probability, options).sum() == 400
+    assert postprocess_mask(probability, dataclasses.replace(options, min_mean_probability=0)).sum() == 900
 
 
 def test_keep_largest_component():
@@ -73,7 +91,7 @@ def test_empty_probability_stays_empty_and_frames_are_independent():
     assert not masks[0].any() and masks[1].any() and not masks[2].any()
 
 
-@pytest.mark.parametrize("bad", [dict(threshold=0.0), dict(threshold=1.0), dict(min_area_fraction=-0.1), dict(smoothing_sigma=-1)])
+@pytest.mark.parametrize("bad", [dict(threshold=0.0), dict(threshold=1.0), dict(min_area_fraction=-0.1), dict(min_mean_probability=1.0), dict(smoothing_sigma=-1)])
 def test_invalid_options(bad):
     with pytest.raises(ValueError):
         PostprocessOptions(**bad)

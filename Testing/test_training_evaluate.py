@@ -318,10 +318,12 @@ def test_export_names_a_report_that_is_not_an_evaluation(busi, tmp_path, capsys)
 
 
 def test_post_processing_chosen_at_evaluation_is_what_export_ships(busi, tmp_path):
-    """evaluate --threshold/--min-area-fraction override the card; export ships exactly those settings."""
-    output, report = run_evaluate(busi, busi["full"], "chosen", "--threshold", "0.4", "--min-area-fraction", "0.02")
+    """evaluate --threshold/--min-area-fraction/--min-mean-probability override the card; export ships exactly those settings."""
+    output, report = run_evaluate(busi, busi["full"], "chosen", "--threshold", "0.4", "--min-area-fraction", "0.02",
+                                  "--min-mean-probability", "0.6")
     evaluated = report["options"]["postprocessing"]
     assert evaluated["threshold"] == 0.4 and evaluated["min_area_fraction"] == 0.02
+    assert evaluated["min_mean_probability"] == 0.6
     assert evaluated["keep_largest"] == read_model_card(busi["full"]).postprocessing["keep_largest"]
     assert "minimum component area 0.02 of the frame" in (output / "report.md").read_text()
     target = tmp_path / "model.safetensors"

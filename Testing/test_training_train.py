@@ -127,6 +127,27 @@ def test_resume_with_other_settings_is_refused(dataset, tmp_path, capsys):
         train_run(config, ProcessContext(device=torch.device("cpu")))
 
 
+def test_init_weights_starts_from_an_exported_model(dataset, tmp_path, capsys):
+    first = tmp_path / "first"
+    assert cli.main(train_args(dataset, first, "--epochs", "2")) == 0
+    source, source_card = load_model(first / "best.safetensors")
+    # A vanishing learning rate leaves the convolutions where they started.
+    warm, cold = tmp_path / "warm", tmp_path / "cold"
+    for run_dir, extra in ((warm, ["--init-weights", str(first / "best.safetensors")]), (cold, [])):
+        assert cli.main(train_args(dataset, run_dir, "--epochs", "1", "--lr", "1e-12", *extra)) == 0
+    warm_model, warm_card = load_model(warm / "best.safetensors")
+    cold_model, _ = load_model(cold / "best.safetensors")
+    start = source.head.weight
+    assert torch.allclose(warm_model.head.weight, start, atol=1e-6)
+    assert not torch.allclose(cold_model.head.weight, start, atol=1e-3)
+    assert warm_card.training["init_weights_sha256"] == source_card.sha256
+    capsys.readouterr()
+    # Another architecture cannot be initialised from these weights.
+    assert cli.main(train_args(dataset, tmp_path / "wider", "--epochs", "1", "--base-channels", "8",
+                               "--init-weights", str(first / "best.safetensors"))) == 2
+    assert "--init-weights" in capsys.readouterr().err
+
+
 def test_invalid_settings_give_clear_errors(dataset, tmp_path, capsys):
     assert cli.main(train_args(dataset, tmp_path / "bad", "--input-size", "66")) == 2
     assert "multiple of 4" in capsys.readouterr().err

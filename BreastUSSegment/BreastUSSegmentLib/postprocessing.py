@@ -1,8 +1,9 @@
 """From a probability map to the paper's smoother "processed mask".
 
 Steps, each optional: threshold, remove connected components smaller than a
-fraction of the frame, keep only the largest lesion, fill holes, and smooth
-the boundary (Gaussian blur of the mask, re-thresholded at one half).
+fraction of the frame, remove components the network is unsure of (low mean
+probability), keep only the largest lesion, fill holes, and smooth the
+boundary (Gaussian blur of the mask, re-thresholded at one half).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ REFERENCE_SIZE = 256
 class PostprocessOptions:
     threshold: float = 0.5
     min_area_fraction: float = 0.005  # components below this fraction of the frame are dropped; 0 keeps all (chosen on BUSI val)
+    min_mean_probability: float = 0.0  # components whose mean probability is below this are dropped; 0 keeps all
     keep_largest: bool = True
     fill_holes: bool = True
     smoothing_sigma: float = 1.5  # Gaussian sigma in pixels of a 256-pixel frame; 0 disables
@@ -29,6 +31,8 @@ class PostprocessOptions:
             raise ValueError(f"threshold must be strictly between 0 and 1, got {self.threshold}")
         if not 0.0 <= self.min_area_fraction < 1.0:
             raise ValueError(f"min_area_fraction must be in [0, 1), got {self.min_area_fraction}")
+        if not 0.0 <= self.min_mean_probability < 1.0:
+            raise ValueError(f"min_mean_probability must be in [0, 1), got {self.min_mean_probability}")
         if self.smoothing_sigma < 0:
             raise ValueError(f"smoothing_sigma must be >= 0, got {self.smoothing_sigma}")
 
@@ -48,6 +52,21 @@ def remove_small_components(mask: np.ndarray, min_pixels: int) -> np.ndarray:
     labels, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
     sizes = np.bincount(labels.ravel(), minlength=count + 1)
     keep = sizes >= min_pixels
+    keep[0] = False
+    return keep[labels]
+
+
+def remove_uncertain_components(mask: np.ndarray, probability: np.ndarray, min_mean_probability: float) -> np.ndarray:
+    """Drop 8-connected components whose mean probability is below ``min_mean_probability``.
+
+    Lesions the network is sure of are bright throughout; the false lesions it
+    finds on normal tissue (shadows, fat lobules) are mostly lukewarm.
+    """
+    if min_mean_probability <= 0 or not mask.any():
+        return mask
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    means = ndimage.mean(probability, labels=labels, index=np.arange(count + 1))
+    keep = np.asarray(means) >= min_mean_probability
     keep[0] = False
     return keep[labels]
 
@@ -79,6 +98,7 @@ def postprocess_mask(probability: np.ndarray, options: PostprocessOptions | None
     mask = probability >= options.threshold
     min_pixels = int(round(options.min_area_fraction * mask.size))
     mask = remove_small_components(mask, min_pixels)
+    mask = remove_uncertain_components(mask, probability, options.min_mean_probability)
     if options.keep_largest:
         mask = keep_largest_component(mask)
     if options.fill_holes:

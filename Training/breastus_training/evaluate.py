@@ -185,7 +185,8 @@ def markdown_report(report: dict) -> str:
         f"- Weights: `{report['weights']['path']}` (sha256 `{report['weights']['sha256']}`)",
         f"- Split: `{report['split']['path']}` (sha256 `{report['split']['sha256']}`)",
         f"- Threshold {options['postprocessing']['threshold']}, minimum component area "
-        f"{options['postprocessing']['min_area_fraction']} of the frame, "
+        f"{options['postprocessing']['min_area_fraction']} of the frame, minimum component mean probability "
+        f"{options['postprocessing'].get('min_mean_probability', 0.0)}, "
         f"test-time flip: {'yes' if options['test_time_flip'] else 'no'}",
         "",
         "## Lesion images (benign + malignant) and normal images",
@@ -258,11 +259,13 @@ def build_segmenter(
     device: str | torch.device = "auto",
     threshold: float | None = None,
     min_area_fraction: float | None = None,
+    min_mean_probability: float | None = None,
 ):
     """Load verified weights; return ``(segmenter, card)``, with the card's post-processing
-    except for the threshold and minimum component area given here."""
+    except for the threshold, minimum component area and minimum component mean probability given here."""
     model, card = load_model(weights, device="cpu")
-    overrides = {"threshold": threshold, "min_area_fraction": min_area_fraction}
+    overrides = {"threshold": threshold, "min_area_fraction": min_area_fraction,
+                 "min_mean_probability": min_mean_probability}
     options = replace(card.postprocess_options, **{k: v for k, v in overrides.items() if v is not None})
     return LesionSegmenter(model, tuple(card.input_size), options, device), card
 
@@ -278,6 +281,7 @@ def evaluate_busi(
     device: str | torch.device = "auto",
     threshold: float | None = None,
     min_area_fraction: float | None = None,
+    min_mean_probability: float | None = None,
     run_dir: str | os.PathLike | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
@@ -290,7 +294,7 @@ def evaluate_busi(
     cases = list(manifest.cases_for(subset))
     if not cases:
         raise ValueError(f"the split {split_path} has no case in subset {subset!r}")
-    segmenter, card = build_segmenter(weights, device, threshold, min_area_fraction)
+    segmenter, card = build_segmenter(weights, device, threshold, min_area_fraction, min_mean_probability)
 
     def sample_of(case) -> Sample:
         image, mask = load_case(data_root, case)
@@ -344,6 +348,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold", type=float, help="probability threshold (default: the model card's)")
     parser.add_argument("--min-area-fraction", type=float,
                         help="drop predicted components below this fraction of the frame (default: the model card's)")
+    parser.add_argument("--min-mean-probability", type=float,
+                        help="drop predicted components whose mean probability is below this (default: the model card's)")
     parser.add_argument("--run-dir", type=Path, help="training run folder; its metrics.csv gives training curves")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -358,7 +364,7 @@ def run(args: argparse.Namespace) -> int:
         report = evaluate_busi(
             args.data, args.split, args.weights, args.subset, args.output,
             test_time_flip=args.tta, device=device, threshold=args.threshold,
-            min_area_fraction=args.min_area_fraction,
+            min_area_fraction=args.min_area_fraction, min_mean_probability=args.min_mean_probability,
             run_dir=args.run_dir, progress=not args.no_progress,
         )
     except WeightsError as error:
