@@ -13,7 +13,7 @@ from BreastUSSegmentLib.metrics import dice_score, hausdorff95, iou_score
 from BreastUSSegmentLib.model import AttentionUNet, ModelConfig
 from BreastUSSegmentLib.postprocessing import PostprocessOptions, postprocess_mask
 from BreastUSSegmentLib.weights import WeightsError, load_model, read_model_card, save_model
-from breastus_training import evaluate, export, figures
+from breastus_training import evaluate, export, figures, sweep
 
 INPUT_SIZE = (32, 32)
 
@@ -330,3 +330,46 @@ def test_post_processing_chosen_at_evaluation_is_what_export_ships(busi, tmp_pat
     assert cli.main(["export", "--weights", str(busi["full"]), "--report", str(output / "report.json"),
                      "--output", str(target)]) == 0
     assert read_model_card(target).postprocessing == evaluated
+
+
+def run_sweep(busi, weights, name, *extra):
+    output = busi["root"] / "sweeps" / name
+    code = cli.main(["sweep", "--data", str(busi["data"]), "--split", str(busi["split"]), "--weights", str(weights),
+                     "--output", str(output), "--device", "cpu", "--no-progress", *extra])
+    assert code == 0
+    return json.loads((output / "sweep.json").read_text())
+
+
+def test_sweep_rows_equal_evaluate_reports_of_the_same_settings(busi, tmp_path):
+    """One inference pass scores the grid exactly as separate 'evaluate' runs would."""
+    weights = tmp_path / "untrained" / "best.safetensors"
+    save_model(tiny_model(seed=3), weights, input_size=INPUT_SIZE, training={"note": "untrained"})
+    probabilities = [segmenter_for(tiny_model(seed=3)).segment(load_case(busi["data"], case)[0]).probability
+                     for case in load_manifest(busi["split"]).cases_for("train")]
+    median = float(np.median(np.concatenate([p.ravel() for p in probabilities])))
+    thresholds = [round(median, 4), round(median + 0.002, 4)]
+    record = run_sweep(busi, weights, "untrained", "--thresholds", *map(str, thresholds),
+                       "--min-area-fractions", "0", "0.01", "--min-mean-probabilities", "0", "0.6", "--subset", "train")
+    assert record["subset"] == "train" and len(record["rows"]) == 8
+    assert record["lesion_images"] >= 3 and record["normal_images"] >= 1
+    for row in record["rows"][:3]:
+        _, report = run_evaluate(busi, weights, f"val_{row['threshold']}_{row['min_area_fraction']}",
+                                 "--threshold", str(row["threshold"]), "--min-area-fraction", str(row["min_area_fraction"]),
+                                 "--min-mean-probability", str(row["min_mean_probability"]), "--subset", "train")
+        processed = report["summary"]["processed"]
+        assert row["lesion_dice"] == pytest.approx(processed["lesion"]["dice_mean"])
+        assert row["lesion_iou"] == pytest.approx(processed["lesion"]["iou_mean"])
+        assert row["normal_false_positives"] == processed["normal"]["false_positives"]
+    assert (busi["root"] / "sweeps" / "untrained" / "sweep.md").read_text().count("\n| ") == 8 + 1
+
+
+def test_sweep_counts_false_lesions_and_misses_and_refuses_the_test_split(busi):
+    everywhere = run_sweep(busi, busi["full"], "full", "--subset", "train")["rows"][0]
+    nowhere = run_sweep(busi, busi["empty"], "empty", "--subset", "train")
+    assert everywhere["normal_false_positive_rate"] == 1.0 and everywhere["lesions_missed"] == 0
+    assert nowhere["rows"][0]["normal_false_positives"] == 0
+    assert nowhere["rows"][0]["lesions_missed"] == nowhere["lesion_images"] > 0
+    assert nowhere["rows"][0]["lesion_dice"] == 0.0
+    with pytest.raises(ValueError, match="not 'test'"):
+        sweep.sweep_busi(busi["data"], busi["split"], busi["full"], "test", {
+            "thresholds": [0.5], "min_area_fractions": [0.0], "min_mean_probabilities": [0.0]})

@@ -1,0 +1,177 @@
+"""Choose post-processing on the validation split: score a grid of settings from one inference pass.
+
+Each image is segmented once (optionally with the test-time flip) at its
+original resolution, exactly as ``evaluate`` does, and its probability map is
+post-processed with every combination of threshold, minimum component area and
+minimum component mean probability. For each combination the sweep reports the
+mean lesion Dice and IoU (benign + malignant) and how many normal images get a
+false lesion, so the trade-off between the two can be read off one table.
+
+The test split is refused: settings chosen on it would make its numbers
+optimistic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from BreastUSSegmentLib.device import DEVICE_CHOICES, select_device
+from BreastUSSegmentLib.metrics import dice_score, iou_score
+from BreastUSSegmentLib.postprocessing import PostprocessOptions, postprocess_mask
+from BreastUSSegmentLib.weights import WeightsError
+
+from .busi import load_case, load_manifest
+from .evaluate import LESION_CLASSES, NORMAL_CLASS, build_segmenter
+
+SWEEP_SUBSETS = ("train", "val")
+
+
+def option_grid(base: PostprocessOptions, thresholds, min_area_fractions, min_mean_probabilities) -> list[PostprocessOptions]:
+    """Every combination of the three settings on top of ``base`` (the model card's other options)."""
+    return [
+        replace(base, threshold=threshold, min_area_fraction=area, min_mean_probability=confidence)
+        for threshold, area, confidence in itertools.product(thresholds, min_area_fractions, min_mean_probabilities)
+    ]
+
+
+class SweepTally:
+    """Running per-setting sums: lesion Dice and IoU, lesion images left empty, normal images with a false lesion."""
+
+    def __init__(self, count: int):
+        self.dice = np.zeros(count)
+        self.iou = np.zeros(count)
+        self.missed = np.zeros(count, dtype=int)
+        self.false_positives = np.zeros(count, dtype=int)
+        self.lesion_images = 0
+        self.normal_images = 0
+
+    def add(self, label: str, masks: list[np.ndarray], target: np.ndarray) -> None:
+        if label == NORMAL_CLASS:
+            self.normal_images += 1
+            self.false_positives += [bool(mask.any()) for mask in masks]
+        elif label in LESION_CLASSES:
+            self.lesion_images += 1
+            self.dice += [dice_score(mask, target) for mask in masks]
+            self.iou += [iou_score(mask, target) for mask in masks]
+            self.missed += [not mask.any() for mask in masks]
+        else:
+            raise ValueError(f"unknown class {label!r}")
+
+    def rows(self, grid: list[PostprocessOptions]) -> list[dict]:
+        lesions, normals = max(self.lesion_images, 1), self.normal_images
+        return [
+            {
+                "threshold": options.threshold,
+                "min_area_fraction": options.min_area_fraction,
+                "min_mean_probability": options.min_mean_probability,
+                "lesion_dice": float(self.dice[i] / lesions),
+                "lesion_iou": float(self.iou[i] / lesions),
+                "lesions_missed": int(self.missed[i]),
+                "normal_false_positives": int(self.false_positives[i]),
+                "normal_false_positive_rate": float(self.false_positives[i] / normals) if normals else None,
+            }
+            for i, options in enumerate(grid)
+        ]
+
+
+def sweep_busi(
+    data_root, split_path, weights, subset: str, grid_values: dict, *,
+    test_time_flip: bool = False, device="auto", progress: bool = True,
+) -> dict:
+    """Score every post-processing combination of ``grid_values`` on ``subset``; return the sweep record."""
+    if subset not in SWEEP_SUBSETS:
+        raise ValueError(f"sweep chooses settings, so it runs on {' or '.join(SWEEP_SUBSETS)}, not {subset!r}; "
+                         "score the chosen settings on test once with 'evaluate'")
+    manifest = load_manifest(split_path)
+    cases = list(manifest.cases_for(subset))
+    if not cases:
+        raise ValueError(f"the split {split_path} has no case in subset {subset!r}")
+    segmenter, card = build_segmenter(weights, device)
+    grid = option_grid(segmenter.postprocessing, **grid_values)
+    tally = SweepTally(len(grid))
+    started = time.perf_counter()
+    for case in tqdm(cases, desc="sweeping", unit="image", disable=not progress):
+        image, target = load_case(data_root, case)
+        probability = segmenter.segment(image, test_time_flip=test_time_flip).probability[0]
+        tally.add(case.label, [postprocess_mask(probability, options) for options in grid], target)
+    return {
+        "subset": subset,
+        "weights": {"path": str(weights), "sha256": card.sha256},
+        "split": {"path": str(split_path), "sha256": manifest.sha256},
+        "test_time_flip": bool(test_time_flip),
+        "fixed_postprocessing": {key: value for key, value in segmenter.postprocessing.to_dict().items()
+                                 if key not in ("threshold", "min_area_fraction", "min_mean_probability")},
+        "lesion_images": tally.lesion_images,
+        "normal_images": tally.normal_images,
+        "seconds": round(time.perf_counter() - started, 1),
+        "rows": tally.rows(grid),
+    }
+
+
+def markdown_table(record: dict) -> str:
+    """The sweep as a Markdown table, one row per setting."""
+    lines = [
+        f"Sweep on {record['subset']} ({record['lesion_images']} lesion, {record['normal_images']} normal images), "
+        f"weights sha256 `{record['weights']['sha256'][:12]}…`, test-time flip: "
+        f"{'yes' if record['test_time_flip'] else 'no'}",
+        "",
+        "| threshold | min area | min mean prob. | lesion Dice | lesion IoU | lesions missed | normal FP |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in record["rows"]:
+        lines.append(
+            f"| {row['threshold']} | {row['min_area_fraction']} | {row['min_mean_probability']} | "
+            f"{row['lesion_dice']:.4f} | {row['lesion_iou']:.4f} | {row['lesions_missed']}/{record['lesion_images']} | "
+            f"{row['normal_false_positives']}/{record['normal_images']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, required=True, help="BUSI folder (with benign/, malignant/, normal/)")
+    parser.add_argument("--split", type=Path, required=True, help="split file, e.g. Training/splits/busi_split.json")
+    parser.add_argument("--weights", type=Path, required=True, help="model .safetensors (model card beside it)")
+    parser.add_argument("--subset", default="val", choices=SWEEP_SUBSETS, help="where to choose (default: val)")
+    parser.add_argument("--thresholds", type=float, nargs="+", default=[0.5], metavar="T")
+    parser.add_argument("--min-area-fractions", type=float, nargs="+", default=[0.005], metavar="A")
+    parser.add_argument("--min-mean-probabilities", type=float, nargs="+", default=[0.0], metavar="P")
+    parser.add_argument("--tta", action="store_true", help="average with a horizontally flipped pass")
+    parser.add_argument("--device", choices=DEVICE_CHOICES + ("gpu",), default="auto")
+    parser.add_argument("--output", type=Path, help="write sweep.json and sweep.md into this folder")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    grid_values = {"thresholds": args.thresholds, "min_area_fractions": args.min_area_fractions,
+                   "min_mean_probabilities": args.min_mean_probabilities}
+    # Bad weights and an unavailable device are input errors: the command line reports them without a traceback.
+    try:
+        device = select_device(args.device)
+    except RuntimeError as error:
+        raise ValueError(str(error)) from error
+    try:
+        record = sweep_busi(args.data, args.split, args.weights, args.subset, grid_values,
+                            test_time_flip=args.tta, device=device, progress=not args.no_progress)
+    except WeightsError as error:
+        raise ValueError(str(error)) from error
+    table = markdown_table(record)
+    if args.output is not None:
+        write_sweep(args.output, record, table)
+    print(table)
+    return 0
+
+
+def write_sweep(output_dir: str | os.PathLike, record: dict, table: str) -> None:
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "sweep.json").write_text(json.dumps(record, indent=2) + "\n")
+    (output_dir / "sweep.md").write_text(table)
