@@ -222,6 +222,7 @@ class BreastUSSegmentParameterNode:
     inputVolume - the ultrasound frame, cine clip or RGB screenshot to segment.
     outputSegmentation - receives the "Lesion" segment (created when empty).
     threshold - probability above which a pixel is lesion.
+    minLesionConfidence - regions whose mean probability is below this are discarded (0 keeps all).
     keepLargest, fillHoles, smoothing - post-processing steps.
     testTimeAugmentation - also segment the mirrored image and average.
     device - where the network runs.
@@ -232,6 +233,7 @@ class BreastUSSegmentParameterNode:
     inputVolume: Union[vtkMRMLScalarVolumeNode, vtkMRMLVectorVolumeNode, None]
     outputSegmentation: vtkMRMLSegmentationNode
     threshold: Annotated[float, WithinRange(0.05, 0.95)] = 0.5
+    minLesionConfidence: Annotated[float, WithinRange(0.0, 0.95)] = 0.0
     keepLargest: bool = True
     fillHoles: bool = True
     smoothing: bool = True
@@ -367,6 +369,7 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     weightsPath=weightsPath,
                     device=parameters.device.value,
                     threshold=parameters.threshold,
+                    minMeanProbability=parameters.minLesionConfidence,
                     keepLargest=parameters.keepLargest,
                     fillHoles=parameters.fillHoles,
                     smoothing=parameters.smoothing,
@@ -628,6 +631,7 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
         weightsPath=None,
         device: str = "auto",
         threshold: Optional[float] = None,
+        minMeanProbability: Optional[float] = None,
         keepLargest: Optional[bool] = None,
         fillHoles: Optional[bool] = None,
         smoothing: Optional[bool] = None,
@@ -655,7 +659,9 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
             raise BreastUSSegmentError(_("The output segmentation and the input volume are in different scenes."))
 
         segmenter = self.segmenter(weightsPath, device)
-        options = self.postprocessOptions(segmenter.postprocessing, threshold, keepLargest, fillHoles, smoothing)
+        options = self.postprocessOptions(
+            segmenter.postprocessing, threshold, keepLargest, fillHoles, smoothing, minMeanProbability
+        )
         logging.info(f"BreastUSSegment: segmenting {inputVolumeNode.GetName()} {frames.shape} on {segmenter.device}")
         result = segmenter.segment(
             frames, color=color, test_time_flip=testTimeFlip, postprocessing=options, progress=progressCallback
@@ -693,11 +699,13 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
         )
 
     @staticmethod
-    def postprocessOptions(base, threshold=None, keepLargest=None, fillHoles=None, smoothing=None):
+    def postprocessOptions(base, threshold=None, keepLargest=None, fillHoles=None, smoothing=None, minMeanProbability=None):
         """``base`` (the model card's options) with the panel's choices applied; ``None`` keeps the card's value."""
         changes = {}
         if threshold is not None:
             changes["threshold"] = float(threshold)
+        if minMeanProbability is not None:
+            changes["min_mean_probability"] = float(minMeanProbability)
         if keepLargest is not None:
             changes["keep_largest"] = bool(keepLargest)
         if fillHoles is not None:

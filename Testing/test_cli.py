@@ -103,3 +103,22 @@ def test_missing_weights_give_clear_error(tmp_path, capsys):
     bright_square_png(tmp_path / "f.png")
     assert main([str(tmp_path / "f.png"), "-o", str(tmp_path / "o"), "--weights", str(tmp_path / "none.safetensors")]) == 2
     assert "model weights not found" in capsys.readouterr().err
+
+
+def test_min_confidence_drops_a_lukewarm_region_and_rejects_bad_values(tmp_path, weights, capsys):
+    frame = np.full((80, 100), 30, np.uint8)
+    frame[10:40, 10:40] = 220  # probability about 1
+    frame[45:78, 35:98] = 130  # probability about 0.7: larger, so keep-largest alone picks it
+    Image.fromarray(frame).save(tmp_path / "two.png")
+    masks = {}
+    for name, value in (("all", "0"), ("confident", "0.9")):
+        out = tmp_path / name
+        assert main([str(tmp_path / "two.png"), "-o", str(out), "--weights", str(weights), "--device", "cpu",
+                     "--format", "png", "--no-figure", "--min-confidence", value]) == 0
+        masks[name] = np.array(Image.open(out / "two_mask.png")) > 0
+    assert masks["all"][60, 75] and not masks["all"][25, 25]
+    assert masks["confident"][25, 25] and not masks["confident"][60, 75]
+    capsys.readouterr()
+    assert main([str(tmp_path / "two.png"), "-o", str(tmp_path / "bad"), "--weights", str(weights),
+                 "--min-confidence", "1.5"]) == 2
+    assert "min_mean_probability must be in [0, 1)" in capsys.readouterr().err

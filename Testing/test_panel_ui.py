@@ -336,7 +336,7 @@ def test_segment_button_is_prominent_and_advanced_options_start_collapsed(app):
     advanced = widgets["advancedCollapsibleButton"]
     inside = {element.get("name") for element in advanced.iter("widget")}
     assert {"deviceComboBox", "thresholdSliderWidget", "keepLargestCheckBox", "fillHolesCheckBox",
-            "smoothingCheckBox", "testTimeAugmentationCheckBox"} <= inside
+            "smoothingCheckBox", "testTimeAugmentationCheckBox", "minLesionConfidenceSliderWidget"} <= inside
     assert "Research use only" in ui_property(widgets["disclaimerLabel"], "text")
 
 
@@ -375,3 +375,18 @@ if __name__ == "__main__":
         SCREENSHOT_PATH.parent.mkdir(parents=True, exist_ok=True)
         render_panel(SCREENSHOT_PATH)
         print(f"wrote {SCREENSHOT_PATH}")
+
+
+def test_panel_defaults_are_the_bundled_model_cards_post_processing():
+    """The panel always passes its threshold and minimum confidence, so they must start at the shipped values."""
+    from BreastUSSegmentLib import BUNDLED_WEIGHTS
+    from BreastUSSegmentLib.weights import read_model_card
+
+    shipped = read_model_card(BUNDLED_WEIGHTS).postprocess_options
+    module = load_module()
+    widgets = ui_widgets()
+    for parameter, slider, value in (("threshold", "thresholdSliderWidget", shipped.threshold),
+                                     ("minLesionConfidence", "minLesionConfidenceSliderWidget",
+                                      shipped.min_mean_probability)):
+        assert getattr(module.BreastUSSegmentParameterNode, parameter) == pytest.approx(value), parameter
+        assert float(ui_property(widgets[slider], "value")) == pytest.approx(value), slider

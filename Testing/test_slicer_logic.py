@@ -95,6 +95,21 @@ def split_threshold(reference, image, color=None):
     return float(np.quantile(reference.segment(image, color=color).probability, 0.6))
 
 
+def test_minimum_confidence_discards_lukewarm_regions(scene, logic, weights, reference):
+    """The panel's "Min. confidence" reaches the core: a bar above every region's mean probability empties the lesion."""
+    image = frame()
+    volume = add_volume(scene, image[np.newaxis])
+    threshold = split_threshold(reference, image)
+    kept = logic.segment(volume, weightsPath=weights, device="cpu", threshold=threshold, minMeanProbability=0.0)
+    lesion = kept.pipelineResult.processed_mask[0]
+    assert lesion.any()
+    region_mean = float(kept.pipelineResult.probability[0][lesion].mean())
+    above = min(region_mean + 0.02, 0.99)
+    dropped = logic.segment(volume, weightsPath=weights, device="cpu", threshold=threshold, minMeanProbability=above)
+    assert not dropped.pipelineResult.processed_mask.any()
+    assert not logic.arrayFromSegment(dropped.segmentationNode, dropped.segmentId, volume).any()
+
+
 def segment_ids(segmentation_node):
     return list(segmentation_node.GetSegmentation().GetSegmentIDs())
 
@@ -404,7 +419,7 @@ def test_module_classes_and_parameter_node_fields():
         assert hasattr(BUS, "BreastUSSegment" + suffix)
     fields = BUS.BreastUSSegmentParameterNode.__annotations__
     assert set(fields) == {
-        "inputVolume", "outputSegmentation", "threshold", "keepLargest", "fillHoles", "smoothing",
+        "inputVolume", "outputSegmentation", "threshold", "minLesionConfidence", "keepLargest", "fillHoles", "smoothing",
         "testTimeAugmentation", "device", "showAttention", "attentionOpacity", "createProbabilityVolume",
     }
     assert [choice.value for choice in BUS.DeviceChoice] == ["auto", "cpu", "gpu"]

@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--format", choices=sorted(FORMATS), default="nrrd", help="file format of mask and probability")
     parser.add_argument("--device", choices=DEVICE_CHOICES + ("gpu",), default="auto")
     parser.add_argument("--threshold", type=float, help="probability threshold (default: the model card's)")
+    parser.add_argument("--min-confidence", type=float, metavar="P",
+                        help="drop found regions whose mean probability is below P, 0 keeps all (default: the model card's)")
     parser.add_argument("--no-postprocess", action="store_true", help="write the raw thresholded mask")
     parser.add_argument("--tta", action="store_true", help="average with a horizontally flipped pass")
     parser.add_argument("--no-figure", action="store_true", help="do not write the overlay PNG")
@@ -96,9 +98,14 @@ def main(argv: list[str] | None = None) -> int:
     except (WeightsError, RuntimeError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    options = segmenter.postprocessing
-    if args.threshold is not None:
-        options = PostprocessOptions.from_dict({**options.to_dict(), "threshold": args.threshold})
+    overrides = {"threshold": args.threshold, "min_mean_probability": args.min_confidence}
+    try:
+        options = PostprocessOptions.from_dict(
+            {**segmenter.postprocessing.to_dict(), **{k: v for k, v in overrides.items() if v is not None}}
+        )
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
     args.output.mkdir(parents=True, exist_ok=True)
     failures = 0
