@@ -349,18 +349,23 @@ def test_sweep_rows_equal_evaluate_reports_of_the_same_settings(busi, tmp_path):
     median = float(np.median(np.concatenate([p.ravel() for p in probabilities])))
     thresholds = [round(median, 4), round(median + 0.002, 4)]
     record = run_sweep(busi, weights, "untrained", "--thresholds", *map(str, thresholds),
-                       "--min-area-fractions", "0", "0.01", "--min-mean-probabilities", "0", "0.6", "--subset", "train")
-    assert record["subset"] == "train" and len(record["rows"]) == 8
+                       "--min-area-fractions", "0", "0.01", "--min-mean-probabilities", "0", "0.6", "--keep-largest", "yes", "no",
+                       "--subset", "train")
+    assert record["subset"] == "train" and len(record["rows"]) == 16
     assert record["lesion_images"] >= 3 and record["normal_images"] >= 1
-    for row in record["rows"][:3]:
-        _, report = run_evaluate(busi, weights, f"val_{row['threshold']}_{row['min_area_fraction']}",
+    assert record["rows"][1]["keep_largest"] is False
+    for index, row in enumerate(record["rows"][:3]):
+        _, report = run_evaluate(busi, weights, f"row{index}",
                                  "--threshold", str(row["threshold"]), "--min-area-fraction", str(row["min_area_fraction"]),
-                                 "--min-mean-probability", str(row["min_mean_probability"]), "--subset", "train")
+                                 "--min-mean-probability", str(row["min_mean_probability"]),
+                                 "--keep-largest", "yes" if row["keep_largest"] else "no", "--subset", "train")
+        assert report["options"]["postprocessing"]["keep_largest"] is row["keep_largest"]
         processed = report["summary"]["processed"]
         assert row["lesion_dice"] == pytest.approx(processed["lesion"]["dice_mean"])
         assert row["lesion_iou"] == pytest.approx(processed["lesion"]["iou_mean"])
         assert row["normal_false_positives"] == processed["normal"]["false_positives"]
-    assert (busi["root"] / "sweeps" / "untrained" / "sweep.md").read_text().count("\n| ") == 8 + 1
+    assert record["rows"][0]["lesion_dice"] != record["rows"][1]["lesion_dice"]  # keep-largest matters here
+    assert (busi["root"] / "sweeps" / "untrained" / "sweep.md").read_text().count("\n| ") == 16 + 1
 
 
 def test_sweep_counts_false_lesions_and_misses_and_refuses_the_test_split(busi):

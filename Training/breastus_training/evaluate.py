@@ -186,7 +186,8 @@ def markdown_report(report: dict) -> str:
         f"- Split: `{report['split']['path']}` (sha256 `{report['split']['sha256']}`)",
         f"- Threshold {options['postprocessing']['threshold']}, minimum component area "
         f"{options['postprocessing']['min_area_fraction']} of the frame, minimum component mean probability "
-        f"{options['postprocessing'].get('min_mean_probability', 0.0)}, "
+        f"{options['postprocessing'].get('min_mean_probability', 0.0)}, keep largest component only: "
+        f"{'yes' if options['postprocessing']['keep_largest'] else 'no'}, "
         f"test-time flip: {'yes' if options['test_time_flip'] else 'no'}",
         "",
         "## Lesion images (benign + malignant) and normal images",
@@ -260,12 +261,13 @@ def build_segmenter(
     threshold: float | None = None,
     min_area_fraction: float | None = None,
     min_mean_probability: float | None = None,
+    keep_largest: bool | None = None,
 ):
     """Load verified weights; return ``(segmenter, card)``, with the card's post-processing
-    except for the threshold, minimum component area and minimum component mean probability given here."""
+    except for the settings given here (``None`` keeps the card's)."""
     model, card = load_model(weights, device="cpu")
     overrides = {"threshold": threshold, "min_area_fraction": min_area_fraction,
-                 "min_mean_probability": min_mean_probability}
+                 "min_mean_probability": min_mean_probability, "keep_largest": keep_largest}
     options = replace(card.postprocess_options, **{k: v for k, v in overrides.items() if v is not None})
     return LesionSegmenter(model, tuple(card.input_size), options, device), card
 
@@ -282,6 +284,7 @@ def evaluate_busi(
     threshold: float | None = None,
     min_area_fraction: float | None = None,
     min_mean_probability: float | None = None,
+    keep_largest: bool | None = None,
     run_dir: str | os.PathLike | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
@@ -294,7 +297,7 @@ def evaluate_busi(
     cases = list(manifest.cases_for(subset))
     if not cases:
         raise ValueError(f"the split {split_path} has no case in subset {subset!r}")
-    segmenter, card = build_segmenter(weights, device, threshold, min_area_fraction, min_mean_probability)
+    segmenter, card = build_segmenter(weights, device, threshold, min_area_fraction, min_mean_probability, keep_largest)
 
     def sample_of(case) -> Sample:
         image, mask = load_case(data_root, case)
@@ -350,6 +353,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="drop predicted components below this fraction of the frame (default: the model card's)")
     parser.add_argument("--min-mean-probability", type=float,
                         help="drop predicted components whose mean probability is below this (default: the model card's)")
+    parser.add_argument("--keep-largest", choices=("yes", "no"),
+                        help="keep only the largest predicted component (default: the model card's)")
     parser.add_argument("--run-dir", type=Path, help="training run folder; its metrics.csv gives training curves")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -365,6 +370,7 @@ def run(args: argparse.Namespace) -> int:
             args.data, args.split, args.weights, args.subset, args.output,
             test_time_flip=args.tta, device=device, threshold=args.threshold,
             min_area_fraction=args.min_area_fraction, min_mean_probability=args.min_mean_probability,
+            keep_largest=None if args.keep_largest is None else args.keep_largest == "yes",
             run_dir=args.run_dir, progress=not args.no_progress,
         )
     except WeightsError as error:

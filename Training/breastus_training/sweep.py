@@ -2,8 +2,8 @@
 
 Each image is segmented once (optionally with the test-time flip) at its
 original resolution, exactly as ``evaluate`` does, and its probability map is
-post-processed with every combination of threshold, minimum component area and
-minimum component mean probability. For each combination the sweep reports the
+post-processed with every combination of threshold, minimum component area,
+minimum component mean probability and keep-largest on/off. For each combination the sweep reports the
 mean lesion Dice and IoU (benign + malignant) and how many normal images get a
 false lesion, so the trade-off between the two can be read off one table.
 
@@ -35,11 +35,14 @@ from .evaluate import LESION_CLASSES, NORMAL_CLASS, build_segmenter
 SWEEP_SUBSETS = ("train", "val")
 
 
-def option_grid(base: PostprocessOptions, thresholds, min_area_fractions, min_mean_probabilities) -> list[PostprocessOptions]:
-    """Every combination of the three settings on top of ``base`` (the model card's other options)."""
+def option_grid(
+    base: PostprocessOptions, thresholds, min_area_fractions, min_mean_probabilities, keep_largest=(True,)
+) -> list[PostprocessOptions]:
+    """Every combination of the settings on top of ``base`` (the model card's other options)."""
     return [
-        replace(base, threshold=threshold, min_area_fraction=area, min_mean_probability=confidence)
-        for threshold, area, confidence in itertools.product(thresholds, min_area_fractions, min_mean_probabilities)
+        replace(base, threshold=threshold, min_area_fraction=area, min_mean_probability=confidence, keep_largest=largest)
+        for threshold, area, confidence, largest in itertools.product(
+            thresholds, min_area_fractions, min_mean_probabilities, keep_largest)
     ]
 
 
@@ -73,6 +76,7 @@ class SweepTally:
                 "threshold": options.threshold,
                 "min_area_fraction": options.min_area_fraction,
                 "min_mean_probability": options.min_mean_probability,
+                "keep_largest": options.keep_largest,
                 "lesion_dice": float(self.dice[i] / lesions),
                 "lesion_iou": float(self.iou[i] / lesions),
                 "lesions_missed": int(self.missed[i]),
@@ -109,7 +113,7 @@ def sweep_busi(
         "split": {"path": str(split_path), "sha256": manifest.sha256},
         "test_time_flip": bool(test_time_flip),
         "fixed_postprocessing": {key: value for key, value in segmenter.postprocessing.to_dict().items()
-                                 if key not in ("threshold", "min_area_fraction", "min_mean_probability")},
+                                 if key not in ("threshold", "min_area_fraction", "min_mean_probability", "keep_largest")},
         "lesion_images": tally.lesion_images,
         "normal_images": tally.normal_images,
         "seconds": round(time.perf_counter() - started, 1),
@@ -124,12 +128,13 @@ def markdown_table(record: dict) -> str:
         f"weights sha256 `{record['weights']['sha256'][:12]}…`, test-time flip: "
         f"{'yes' if record['test_time_flip'] else 'no'}",
         "",
-        "| threshold | min area | min mean prob. | lesion Dice | lesion IoU | lesions missed | normal FP |",
-        "|---|---|---|---|---|---|---|",
+        "| threshold | min area | min mean prob. | keep largest | lesion Dice | lesion IoU | lesions missed | normal FP |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in record["rows"]:
         lines.append(
             f"| {row['threshold']} | {row['min_area_fraction']} | {row['min_mean_probability']} | "
+            f"{'yes' if row['keep_largest'] else 'no'} | "
             f"{row['lesion_dice']:.4f} | {row['lesion_iou']:.4f} | {row['lesions_missed']}/{record['lesion_images']} | "
             f"{row['normal_false_positives']}/{record['normal_images']} |"
         )
@@ -144,6 +149,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.5], metavar="T")
     parser.add_argument("--min-area-fractions", type=float, nargs="+", default=[0.005], metavar="A")
     parser.add_argument("--min-mean-probabilities", type=float, nargs="+", default=[0.0], metavar="P")
+    parser.add_argument("--keep-largest", nargs="+", choices=("yes", "no"), default=["yes"],
+                        help="keep only the largest region: yes, no, or both to compare (default: yes)")
     parser.add_argument("--tta", action="store_true", help="average with a horizontally flipped pass")
     parser.add_argument("--device", choices=DEVICE_CHOICES + ("gpu",), default="auto")
     parser.add_argument("--output", type=Path, help="write sweep.json and sweep.md into this folder")
@@ -152,7 +159,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     grid_values = {"thresholds": args.thresholds, "min_area_fractions": args.min_area_fractions,
-                   "min_mean_probabilities": args.min_mean_probabilities}
+                   "min_mean_probabilities": args.min_mean_probabilities,
+                   "keep_largest": [choice == "yes" for choice in args.keep_largest]}
     # Bad weights and an unavailable device are input errors: the command line reports them without a traceback.
     try:
         device = select_device(args.device)
