@@ -65,8 +65,9 @@ def remove_uncertain_components(mask: np.ndarray, probability: np.ndarray, min_m
     if min_mean_probability <= 0 or not mask.any():
         return mask
     labels, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
-    means = ndimage.mean(probability, labels=labels, index=np.arange(count + 1))
-    keep = np.asarray(means) >= min_mean_probability
+    sums = np.bincount(labels.ravel(), weights=probability.ravel(), minlength=count + 1)
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)
+    keep = sums >= min_mean_probability * sizes  # mean >= bar, without dividing by an empty background
     keep[0] = False
     return keep[labels]
 
