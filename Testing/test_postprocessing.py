@@ -4,8 +4,10 @@ import dataclasses
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from BreastUSSegmentLib.postprocessing import (
+    fill_holes,
     PostprocessOptions,
     keep_largest_component,
     postprocess_frames,
@@ -70,6 +72,15 @@ def test_fill_holes():
     ring = disc((60, 60), (30, 30), 20) & ~disc((60, 60), (30, 30), 8)
     filled = postprocess_mask(ring.astype(np.float32), PostprocessOptions(**{**RAW_ONLY, "fill_holes": True}))
     np.testing.assert_array_equal(filled, disc((60, 60), (30, 30), 20))
+
+
+def test_fill_holes_equals_scipy_on_random_masks():
+    rng = np.random.default_rng(5)
+    for density in (0.3, 0.5, 0.7, 0.9):
+        mask = ndimage.binary_opening(rng.random((61, 77)) < density)
+        np.testing.assert_array_equal(fill_holes(mask), ndimage.binary_fill_holes(mask))
+    for trivial in (np.zeros((5, 6), bool), np.ones((5, 6), bool)):
+        np.testing.assert_array_equal(fill_holes(trivial), trivial)
 
 
 def test_smoothing_removes_jagged_boundary_but_keeps_a_disc():

@@ -84,6 +84,24 @@ def keep_largest_component(mask: np.ndarray) -> np.ndarray:
     return labels == int(np.argmax(sizes))
 
 
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """Fill background regions not connected (4-connectivity) to the frame border.
+
+    Same result as ``scipy.ndimage.binary_fill_holes`` with its default
+    structure, from one labelling pass instead of an iterated dilation.
+    """
+    if not mask.any():
+        return mask
+    background, count = ndimage.label(~mask)
+    if count == 0:
+        return mask
+    on_border = np.zeros(count + 1, dtype=bool)
+    for edge in (background[0], background[-1], background[:, 0], background[:, -1]):
+        on_border[edge] = True
+    on_border[0] = True  # label 0 is the mask itself
+    return ~on_border[background] | mask
+
+
 def smooth_boundary(mask: np.ndarray, sigma: float) -> np.ndarray:
     """Blur the binary mask with a Gaussian of ``sigma`` pixels and re-threshold at 0.5."""
     if sigma <= 0 or not mask.any():
@@ -103,11 +121,11 @@ def postprocess_mask(probability: np.ndarray, options: PostprocessOptions | None
     if options.keep_largest:
         mask = keep_largest_component(mask)
     if options.fill_holes:
-        mask = ndimage.binary_fill_holes(mask)
+        mask = fill_holes(mask)
     sigma = options.smoothing_sigma * min(mask.shape) / REFERENCE_SIZE
     mask = smooth_boundary(mask, sigma)
     if options.fill_holes:
-        mask = ndimage.binary_fill_holes(mask)
+        mask = fill_holes(mask)
     # Smoothing can split a thin bridge; keep the promise of a single lesion.
     if options.keep_largest:
         mask = keep_largest_component(mask)
