@@ -73,6 +73,7 @@ def test_empty_predictions_score_zero_dice_and_no_false_positives():
         # An empty prediction has no HD95: every lesion image is counted as undefined.
         assert lesion["hd95_undefined"] == 5 and lesion["hd95_px_mean"] is None
         assert normal == {"images": 2, "false_positives": 0, "false_positive_rate": 0.0}
+        assert summary[mode]["all_image_dice"] == pytest.approx(2 / 7)  # only the two empty normals score
 
 
 def test_full_predictions_give_hand_computable_scores():
@@ -94,6 +95,7 @@ def test_full_predictions_give_hand_computable_scores():
     assert raw["malignant"]["dice_mean"] == pytest.approx(np.mean(expected_dice[3:]))
     assert raw["normal"] == {"images": 2, "false_positives": 2, "false_positive_rate": 1.0}
     assert summary["processed"]["normal"]["false_positive_rate"] == 1.0
+    assert raw["all_image_dice"] == pytest.approx(np.sum(expected_dice) / 7)  # the normals score 0
     # Processed masks: the post-processing of a probability of one everywhere.
     for sample, row in zip(samples, rows):
         processed = postprocess_mask(np.ones(sample.target.shape, np.float32), segmenter.postprocessing)
@@ -285,6 +287,8 @@ def test_export_round_trips_and_carries_the_evaluation(busi, full_report, capsys
     assert loaded_card.metrics["processed"]["lesion_dice_mean"] == summary["processed"]["lesion"]["dice_mean"]
     assert loaded_card.metrics["raw"]["lesion_pooled_iou"] == summary["raw"]["lesion"]["pooled_iou"]
     assert loaded_card.metrics["processed"]["normal_false_positive_rate"] == 1.0
+    assert loaded_card.metrics["processed"]["all_image_dice"] == pytest.approx(
+        report["summary"]["processed"]["all_image_dice"])
     assert loaded_card.training["epochs"] == 2  # the training card's provenance is kept
     assert loaded_card.training["split_sha256"] == report["split"]["sha256"]
     assert loaded_card.training["evaluation_report"]["sha256"] == sha256_of_file(output_dir / "report.json")
@@ -364,6 +368,10 @@ def test_sweep_rows_equal_evaluate_reports_of_the_same_settings(busi, tmp_path):
         assert row["lesion_dice"] == pytest.approx(processed["lesion"]["dice_mean"])
         assert row["lesion_iou"] == pytest.approx(processed["lesion"]["iou_mean"])
         assert row["normal_false_positives"] == processed["normal"]["false_positives"]
+        lesions, normals = processed["lesion"]["images"], processed["normal"]["images"]
+        expected_overall = (processed["lesion"]["dice_mean"] * lesions + normals - row["normal_false_positives"]) / (
+            lesions + normals)
+        assert row["all_image_dice"] == pytest.approx(expected_overall)
     assert record["rows"][0]["lesion_dice"] != record["rows"][1]["lesion_dice"]  # keep-largest matters here
     assert (busi["root"] / "sweeps" / "untrained" / "sweep.md").read_text().count("\n| ") == 16 + 1
 
@@ -375,6 +383,8 @@ def test_sweep_counts_false_lesions_and_misses_and_refuses_the_test_split(busi):
     assert nowhere["rows"][0]["normal_false_positives"] == 0
     assert nowhere["rows"][0]["lesions_missed"] == nowhere["lesion_images"] > 0
     assert nowhere["rows"][0]["lesion_dice"] == 0.0
+    assert nowhere["rows"][0]["all_image_dice"] == pytest.approx(
+        nowhere["normal_images"] / (nowhere["normal_images"] + nowhere["lesion_images"]))
     with pytest.raises(ValueError, match="not 'test'"):
         sweep.sweep_busi(busi["data"], busi["split"], busi["full"], "test", {
             "thresholds": [0.5], "min_area_fractions": [0.0], "min_mean_probabilities": [0.0]})

@@ -150,6 +150,8 @@ def summarize(rows: list[dict]) -> dict:
         for label in LESION_CLASSES:
             summary[mode][label] = lesion_statistics([row for row in lesion_rows if row["label"] == label], mode)
         summary[mode][NORMAL_CLASS] = normal_statistics(normal_rows, mode)
+        # One number for both kinds of error: a normal image scores Dice 1 when empty, 0 with a false lesion.
+        summary[mode]["all_image_dice"] = float(np.mean([row[mode]["dice"] for row in rows])) if rows else None
     return summary
 
 
@@ -192,8 +194,9 @@ def markdown_report(report: dict) -> str:
         "",
         "## Lesion images (benign + malignant) and normal images",
         "",
-        "| Post-processing | Dice | IoU | Pooled IoU | HD95 mean (px) | HD95 median (px) | HD95 undefined | Normal FP rate |",
-        "|---|---|---|---|---|---|---|---|",
+        "| Post-processing | Dice | IoU | Pooled IoU | HD95 mean (px) | HD95 median (px) | HD95 undefined | Normal FP rate "
+        "| All-image Dice |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for mode in MODES:
         lesion, normal = summary[mode]["lesion"], summary[mode]["normal"]
@@ -201,7 +204,8 @@ def markdown_report(report: dict) -> str:
             f"| {MODE_TITLES[mode]} | {_mean_std(lesion, 'dice')} | {_mean_std(lesion, 'iou')} | "
             f"{_number(lesion['pooled_iou'])} | {_number(lesion['hd95_px_mean'], 1)} | "
             f"{_number(lesion['hd95_px_median'], 1)} | {lesion['hd95_undefined']} | "
-            f"{_number(normal['false_positive_rate'])} ({normal['false_positives']}/{normal['images']}) |"
+            f"{_number(normal['false_positive_rate'])} ({normal['false_positives']}/{normal['images']}) | "
+            f"{_number(summary[mode].get('all_image_dice'))} |"
         )
     lines += [
         "",
@@ -222,7 +226,8 @@ def markdown_report(report: dict) -> str:
         "Dice and IoU: mean ± population standard deviation over images. Pooled IoU: sum of intersections over "
         "sum of unions. HD95: 95th percentile of the symmetric boundary distances, in pixels of the original "
         "image, over images where it is defined (an empty prediction has none; see \"HD95 undefined\"). "
-        "Normal FP rate: fraction of normal images with any predicted lesion pixel.",
+        "Normal FP rate: fraction of normal images with any predicted lesion pixel. All-image Dice: mean Dice over "
+        "every image, a normal image scoring 1 when nothing is predicted on it and 0 otherwise.",
         "",
     ]
     return "\n".join(lines)

@@ -66,6 +66,7 @@ def card_metrics(report: dict) -> dict:
         lesion, normal = summary[mode]["lesion"], summary[mode]["normal"]
         block = {f"lesion_{key}": lesion[key] for key in SUMMARY_KEYS}
         block["normal_false_positive_rate"] = normal["false_positive_rate"]
+        block["all_image_dice"] = summary[mode].get("all_image_dice")  # absent from reports made before it existed
         for label in ("benign", "malignant"):
             block[f"{label}_dice_mean"] = summary[mode][label]["dice_mean"]
             block[f"{label}_iou_mean"] = summary[mode][label]["iou_mean"]

@@ -4,8 +4,10 @@ Each image is segmented once (optionally with the test-time flip) at its
 original resolution, exactly as ``evaluate`` does, and its probability map is
 post-processed with every combination of threshold, minimum component area,
 minimum component mean probability and keep-largest on/off. For each combination the sweep reports the
-mean lesion Dice and IoU (benign + malignant) and how many normal images get a
-false lesion, so the trade-off between the two can be read off one table.
+mean lesion Dice and IoU (benign + malignant), how many normal images get a
+false lesion, and one number that weighs both by their share of the subset:
+the mean Dice over all images, where a normal image scores 1 when nothing is
+predicted on it and 0 otherwise (the score ``train`` selects checkpoints on).
 
 The test split is refused: settings chosen on it would make its numbers
 optimistic.
@@ -71,12 +73,14 @@ class SweepTally:
 
     def rows(self, grid: list[PostprocessOptions]) -> list[dict]:
         lesions, normals = max(self.lesion_images, 1), self.normal_images
+        images = max(self.lesion_images + normals, 1)
         return [
             {
                 "threshold": options.threshold,
                 "min_area_fraction": options.min_area_fraction,
                 "min_mean_probability": options.min_mean_probability,
                 "keep_largest": options.keep_largest,
+                "all_image_dice": float((self.dice[i] + normals - self.false_positives[i]) / images),
                 "lesion_dice": float(self.dice[i] / lesions),
                 "lesion_iou": float(self.iou[i] / lesions),
                 "lesions_missed": int(self.missed[i]),
@@ -128,13 +132,14 @@ def markdown_table(record: dict) -> str:
         f"weights sha256 `{record['weights']['sha256'][:12]}…`, test-time flip: "
         f"{'yes' if record['test_time_flip'] else 'no'}",
         "",
-        "| threshold | min area | min mean prob. | keep largest | lesion Dice | lesion IoU | lesions missed | normal FP |",
-        "|---|---|---|---|---|---|---|---|",
+        "| threshold | min area | min mean prob. | keep largest | all-image Dice | lesion Dice | lesion IoU "
+        "| lesions missed | normal FP |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in record["rows"]:
         lines.append(
             f"| {row['threshold']} | {row['min_area_fraction']} | {row['min_mean_probability']} | "
-            f"{'yes' if row['keep_largest'] else 'no'} | "
+            f"{'yes' if row['keep_largest'] else 'no'} | {row['all_image_dice']:.4f} | "
             f"{row['lesion_dice']:.4f} | {row['lesion_iou']:.4f} | {row['lesions_missed']}/{record['lesion_images']} | "
             f"{row['normal_false_positives']}/{record['normal_images']} |"
         )
