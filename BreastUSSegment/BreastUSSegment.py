@@ -863,7 +863,10 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
     def measurementSummary(measurements: List[LesionMeasurement], spacing=(1.0, 1.0)) -> str:
         """One line for the status label: the lesion's size (in the frame where it is largest for a clip)."""
         if not measurements or all(m.pixel_count == 0 for m in measurements):
-            return _("No lesion found. Lower the threshold under Advanced, or draw the lesion in Segment Editor.")
+            return _(
+                "No lesion found. Lower the threshold or Min. confidence under Advanced, "
+                "or draw the lesion in Segment Editor."
+            )
         frame = max(range(len(measurements)), key=lambda index: measurements[index].area_mm2)
         largest = measurements[frame]
         text = _("Lesion area {area:.1f} mm², largest diameter {diameter:.1f} mm").format(
