@@ -378,7 +378,7 @@ if __name__ == "__main__":
 
 
 def test_panel_defaults_are_the_bundled_model_cards_post_processing():
-    """The panel always passes its threshold and minimum confidence, so they must start at the shipped values."""
+    """The panel always passes its post-processing choices, so they must start at the shipped values."""
     from BreastUSSegmentLib import BUNDLED_WEIGHTS
     from BreastUSSegmentLib.weights import read_model_card
 
@@ -390,3 +390,8 @@ def test_panel_defaults_are_the_bundled_model_cards_post_processing():
                                       shipped.min_mean_probability)):
         assert getattr(module.BreastUSSegmentParameterNode, parameter) == pytest.approx(value), parameter
         assert float(ui_property(widgets[slider], "value")) == pytest.approx(value), slider
+    for parameter, checkbox, value in (("keepLargest", "keepLargestCheckBox", shipped.keep_largest),
+                                       ("fillHoles", "fillHolesCheckBox", shipped.fill_holes),
+                                       ("smoothing", "smoothingCheckBox", shipped.smoothing_sigma > 0)):
+        assert getattr(module.BreastUSSegmentParameterNode, parameter) is value, parameter
+        assert ui_property(widgets[checkbox], "checked") is value, checkbox
