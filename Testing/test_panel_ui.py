@@ -369,14 +369,6 @@ def test_panel_renders_to_a_non_blank_image(app, tmp_path):
     assert committed.width() >= 300
 
 
-if __name__ == "__main__":
-    if "--screenshot" in sys.argv:
-        application = QApplication.instance() or QApplication([])
-        SCREENSHOT_PATH.parent.mkdir(parents=True, exist_ok=True)
-        render_panel(SCREENSHOT_PATH)
-        print(f"wrote {SCREENSHOT_PATH}")
-
-
 def test_panel_defaults_are_the_bundled_model_cards_post_processing():
     """The panel always passes its post-processing choices, so they must start at the shipped values."""
     from BreastUSSegmentLib import BUNDLED_WEIGHTS
@@ -395,3 +387,11 @@ def test_panel_defaults_are_the_bundled_model_cards_post_processing():
                                        ("smoothing", "smoothingCheckBox", shipped.smoothing_sigma > 0)):
         assert getattr(module.BreastUSSegmentParameterNode, parameter) is value, parameter
         assert ui_property(widgets[checkbox], "checked") is value, checkbox
+
+
+if __name__ == "__main__":
+    if "--screenshot" in sys.argv:
+        application = QApplication.instance() or QApplication([])
+        SCREENSHOT_PATH.parent.mkdir(parents=True, exist_ok=True)
+        render_panel(SCREENSHOT_PATH)
+        print(f"wrote {SCREENSHOT_PATH}")
