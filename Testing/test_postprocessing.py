@@ -111,3 +111,12 @@ def test_invalid_options(bad):
 def test_options_round_trip_ignores_unknown_keys():
     options = PostprocessOptions(threshold=0.4, keep_largest=False)
     assert PostprocessOptions.from_dict({**options.to_dict(), "future_option": 1}) == options
+
+
+def test_with_overrides_changes_only_given_settings_and_validates():
+    base = PostprocessOptions(threshold=0.6, min_mean_probability=0.75, keep_largest=False)
+    changed = base.with_overrides(threshold=0.4, min_mean_probability=None, keep_largest=None)
+    assert changed == dataclasses.replace(base, threshold=0.4)
+    assert base.with_overrides() == base
+    with pytest.raises(ValueError, match="min_mean_probability"):
+        base.with_overrides(min_mean_probability=1.0)

@@ -98,10 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     except (WeightsError, RuntimeError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    overrides = {"threshold": args.threshold, "min_mean_probability": args.min_confidence}
     try:
-        options = PostprocessOptions.from_dict(
-            {**segmenter.postprocessing.to_dict(), **{k: v for k, v in overrides.items() if v is not None}}
+        options = segmenter.postprocessing.with_overrides(
+            threshold=args.threshold, min_mean_probability=args.min_confidence
         )
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -8,7 +8,7 @@ boundary (Gaussian blur of the mask, re-thresholded at one half).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 from scipy import ndimage
@@ -38,6 +38,10 @@ class PostprocessOptions:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def with_overrides(self, **overrides) -> "PostprocessOptions":
+        """A validated copy with the given settings changed; a setting given as None keeps its value."""
+        return replace(self, **{name: value for name, value in overrides.items() if value is not None})
 
     @classmethod
     def from_dict(cls, values: dict) -> "PostprocessOptions":

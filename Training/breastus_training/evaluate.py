@@ -28,7 +28,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable
@@ -271,9 +271,10 @@ def build_segmenter(
     """Load verified weights; return ``(segmenter, card)``, with the card's post-processing
     except for the settings given here (``None`` keeps the card's)."""
     model, card = load_model(weights, device="cpu")
-    overrides = {"threshold": threshold, "min_area_fraction": min_area_fraction,
-                 "min_mean_probability": min_mean_probability, "keep_largest": keep_largest}
-    options = replace(card.postprocess_options, **{k: v for k, v in overrides.items() if v is not None})
+    options = card.postprocess_options.with_overrides(
+        threshold=threshold, min_area_fraction=min_area_fraction,
+        min_mean_probability=min_mean_probability, keep_largest=keep_largest,
+    )
     return LesionSegmenter(model, tuple(card.input_size), options, device), card
 
 

@@ -35,6 +35,7 @@ from .busi import load_case, load_manifest
 from .evaluate import LESION_CLASSES, NORMAL_CLASS, build_segmenter
 
 SWEEP_SUBSETS = ("train", "val")
+SWEPT_SETTINGS = ("threshold", "min_area_fraction", "min_mean_probability", "keep_largest")
 
 
 def option_grid(
@@ -117,7 +118,7 @@ def sweep_busi(
         "split": {"path": str(split_path), "sha256": manifest.sha256},
         "test_time_flip": bool(test_time_flip),
         "fixed_postprocessing": {key: value for key, value in segmenter.postprocessing.to_dict().items()
-                                 if key not in ("threshold", "min_area_fraction", "min_mean_probability", "keep_largest")},
+                                 if key not in SWEPT_SETTINGS},
         "lesion_images": tally.lesion_images,
         "normal_images": tally.normal_images,
         "seconds": round(time.perf_counter() - started, 1),

@@ -48,10 +48,8 @@ from .dataset import PreparedCases, SegmentationDataset, preload_cases
 CHECKPOINT_NAME = "checkpoint_last.pt"
 BEST_NAME = "best.safetensors"
 METRIC_COLUMNS = ("epoch", "train_loss", "val_loss", "val_dice", "val_iou", "lr", "seconds")
-# Settings that may differ when a run is resumed: they change where or how fast
-# it runs, not what it computes. "epochs" may only grow.
 # Settings a resumed run may change: where and how fast it runs, how long it may go on (epochs,
-# early-stopping patience); none of them changes the epochs already trained.
+# which may only grow, and early-stopping patience); none of them changes the epochs already trained.
 RESUMABLE_CHANGES = {"data", "run_dir", "num_workers", "threads", "no_progress", "device", "epochs", "patience"}
 
 
