@@ -947,7 +947,8 @@ class BreastUSSegmentTest(ScriptedLoadableModuleTest):
     """Self-test run inside Slicer (Reload and Test, or CTest)."""
 
     # Dice the bundled model must reach on each bundled sample frame. The core pipeline
-    # measured 0.935 (benign) and 0.298 (malignant, a hard case) with the bundled model;
+    # measured 0.935 (benign) and 0.298 (malignant, a hard case) with the bundled model
+    # (`pytest -s Testing/test_bundled_model.py` prints them and checks these bars);
     # the bars leave room for resampling differences between Slicer's reader and Pillow.
     MINIMUM_SAMPLE_DICE = {"breastus_sample_benign": 0.8, "breastus_sample_malignant": 0.2}
 

@@ -34,3 +34,16 @@ def test_bundled_model_segments_a_sample_frame(segmenter, name):
     truth = np.array(Image.open(SAMPLES_DIR / f"breastus_sample_{name}_mask.png")) > 0
     result = segmenter.segment(image)
     assert dice_score(result.processed_mask[0], truth) > 0.7
+
+
+@pytest.mark.parametrize("name", ["benign", "malignant"])
+def test_core_pipeline_clears_the_slicer_self_test_bars(segmenter, name):
+    """The module's self-test bars (MINIMUM_SAMPLE_DICE) hold for the core pipeline on the bundled samples."""
+    from slicer_module import load_module
+
+    bars = load_module().BreastUSSegmentTest.MINIMUM_SAMPLE_DICE
+    image = np.array(Image.open(SAMPLES_DIR / f"breastus_sample_{name}.png"))
+    truth = np.array(Image.open(SAMPLES_DIR / f"breastus_sample_{name}_mask.png")) > 0
+    dice = dice_score(segmenter.segment(image).processed_mask[0], truth)
+    print(f"breastus_sample_{name}: processed-mask Dice {dice:.3f}")
+    assert dice >= bars[f"breastus_sample_{name}"]
