@@ -15,7 +15,7 @@ from breastus_training.busi import load_case, load_manifest
 from breastus_training.checkpoint import ResumeError, capture_rng_state, restore_rng_state
 from breastus_training.dataset import SegmentationDataset, preload_cases
 from breastus_training.train import train as train_run
-from breastus_training.train import ProcessContext, config_from_args
+from breastus_training.train import ProcessContext, config_from_args, training_cases
 from breastus_training.cli import build_parser
 
 from busi_synthetic import write_synthetic_busi
@@ -149,9 +149,33 @@ def test_init_weights_starts_from_an_exported_model(dataset, tmp_path, capsys):
     assert "--init-weights" in capsys.readouterr().err
 
 
+def test_normal_repeat_lists_each_normal_case_that_many_times(dataset):
+    manifest = load_manifest(dataset[1])
+    once = training_cases(manifest, limit=None, seed=0)
+    thrice = training_cases(manifest, limit=None, seed=0, normal_repeat=3)
+    normal_ids = [case.id for case in once if case.label == "normal"]
+    assert normal_ids and len(normal_ids) < len(once)
+    assert thrice[:len(once)] == once
+    assert sorted(case.id for case in thrice[len(once):]) == sorted(normal_ids * 2)
+
+
+def test_run_from_before_normal_repeat_resumes_and_other_repeats_are_refused(dataset, tmp_path, capsys):
+    run_dir = tmp_path / "older"
+    assert cli.main(train_args(dataset, run_dir, "--epochs", "1")) == 0
+    checkpoint = torch.load(run_dir / "checkpoint_last.pt", weights_only=True)
+    del checkpoint["config"]["normal_repeat"]  # as written by a version without the option
+    torch.save(checkpoint, run_dir / "checkpoint_last.pt")
+    assert cli.main(train_args(dataset, run_dir, "--epochs", "3", "--normal-repeat", "2")) == 2
+    assert "normal_repeat: run has 1, requested 2" in capsys.readouterr().err
+    assert cli.main(train_args(dataset, run_dir, "--epochs", "2")) == 0
+    assert [int(row["epoch"]) for row in read_metrics(run_dir)] == [1, 2]
+
+
 def test_invalid_settings_give_clear_errors(dataset, tmp_path, capsys):
     assert cli.main(train_args(dataset, tmp_path / "bad", "--input-size", "66")) == 2
     assert "multiple of 4" in capsys.readouterr().err
+    assert cli.main(train_args(dataset, tmp_path / "bad", "--normal-repeat", "0")) == 2
+    assert "--normal-repeat must be at least 1" in capsys.readouterr().err
     data, _ = dataset
     assert cli.main(["train", "--data", str(data), "--split", str(tmp_path / "none.json"),
                      "--run-dir", str(tmp_path / "r")]) == 2

@@ -18,6 +18,8 @@ import numpy as np
 from PIL import Image
 
 CLASSES = ("benign", "malignant", "normal")
+LESION_CLASSES = ("benign", "malignant")
+NORMAL_CLASS = "normal"
 SPLITS = ("train", "val", "test")
 MANIFEST_VERSION = 1
 

@@ -42,14 +42,12 @@ from BreastUSSegmentLib.inference import LesionSegmenter
 from BreastUSSegmentLib.metrics import dice_score, hausdorff95, iou_score, nan_summary, overlap_counts, pooled_iou_from_counts
 from BreastUSSegmentLib.weights import WeightsError, load_model
 
-from .busi import SPLITS, DatasetError, load_case, load_manifest
+from .busi import LESION_CLASSES, NORMAL_CLASS, SPLITS, DatasetError, load_case, load_manifest
 from .figures import CaseFigure, plot_case_grid, plot_training_curves
 
 REPORT_FORMAT_VERSION = 1
 MODES = ("raw", "processed")
 MODE_TITLES = {"raw": "off", "processed": "on"}
-LESION_CLASSES = ("benign", "malignant")
-NORMAL_CLASS = "normal"
 EXTREME_CASES = 3
 
 

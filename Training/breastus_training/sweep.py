@@ -31,8 +31,8 @@ from BreastUSSegmentLib.metrics import dice_score, iou_score
 from BreastUSSegmentLib.postprocessing import PostprocessOptions, postprocess_mask
 from BreastUSSegmentLib.weights import WeightsError
 
-from .busi import load_case, load_manifest
-from .evaluate import LESION_CLASSES, NORMAL_CLASS, build_segmenter
+from .busi import LESION_CLASSES, NORMAL_CLASS, load_case, load_manifest
+from .evaluate import build_segmenter
 
 SWEEP_SUBSETS = ("train", "val")
 SWEPT_SETTINGS = ("threshold", "min_area_fraction", "min_mean_probability", "keep_largest")

@@ -41,7 +41,7 @@ from BreastUSSegmentLib.model import AttentionUNet, ModelConfig
 from BreastUSSegmentLib.weights import load_model, save_model, sha256_of_file
 
 from .augment import AUGMENTATIONS, get_augmentation
-from .busi import load_manifest
+from .busi import NORMAL_CLASS, load_manifest
 from .checkpoint import ResumeError, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from .dataset import PreparedCases, SegmentationDataset, preload_cases
 
@@ -51,6 +51,8 @@ METRIC_COLUMNS = ("epoch", "train_loss", "val_loss", "val_dice", "val_iou", "lr"
 # Settings a resumed run may change: where and how fast it runs, how long it may go on (epochs,
 # which may only grow, and early-stopping patience); none of them changes the epochs already trained.
 RESUMABLE_CHANGES = {"data", "run_dir", "num_workers", "threads", "no_progress", "device", "epochs", "patience"}
+# Options added after runs were already made: a stored run without one used this value.
+LATER_OPTION_DEFAULTS = {"normal_repeat": 1}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -74,6 +76,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init-weights", type=Path, default=None, metavar="SAFETENSORS",
                         help="start from these weights (e.g. an earlier run's best.safetensors, same architecture) "
                              "with a fresh optimizer and schedule; default: random initialisation")
+    parser.add_argument("--normal-repeat", type=int, default=1, metavar="K",
+                        help="show each normal (lesion-free) training image K times per epoch, each time with its "
+                             "own augmentation, to weigh false lesions on normal tissue more (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="seed of initialisation, shuffling and augmentation")
     parser.add_argument("--limit", type=int, default=None, help="use only this many training cases (smoke tests)")
     parser.add_argument("--num-workers", type=int, default=None,
@@ -111,7 +116,7 @@ def config_from_args(args: argparse.Namespace) -> dict:
     if any(side % model_config.size_multiple for side in config["input_size"]):
         raise ValueError(f"--input-size {config['input_size']} must be a multiple of {model_config.size_multiple} "
                          f"(2 to the power of --depth {config['depth']})")
-    for key in ("epochs", "batch_size"):
+    for key in ("epochs", "batch_size", "normal_repeat"):
         if config[key] < 1:
             raise ValueError(f"--{key.replace('_', '-')} must be at least 1, got {config[key]}")
     if config["lr"] <= 0:
@@ -167,12 +172,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def training_cases(manifest, limit: int | None, seed: int) -> list:
-    """The train split, or a seeded random subset of ``limit`` cases of it."""
+def training_cases(manifest, limit: int | None, seed: int, normal_repeat: int = 1) -> list:
+    """The train split (or a seeded random subset of ``limit`` cases), normal cases listed ``normal_repeat`` times."""
     cases = manifest.cases_for("train")
     if limit is not None and limit < len(cases):
         cases = random.Random(seed).sample(cases, limit)
-    return cases
+    repeats = [case for case in cases if case.label == NORMAL_CLASS] * (normal_repeat - 1)
+    return cases + repeats
 
 
 class SoftDiceBCELoss(nn.Module):
@@ -255,6 +261,7 @@ def environment() -> dict:
 
 def check_resumable(stored: dict, requested: dict, checkpoint_path: Path) -> None:
     """Refuse to resume when the stored run used other settings (only --epochs may grow)."""
+    stored = {**LATER_OPTION_DEFAULTS, **stored}
     differences = [f"{key}: run has {stored.get(key)!r}, requested {requested.get(key)!r}"
                    for key in sorted(set(stored) | set(requested))
                    if key not in RESUMABLE_CHANGES and stored.get(key) != requested.get(key)]
@@ -309,7 +316,7 @@ def train(config: dict, context: ProcessContext) -> dict:
             return checkpoint
 
     seed_everything(config["seed"])
-    train_cases = training_cases(manifest, config["limit"], config["seed"])
+    train_cases = training_cases(manifest, config["limit"], config["seed"], config["normal_repeat"])
     val_cases = manifest.cases_for("val")
     if not train_cases or not val_cases:
         raise ValueError(f"split {config['split']} needs train and val cases; it has {len(train_cases)} train "
