@@ -119,6 +119,16 @@ def test_min_confidence_drops_a_lukewarm_region_and_rejects_bad_values(tmp_path,
     assert masks["all"][60, 75] and not masks["all"][25, 25]
     assert masks["confident"][25, 25] and not masks["confident"][60, 75]
     capsys.readouterr()
+    # Only the lukewarm region is left (a speck below the minimum area keeps the intensity range): it is hidden, and
+    # the summary says so.
+    frame[10:40, 10:40] = 30
+    frame[10:13, 10:13] = 220
+    Image.fromarray(frame).save(tmp_path / "one.png")
+    assert main([str(tmp_path / "one.png"), "-o", str(tmp_path / "one"), "--weights", str(weights), "--device", "cpu",
+                 "--no-figure", "--min-confidence", "0.9"]) == 0
+    summary = capsys.readouterr().out
+    assert "one.png: no lesion found (the strongest candidate region, mean probability 0." in summary
+    assert "below --min-confidence 0.90" in summary
     assert main([str(tmp_path / "two.png"), "-o", str(tmp_path / "bad"), "--weights", str(weights),
                  "--min-confidence", "1.5"]) == 2
     assert "min_mean_probability must be in [0, 1)" in capsys.readouterr().err

@@ -15,6 +15,7 @@ from BreastUSSegmentLib.postprocessing import (
     remove_small_components,
     remove_uncertain_components,
     smooth_boundary,
+    strongest_hidden_confidence,
 )
 
 RAW_ONLY = dict(min_area_fraction=0.0, keep_largest=False, fill_holes=False, smoothing_sigma=0.0)
@@ -55,6 +56,20 @@ def test_uncertain_components_removed_by_mean_probability():
     options = PostprocessOptions(min_mean_probability=0.8, min_area_fraction=0, fill_holes=False, smoothing_sigma=0)
     assert postprocess_mask(probability, options).sum() == 400
     assert postprocess_mask(probability, dataclasses.replace(options, min_mean_probability=0)).sum() == 900
+
+
+def test_strongest_hidden_confidence_reports_the_best_region_the_confidence_bar_hid():
+    probability = np.zeros((2, 100, 100), np.float32)
+    probability[0, 10:30, 10:30] = 0.95  # confident: shown, not reported
+    probability[0, 60:90, 60:90] = 0.7  # hidden by a bar of 0.8
+    probability[1, 40:70, 40:70] = 0.75  # hidden, the strongest of the stack
+    probability[1, 5:8, 5:8] = 0.79  # 9 px: removed as too small, not by the bar
+    options = PostprocessOptions(threshold=0.5, min_area_fraction=0.005, min_mean_probability=0.8)
+    assert strongest_hidden_confidence(probability, options) == pytest.approx(0.75)
+    assert strongest_hidden_confidence(probability[0], options) == pytest.approx(0.7)
+    assert strongest_hidden_confidence(probability[0], dataclasses.replace(options, min_mean_probability=0.6)) is None
+    assert strongest_hidden_confidence(probability, dataclasses.replace(options, min_mean_probability=0)) is None
+    assert strongest_hidden_confidence(np.zeros((100, 100), np.float32), options) is None
 
 
 def test_keep_largest_component():

@@ -108,6 +108,12 @@ def test_minimum_confidence_discards_lukewarm_regions(scene, logic, weights, ref
     dropped = logic.segment(volume, weightsPath=weights, device="cpu", threshold=threshold, minMeanProbability=above)
     assert not dropped.pipelineResult.processed_mask.any()
     assert not logic.arrayFromSegment(dropped.segmentationNode, dropped.segmentId, volume).any()
+    # The user is told what was hidden and how far it is from the bar.
+    assert kept.hiddenConfidence is None
+    assert threshold <= dropped.hiddenConfidence < above
+    summary = logic.measurementSummary(dropped.measurements, (1.0, 1.0), dropped.hiddenConfidence,
+                                       dropped.postprocessing.min_mean_probability)
+    assert f"mean probability {dropped.hiddenConfidence:.2f}" in summary and f"{above:.2f}" in summary
 
 
 def segment_ids(segmentation_node):

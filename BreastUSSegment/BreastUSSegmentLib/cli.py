@@ -23,7 +23,7 @@ from . import BUNDLED_WEIGHTS, __version__
 from .device import DEVICE_CHOICES
 from .imageio import ImageReadError, ImageWriteError, read_image, write_image
 from .measure import measure_lesion
-from .postprocessing import PostprocessOptions
+from .postprocessing import PostprocessOptions, strongest_hidden_confidence
 from .preprocessing import InvalidImageError
 from .visualize import overlay_figure
 from .weights import WeightsError
@@ -77,6 +77,13 @@ def segment_file(segmenter, image_path: Path, paths: dict[str, Path], args, opti
         first_frame = image.pixels[0] if image.frame_count > 1 else image.pixels
         overlay_figure(first_frame, mask[0], result.combined_attention[0]).save(paths["figure"])
     frames_with_lesion = int(mask.any(axis=(1, 2)).sum())
+    if frames_with_lesion == 0:
+        hidden = None if args.no_postprocess else strongest_hidden_confidence(result.probability, options)
+        return f"{image_path.name}: no lesion found" + (
+            "" if hidden is None else
+            f" (the strongest candidate region, mean probability {hidden:.2f}, is below --min-confidence "
+            f"{options.min_mean_probability:.2f})"
+        )
     size = measure_lesion(mask[0], image.spacing)
     unit = "mm" if image.spacing_source != "unknown" else "px"
     return (

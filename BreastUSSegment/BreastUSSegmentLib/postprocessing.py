@@ -76,6 +76,29 @@ def remove_uncertain_components(mask: np.ndarray, probability: np.ndarray, min_m
     return keep[labels]
 
 
+def strongest_hidden_confidence(probability: np.ndarray, options: PostprocessOptions) -> float | None:
+    """Highest mean probability among the regions the minimum-confidence step hides, or None if it hides none.
+
+    Takes one ``(H, W)`` map or a ``(F, H, W)`` stack. Lets a user whose frame came
+    out empty see how far the best hidden candidate is from the bar.
+    """
+    if options.min_mean_probability <= 0:
+        return None
+    frames = probability[None] if probability.ndim == 2 else probability
+    strongest = None
+    for frame in frames:
+        mask = remove_small_components(frame >= options.threshold, int(round(options.min_area_fraction * frame.size)))
+        if not mask.any():
+            continue
+        labels, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+        sums = np.bincount(labels.ravel(), weights=frame.ravel(), minlength=count + 1)[1:]
+        sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+        hidden = [total / size for total, size in zip(sums, sizes) if total < options.min_mean_probability * size]
+        if hidden:
+            strongest = max(max(hidden), strongest or 0.0)
+    return None if strongest is None else float(strongest)
+
+
 def keep_largest_component(mask: np.ndarray) -> np.ndarray:
     """Keep only the largest 8-connected component (the first one on a tie)."""
     if not mask.any():
