@@ -171,6 +171,22 @@ def test_run_from_before_normal_repeat_resumes_and_other_repeats_are_refused(dat
     assert [int(row["epoch"]) for row in read_metrics(run_dir)] == [1, 2]
 
 
+def test_warm_started_run_resumes_after_its_init_weights_file_is_gone(dataset, tmp_path, capsys):
+    first = tmp_path / "first"
+    assert cli.main(train_args(dataset, first, "--epochs", "1")) == 0
+    start = tmp_path / "start.safetensors"
+    start.write_bytes((first / "best.safetensors").read_bytes())
+    (tmp_path / "start.json").write_bytes((first / "best.json").read_bytes())
+    warm = tmp_path / "warm"
+    assert cli.main(train_args(dataset, warm, "--epochs", "1", "--init-weights", str(start))) == 0
+    start.unlink()
+    assert cli.main(train_args(dataset, warm, "--epochs", "2", "--init-weights", str(start))) == 0
+    assert [int(row["epoch"]) for row in read_metrics(warm)] == [1, 2]
+    capsys.readouterr()
+    assert cli.main(train_args(dataset, tmp_path / "fresh", "--epochs", "1", "--init-weights", str(start))) == 2
+    assert "file not found" in capsys.readouterr().err
+
+
 def test_invalid_settings_give_clear_errors(dataset, tmp_path, capsys):
     assert cli.main(train_args(dataset, tmp_path / "bad", "--input-size", "66")) == 2
     assert "multiple of 4" in capsys.readouterr().err

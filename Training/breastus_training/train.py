@@ -208,6 +208,15 @@ def initialise_from(model: AttentionUNet, weights_path: str, verbose: bool) -> N
         print(f"initialised from {weights_path} (sha256 {card.sha256[:12]}…)")
 
 
+def init_weights_sha256(path: str, checkpoint: dict | None) -> str:
+    """Checksum of the --init-weights file; a resumed run no longer needs the file and keeps its recorded one."""
+    if Path(path).is_file():
+        return sha256_of_file(path)
+    if checkpoint is not None and checkpoint["config"].get("init_weights") == path:
+        return checkpoint["config"]["init_weights_sha256"]
+    raise ValueError(f"--init-weights {path}: file not found")
+
+
 def make_loss(name: str) -> nn.Module:
     return nn.BCEWithLogitsLoss() if name == "bce" else SoftDiceBCELoss()
 
@@ -300,13 +309,13 @@ def train(config: dict, context: ProcessContext) -> dict:
     checkpoint_path = run_dir / CHECKPOINT_NAME
     manifest = load_manifest(config["split"])
     config = dict(config, split_sha256=manifest.sha256)
-    if config.get("init_weights"):
-        config["init_weights_sha256"] = sha256_of_file(config["init_weights"])
     progress = not config["no_progress"] and context.is_main
     device = context.device
     use_amp = device.type == "cuda"
 
     checkpoint = load_checkpoint(checkpoint_path) if checkpoint_path.is_file() else None
+    if config.get("init_weights"):
+        config["init_weights_sha256"] = init_weights_sha256(config["init_weights"], checkpoint)
     if checkpoint is not None:
         check_resumable(checkpoint["config"], config, checkpoint_path)
         if checkpoint["stopped"] or checkpoint["epoch"] >= config["epochs"]:
