@@ -284,8 +284,11 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.editButton.connect("clicked(bool)", self.onEditButton)
         self.ui.exportNrrdButton.connect("clicked(bool)", lambda: self.onExportLabelmap(".nrrd"))
         self.ui.exportNiftiButton.connect("clicked(bool)", lambda: self.onExportLabelmap(".nii.gz"))
+        self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.onModelPathChanged)
 
         self.initializeParameterNode()
+        if self.ui.modelPathLineEdit.currentPath:  # a model chosen in an earlier session (restored from settings)
+            self.onModelPathChanged(self.ui.modelPathLineEdit.currentPath)
 
     def cleanup(self) -> None:
         self.removeObservers()
@@ -392,6 +395,21 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             output.measurements, self.logic.volumeSpacing(inputVolume), output.hiddenConfidence,
             output.postprocessing.min_mean_probability))
         self._onParameterNodeModified()
+
+    def onModelPathChanged(self, path: str) -> None:
+        """Set the post-processing options to the chosen model's own (from its model card)."""
+        path = path.strip()
+        if self._parameterNode is None or (path and not Path(path).is_file()):
+            return  # a path still being typed
+        try:
+            values = self.logic.postprocessingParameters(path or None)
+        except BreastUSSegmentError as error:
+            self._setStatus(str(error), error=True)
+            return
+        for name, value in values.items():
+            setattr(self._parameterNode, name, value)
+        self._setStatus(_("Post-processing options set from the model card of {model}.").format(
+            model=Path(path).name if path else _("the bundled model")))
 
     def onMeasureButton(self) -> None:
         """Measure the Lesion segment again, e.g. after editing it in Segment Editor."""
@@ -597,6 +615,30 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
         return float(spacing[1]), float(spacing[0])
 
     # --- Model ---
+
+    def postprocessingParameters(self, weightsPath=None) -> dict:
+        """The panel's post-processing values that match a model's card (the bundled model by default).
+
+        Keys are parameter-node fields; values are clamped to the panel's ranges.
+        """
+        path = Path(weightsPath) if weightsPath else Path(BUNDLED_WEIGHTS)
+        try:
+            from BreastUSSegmentLib.weights import WeightsError, read_model_card
+        except ImportError as error:
+            raise BreastUSSegmentError(
+                _("A Python package the model needs is missing ({error}).").format(error=error)) from error
+        try:
+            options = read_model_card(path).postprocess_options
+        except WeightsError as error:
+            raise BreastUSSegmentError(_("Cannot read the model card of {path}: {error}").format(
+                path=path, error=error)) from error
+        return {
+            "threshold": min(max(options.threshold, 0.05), 0.95),
+            "minLesionConfidence": min(options.min_mean_probability, 0.95),
+            "keepLargest": options.keep_largest,
+            "fillHoles": options.fill_holes,
+            "smoothing": options.smoothing_sigma > 0,
+        }
 
     def segmenter(self, weightsPath=None, device: str = "auto"):
         """The core's ``LesionSegmenter`` for these weights and device (cached)."""

@@ -116,6 +116,30 @@ def test_minimum_confidence_discards_lukewarm_regions(scene, logic, weights, ref
     assert f"mean probability {dropped.hiddenConfidence:.2f}" in summary and f"{above:.2f}" in summary
 
 
+def test_postprocessing_parameters_follow_the_chosen_models_card(logic, tmp_path):
+    """Choosing a model file sets the panel's post-processing to that model's card (fields the panel binds)."""
+    from BreastUSSegmentLib.postprocessing import PostprocessOptions
+    from BreastUSSegmentLib.weights import read_model_card
+
+    fields = set(BUS.BreastUSSegmentParameterNode.__annotations__)
+    bundled = read_model_card(BUS.BUNDLED_WEIGHTS).postprocess_options
+    values = logic.postprocessingParameters()
+    assert set(values) <= fields
+    assert values["threshold"] == pytest.approx(bundled.threshold)
+    assert values["minLesionConfidence"] == pytest.approx(bundled.min_mean_probability)
+
+    custom = tmp_path / "custom.safetensors"
+    options = PostprocessOptions(threshold=0.3, min_mean_probability=0.5, keep_largest=True, fill_holes=False,
+                                 smoothing_sigma=0.0)
+    save_model(AttentionUNet(ModelConfig(base_channels=4, depth=2)), custom, input_size=(64, 64), postprocessing=options)
+    assert logic.postprocessingParameters(str(custom)) == {
+        "threshold": 0.3, "minLesionConfidence": 0.5, "keepLargest": True, "fillHoles": False, "smoothing": False}
+
+    custom.with_suffix(".json").unlink()
+    with pytest.raises(BUS.BreastUSSegmentError, match="model card not found"):
+        logic.postprocessingParameters(str(custom))
+
+
 def segment_ids(segmentation_node):
     return list(segmentation_node.GetSegmentation().GetSegmentIDs())
 
