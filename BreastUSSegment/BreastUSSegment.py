@@ -118,6 +118,9 @@ FALLBACK_HEAT_COLOR_NODE_NAME = "BreastUS attention heat"
 # output volumes), so this keeps a run within a few GB of memory.
 MAX_INPUT_VOXELS = 50_000_000
 DEFAULT_ATTENTION_OPACITY = 0.4
+# The panel's slider ranges (the .ui sliders use the same limits; a test checks them).
+THRESHOLD_RANGE = (0.05, 0.95)
+MIN_CONFIDENCE_RANGE = (0.0, 0.95)
 LABELMAP_SUFFIXES = (".nrrd", ".nii", ".nii.gz")
 SAMPLE_NAMES = ("breastus_sample_benign", "breastus_sample_malignant")
 # Python packages the inference needs besides PyTorch: (import name, pip requirement).
@@ -233,8 +236,8 @@ class BreastUSSegmentParameterNode:
     inputVolume: Union[vtkMRMLScalarVolumeNode, vtkMRMLVectorVolumeNode, None]
     outputSegmentation: vtkMRMLSegmentationNode
     # Defaults are the bundled model card's post-processing (chosen on BUSI val; a test keeps them equal).
-    threshold: Annotated[float, WithinRange(0.05, 0.95)] = 0.4
-    minLesionConfidence: Annotated[float, WithinRange(0.0, 0.95)] = 0.85
+    threshold: Annotated[float, WithinRange(*THRESHOLD_RANGE)] = 0.4
+    minLesionConfidence: Annotated[float, WithinRange(*MIN_CONFIDENCE_RANGE)] = 0.85
     keepLargest: bool = False
     fillHoles: bool = True
     smoothing: bool = True
@@ -632,9 +635,12 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
         except WeightsError as error:
             raise BreastUSSegmentError(_("Cannot read the model card of {path}: {error}").format(
                 path=path, error=error)) from error
+        def clamp(value, limits):
+            return min(max(value, limits[0]), limits[1])
+
         return {
-            "threshold": min(max(options.threshold, 0.05), 0.95),
-            "minLesionConfidence": min(options.min_mean_probability, 0.95),
+            "threshold": clamp(options.threshold, THRESHOLD_RANGE),
+            "minLesionConfidence": clamp(options.min_mean_probability, MIN_CONFIDENCE_RANGE),
             "keepLargest": options.keep_largest,
             "fillHoles": options.fill_holes,
             "smoothing": options.smoothing_sigma > 0,

@@ -135,6 +135,12 @@ def test_postprocessing_parameters_follow_the_chosen_models_card(logic, tmp_path
     assert logic.postprocessingParameters(str(custom)) == {
         "threshold": 0.3, "minLesionConfidence": 0.5, "keepLargest": True, "fillHoles": False, "smoothing": False}
 
+    # A card outside the sliders' ranges starts the sliders at their ends.
+    save_model(AttentionUNet(ModelConfig(base_channels=4, depth=2)), custom, input_size=(64, 64),
+               postprocessing=PostprocessOptions(threshold=0.98, min_mean_probability=0.99))
+    values = logic.postprocessingParameters(str(custom))
+    assert (values["threshold"], values["minLesionConfidence"]) == (BUS.THRESHOLD_RANGE[1], BUS.MIN_CONFIDENCE_RANGE[1])
+
     custom.with_suffix(".json").unlink()
     with pytest.raises(BUS.BreastUSSegmentError, match="model card not found"):
         logic.postprocessingParameters(str(custom))
