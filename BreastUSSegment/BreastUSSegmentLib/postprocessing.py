@@ -60,6 +60,14 @@ def remove_small_components(mask: np.ndarray, min_pixels: int) -> np.ndarray:
     return keep[labels]
 
 
+def _component_sums(mask: np.ndarray, probability: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """8-connected labels of ``mask`` and, per label (0 is the background), its probability sum and pixel count."""
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    sums = np.bincount(labels.ravel(), weights=probability.ravel(), minlength=count + 1)
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)
+    return labels, sums, sizes
+
+
 def remove_uncertain_components(mask: np.ndarray, probability: np.ndarray, min_mean_probability: float) -> np.ndarray:
     """Drop 8-connected components whose mean probability is below ``min_mean_probability``.
 
@@ -68,12 +76,16 @@ def remove_uncertain_components(mask: np.ndarray, probability: np.ndarray, min_m
     """
     if min_mean_probability <= 0 or not mask.any():
         return mask
-    labels, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
-    sums = np.bincount(labels.ravel(), weights=probability.ravel(), minlength=count + 1)
-    sizes = np.bincount(labels.ravel(), minlength=count + 1)
+    labels, sums, sizes = _component_sums(mask, probability)
     keep = sums >= min_mean_probability * sizes  # mean >= bar, without dividing by an empty background
     keep[0] = False
     return keep[labels]
+
+
+def candidate_mask(probability: np.ndarray, options: PostprocessOptions) -> np.ndarray:
+    """The first steps of post-processing: threshold, then drop components below the minimum area."""
+    mask = probability >= options.threshold
+    return remove_small_components(mask, int(round(options.min_area_fraction * mask.size)))
 
 
 def strongest_hidden_confidence(probability: np.ndarray, options: PostprocessOptions) -> float | None:
@@ -84,19 +96,12 @@ def strongest_hidden_confidence(probability: np.ndarray, options: PostprocessOpt
     """
     if options.min_mean_probability <= 0:
         return None
-    frames = probability[None] if probability.ndim == 2 else probability
-    strongest = None
-    for frame in frames:
-        mask = remove_small_components(frame >= options.threshold, int(round(options.min_area_fraction * frame.size)))
-        if not mask.any():
-            continue
-        labels, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
-        sums = np.bincount(labels.ravel(), weights=frame.ravel(), minlength=count + 1)[1:]
-        sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
-        hidden = [total / size for total, size in zip(sums, sizes) if total < options.min_mean_probability * size]
-        if hidden:
-            strongest = max(max(hidden), strongest or 0.0)
-    return None if strongest is None else float(strongest)
+    hidden_means = []
+    for frame in probability[None] if probability.ndim == 2 else probability:
+        _, sums, sizes = _component_sums(candidate_mask(frame, options), frame)
+        hidden = sums[1:] < options.min_mean_probability * sizes[1:]
+        hidden_means.extend(sums[1:][hidden] / sizes[1:][hidden])
+    return float(max(hidden_means)) if hidden_means else None
 
 
 def keep_largest_component(mask: np.ndarray) -> np.ndarray:
@@ -141,9 +146,7 @@ def postprocess_mask(probability: np.ndarray, options: PostprocessOptions | None
     options = options or PostprocessOptions()
     if probability.ndim != 2:
         raise ValueError(f"expected a 2-D probability map, got shape {probability.shape}")
-    mask = probability >= options.threshold
-    min_pixels = int(round(options.min_area_fraction * mask.size))
-    mask = remove_small_components(mask, min_pixels)
+    mask = candidate_mask(probability, options)
     mask = remove_uncertain_components(mask, probability, options.min_mean_probability)
     if options.keep_largest:
         mask = keep_largest_component(mask)
