@@ -538,7 +538,7 @@ class SegmentationOutput:
     measurements: List[LesionMeasurement] = field(default_factory=list)
     pipelineResult: Any = None  # BreastUSSegmentLib.inference.SegmentationResult
     postprocessing: Any = None  # BreastUSSegmentLib.postprocessing.PostprocessOptions used
-    hiddenConfidence: Optional[float] = None  # best mean probability of a region Min. confidence hid, if any
+    hiddenConfidence: Optional[float] = None  # when nothing was found: best mean probability Min. confidence hid
 
 
 def ensureSegmentationConverterRules() -> None:
@@ -635,6 +635,7 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
         except WeightsError as error:
             raise BreastUSSegmentError(_("Cannot read the model card of {path}: {error}").format(
                 path=path, error=error)) from error
+
         def clamp(value, limits):
             return min(max(value, limits[0]), limits[1])
 
@@ -752,7 +753,9 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
             measurements=measurements,
             pipelineResult=result,
             postprocessing=options,
-            hiddenConfidence=strongest_hidden_confidence(result.probability, options),
+            # Only an empty result needs it (for the status line); a long clip is not labelled twice otherwise.
+            hiddenConfidence=(None if result.processed_mask.any()
+                              else strongest_hidden_confidence(result.probability, options)),
         )
 
     @staticmethod
