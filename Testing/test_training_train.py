@@ -15,7 +15,7 @@ from breastus_training.busi import load_case, load_manifest
 from breastus_training.checkpoint import ResumeError, capture_rng_state, restore_rng_state
 from breastus_training.dataset import SegmentationDataset, preload_cases
 from breastus_training.train import train as train_run
-from breastus_training.train import ProcessContext, config_from_args, training_cases
+from breastus_training.train import ProcessContext, config_from_args, make_loss, training_cases, validate
 from breastus_training.cli import build_parser
 
 from busi_synthetic import write_synthetic_busi
@@ -187,7 +187,39 @@ def test_warm_started_run_resumes_after_its_init_weights_file_is_gone(dataset, t
     assert "file not found" in capsys.readouterr().err
 
 
+def test_weight_average_is_the_mean_of_the_averaged_epochs_and_survives_a_resume(dataset, tmp_path):
+    swa = ["--swa-start", "2", "--scheduler", "none", "--lr", "0.01"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert cli.main(train_args(dataset, straight, "--epochs", "3", *swa)) == 0
+    assert cli.main(train_args(dataset, resumed, "--epochs", "2", *swa)) == 0
+    after_two = torch.load(resumed / "checkpoint_last.pt", weights_only=True)["model"]
+    assert (resumed / "swa.safetensors").is_file()  # a finished run writes its average (here of epoch 2 alone)
+    scramble_global_rngs()
+    assert cli.main(train_args(dataset, resumed, "--epochs", "3", *swa)) == 0
+    after_three = torch.load(resumed / "checkpoint_last.pt", weights_only=True)["model"]
+
+    average, card = load_model(resumed / "swa.safetensors")
+    averaged = average.state_dict()
+    assert torch.allclose(averaged["head.weight"], (after_two["head.weight"] + after_three["head.weight"]) / 2)
+    assert not torch.allclose(after_two["head.weight"], after_three["head.weight"])
+    batch_norm = next(key for key in averaged if key.endswith("running_mean"))
+    assert not torch.allclose(averaged[batch_norm], after_three[batch_norm])  # recomputed, not copied
+    assert card.training["weight_average"] == {"first_epoch": 2, "last_epoch": 3, "epochs": 2,
+                                               "batch_norm": "recomputed on the train images"}
+    straight_average, _ = load_model(straight / "swa.safetensors")
+    for key, value in straight_average.state_dict().items():
+        assert torch.allclose(averaged[key], value), key
+
+    # The card's val scores are those of the saved weights.
+    manifest = load_manifest(dataset[1])
+    val = preload_cases(dataset[0], manifest.cases_for("val"), (64, 64), progress=False)
+    scores = validate(average, val, make_loss("bce"), torch.device("cpu"), 4, use_amp=False)
+    assert card.metrics["val"]["iou"] == pytest.approx(scores["val_iou"])
+
+
 def test_invalid_settings_give_clear_errors(dataset, tmp_path, capsys):
+    assert cli.main(train_args(dataset, tmp_path / "bad", "--epochs", "3", "--swa-start", "4")) == 2
+    assert "--swa-start must be between 1 and --epochs 3" in capsys.readouterr().err
     assert cli.main(train_args(dataset, tmp_path / "bad", "--input-size", "66")) == 2
     assert "multiple of 4" in capsys.readouterr().err
     assert cli.main(train_args(dataset, tmp_path / "bad", "--normal-repeat", "0")) == 2

@@ -8,8 +8,10 @@ model and drives early stopping. The ``test`` split is never read here.
 
 The run folder holds ``config.json``, ``metrics.csv``, TensorBoard scalars,
 ``checkpoint_last.pt`` (written atomically every epoch) and ``best.safetensors``
-with its model card. Running the same command again resumes from the
-checkpoint and gives the same result as an uninterrupted run.
+with its model card; with ``--swa-start`` also ``swa.safetensors``, the average
+of the weights of the later epochs (see ``weight_average``). Running the same
+command again resumes from the checkpoint and gives the same result as an
+uninterrupted run.
 
 Multi-GPU: ``torchrun --nproc_per_node=N -m breastus_training train ...``.
 """
@@ -32,6 +34,7 @@ import numpy as np
 import torch
 from torch import distributed as dist
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
@@ -44,6 +47,7 @@ from .augment import AUGMENTATIONS, get_augmentation
 from .busi import NORMAL_CLASS, load_manifest
 from .checkpoint import ResumeError, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from .dataset import PreparedCases, SegmentationDataset, preload_cases
+from .weight_average import SWA_NAME, averaged_epochs, recompute_batch_norm, save_average
 
 CHECKPOINT_NAME = "checkpoint_last.pt"
 BEST_NAME = "best.safetensors"
@@ -52,7 +56,7 @@ METRIC_COLUMNS = ("epoch", "train_loss", "val_loss", "val_dice", "val_iou", "lr"
 # which may only grow, and early-stopping patience); none of them changes the epochs already trained.
 RESUMABLE_CHANGES = {"data", "run_dir", "num_workers", "threads", "no_progress", "device", "epochs", "patience"}
 # Options added after runs were already made: a stored run without one used this value.
-LATER_OPTION_DEFAULTS = {"normal_repeat": 1}
+LATER_OPTION_DEFAULTS = {"normal_repeat": 1, "swa_start": 0}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -79,6 +83,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--normal-repeat", type=int, default=1, metavar="K",
                         help="show each normal (lesion-free) training image K times per epoch, each time with its "
                              "own augmentation, to weigh false lesions on normal tissue more (default 1)")
+    parser.add_argument("--swa-start", type=int, default=0, metavar="EPOCH",
+                        help="average the weights of every epoch from EPOCH on and save the average as "
+                             f"{SWA_NAME} at the end (stochastic weight averaging; use a constant --lr, "
+                             "i.e. --scheduler none); 0 = off (default)")
     parser.add_argument("--seed", type=int, default=0, help="seed of initialisation, shuffling and augmentation")
     parser.add_argument("--limit", type=int, default=None, help="use only this many training cases (smoke tests)")
     parser.add_argument("--num-workers", type=int, default=None,
@@ -119,6 +127,9 @@ def config_from_args(args: argparse.Namespace) -> dict:
     for key in ("epochs", "batch_size", "normal_repeat"):
         if config[key] < 1:
             raise ValueError(f"--{key.replace('_', '-')} must be at least 1, got {config[key]}")
+    if not 0 <= config["swa_start"] <= config["epochs"]:
+        raise ValueError(f"--swa-start must be between 1 and --epochs {config['epochs']} (or 0 for off), "
+                         f"got {config['swa_start']}")
     if config["lr"] <= 0:
         raise ValueError(f"--lr must be positive, got {config['lr']}")
     if config["limit"] is not None and config["limit"] < 1:
@@ -316,9 +327,10 @@ def train(config: dict, context: ProcessContext) -> dict:
     checkpoint = load_checkpoint(checkpoint_path) if checkpoint_path.is_file() else None
     if config.get("init_weights"):
         config["init_weights_sha256"] = init_weights_sha256(config["init_weights"], checkpoint)
+    swa_pending = bool(config["swa_start"]) and not (run_dir / SWA_NAME).is_file()
     if checkpoint is not None:
         check_resumable(checkpoint["config"], config, checkpoint_path)
-        if checkpoint["stopped"] or checkpoint["epoch"] >= config["epochs"]:
+        if (checkpoint["stopped"] or checkpoint["epoch"] >= config["epochs"]) and not swa_pending:
             if context.is_main:
                 print(f"run {run_dir} is complete (epoch {checkpoint['epoch']}, best val IoU "
                       f"{checkpoint['best_score']:.4f} at epoch {checkpoint['best_epoch']}); nothing to do")
@@ -340,6 +352,7 @@ def train(config: dict, context: ProcessContext) -> dict:
     if checkpoint is None and config.get("init_weights"):
         initialise_from(model, config["init_weights"], context.is_main)
     model = model.to(device, memory_format=torch.channels_last)
+    average = AveragedModel(model) if config["swa_start"] else None
     optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"])
     scheduler = make_scheduler(config["scheduler"], optimizer, config["epochs"])
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
@@ -355,6 +368,8 @@ def train(config: dict, context: ProcessContext) -> dict:
                 scheduler.T_max = config["epochs"]  # an extended run stretches the schedule
         if use_amp and checkpoint.get("scaler"):
             scaler.load_state_dict(checkpoint["scaler"])
+        if average is not None and checkpoint.get("swa_model") is not None:
+            average.load_state_dict(checkpoint["swa_model"])
         restore_rng_state(checkpoint["rng"])
         state = {key: checkpoint[key] for key in state}
         if context.is_main:
@@ -404,6 +419,8 @@ def train(config: dict, context: ProcessContext) -> dict:
             scheduler.step(scores["val_iou"])
         elif scheduler is not None:
             scheduler.step()
+        if average is not None and epoch >= config["swa_start"]:
+            average.update_parameters(model)
 
         improved = scores["val_iou"] > state["best_score"]
         if improved:
@@ -421,7 +438,9 @@ def train(config: dict, context: ProcessContext) -> dict:
                 save_best(model, run_dir, config, epoch, scores)
             checkpoint = {"config": config, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                           "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                          "scaler": scaler.state_dict() if use_amp else None, "rng": capture_rng_state(), **state}
+                          "scaler": scaler.state_dict() if use_amp else None,
+                          "swa_model": average.state_dict() if average is not None else None,
+                          "rng": capture_rng_state(), **state}
             save_checkpoint(checkpoint, checkpoint_path)
             write_metrics_csv(run_dir / "metrics.csv", state["history"])
             if writer is not None:
@@ -441,7 +460,22 @@ def train(config: dict, context: ProcessContext) -> dict:
         writer.close()
     if context.is_main:
         print(f"best model: {run_dir / BEST_NAME} (val IoU {state['best_score']:.4f} at epoch {state['best_epoch']})")
+        finished = state["stopped"] or state["epoch"] >= config["epochs"]
+        if average is not None and finished and averaged_epochs(average):
+            finish_average(average, train_data, val_data, loss_fn, device, config, state["epoch"], use_amp)
     return state
+
+
+def finish_average(average: AveragedModel, train_data: PreparedCases, val_data: PreparedCases, loss_fn: nn.Module,
+                   device: torch.device, config: dict, last_epoch: int, use_amp: bool) -> dict:
+    """Recompute the averaged model's BatchNorm statistics, validate it and save it as ``swa.safetensors``."""
+    recompute_batch_norm(average, train_data.images, config["batch_size"], device, config["seed"])
+    scores = validate(average.module, val_data, loss_fn, device, config["batch_size"], use_amp)
+    path = save_average(average, Path(config["run_dir"]), tuple(config["input_size"]),
+                        training_provenance(config, last_epoch, scores), scores, config["swa_start"], last_epoch)
+    print(f"weight average of epochs {config['swa_start']}-{last_epoch}: {path} (val IoU {scores['val_iou']:.4f}, "
+          f"val Dice {scores['val_dice']:.4f})")
+    return scores
 
 
 def train_one_epoch(model, loader, optimizer, scaler, loss_fn, device, use_amp, context, progress, description) -> float:
@@ -465,9 +499,14 @@ def train_one_epoch(model, loader, optimizer, scaler, loss_fn, device, use_amp, 
     return float(total[0] / total[1])
 
 
+def training_provenance(config: dict, epoch: int, scores: dict) -> dict:
+    """The model card's ``training`` block: every run setting, the epoch, its val IoU, commit and split."""
+    return {**config, "epoch": epoch, "val_iou": scores["val_iou"], "git_commit": git_commit(),
+            "split_sha256": config["split_sha256"], "dataset": "BUSI"}
+
+
 def save_best(model: AttentionUNet, run_dir: Path, config: dict, epoch: int, scores: dict) -> None:
     """Save the current model as ``best.safetensors`` with its model card (training provenance and val scores)."""
-    training = {**config, "epoch": epoch, "val_iou": scores["val_iou"], "git_commit": git_commit(),
-                "split_sha256": config["split_sha256"], "dataset": "BUSI"}
+    training = training_provenance(config, epoch, scores)
     metrics = {"val": {"dice": scores["val_dice"], "iou": scores["val_iou"], "loss": scores["val_loss"], "epoch": epoch}}
     save_model(model, run_dir / BEST_NAME, input_size=tuple(config["input_size"]), training=training, metrics=metrics)
