@@ -209,6 +209,13 @@ def test_weight_average_is_the_mean_of_the_averaged_epochs_and_survives_a_resume
     straight_average, _ = load_model(straight / "swa.safetensors")
     for key, value in straight_average.state_dict().items():
         assert torch.allclose(averaged[key], value), key
+    # A finished run whose average was lost (e.g. killed while saving it) writes it again from the checkpoint.
+    (straight / "swa.safetensors").unlink()
+    assert cli.main(train_args(dataset, straight, "--epochs", "3", *swa)) == 0
+    rewritten, _ = load_model(straight / "swa.safetensors")
+    for key, value in rewritten.state_dict().items():
+        assert torch.equal(straight_average.state_dict()[key], value), key
+    assert len(read_metrics(straight)) == 3
 
     # The card's val scores are those of the saved weights.
     manifest = load_manifest(dataset[1])
