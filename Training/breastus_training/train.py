@@ -327,7 +327,9 @@ def train(config: dict, context: ProcessContext) -> dict:
     checkpoint = load_checkpoint(checkpoint_path) if checkpoint_path.is_file() else None
     if config.get("init_weights"):
         config["init_weights_sha256"] = init_weights_sha256(config["init_weights"], checkpoint)
-    swa_pending = bool(config["swa_start"]) and not (run_dir / SWA_NAME).is_file()
+    # A finished run killed while saving its weight average saves it on the next call.
+    swa_pending = (checkpoint is not None and checkpoint.get("swa_model") is not None
+                   and int(checkpoint["swa_model"]["n_averaged"]) > 0 and not (run_dir / SWA_NAME).is_file())
     if checkpoint is not None:
         check_resumable(checkpoint["config"], config, checkpoint_path)
         if (checkpoint["stopped"] or checkpoint["epoch"] >= config["epochs"]) and not swa_pending:
