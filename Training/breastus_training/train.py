@@ -47,7 +47,7 @@ from .augment import AUGMENTATIONS, get_augmentation
 from .busi import NORMAL_CLASS, load_manifest
 from .checkpoint import ResumeError, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from .dataset import PreparedCases, SegmentationDataset, preload_cases
-from .weight_average import SWA_NAME, averaged_epochs, recompute_batch_norm, save_average
+from .weight_average import SWA_NAME, averaged_epochs, recompute_batch_norm
 
 CHECKPOINT_NAME = "checkpoint_last.pt"
 BEST_NAME = "best.safetensors"
@@ -437,7 +437,7 @@ def train(config: dict, context: ProcessContext) -> dict:
 
         if context.is_main:
             if improved:
-                save_best(model, run_dir, config, epoch, scores)
+                save_weights(model, run_dir / BEST_NAME, config, epoch, scores)
             checkpoint = {"config": config, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                           "scheduler": scheduler.state_dict() if scheduler is not None else None,
                           "scaler": scaler.state_dict() if use_amp else None,
@@ -469,15 +469,16 @@ def train(config: dict, context: ProcessContext) -> dict:
 
 
 def finish_average(average: AveragedModel, train_data: PreparedCases, val_data: PreparedCases, loss_fn: nn.Module,
-                   device: torch.device, config: dict, last_epoch: int, use_amp: bool) -> dict:
+                   device: torch.device, config: dict, last_epoch: int, use_amp: bool) -> None:
     """Recompute the averaged model's BatchNorm statistics, validate it and save it as ``swa.safetensors``."""
     recompute_batch_norm(average, train_data.images, config["batch_size"], device, config["seed"])
     scores = validate(average.module, val_data, loss_fn, device, config["batch_size"], use_amp)
-    path = save_average(average, Path(config["run_dir"]), tuple(config["input_size"]),
-                        training_provenance(config, last_epoch, scores), scores, config["swa_start"], last_epoch)
+    weight_average = {"first_epoch": config["swa_start"], "last_epoch": last_epoch,
+                      "epochs": averaged_epochs(average), "batch_norm": "recomputed on the train images"}
+    path = Path(config["run_dir"]) / SWA_NAME
+    save_weights(average.module, path, config, last_epoch, scores, weight_average=weight_average)
     print(f"weight average of epochs {config['swa_start']}-{last_epoch}: {path} (val IoU {scores['val_iou']:.4f}, "
           f"val Dice {scores['val_dice']:.4f})")
-    return scores
 
 
 def train_one_epoch(model, loader, optimizer, scaler, loss_fn, device, use_amp, context, progress, description) -> float:
@@ -501,14 +502,9 @@ def train_one_epoch(model, loader, optimizer, scaler, loss_fn, device, use_amp, 
     return float(total[0] / total[1])
 
 
-def training_provenance(config: dict, epoch: int, scores: dict) -> dict:
-    """The model card's ``training`` block: every run setting, the epoch, its val IoU, commit and split."""
-    return {**config, "epoch": epoch, "val_iou": scores["val_iou"], "git_commit": git_commit(),
-            "split_sha256": config["split_sha256"], "dataset": "BUSI"}
-
-
-def save_best(model: AttentionUNet, run_dir: Path, config: dict, epoch: int, scores: dict) -> None:
-    """Save the current model as ``best.safetensors`` with its model card (training provenance and val scores)."""
-    training = training_provenance(config, epoch, scores)
+def save_weights(model: AttentionUNet, path: Path, config: dict, epoch: int, scores: dict, **training_extra) -> None:
+    """Save ``model`` as ``path`` with its model card: training provenance (plus ``training_extra``) and val scores."""
+    training = {**config, "epoch": epoch, "val_iou": scores["val_iou"], "git_commit": git_commit(),
+                "split_sha256": config["split_sha256"], "dataset": "BUSI", **training_extra}
     metrics = {"val": {"dice": scores["val_dice"], "iou": scores["val_iou"], "loss": scores["val_loss"], "epoch": epoch}}
-    save_model(model, run_dir / BEST_NAME, input_size=tuple(config["input_size"]), training=training, metrics=metrics)
+    save_model(model, path, input_size=tuple(config["input_size"]), training=training, metrics=metrics)
