@@ -10,7 +10,7 @@ import torch
 from BreastUSSegmentLib.preprocessing import prepare_input
 from BreastUSSegmentLib.weights import load_model
 from breastus_training import cli
-from breastus_training.augment import affine_pair, standard_augment
+from breastus_training.augment import affine_pair, get_augmentation, standard_augment
 from breastus_training.busi import load_case, load_manifest
 from breastus_training.checkpoint import ResumeError, capture_rng_state, restore_rng_state
 from breastus_training.dataset import SegmentationDataset, preload_cases
@@ -262,7 +262,9 @@ def test_augmentation_depends_only_on_seed_epoch_and_index(dataset):
     assert not torch.equal(first[0], other_epoch[0])
 
 
-def test_standard_augmentation_moves_image_and_mask_together_and_never_flips_vertically():
+@pytest.mark.parametrize("name", ["standard", "strong"])
+def test_augmentation_moves_image_and_mask_together_and_never_flips_vertically(name):
+    augment = get_augmentation(name)
     image = torch.zeros(1, 64, 64)
     image[:, 8:24, 20:50] = 1.0  # a bright block near the top (the transducer side)
     mask = (image > 0.5).float()
@@ -270,7 +272,7 @@ def test_standard_augmentation_moves_image_and_mask_together_and_never_flips_ver
     assert torch.allclose(same_image, image, atol=1e-5) and torch.equal(same_mask, mask)
     rows = torch.arange(64, dtype=torch.float32)[:, None]
     for seed in range(20):
-        out_image, out_mask = standard_augment(image, mask, torch.Generator().manual_seed(seed))
+        out_image, out_mask = augment(image, mask, torch.Generator().manual_seed(seed))
         assert out_image.shape == image.shape and out_mask.shape == mask.shape
         assert 0.0 <= float(out_image.min()) and float(out_image.max()) <= 1.0
         assert set(out_mask.unique().tolist()) <= {0.0, 1.0}
@@ -278,3 +280,31 @@ def test_standard_augmentation_moves_image_and_mask_together_and_never_flips_ver
         bright = out_image[0] > out_image[0][out_mask[0] == 0].mean()
         overlap = (bright & (out_mask[0] > 0)).sum() / out_mask.sum()
         assert overlap > 0.8  # the mask follows the image's geometric transform
+
+
+def test_shift_moves_the_content_by_the_given_fraction_of_the_image():
+    image = torch.zeros(1, 40, 80)
+    image[:, 10:20, 10:30] = 1.0
+    mask = image.clone()
+    moved_image, moved_mask = affine_pair(image, mask, 0.0, 1.0, shift=(0.25, -0.25))  # 20 px right, 10 px up
+    assert torch.allclose(moved_image[:, 0:10, 30:50], image[:, 10:20, 10:30], atol=1e-5)
+    assert torch.equal(moved_mask[:, 0:10, 30:50], mask[:, 10:20, 10:30])
+    assert float(moved_mask.sum()) == float(mask.sum())
+
+
+def test_strong_augmentation_reaches_further_than_standard():
+    image = torch.zeros(1, 64, 64)
+    image[:, 24:40, 24:40] = 1.0
+    mask = image.clone()
+
+    def centre_spread(name):
+        augment = get_augmentation(name)
+        centres = []
+        for seed in range(40):
+            _, out_mask = augment(image, mask, torch.Generator().manual_seed(seed))
+            ys, xs = torch.nonzero(out_mask[0], as_tuple=True)
+            centres.append(float(ys.float().mean()))
+        return float(torch.tensor(centres).std())
+
+    assert centre_spread("standard") < 0.5  # rotation and zoom about the centre keep a centred block centred
+    assert centre_spread("strong") > 1.5  # the shift moves it

@@ -1,15 +1,29 @@
 """On-the-fly augmentation of a preprocessed image and its mask (tensors ``(1, H, W)``).
 
-``standard`` applies, each drawn from the given generator:
+Each augmentation applies, with values drawn from the given generator:
 
 * a horizontal flip (probability 0.5). Never a vertical flip: the transducer is
   always at the top of a breast ultrasound frame;
-* a rotation of up to +-10 degrees and a scaling of 0.9-1.1 about the centre,
-  the same ``affine_grid`` sampling the image (bilinear) and the mask (bilinear,
-  then thresholded at 0.5); outside pixels become 0 (black, like the frame border);
-* brightness (+-0.1), contrast (x0.8-1.2 about the mean) and gamma (0.8-1.25) jitter;
-* multiplicative speckle-like noise ``image * (1 + s * n)``, n ~ N(0, 1), s up to 0.1
+* a rotation and a scaling about the centre (and, for ``strong``, a shift), the
+  same ``affine_grid`` sampling the image (bilinear) and the mask (bilinear, then
+  thresholded at 0.5); outside pixels become 0 (black, like the frame border);
+* brightness, contrast (about the mean) and gamma jitter;
+* multiplicative speckle-like noise ``image * (1 + s * n)``, n ~ N(0, 1)
   (probability 0.5).
+
+The ranges:
+
+=============  ==========  ============  ===========
+range          standard    strong        unit
+=============  ==========  ============  ===========
+rotation       +-10        +-15          degrees
+scale          0.9-1.1     0.8-1.25      zoom factor
+shift          0           +-0.08        image size
+brightness     +-0.1       +-0.15        intensity
+contrast       0.8-1.2     0.7-1.3       factor
+gamma          0.8-1.25    0.7-1.4       exponent
+speckle sigma  up to 0.1   up to 0.15
+=============  ==========  ============  ===========
 
 The image is clamped to [0, 1] afterwards, the range ``prepare_input`` produces.
 """
@@ -17,38 +31,60 @@ The image is clamped to [0, 1] afterwards, the range ``prepare_input`` produces.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch.nn import functional as F
 
-AUGMENTATIONS = ("none", "standard")
-MAX_ROTATION_DEGREES = 10.0
-SCALE_RANGE = (0.9, 1.1)
+
+@dataclass(frozen=True)
+class AugmentRanges:
+    """How far each random transform of an augmentation may go."""
+
+    max_rotation_degrees: float
+    scale: tuple[float, float]
+    max_shift_fraction: float
+    max_brightness: float
+    contrast: tuple[float, float]
+    gamma: tuple[float, float]
+    max_speckle_sigma: float
+
+
+STANDARD = AugmentRanges(10.0, (0.9, 1.1), 0.0, 0.1, (0.8, 1.2), (0.8, 1.25), 0.1)
+STRONG = AugmentRanges(15.0, (0.8, 1.25), 0.08, 0.15, (0.7, 1.3), (0.7, 1.4), 0.15)
+RANGES = {"standard": STANDARD, "strong": STRONG}
+AUGMENTATIONS = ("none", *RANGES)
 
 
 def _uniform(generator: torch.Generator, low: float, high: float) -> float:
     return low + (high - low) * float(torch.rand((), generator=generator))
 
 
-def affine_pair(image: torch.Tensor, mask: torch.Tensor, angle_degrees: float, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotate by ``angle_degrees`` and zoom by ``scale`` (>1 enlarges) image and mask identically."""
+def affine_pair(image: torch.Tensor, mask: torch.Tensor, angle_degrees: float, scale: float,
+                shift: tuple[float, float] = (0.0, 0.0)) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate by ``angle_degrees``, zoom by ``scale`` (>1 enlarges) and move by ``shift``
+    (x, y as fractions of the width and height) image and mask identically."""
     angle = math.radians(angle_degrees)
     cos, sin = math.cos(angle) / scale, math.sin(angle) / scale
     height, width = image.shape[-2:]
     aspect = height / width  # keeps the rotation rigid on non-square inputs (normalised coordinates)
-    theta = torch.tensor([[cos, -sin * aspect, 0.0], [sin / aspect, cos, 0.0]], dtype=torch.float32)[None]
+    # affine_grid maps output to input coordinates, which span 2 per image side: moving the
+    # content by +f of the side means sampling from -2f.
+    theta = torch.tensor([[cos, -sin * aspect, -2.0 * shift[0]],
+                          [sin / aspect, cos, -2.0 * shift[1]]], dtype=torch.float32)[None]
     grid = F.affine_grid(theta, [1, 1, height, width], align_corners=False)
     both = torch.cat([image, mask], dim=0)[None]  # one sampling call for both
     warped = F.grid_sample(both, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
     return warped[:1], (warped[1:] >= 0.5).to(mask.dtype)
 
 
-def jitter_intensity(image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def jitter_intensity(image: torch.Tensor, generator: torch.Generator, ranges: AugmentRanges = STANDARD) -> torch.Tensor:
     """Brightness, contrast and gamma jitter, clamped to [0, 1]."""
-    image = image + _uniform(generator, -0.1, 0.1)
+    image = image + _uniform(generator, -ranges.max_brightness, ranges.max_brightness)
     mean = image.mean()
-    image = (image - mean) * _uniform(generator, 0.8, 1.2) + mean
-    gamma = math.exp(_uniform(generator, math.log(0.8), math.log(1.25)))
+    image = (image - mean) * _uniform(generator, *ranges.contrast) + mean
+    gamma = math.exp(_uniform(generator, math.log(ranges.gamma[0]), math.log(ranges.gamma[1])))
     return image.clamp(0.0, 1.0) ** gamma
 
 
@@ -59,23 +95,32 @@ def speckle_noise(image: torch.Tensor, generator: torch.Generator, max_sigma: fl
     return (image * (1.0 + sigma * noise)).clamp(0.0, 1.0)
 
 
-def standard_augment(image: torch.Tensor, mask: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``standard`` augmentation described in the module docstring."""
+def random_augment(image: torch.Tensor, mask: torch.Tensor, generator: torch.Generator,
+                   ranges: AugmentRanges) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flip, affine, intensity jitter and speckle within ``ranges`` (see the module docstring)."""
     if float(torch.rand((), generator=generator)) < 0.5:
         image, mask = image.flip(-1), mask.flip(-1)
-    angle = _uniform(generator, -MAX_ROTATION_DEGREES, MAX_ROTATION_DEGREES)
-    scale = _uniform(generator, *SCALE_RANGE)
-    image, mask = affine_pair(image, mask, angle, scale)
-    image = jitter_intensity(image, generator)
+    angle = _uniform(generator, -ranges.max_rotation_degrees, ranges.max_rotation_degrees)
+    scale = _uniform(generator, *ranges.scale)
+    shift = (0.0, 0.0)
+    if ranges.max_shift_fraction > 0:  # no draw otherwise, so "standard" keeps its random stream
+        limit = ranges.max_shift_fraction
+        shift = (_uniform(generator, -limit, limit), _uniform(generator, -limit, limit))
+    image, mask = affine_pair(image, mask, angle, scale, shift)
+    image = jitter_intensity(image, generator, ranges)
     if float(torch.rand((), generator=generator)) < 0.5:
-        image = speckle_noise(image, generator)
+        image = speckle_noise(image, generator, ranges.max_speckle_sigma)
     return image.contiguous(), mask.contiguous()
+
+
+standard_augment = partial(random_augment, ranges=STANDARD)
+strong_augment = partial(random_augment, ranges=STRONG)
 
 
 def get_augmentation(name: str):
     """The augmentation function for ``name`` ("none" gives None)."""
     if name == "none":
         return None
-    if name == "standard":
-        return standard_augment
+    if name in RANGES:
+        return partial(random_augment, ranges=RANGES[name])
     raise ValueError(f"unknown augmentation {name!r}; choose one of {', '.join(AUGMENTATIONS)}")

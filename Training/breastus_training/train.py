@@ -69,7 +69,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--loss", choices=("bce", "dice_bce"), default="bce", help="training loss (default bce)")
     parser.add_argument("--scheduler", choices=("none", "cosine", "plateau"), default="none",
                         help="learning-rate schedule (default none)")
-    parser.add_argument("--augment", choices=AUGMENTATIONS, default="standard", help="augmentation (default standard)")
+    parser.add_argument("--augment", choices=AUGMENTATIONS, default="standard",
+                        help="augmentation: standard, or strong (wider rotation, zoom and intensity "
+                             "ranges plus a shift); default standard")
     parser.add_argument("--patience", type=int, default=20,
                         help="stop after this many epochs without a better validation IoU; 0 disables (default 20)")
     parser.add_argument("--input-size", type=int, nargs="+", default=[256], metavar="N",
