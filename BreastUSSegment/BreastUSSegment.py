@@ -236,8 +236,8 @@ class BreastUSSegmentParameterNode:
     inputVolume: Union[vtkMRMLScalarVolumeNode, vtkMRMLVectorVolumeNode, None]
     outputSegmentation: vtkMRMLSegmentationNode
     # Defaults are the bundled model card's post-processing (chosen on BUSI val; a test keeps them equal).
-    threshold: Annotated[float, WithinRange(*THRESHOLD_RANGE)] = 0.4
-    minLesionConfidence: Annotated[float, WithinRange(*MIN_CONFIDENCE_RANGE)] = 0.85
+    threshold: Annotated[float, WithinRange(*THRESHOLD_RANGE)] = 0.5
+    minLesionConfidence: Annotated[float, WithinRange(*MIN_CONFIDENCE_RANGE)] = 0.75
     keepLargest: bool = False
     fillHoles: bool = True
     smoothing: bool = True
