@@ -130,3 +130,21 @@ def _check_spacing(spacing) -> tuple[float, float]:
     if len(values) != 2 or not all(np.isfinite(value) and value > 0 for value in values):
         raise ValueError(f"spacing must be two positive numbers (row, column), got {spacing!r}")
     return values
+
+
+# The attention lattice check: the share of an attention map's variance that a Gaussian blur of this
+# sigma (pixels of the network's input grid) removes. A map with a regular grid of hot spots loses much
+# of its variance to the blur; a smooth map, or a sharp lesion outline, very little.
+LATTICE_BLUR_SIGMA = 2.0
+LATTICE_MAX_FRACTION = 0.02
+
+
+def high_frequency_fraction(attention: np.ndarray, sigma: float = LATTICE_BLUR_SIGMA) -> float:
+    """``var(map - blur(map)) / var(map)`` of a 2-D map, blurred with a Gaussian of ``sigma`` pixels (0 for a flat map)."""
+    values = np.asarray(attention, dtype=np.float64)
+    if values.ndim != 2:
+        raise ValueError(f"expected a 2-D attention map, got shape {values.shape}")
+    variance = values.var()
+    if variance == 0:
+        return 0.0
+    return float((values - ndimage.gaussian_filter(values, sigma)).var() / variance)
