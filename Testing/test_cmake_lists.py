@@ -106,7 +106,7 @@ def test_top_level_is_a_slicer_extension():
     found = commands(path)
     names = [name for name, _ in found]
     assert names[0] == "cmake_minimum_required"
-    assert dict(found)["project"] == ["SlicerBreastUS"]
+    assert dict(found)["project"] == ["BreastUSSegment"]
     values = variables(path)
     for key in ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION",
                 "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS", "EXTENSION_DEPENDS"):
