@@ -1,27 +1,35 @@
-"""Writing files atomically: a reader sees the old file or the complete new one, never a part."""
+"""Writing files atomically: a reader never sees a half-written file, a failed write leaves the old one."""
 
 from __future__ import annotations
 
 import os
 import tempfile
 from pathlib import Path
+from typing import Callable
+
+SHARED_FILE_MODE = 0o644  # mkstemp creates owner-only files; outputs are meant to be shared
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, flush it to disk, then rename it over ``path``."""
+def write_atomically(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    """Call ``write(temporary_path)``, then rename that file over ``path``; return ``path``.
+
+    The temporary file lies in the same folder (created if missing), so the
+    rename is atomic; it is removed when ``write`` fails.
+    """
     path = Path(path)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(handle)
     try:
-        with os.fdopen(descriptor, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
+        write(temporary)
+        os.chmod(temporary, SHARED_FILE_MODE)
         os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+    return path
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """:func:`atomic_write_bytes` of ``text`` encoded as UTF-8."""
-    atomic_write_bytes(path, text.encode("utf-8"))
+def write_text_atomically(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` through :func:`write_atomically`."""
+    return write_atomically(path, lambda temporary: Path(temporary).write_text(text))

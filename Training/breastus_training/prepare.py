@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from BreastUSSegmentLib.fileio import atomic_write_text
+from BreastUSSegmentLib.fileio import write_text_atomically
 
 from .busi import MANIFEST_VERSION, SPLITS, DatasetError, cases_sha256, read_case_image, read_mask
 from .datasets import ADAPTERS, SourceCase, detect_adapter, natural_key
@@ -256,7 +256,7 @@ def write_manifest(manifest: dict, path: Path) -> None:
     if path.is_dir():
         raise DatasetError(f"--output {path} is a folder; give the manifest's file name, e.g. {path / 'split.json'}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, manifest_text(manifest))
+    write_text_atomically(path, manifest_text(manifest))
 
 
 def summary_table(manifest: dict) -> str:

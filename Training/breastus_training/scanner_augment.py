@@ -19,9 +19,9 @@ transform         what it imitates                                          rang
                                                                             down-sampling
 ``speckle``       speckle of another grain size                             grain 1-4 px,  0.3
                                                                             sigma 0.05-0.25
-``sector``        the dark outline of a convex probe around the image       bottom half-   0.2
-                                                                            width 0.5-0.75
-                                                                            of the frame
+``sector``        the dark outline of a convex probe around the image       fan 100-150%   0.2
+                                                                            of the width
+                                                                            at the bottom
 ``marks``         on-screen marks: caliper crosses, dotted lines, text     1-4 marks,     0.3
                                                                             brightness
                                                                             0.75-1
@@ -64,7 +64,7 @@ class ScannerRanges:
     speckle_grain: Tuple[float, float] = (1.0, 4.0)  # pixels
     speckle_sigma: Tuple[float, float] = (0.05, 0.25)
     sector_probability: float = 0.2
-    sector_bottom_half_width: Tuple[float, float] = (0.5, 0.75)  # of the frame width
+    sector_bottom_half_width: Tuple[float, float] = (1.0, 1.5)  # the fan's half-width at the bottom / half the width
     sector_apex_height: Tuple[float, float] = (0.3, 1.5)  # apex above the top edge, in frame heights
     marks_probability: float = 0.3
     marks_count: Tuple[int, int] = (1, 4)
@@ -192,7 +192,7 @@ def sector_mask(size: Tuple[int, int], generator: torch.Generator,
     """A ``(1, H, W)`` bool fan of a convex probe: apex above the top edge, straight sides, arc at the top."""
     height, width = size
     apex_height = uniform(generator, *ranges.sector_apex_height) * height
-    half_width = uniform(generator, *ranges.sector_bottom_half_width) * width
+    half_width = uniform(generator, *ranges.sector_bottom_half_width) * width / 2
     half_angle = math.atan2(half_width, apex_height + height)
     rows = torch.arange(height, dtype=torch.float32)[:, None] + 0.5 + apex_height
     columns = torch.arange(width, dtype=torch.float32)[None, :] + 0.5 - width / 2

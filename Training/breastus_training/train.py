@@ -46,7 +46,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from BreastUSSegmentLib.device import DEVICE_CHOICES, select_device
-from BreastUSSegmentLib.fileio import atomic_write_text
+from BreastUSSegmentLib.fileio import write_text_atomically
 from BreastUSSegmentLib.metrics import dice_score, iou_score
 from BreastUSSegmentLib.model import AttentionUNet, ModelConfig
 from BreastUSSegmentLib.weights import load_model, save_model, sha256_of_file
@@ -342,7 +342,7 @@ def write_metrics_csv(path: Path, history: list[dict]) -> None:
     writer = csv.DictWriter(stream, fieldnames=[*METRIC_COLUMNS, *extra], extrasaction="ignore")
     writer.writeheader()
     writer.writerows(history)
-    atomic_write_text(path, stream.getvalue())
+    write_text_atomically(path, stream.getvalue())
 
 
 def open_tensorboard(run_dir: Path, purge_step: int | None):
@@ -508,7 +508,7 @@ def write_run_record(run: Run) -> None:
               "train_cases": len(run.train_cases), "val_cases": len(run.val_cases),
               "world_size": run.context.world_size, "device": str(run.context.device), "precision": run.precision,
               "datasets": sorted(set(run.train_data.datasets or []))}
-    atomic_write_text(run.run_dir / "config.json", json.dumps(record, indent=2, sort_keys=True) + "\n")
+    write_text_atomically(run.run_dir / "config.json", json.dumps(record, indent=2, sort_keys=True) + "\n")
     print(f"training on {run.context.device} in {run.precision} ({run.context.world_size} process(es)): "
           f"{len(run.train_cases)} train, {len(run.val_cases)} val cases, {len(run.loader)} batches per epoch")
 
