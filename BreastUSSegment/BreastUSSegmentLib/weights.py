@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .fileio import write_atomically, write_text_atomically
 from .model import AttentionUNet, ModelConfig
 from .postprocessing import PostprocessOptions
 from .preprocessing import NORMALIZATION_NAME
@@ -71,20 +71,6 @@ def sha256_of_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def _write_atomically(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(handle)
-    try:
-        write(temporary)
-        os.chmod(temporary, 0o644)  # mkstemp creates owner-only files; weights and cards are meant to be shared
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-
-
 def save_model(
     model: AttentionUNet,
     weights_path: str | os.PathLike,
@@ -100,7 +86,7 @@ def save_model(
     if weights_path.suffix != ".safetensors":
         raise ValueError(f"weights must be saved as .safetensors, got {weights_path.name}")
     state = {key: value.detach().to("cpu", torch.float32).contiguous() for key, value in model.state_dict().items()}
-    _write_atomically(weights_path, lambda temporary: save_file(state, temporary, metadata={"format": "pt"}))
+    write_atomically(weights_path, lambda temporary: save_file(state, temporary, metadata={"format": "pt"}))
     card = ModelCard(
         model=model.config.to_dict(),
         input_size=[int(input_size[0]), int(input_size[1])],
@@ -112,8 +98,7 @@ def save_model(
     )
     if name:
         card.name = name
-    text = card.to_json()
-    _write_atomically(card_path_for(weights_path), lambda temporary: Path(temporary).write_text(text))
+    write_text_atomically(card_path_for(weights_path), card.to_json())
     return card
 
 

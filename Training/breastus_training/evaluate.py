@@ -38,6 +38,7 @@ import torch
 from tqdm import tqdm
 
 from BreastUSSegmentLib.device import DEVICE_CHOICES, select_device
+from BreastUSSegmentLib.fileio import write_text_atomically
 from BreastUSSegmentLib.inference import LesionSegmenter
 from BreastUSSegmentLib.metrics import dice_score, hausdorff95, iou_score, nan_summary, overlap_counts, pooled_iou_from_counts
 from BreastUSSegmentLib.weights import WeightsError, load_model
@@ -234,10 +235,8 @@ def markdown_report(report: dict) -> str:
 def write_report(output_dir: str | os.PathLike, report: dict) -> tuple[Path, Path]:
     """Write ``report.json`` and ``report.md`` into ``output_dir``."""
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    json_path, markdown_path = output_dir / "report.json", output_dir / "report.md"
-    json_path.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
-    markdown_path.write_text(markdown_report(report))
+    json_path = write_text_atomically(output_dir / "report.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
+    markdown_path = write_text_atomically(output_dir / "report.md", markdown_report(report))
     return json_path, markdown_path
 
 

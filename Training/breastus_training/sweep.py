@@ -27,6 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from BreastUSSegmentLib.device import DEVICE_CHOICES, select_device
+from BreastUSSegmentLib.fileio import write_text_atomically
 from BreastUSSegmentLib.metrics import dice_score, iou_score
 from BreastUSSegmentLib.postprocessing import PostprocessOptions, postprocess_mask
 from BreastUSSegmentLib.weights import WeightsError
@@ -186,6 +187,5 @@ def run(args: argparse.Namespace) -> int:
 
 def write_sweep(output_dir: str | os.PathLike, record: dict, table: str) -> None:
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "sweep.json").write_text(json.dumps(record, indent=2) + "\n")
-    (output_dir / "sweep.md").write_text(table)
+    write_text_atomically(output_dir / "sweep.json", json.dumps(record, indent=2) + "\n")
+    write_text_atomically(output_dir / "sweep.md", table)
