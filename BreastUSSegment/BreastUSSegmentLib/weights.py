@@ -39,10 +39,10 @@ class ModelCard:
     input_size: list[int]
     sha256: str
     weights_file: str
+    postprocessing: dict  # every setting of PostprocessOptions: the card is their only source
     name: str = "BreastUS Attention U-Net"
     format_version: int = FORMAT_VERSION
     normalization: str = NORMALIZATION_NAME
-    postprocessing: dict = field(default_factory=lambda: PostprocessOptions().to_dict())
     training: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
 
@@ -76,12 +76,15 @@ def save_model(
     weights_path: str | os.PathLike,
     *,
     input_size: tuple[int, int] = (256, 256),
-    postprocessing: PostprocessOptions | None = None,
+    postprocessing: PostprocessOptions,
     training: dict | None = None,
     metrics: dict | None = None,
     name: str | None = None,
 ) -> ModelCard:
-    """Write ``weights_path`` (.safetensors) and its model card; return the card."""
+    """Write ``weights_path`` (.safetensors) and its model card; return the card.
+
+    ``postprocessing`` is required: a card always carries the model's complete post-processing.
+    """
     weights_path = Path(weights_path)
     if weights_path.suffix != ".safetensors":
         raise ValueError(f"weights must be saved as .safetensors, got {weights_path.name}")
@@ -92,7 +95,7 @@ def save_model(
         input_size=[int(input_size[0]), int(input_size[1])],
         sha256=sha256_of_file(weights_path),
         weights_file=weights_path.name,
-        postprocessing=(postprocessing or PostprocessOptions()).to_dict(),
+        postprocessing=postprocessing.to_dict(),
         training=dict(training or {}),
         metrics=dict(metrics or {}),
     )
@@ -109,7 +112,7 @@ def read_model_card(weights_path: str | os.PathLike) -> ModelCard:
         raise WeightsError(f"model card not found: {card_path} (expected beside the weights file)")
     try:
         values = json.loads(card_path.read_text())
-        card = ModelCard(**values)
+        card = ModelCard(**{"postprocessing": {}, **values})  # a missing block is reported by its settings
         card.model_config  # validates the architecture block
         card.postprocess_options
     except (ValueError, TypeError) as error:

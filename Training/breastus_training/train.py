@@ -505,8 +505,12 @@ def train_one_epoch(model, loader, optimizer, scaler, loss_fn, device, use_amp, 
 
 
 def save_weights(model: AttentionUNet, path: Path, config: dict, epoch: int, scores: dict, **training_extra) -> None:
-    """Save ``model`` as ``path`` with its model card: training provenance (plus ``training_extra``) and val scores."""
+    """Save ``model`` as ``path`` with its model card: training provenance (plus ``training_extra``), val scores
+    and the complete untuned post-processing (``sweep`` on val, then ``export``, choose the model's own)."""
+    from BreastUSSegmentLib.postprocessing import UNTUNED_POSTPROCESSING
+
     training = {**config, "epoch": epoch, "val_iou": scores["val_iou"], "git_commit": git_commit(),
                 "split_sha256": config["split_sha256"], "dataset": "BUSI", **training_extra}
     metrics = {"val": {"dice": scores["val_dice"], "iou": scores["val_iou"], "loss": scores["val_loss"], "epoch": epoch}}
-    save_model(model, path, input_size=tuple(config["input_size"]), training=training, metrics=metrics)
+    save_model(model, path, input_size=tuple(config["input_size"]), postprocessing=UNTUNED_POSTPROCESSING,
+               training=training, metrics=metrics)
