@@ -8,7 +8,5 @@ from pathlib import Path
 
 __version__ = "0.1.0"
 
-MODULE_DIR = Path(__file__).resolve().parent.parent
-RESOURCES_DIR = MODULE_DIR / "Resources"
-BUNDLED_WEIGHTS = RESOURCES_DIR / "Models" / "breastus_attention_unet.safetensors"
-SAMPLES_DIR = RESOURCES_DIR / "Samples"
+# The trained model ships inside the package (package data), so every installation has it.
+BUNDLED_WEIGHTS = Path(__file__).resolve().parent / "bundled" / "breastus_attention_unet.safetensors"
