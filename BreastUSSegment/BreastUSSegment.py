@@ -19,6 +19,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Callable, List, Optional, Union
@@ -85,7 +86,7 @@ except ImportError:  # slicer-core has no parameter node wrapper: keep the class
         minimum: float
         maximum: float
 
-from BreastUSSegmentLib import BUNDLED_WEIGHTS
+from BreastUSSegmentLib import BUNDLED_WEIGHTS, dependencies
 from BreastUSSegmentLib.measure import LesionMeasurement, measure_frames
 
 if TYPE_CHECKING:  # the pipeline imports PyTorch, which is installed on first use
@@ -126,9 +127,8 @@ MIN_CONFIDENCE_RANGE = (0.0, 0.95)
 LABELMAP_SUFFIXES = (".nrrd", ".nii", ".nii.gz")
 SAMPLES_DIR = Path(__file__).resolve().parent / "Resources" / "Samples"
 SAMPLE_NAMES = ("breastus_sample_benign", "breastus_sample_malignant")
-# Python packages the inference needs besides PyTorch: (import name, pip requirement).
-PYTHON_REQUIREMENTS = (("safetensors", "safetensors>=0.4"), ("scipy", "scipy"))
-MINIMUM_TORCH = ">=2.5"
+# Import names of the core's dependencies (BreastUSSegmentLib/dependencies.txt) that differ from their pip names.
+IMPORT_NAMES = {"pillow": "PIL"}
 # Raw parameter of the parameter node: the model file whose card set the post-processing fields.
 POSTPROCESSING_SOURCE_PARAMETER = "BreastUSSegment.PostprocessingFrom"
 
@@ -481,11 +481,11 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 return False
             torchLogic = PyTorchUtils.PyTorchUtilsLogic()
             if not torchLogic.torchInstalled():
-                torch = torchLogic.installTorch(askConfirmation=True, torchVersionRequirement=MINIMUM_TORCH)
+                torch = torchLogic.installTorch(askConfirmation=True, torchVersionRequirement=torchVersionRequirement())
                 if torch is None:
                     self._setStatus(_("PyTorch is required to segment; installation was cancelled."), error=True)
                     return False
-        missing = [requirement for module, requirement in PYTHON_REQUIREMENTS if importlib.util.find_spec(module) is None]
+        missing = [requirement for module, requirement in pipRequirements() if importlib.util.find_spec(module) is None]
         if missing:
             if not slicer.util.confirmOkCancelDisplay(
                 _("This module needs the Python packages {packages}. Download and install them now?").format(
@@ -528,6 +528,22 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             logging.exception(title)
             self._setStatus(f"{title}: {error}", error=True)
             return None
+
+
+def _requirementName(requirement: str) -> str:
+    return re.match(r"[A-Za-z0-9._-]+", requirement).group(0)
+
+
+def torchVersionRequirement() -> str:
+    """The core's PyTorch version requirement, e.g. ``>=2.5``, for the PyTorch extension's installer."""
+    [torch] = [requirement for requirement in dependencies() if _requirementName(requirement) == "torch"]
+    return torch[len("torch"):].strip()
+
+
+def pipRequirements() -> list:
+    """``(import name, requirement)`` of each of the core's dependencies but PyTorch, which its extension installs."""
+    return [(IMPORT_NAMES.get(_requirementName(requirement), _requirementName(requirement)), requirement)
+            for requirement in dependencies() if _requirementName(requirement) != "torch"]
 
 
 #

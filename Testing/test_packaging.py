@@ -1,5 +1,6 @@
 """A wheel built from pyproject.toml carries the trained model, and the core finds it inside the package."""
 
+import re
 import subprocess
 import sys
 import zipfile
@@ -42,3 +43,17 @@ def test_core_loads_the_bundled_model_from_the_unpacked_wheel(wheel, tmp_path):
     bundled, cli_default = result.stdout.split()
     assert bundled == cli_default
     assert Path(bundled).is_relative_to(tmp_path) and Path(bundled).is_file()
+
+
+def test_wheel_requires_the_one_dependency_list_and_the_lock_pins_each(wheel):
+    from BreastUSSegmentLib import dependencies
+
+    archive = zipfile.ZipFile(wheel)
+    [metadata] = [name for name in archive.namelist() if name.endswith(".dist-info/METADATA")]
+    required = [line.split(":", 1)[1].strip() for line in archive.read(metadata).decode().splitlines()
+                if line.startswith("Requires-Dist:")]
+    assert required == dependencies()
+    pinned = {line.split("==")[0].strip().lower() for line in (ROOT / "requirements.txt").read_text().splitlines()
+              if "==" in line and not line.startswith("#")}
+    names = {re.match(r"[A-Za-z0-9._-]+", requirement).group(0).lower() for requirement in dependencies()}
+    assert names <= pinned, f"not pinned in requirements.txt: {sorted(names - pinned)}"

@@ -514,6 +514,18 @@ def test_panel_post_processing_follows_the_chosen_models_card_one_way(logic, tmp
     assert not follow(panel) and "model card not found" in panel.statuses[-1][0]
 
 
+def test_python_requirements_come_from_the_cores_dependency_list():
+    """The packages the panel checks and installs are the core's own list (PyTorch through its extension)."""
+    import importlib.util
+
+    from BreastUSSegmentLib import dependencies
+
+    checked = BUS.pipRequirements()
+    assert [requirement for _, requirement in checked] == [r for r in dependencies() if not r.startswith("torch")]
+    assert all(importlib.util.find_spec(name) is not None for name, _ in checked)  # the import names are right
+    assert any(r == "torch" + BUS.torchVersionRequirement() for r in dependencies())
+
+
 def test_sample_sources_list_only_existing_frames(tmp_path):
     assert BUS.sampleDataSources(tmp_path) == []
     (tmp_path / "breastus_sample_benign.png").write_bytes(b"png bytes")
