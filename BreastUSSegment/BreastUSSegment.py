@@ -19,10 +19,10 @@ import hashlib
 import importlib.util
 import logging
 import os
-import traceback
-from dataclasses import dataclass, field, replace
+import re
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Annotated, Any, Callable, List, Optional, Union
+from typing import TYPE_CHECKING, Annotated, Any, Callable, List, Optional, Union
 
 import numpy as np
 import vtk
@@ -90,8 +90,11 @@ except ImportError:  # slicer-core has no parameter node wrapper: keep the class
         minimum: float
         maximum: float
 
-from BreastUSSegmentLib import BUNDLED_WEIGHTS, SAMPLES_DIR
+from BreastUSSegmentLib import BUNDLED_WEIGHTS, dependencies
 from BreastUSSegmentLib.measure import LesionMeasurement, measure_frames
+
+if TYPE_CHECKING:  # the pipeline imports PyTorch, which is installed on first use
+    from BreastUSSegmentLib.inference import ProgressCallback
 
 #
 # Constants shared by the Logic, the widget and the tests
@@ -134,12 +137,12 @@ DEFAULT_ATTENTION_OPACITY = 0.4
 THRESHOLD_RANGE = (0.05, 0.95)
 MIN_CONFIDENCE_RANGE = (0.0, 0.95)
 LABELMAP_SUFFIXES = (".nrrd", ".nii", ".nii.gz")
+SAMPLES_DIR = Path(__file__).resolve().parent / "Resources" / "Samples"
 SAMPLE_NAMES = ("breastus_sample_benign", "breastus_sample_malignant")
-# Python packages the inference needs besides PyTorch: (import name, pip requirement).
-PYTHON_REQUIREMENTS = (("safetensors", "safetensors>=0.4"), ("scipy", "scipy"))
-MINIMUM_TORCH = ">=2.5"
-
-ProgressCallback = Callable[[int, int], None]
+# Import names of the core's dependencies (BreastUSSegmentLib/dependencies.txt) that differ from their pip names.
+IMPORT_NAMES = {"pillow": "PIL"}
+# Raw parameter of the parameter node: the model file whose card set the post-processing fields.
+POSTPROCESSING_SOURCE_PARAMETER = "BreastUSSegment.PostprocessingFrom"
 
 
 class BreastUSSegmentError(ValueError):
@@ -220,15 +223,18 @@ def registerSampleData():
 
 
 class DeviceChoice(enum.Enum):
-    """Where the network runs."""
+    """Where the network runs. Values are the core's device names (``BreastUSSegmentLib.device.DEVICE_CHOICES``);
+    saved scenes store the member names."""
 
     AUTO = "auto"
     CPU = "cpu"
-    GPU = "gpu"
+    GPU = "cuda"
+    MPS = "mps"
 
     @staticmethod
     def label(member):
-        return {"AUTO": _("Auto (GPU if available)"), "CPU": _("CPU"), "GPU": _("GPU (CUDA)")}[member.name]
+        return {"AUTO": _("Auto (GPU if available)"), "CPU": _("CPU"), "GPU": _("GPU (CUDA)"),
+                "MPS": _("Apple GPU (MPS)")}[member.name]
 
 
 @parameterNodeWrapper
@@ -238,23 +244,25 @@ class BreastUSSegmentParameterNode:
     inputVolume - the ultrasound frame, cine clip or RGB screenshot to segment.
     outputSegmentation - receives the "Lesion" segment (created when empty).
     threshold - probability above which a pixel is lesion.
-    minLesionConfidence - regions whose mean probability is below this are discarded (0 keeps all).
+    minConfidence - regions whose mean probability is below this are discarded (0 keeps all).
     keepLargest, fillHoles, smoothing - post-processing steps.
-    testTimeAugmentation - also segment the mirrored image and average.
+    testTimeFlip - also segment the mirrored image and average.
     device - where the network runs.
     showAttention, attentionOpacity - the attention overlay in the slice views.
     createProbabilityVolume - also write the probability map as a volume.
+
+    The post-processing fields (threshold to smoothing) come from the model card of the chosen
+    model (see ``BreastUSSegmentWidget.followModelCard``); the values below only hold their place.
     """
 
     inputVolume: Union[vtkMRMLScalarVolumeNode, vtkMRMLVectorVolumeNode, None]
     outputSegmentation: vtkMRMLSegmentationNode
-    # Defaults are the bundled model card's post-processing (chosen on BUSI val; a test keeps them equal).
-    threshold: Annotated[float, WithinRange(*THRESHOLD_RANGE)] = 0.5
-    minLesionConfidence: Annotated[float, WithinRange(*MIN_CONFIDENCE_RANGE)] = 0.75
+    threshold: Annotated[float, WithinRange(*THRESHOLD_RANGE)] = THRESHOLD_RANGE[0]
+    minConfidence: Annotated[float, WithinRange(*MIN_CONFIDENCE_RANGE)] = MIN_CONFIDENCE_RANGE[0]
     keepLargest: bool = False
-    fillHoles: bool = True
-    smoothing: bool = True
-    testTimeAugmentation: bool = False
+    fillHoles: bool = False
+    smoothing: bool = False
+    testTimeFlip: bool = False
     device: DeviceChoice = DeviceChoice.AUTO
     showAttention: bool = True
     attentionOpacity: Annotated[float, WithinRange(0.0, 1.0)] = DEFAULT_ATTENTION_OPACITY
@@ -303,8 +311,6 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.onModelPathChanged)
 
         self.initializeParameterNode()
-        if self.ui.modelPathLineEdit.currentPath:  # a model chosen in an earlier session (restored from settings)
-            self.onModelPathChanged(self.ui.modelPathLineEdit.currentPath)
 
     def cleanup(self) -> None:
         self.removeObservers()
@@ -326,8 +332,9 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.initializeParameterNode()
 
     def initializeParameterNode(self) -> None:
-        """Use the scene's parameter node and pick the first volume if none is selected."""
+        """Use the scene's parameter node, with the chosen model's post-processing, and pick the first volume if none is selected."""
         self.setParameterNode(self.logic.getParameterNode())
+        self.followModelCard()
         if not self._parameterNode.inputVolume:
             firstVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
             if firstVolume and not firstVolume.IsA("vtkMRMLLabelMapVolumeNode"):
@@ -368,7 +375,7 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSegmentButton(self) -> None:
         parameters = self._parameterNode
-        if not self._ensurePythonDependencies():
+        if not self._ensurePythonDependencies() or not self.followModelCard():
             return
         inputVolume = parameters.inputVolume
         segmentationNode = parameters.outputSegmentation
@@ -377,33 +384,17 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 "vtkMRMLSegmentationNode", slicer.mrmlScene.GenerateUniqueName(f"{inputVolume.GetName()} lesion")
             )
             parameters.outputSegmentation = segmentationNode
-        weightsPath = self.ui.modelPathLineEdit.currentPath.strip() or None
+        options = SegmentationOptions.fromParameterNode(parameters, self._modelPath())
 
         self._setBusy(True)
         self._setStatus(_("Segmenting..."))
         try:
-            with slicer.util.WaitCursor():
-                output = self.logic.segment(
-                    inputVolume,
-                    segmentationNode,
-                    weightsPath=weightsPath,
-                    device=parameters.device.value,
-                    threshold=parameters.threshold,
-                    minMeanProbability=parameters.minLesionConfidence,
-                    keepLargest=parameters.keepLargest,
-                    fillHoles=parameters.fillHoles,
-                    smoothing=parameters.smoothing,
-                    testTimeFlip=parameters.testTimeAugmentation,
-                    showAttention=parameters.showAttention,
-                    attentionOpacity=parameters.attentionOpacity,
-                    createProbabilityVolume=parameters.createProbabilityVolume,
-                    progressCallback=self._onProgress,
-                )
-        except Exception as error:  # every failure is shown in the panel, not only in the log
-            self._showError(_("Segmentation failed"), error)
-            return
+            output = self._tryShowingError(_("Segmentation failed"), lambda: self.logic.segment(
+                inputVolume, segmentationNode, options, progressCallback=self._onProgress))
         finally:
             self._setBusy(False)
+        if output is None:
+            return
         if self.ui.modelPathLineEdit.currentPath:
             self.ui.modelPathLineEdit.addCurrentPathToHistory()
         slicer.util.resetSliceViews()
@@ -417,23 +408,37 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         path = path.strip()
         if self._parameterNode is None or (path and not Path(path).is_file()):
             return  # a path still being typed
+        self.followModelCard(force=True)
+
+    def followModelCard(self, force: bool = False) -> bool:
+        """Give the parameter node the chosen model's post-processing, from its card, unless it already has it.
+
+        The card is the one source of these values: a new parameter node, or one set from another model,
+        is filled from it; ``force`` fills it again. Returns False when the card cannot be read.
+        """
+        parameterNode = self._parameterNode.parameterNode
+        source = str(self._modelPath() or BUNDLED_WEIGHTS)
+        if not force and parameterNode.GetParameter(POSTPROCESSING_SOURCE_PARAMETER) == source:
+            return True
         try:
-            values = self.logic.postprocessingParameters(path or None)
+            values = self.logic.postprocessingParameters(self._modelPath())
         except BreastUSSegmentError as error:
             self._setStatus(str(error), error=True)
-            return
+            return False
         for name, value in values.items():
             setattr(self._parameterNode, name, value)
-        self._setStatus(_("Post-processing options set from the model card of {model}.").format(
-            model=Path(path).name if path else _("the bundled model")))
+        parameterNode.SetParameter(POSTPROCESSING_SOURCE_PARAMETER, source)
+        if force:
+            self._setStatus(_("Post-processing options set from the model card of {model}.").format(
+                model=Path(source).name))
+        return True
 
     def onMeasureButton(self) -> None:
         """Measure the Lesion segment again, e.g. after editing it in Segment Editor."""
         parameters = self._parameterNode
-        try:
-            measurements = self.logic.measureLesion(parameters.outputSegmentation, parameters.inputVolume)
-        except Exception as error:
-            self._showError(_("Measurement failed"), error)
+        measurements = self._tryShowingError(
+            _("Measurement failed"), lambda: self.logic.measureLesion(parameters.outputSegmentation, parameters.inputVolume))
+        if measurements is None:
             return
         self._setStatus(self.logic.measurementSummary(measurements, self.logic.volumeSpacing(parameters.inputVolume)))
 
@@ -466,13 +471,11 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 _("{path} already exists. Replace it?").format(path=path)
             ):
                 return
-        try:
-            with slicer.util.WaitCursor():
-                labelmap = self.logic.exportLabelmap(parameters.outputSegmentation, parameters.inputVolume, path, overwrite=True)
-            _removeLabelmapNode(labelmap)  # the file is the result; keep the scene uncluttered
-        except Exception as error:
-            self._showError(_("Export failed"), error)
+        labelmap = self._tryShowingError(_("Export failed"), lambda: self.logic.exportLabelmap(
+            parameters.outputSegmentation, parameters.inputVolume, path, overwrite=True))
+        if labelmap is None:
             return
+        _removeLabelmapNode(labelmap)  # the file is the result; keep the scene uncluttered
         settings.setValue("BreastUSSegment/ExportFolder", os.path.dirname(path))
         self._setStatus(_("Lesion labelmap written to {path}").format(path=path))
 
@@ -484,21 +487,18 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             try:
                 import PyTorchUtils
             except ModuleNotFoundError:
-                self._showError(
-                    _("PyTorch is missing"),
-                    BreastUSSegmentError(
-                        _("This module needs PyTorch. Install the 'PyTorch' extension from the Extensions Manager, "
-                          "restart Slicer and click Segment lesion again.")
-                    ),
-                )
+                message = _("This module needs PyTorch. Install the 'PyTorch' extension from the Extensions Manager, "
+                            "restart Slicer and click Segment lesion again.")
+                self._setStatus(message, error=True)
+                slicer.util.errorDisplay(message)
                 return False
             torchLogic = PyTorchUtils.PyTorchUtilsLogic()
             if not torchLogic.torchInstalled():
-                torch = torchLogic.installTorch(askConfirmation=True, torchVersionRequirement=MINIMUM_TORCH)
+                torch = torchLogic.installTorch(askConfirmation=True, torchVersionRequirement=torchVersionRequirement())
                 if torch is None:
                     self._setStatus(_("PyTorch is required to segment; installation was cancelled."), error=True)
                     return False
-        missing = [requirement for module, requirement in PYTHON_REQUIREMENTS if importlib.util.find_spec(module) is None]
+        missing = [requirement for module, requirement in pipRequirements() if importlib.util.find_spec(module) is None]
         if missing:
             if not slicer.util.confirmOkCancelDisplay(
                 _("This module needs the Python packages {packages}. Download and install them now?").format(
@@ -527,17 +527,90 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.statusLabel.text = text
         self.ui.statusLabel.styleSheet = "color: #c0392b;" if error else ""
 
-    def _showError(self, title: str, error: Exception) -> None:
-        message = f"{title}: {error}"
-        details = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-        logging.error(message + "\n" + details)
-        self._setStatus(message, error=True)
-        slicer.util.errorDisplay(message, detailedText=details)
+    def _modelPath(self) -> Optional[str]:
+        """The model file chosen under Advanced, or None for the bundled model."""
+        return self.ui.modelPathLineEdit.currentPath.strip() or None
+
+    def _tryShowingError(self, title: str, action: Callable[[], Any]):
+        """``action()``'s result; on failure None, the error in the status line and in Slicer's error dialog
+        (``slicer.util.tryWithErrorDisplay``, with the traceback as details)."""
+        try:
+            with slicer.util.tryWithErrorDisplay(title, waitCursor=True):
+                return action()
+        except Exception as error:  # every failure is shown in the panel, not only in the log
+            logging.exception(title)
+            self._setStatus(f"{title}: {error}", error=True)
+            return None
+
+
+def _requirementName(requirement: str) -> str:
+    return re.match(r"[A-Za-z0-9._-]+", requirement).group(0)
+
+
+def torchVersionRequirement() -> str:
+    """The core's PyTorch version requirement, e.g. ``>=2.5``, for the PyTorch extension's installer."""
+    [torch] = [requirement for requirement in dependencies() if _requirementName(requirement) == "torch"]
+    return torch[len("torch"):].strip()
+
+
+def pipRequirements() -> list:
+    """``(import name, requirement)`` of each of the core's dependencies but PyTorch, which its extension installs."""
+    return [(IMPORT_NAMES.get(_requirementName(requirement), _requirementName(requirement)), requirement)
+            for requirement in dependencies() if _requirementName(requirement) != "torch"]
 
 
 #
 # BreastUSSegmentLogic
 #
+
+
+@dataclass(frozen=True)
+class SegmentationOptions:
+    """Everything :meth:`BreastUSSegmentLogic.segment` does besides its input and output nodes.
+
+    The names are the parameter node's. Post-processing settings left as None keep the model card's value.
+    """
+
+    weightsPath: Optional[str] = None  # None: the bundled model
+    device: str = "auto"  # one of the core's device names
+    threshold: Optional[float] = None
+    minConfidence: Optional[float] = None
+    keepLargest: Optional[bool] = None
+    fillHoles: Optional[bool] = None
+    smoothing: Optional[bool] = None  # on: the card's smoothing strength (the untuned one when the card has none)
+    testTimeFlip: bool = False
+    showAttention: bool = True
+    attentionOpacity: float = DEFAULT_ATTENTION_OPACITY
+    createProbabilityVolume: bool = False
+
+    @classmethod
+    def fromParameterNode(cls, parameters, weightsPath=None) -> "SegmentationOptions":
+        """The panel's choices: every field of the same name in the parameter node."""
+        values = {f.name: getattr(parameters, f.name) for f in fields(cls) if f.name not in ("weightsPath", "device")}
+        return cls(weightsPath=weightsPath, device=parameters.device.value, **values)
+
+    def postprocessing(self, card):
+        """The model card's ``PostprocessOptions`` with these choices applied (the panel's names mapped to the core's)."""
+        from BreastUSSegmentLib.postprocessing import UNTUNED_POSTPROCESSING
+
+        smoothingSigma = None
+        if self.smoothing is not None:
+            smoothingSigma = (card.smoothing_sigma or UNTUNED_POSTPROCESSING.smoothing_sigma) if self.smoothing else 0.0
+        try:
+            return card.with_overrides(
+                threshold=_optional(float, self.threshold),
+                min_mean_probability=_optional(float, self.minConfidence),
+                keep_largest=_optional(bool, self.keepLargest),
+                fill_holes=_optional(bool, self.fillHoles),
+                smoothing_sigma=smoothingSigma,
+            )
+        except ValueError as error:
+            raise BreastUSSegmentError(_("Invalid post-processing option: {error}").format(error=error)) from error
+
+
+def _optional(convert, value):
+    """``convert(value)``, or None for None."""
+    return None if value is None else convert(value)
 
 
 @dataclass
@@ -654,7 +727,7 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
 
         return {
             "threshold": clamp(options.threshold, THRESHOLD_RANGE),
-            "minLesionConfidence": clamp(options.min_mean_probability, MIN_CONFIDENCE_RANGE),
+            "minConfidence": clamp(options.min_mean_probability, MIN_CONFIDENCE_RANGE),
             "keepLargest": options.keep_largest,
             "fillHoles": options.fill_holes,
             "smoothing": options.smoothing_sigma > 0,
@@ -686,110 +759,89 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
                 raise BreastUSSegmentError(_("Cannot load the model {path}: {error}").format(path=path, error=error)) from error
         return self._segmenters[key]
 
-    def clearModelCache(self) -> None:
-        self._segmenters.clear()
-
     # --- Segmentation ---
 
-    def segment(
-        self,
-        inputVolumeNode,
-        outputSegmentationNode=None,
-        weightsPath=None,
-        device: str = "auto",
-        threshold: Optional[float] = None,
-        minMeanProbability: Optional[float] = None,
-        keepLargest: Optional[bool] = None,
-        fillHoles: Optional[bool] = None,
-        smoothing: Optional[bool] = None,
-        testTimeFlip: bool = False,
-        showAttention: bool = True,
-        attentionOpacity: float = DEFAULT_ATTENTION_OPACITY,
-        createProbabilityVolume: bool = False,
-        progressCallback: Optional[ProgressCallback] = None,
-    ) -> SegmentationOutput:
+    def segment(self, inputVolumeNode, outputSegmentationNode=None, options: Optional[SegmentationOptions] = None,
+                progressCallback: Optional["ProgressCallback"] = None) -> SegmentationOutput:
         """Segment every frame of ``inputVolumeNode`` into the "Lesion" segment of the output segmentation.
 
-        Post-processing options left as ``None`` follow the model card. Only the
-        module's own segment is replaced; other segments are left untouched.
-        A new segmentation node is created when ``outputSegmentationNode`` is None.
+        ``options`` (defaults: the bundled model and its card's post-processing) choose the model, the
+        device, the post-processing and the outputs. Only the module's own segment is replaced; other
+        segments are left untouched. A new segmentation node is created when ``outputSegmentationNode`` is None.
         """
+        options = options or SegmentationOptions()
         frames, color = self.inputArray(inputVolumeNode)
+        outputSegmentationNode = self._outputSegmentation(inputVolumeNode, outputSegmentationNode)
+        segmenter = self.segmenter(options.weightsPath, options.device)
+        postprocessing = options.postprocessing(segmenter.postprocessing)
+        logging.info(f"BreastUSSegment: segmenting {inputVolumeNode.GetName()} {frames.shape} on {segmenter.device}")
+        result = segmenter.segment(
+            frames, color=color, test_time_flip=options.testTimeFlip, postprocessing=postprocessing,
+            progress=progressCallback,
+        )
+        segmentId = self._writeSegmentation(outputSegmentationNode, result.processed_mask, inputVolumeNode)
+        attentionVolume, probabilityVolume = self._writeResultVolumes(outputSegmentationNode, result, inputVolumeNode, options)
+        self.showAttentionOverlay(inputVolumeNode, attentionVolume, options.showAttention, options.attentionOpacity)
+        return self._output(outputSegmentationNode, segmentId, attentionVolume, probabilityVolume, result,
+                            postprocessing, inputVolumeNode)
+
+    @staticmethod
+    def _outputSegmentation(inputVolumeNode, outputSegmentationNode):
+        """The given output segmentation (it must be in the input's scene), or a new one named after the input."""
         scene = inputVolumeNode.GetScene()
         if scene is None:
             raise BreastUSSegmentError(_("Input volume '{name}' is not in a scene.").format(name=inputVolumeNode.GetName()))
         if outputSegmentationNode is None:
-            outputSegmentationNode = scene.AddNewNodeByClass(
+            return scene.AddNewNodeByClass(
                 "vtkMRMLSegmentationNode", scene.GenerateUniqueName(f"{inputVolumeNode.GetName()} lesion")
             )
-        elif outputSegmentationNode.GetScene() is not scene:
+        if outputSegmentationNode.GetScene() is not scene:
             raise BreastUSSegmentError(_("The output segmentation and the input volume are in different scenes."))
+        return outputSegmentationNode
 
-        segmenter = self.segmenter(weightsPath, device)
-        options = self.postprocessOptions(
-            segmenter.postprocessing, threshold, keepLargest, fillHoles, smoothing, minMeanProbability
-        )
-        logging.info(f"BreastUSSegment: segmenting {inputVolumeNode.GetName()} {frames.shape} on {segmenter.device}")
-        result = segmenter.segment(
-            frames, color=color, test_time_flip=testTimeFlip, postprocessing=options, progress=progressCallback
-        )
+    def _writeSegmentation(self, segmentationNode, masks, inputVolumeNode) -> str:
+        """Put ``masks`` into the module's segment on the input's geometry, with a surface to show in 3D."""
+        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(inputVolumeNode)
+        segmentId = self.writeLesionSegment(segmentationNode, masks, inputVolumeNode)
+        segmentationNode.CreateDefaultDisplayNodes()
+        segmentationNode.CreateClosedSurfaceRepresentation()
+        return segmentId
 
-        outputSegmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(inputVolumeNode)
-        segmentId = self.writeLesionSegment(outputSegmentationNode, result.processed_mask, inputVolumeNode)
-        outputSegmentationNode.CreateDefaultDisplayNodes()
-        outputSegmentationNode.CreateClosedSurfaceRepresentation()
+    def _writeResultVolumes(self, segmentationNode, result, inputVolumeNode, options: SegmentationOptions):
+        """The attention volume and (when asked for) the probability volume, or None in its place."""
+        from BreastUSSegmentLib.visualize import attention_display_range
 
         baseName = inputVolumeNode.GetName()
         # The overlay's colour window spans what the gates actually did (their values sit in a narrow band).
-        from BreastUSSegmentLib.inference import attention_display_range
-
-        attentionRange = attention_display_range(result.combined_attention)
         attentionVolume = self.updateResultVolume(
-            outputSegmentationNode, ATTENTION_REFERENCE_ROLE, f"{baseName} attention", result.combined_attention,
-            inputVolumeNode, displayRange=attentionRange,
+            segmentationNode, ATTENTION_REFERENCE_ROLE, f"{baseName} attention", result.combined_attention,
+            inputVolumeNode, displayRange=attention_display_range(result.combined_attention),
         )
         probabilityVolume = None
-        if createProbabilityVolume:
+        if options.createProbabilityVolume:
             probabilityVolume = self.updateResultVolume(
-                outputSegmentationNode, PROBABILITY_REFERENCE_ROLE, f"{baseName} probability", result.probability, inputVolumeNode
+                segmentationNode, PROBABILITY_REFERENCE_ROLE, f"{baseName} probability", result.probability, inputVolumeNode
             )
-        self.showAttentionOverlay(inputVolumeNode, attentionVolume, showAttention, attentionOpacity)
+        return attentionVolume, probabilityVolume
 
+    def _output(self, segmentationNode, segmentId, attentionVolume, probabilityVolume, result, postprocessing,
+                inputVolumeNode) -> SegmentationOutput:
+        """What :meth:`segment` returns: the nodes, the lesion's measurements and, for an empty result,
+        the strongest candidate Min. confidence hid."""
         from BreastUSSegmentLib.postprocessing import strongest_hidden_confidence
 
-        measurements = measure_frames(result.processed_mask, self.volumeSpacing(inputVolumeNode))
         return SegmentationOutput(
-            segmentationNode=outputSegmentationNode,
+            segmentationNode=segmentationNode,
             segmentId=segmentId,
             attentionVolumeNode=attentionVolume,
             probabilityVolumeNode=probabilityVolume,
-            measurements=measurements,
+            measurements=measure_frames(result.processed_mask, self.volumeSpacing(inputVolumeNode)),
             pipelineResult=result,
-            postprocessing=options,
+            postprocessing=postprocessing,
             # Only an empty result needs it (for the status line); a long clip is not labelled twice otherwise.
             hiddenConfidence=(None if result.processed_mask.any()
-                              else strongest_hidden_confidence(result.probability, options)),
+                              else strongest_hidden_confidence(result.probability, postprocessing)),
         )
-
-    @staticmethod
-    def postprocessOptions(base, threshold=None, keepLargest=None, fillHoles=None, smoothing=None, minMeanProbability=None):
-        """``base`` (the model card's options) with the panel's choices applied; ``None`` keeps the card's value."""
-        changes = {}
-        if threshold is not None:
-            changes["threshold"] = float(threshold)
-        if minMeanProbability is not None:
-            changes["min_mean_probability"] = float(minMeanProbability)
-        if keepLargest is not None:
-            changes["keep_largest"] = bool(keepLargest)
-        if fillHoles is not None:
-            changes["fill_holes"] = bool(fillHoles)
-        if smoothing is not None:
-            defaultSigma = type(base)().smoothing_sigma
-            changes["smoothing_sigma"] = (base.smoothing_sigma or defaultSigma) if smoothing else 0.0
-        try:
-            return replace(base, **changes)
-        except ValueError as error:
-            raise BreastUSSegmentError(_("Invalid post-processing option: {error}").format(error=error)) from error
 
     # --- Segments ---
 
@@ -920,16 +972,23 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def showAttentionOverlay(backgroundVolumeNode, attentionVolumeNode, show: bool = True,
                              opacity: float = DEFAULT_ATTENTION_OPACITY) -> None:
-        """Show the attention map over the image in every slice view of the scene (or hide it)."""
+        """Show the attention map over the image in every slice view (or hide it).
+
+        Slice views show the application's scene (``slicer.mrmlScene``); nodes of another scene
+        (a batch script's) have no view to be shown in, so nothing is done for them.
+        """
         scene = attentionVolumeNode.GetScene()
+        if scene is None or getattr(slicer, "mrmlScene", None) is not scene:
+            return
+        if show:
+            slicer.util.setSliceViewerLayers(background=backgroundVolumeNode, foreground=attentionVolumeNode,
+                                              foregroundOpacity=float(opacity))
+            return
+        slicer.util.setSliceViewerLayers(background=backgroundVolumeNode)
         compositeNodes = scene.GetNodesByClass("vtkMRMLSliceCompositeNode")
-        for index in range(compositeNodes.GetNumberOfItems()):
+        for index in range(compositeNodes.GetNumberOfItems()):  # hide only our overlay, not another foreground
             composite = compositeNodes.GetItemAsObject(index)
-            composite.SetBackgroundVolumeID(backgroundVolumeNode.GetID())
-            if show:
-                composite.SetForegroundVolumeID(attentionVolumeNode.GetID())
-                composite.SetForegroundOpacity(float(opacity))
-            elif composite.GetForegroundVolumeID() == attentionVolumeNode.GetID():
+            if composite.GetForegroundVolumeID() == attentionVolumeNode.GetID():
                 composite.SetForegroundVolumeID(None)
 
     # --- Measurement and export ---
@@ -1087,6 +1146,7 @@ class BreastUSSegmentTest(ScriptedLoadableModuleTest):
 
         from BreastUSSegmentLib.inference import LesionSegmenter
         from BreastUSSegmentLib.model import AttentionUNet, ModelConfig
+        from BreastUSSegmentLib.postprocessing import UNTUNED_POSTPROCESSING
         from BreastUSSegmentLib.weights import save_model
 
         self.delayDisplay("Segmenting a synthetic frame with a tiny model")
@@ -1097,14 +1157,15 @@ class BreastUSSegmentTest(ScriptedLoadableModuleTest):
         volume.SetSpacing(0.2, 0.3, 1.0)
         with tempfile.TemporaryDirectory() as folder:
             weights = os.path.join(folder, "tiny.safetensors")
-            save_model(AttentionUNet(ModelConfig(base_channels=4, depth=2)), weights, input_size=(64, 64))
+            save_model(AttentionUNet(ModelConfig(base_channels=4, depth=2)), weights, input_size=(64, 64),
+                       postprocessing=UNTUNED_POSTPROCESSING)
             reference = LesionSegmenter.from_weights(weights, device="cpu")
             threshold = float(np.quantile(reference.segment(frame).probability, 0.6))
-            expected = reference.segment(frame, postprocessing=BreastUSSegmentLogic.postprocessOptions(
-                reference.postprocessing, threshold)).processed_mask
+            options = SegmentationOptions(weightsPath=weights, device="cpu", threshold=threshold)
+            expected = reference.segment(frame, postprocessing=options.postprocessing(reference.postprocessing)).processed_mask
             logic = BreastUSSegmentLogic()
-            output = logic.segment(volume, weightsPath=weights, device="cpu", threshold=threshold)
-            again = logic.segment(volume, output.segmentationNode, weightsPath=weights, device="cpu", threshold=threshold)
+            output = logic.segment(volume, options=options)
+            again = logic.segment(volume, output.segmentationNode, options)
         self.assertEqual(output.segmentId, again.segmentId)
         self.assertEqual(output.segmentationNode.GetSegmentation().GetNumberOfSegments(), 1)
         actual = slicer.util.arrayFromSegmentBinaryLabelmap(output.segmentationNode, output.segmentId, volume)
@@ -1125,7 +1186,7 @@ class BreastUSSegmentTest(ScriptedLoadableModuleTest):
         for name, path, _digest in sources:
             self.delayDisplay(f"Segmenting sample {name}")
             volume = SampleData.downloadSample(name)
-            output = logic.segment(volume, device="auto")
+            output = logic.segment(volume)
             mask = slicer.util.loadVolume(str(path.with_name(f"{name}_mask.png")), {"labelmap": True, "show": False})
             reference = slicer.util.arrayFromVolume(mask)
             if reference.ndim == 4:

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 MODULE_PATH = Path(__file__).resolve().parents[1] / "BreastUSSegment" / "BreastUSSegment.py"
+SAMPLES_DIR = MODULE_PATH.parent / "Resources" / "Samples"  # the module's sample frames
 
 
 def load_module():

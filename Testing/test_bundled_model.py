@@ -5,8 +5,9 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
+from slicer_module import SAMPLES_DIR
 
-from BreastUSSegmentLib import BUNDLED_WEIGHTS, SAMPLES_DIR
+from BreastUSSegmentLib import BUNDLED_WEIGHTS
 from BreastUSSegmentLib.inference import LesionSegmenter
 from BreastUSSegmentLib.metrics import dice_score
 from BreastUSSegmentLib.weights import card_path_for, read_model_card, sha256_of_file

@@ -8,6 +8,7 @@ from PIL import Image
 
 from BreastUSSegmentLib.cli import main
 from BreastUSSegmentLib.model import AttentionUNet, ModelConfig
+from BreastUSSegmentLib.postprocessing import UNTUNED_POSTPROCESSING
 from BreastUSSegmentLib.weights import save_model
 
 
@@ -31,7 +32,7 @@ def weights(tmp_path_factory):
         model.head.weight[0, 0] = 40.0
         model.head.bias.fill_(-20.0)
     path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
-    save_model(model, path, input_size=(64, 64))
+    save_model(model, path, input_size=(64, 64), postprocessing=UNTUNED_POSTPROCESSING)
     return path
 
 

@@ -76,7 +76,8 @@ def test_module_lists_every_python_file(module_variables):
 def test_module_lists_every_resource_file(module_variables):
     listed = module_variables["MODULE_PYTHON_RESOURCES"]
     assert len(listed) == len(set(listed)), "a resource is listed twice"
-    on_disk = files_on_disk(MODULE_DIR / "Resources", "*")
+    package_data = files_on_disk(MODULE_DIR / "BreastUSSegmentLib", "*") - files_on_disk(MODULE_DIR / "BreastUSSegmentLib", "*.py")
+    on_disk = files_on_disk(MODULE_DIR / "Resources", "*") | package_data
     assert set(listed) == on_disk, (
         f"not listed: {sorted(on_disk - set(listed))}; listed but missing: {sorted(set(listed) - on_disk)}"
     )

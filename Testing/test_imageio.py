@@ -5,12 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
 from PIL import Image
 
 from BreastUSSegmentLib.imageio import ImageReadError, ImageWriteError, LoadedImage, read_image, write_image
-from BreastUSSegmentLib.inference import LesionSegmenter
-from BreastUSSegmentLib.model import AttentionUNet, ModelConfig
 
 HEIGHT, WIDTH = 20, 28
 
@@ -347,13 +344,6 @@ def test_write_refuses_non_positive_spacing(tmp_path):
 # ---------------------------------------------------------------- the images feed the pipeline
 
 
-@pytest.fixture(scope="module")
-def segmenter():
-    torch.manual_seed(0)
-    model = AttentionUNet(ModelConfig(base_channels=4, depth=2))
-    return LesionSegmenter(model, input_size=(32, 32), device="cpu")
-
-
 LAYOUTS = {
     "gray": lambda: Image.fromarray(random_array((HEIGHT, WIDTH), seed=11)),
     "rgb": lambda: Image.fromarray(random_array((HEIGHT, WIDTH, 3), seed=12)),
@@ -363,10 +353,10 @@ LAYOUTS = {
 
 
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
-def test_read_images_feed_the_segmenter(tmp_path, segmenter, layout):
+def test_read_images_feed_the_segmenter(tmp_path, tiny_segmenter, layout):
     LAYOUTS[layout]().save(tmp_path / f"{layout}.png")
     image = read_image(tmp_path / f"{layout}.png")
-    result = segmenter.segment(image.pixels, color=image.color)
+    result = tiny_segmenter.segment(image.pixels, color=image.color)
     expected = (image.frame_count, *image.frame_shape)
     assert expected == (1, HEIGHT, WIDTH)
     assert result.probability.shape == expected

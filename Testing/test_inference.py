@@ -7,7 +7,7 @@ import torch
 from BreastUSSegmentLib.device import select_device
 from BreastUSSegmentLib.inference import LesionSegmenter
 from BreastUSSegmentLib.model import AttentionUNet, ModelConfig
-from BreastUSSegmentLib.postprocessing import PostprocessOptions
+from BreastUSSegmentLib.postprocessing import PostprocessOptions, UNTUNED_POSTPROCESSING
 from BreastUSSegmentLib.weights import save_model
 
 
@@ -15,7 +15,7 @@ from BreastUSSegmentLib.weights import save_model
 def segmenter():
     torch.manual_seed(0)
     model = AttentionUNet(ModelConfig(base_channels=4, depth=3, dropout=0.0))
-    return LesionSegmenter(model, input_size=(64, 64), device="cpu")
+    return LesionSegmenter(model, (64, 64), UNTUNED_POSTPROCESSING, device="cpu")
 
 
 def gray_frame(height=70, width=90, seed=0):
@@ -76,7 +76,8 @@ def test_postprocessing_override_and_progress(segmenter):
     calls = []
     result = segmenter.segment(
         np.random.default_rng(8).random((5, 40, 40)),
-        postprocessing=PostprocessOptions(threshold=0.01, min_area_fraction=0, keep_largest=False, fill_holes=False, smoothing_sigma=0),
+        postprocessing=PostprocessOptions(threshold=0.01, min_area_fraction=0, min_mean_probability=0, keep_largest=False,
+                                          fill_holes=False, smoothing_sigma=0),
         batch_size=2,
         progress=lambda done, total: calls.append((done, total)),
     )
@@ -89,15 +90,18 @@ def test_from_weights_uses_the_card(tmp_path):
     with torch.no_grad():
         model.head.bias.fill_(20.0)  # everything is lesion
     path = tmp_path / "m.safetensors"
-    save_model(model, path, input_size=(32, 48), postprocessing=PostprocessOptions(threshold=0.7))
+    save_model(model, path, input_size=(32, 48), postprocessing=UNTUNED_POSTPROCESSING.with_overrides(threshold=0.7))
     loaded = LesionSegmenter.from_weights(path, device="cpu")
     assert loaded.input_size == (32, 48) and loaded.postprocessing.threshold == 0.7
+    assert loaded.card.sha256 and loaded.card.postprocess_options == loaded.postprocessing
+    changed = LesionSegmenter.from_weights(path, device="cpu", threshold=0.3, keep_largest=None)
+    assert changed.postprocessing == loaded.postprocessing.with_overrides(threshold=0.3)
     assert loaded.segment(gray_frame(50, 60)).processed_mask.all()
 
 
 def test_input_size_must_suit_the_model():
     with pytest.raises(ValueError, match="multiple of 8"):
-        LesionSegmenter(AttentionUNet(ModelConfig(base_channels=2, depth=3)), input_size=(60, 64), device="cpu")
+        LesionSegmenter(AttentionUNet(ModelConfig(base_channels=2, depth=3)), (60, 64), UNTUNED_POSTPROCESSING, device="cpu")
 
 
 def test_device_selection():
@@ -107,7 +111,7 @@ def test_device_selection():
         select_device("tpu")
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="CUDA was requested"):
-            select_device("gpu")
+            select_device("cuda")
 
 
 class _OutOfMemoryOnce(torch.nn.Module):
@@ -125,7 +129,9 @@ class _OutOfMemoryOnce(torch.nn.Module):
 
 
 def test_out_of_memory_falls_back_to_cpu_with_warning(caplog):
-    segmenter = LesionSegmenter(_OutOfMemoryOnce(AttentionUNet(ModelConfig(base_channels=2, depth=2))), (32, 32), device="cpu")
+    segmenter = LesionSegmenter(
+        _OutOfMemoryOnce(AttentionUNet(ModelConfig(base_channels=2, depth=2))), (32, 32), UNTUNED_POSTPROCESSING, device="cpu"
+    )
     segmenter.device = torch.device("meta")  # pretend an accelerator is in use
     result = segmenter.segment(gray_frame(40, 40))
     assert segmenter.device.type == "cpu" and result.probability.shape == (1, 40, 40)

@@ -5,11 +5,11 @@ import math
 import numpy as np
 import pytest
 
+from BreastUSSegmentLib.measure import boundary_pixels
 from BreastUSSegmentLib.metrics import (
     dice_score,
     hausdorff95,
     iou_score,
-    mask_surface,
     nan_summary,
     overlap_counts,
     pooled_iou,
@@ -57,11 +57,11 @@ def test_pooled_iou_weights_large_lesions_more_than_the_mean():
 
 def test_surface_of_a_square_is_its_border_ring():
     mask = square((12, 12), 2, 3, 5)
-    surface = mask_surface(mask)
+    surface = boundary_pixels(mask)
     assert surface.sum() == 4 * 5 - 4
     assert not surface[4, 5] and surface[2, 3] and surface[6, 7]
     # A pixel on the image edge is a boundary pixel.
-    assert mask_surface(np.ones((3, 3), bool)).sum() == 8
+    assert boundary_pixels(np.ones((3, 3), bool)).sum() == 8
 
 
 def test_hausdorff95_of_identical_masks_is_zero():

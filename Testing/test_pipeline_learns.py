@@ -7,6 +7,7 @@ import torch
 from BreastUSSegmentLib.inference import LesionSegmenter
 from BreastUSSegmentLib.metrics import LATTICE_BLUR_SIGMA, LATTICE_MAX_FRACTION, dice_score, high_frequency_fraction
 from BreastUSSegmentLib.model import AttentionUNet, ModelConfig
+from BreastUSSegmentLib.postprocessing import UNTUNED_POSTPROCESSING
 from BreastUSSegmentLib.preprocessing import prepare_input, resize_frames
 
 INPUT_SIZE = (64, 64)
@@ -46,7 +47,7 @@ def test_short_training_finds_planted_lesions():
         losses.append(loss.item())
     assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:5])
 
-    segmenter = LesionSegmenter(model, INPUT_SIZE, device="cpu")
+    segmenter = LesionSegmenter(model, INPUT_SIZE, UNTUNED_POSTPROCESSING, device="cpu")
     result = segmenter.segment(np.stack([frame for frame, _ in test]))
     dices = [dice_score(pred, truth) for pred, (_, truth) in zip(result.processed_mask, test)]
     chance = np.mean([dice_score(np.ones_like(truth), truth) for _, truth in test])  # predict everything

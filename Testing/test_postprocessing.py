@@ -9,6 +9,7 @@ from scipy import ndimage
 from BreastUSSegmentLib.postprocessing import (
     fill_holes,
     PostprocessOptions,
+    UNTUNED_POSTPROCESSING,
     keep_largest_component,
     postprocess_frames,
     postprocess_mask,
@@ -17,6 +18,11 @@ from BreastUSSegmentLib.postprocessing import (
     smooth_boundary,
     strongest_hidden_confidence,
 )
+
+def untuned(**settings):
+    """The untuned post-processing with ``settings`` changed."""
+    return dataclasses.replace(UNTUNED_POSTPROCESSING, **settings)
+
 
 RAW_ONLY = dict(min_area_fraction=0.0, keep_largest=False, fill_holes=False, smoothing_sigma=0.0)
 
@@ -29,7 +35,7 @@ def disc(shape, center, radius):
 def test_threshold_only_equals_raw_mask():
     probability = np.random.default_rng(0).random((40, 50)).astype(np.float32)
     for threshold in (0.3, 0.5, 0.8):
-        mask = postprocess_mask(probability, PostprocessOptions(threshold=threshold, **RAW_ONLY))
+        mask = postprocess_mask(probability, untuned(threshold=threshold, **RAW_ONLY))
         np.testing.assert_array_equal(mask, probability >= threshold)
 
 
@@ -39,7 +45,7 @@ def test_small_components_removed_by_area_fraction():
     mask[60:65, 60:65] = True  # 25 px
     kept = remove_small_components(mask, 26)
     assert kept[15, 15] and not kept[62, 62]
-    options = PostprocessOptions(min_area_fraction=0.003, keep_largest=False, fill_holes=False, smoothing_sigma=0)
+    options = untuned(min_area_fraction=0.003, keep_largest=False, fill_holes=False, smoothing_sigma=0)
     assert postprocess_mask(mask.astype(np.float32), options).sum() == 400
 
 
@@ -53,7 +59,7 @@ def test_uncertain_components_removed_by_mean_probability():
     assert kept[15, 15] and not kept[70, 70]
     np.testing.assert_array_equal(remove_uncertain_components(mask, probability, 0.0), mask)
     # In the pipeline the filter runs before keep-largest, so the confident lesion survives.
-    options = PostprocessOptions(min_mean_probability=0.8, min_area_fraction=0, fill_holes=False, smoothing_sigma=0)
+    options = untuned(min_mean_probability=0.8, min_area_fraction=0, fill_holes=False, smoothing_sigma=0)
     assert postprocess_mask(probability, options).sum() == 400
     assert postprocess_mask(probability, dataclasses.replace(options, min_mean_probability=0)).sum() == 900
 
@@ -64,7 +70,7 @@ def test_strongest_hidden_confidence_reports_the_best_region_the_confidence_bar_
     probability[0, 60:90, 60:90] = 0.7  # hidden by a bar of 0.8
     probability[1, 40:70, 40:70] = 0.75  # hidden, the strongest of the stack
     probability[1, 5:8, 5:8] = 0.79  # 9 px: removed as too small, not by the bar
-    options = PostprocessOptions(threshold=0.5, min_area_fraction=0.005, min_mean_probability=0.8)
+    options = untuned(threshold=0.5, min_area_fraction=0.005, min_mean_probability=0.8)
     assert strongest_hidden_confidence(probability, options) == pytest.approx(0.75)
     assert strongest_hidden_confidence(probability[0], options) == pytest.approx(0.7)
     assert strongest_hidden_confidence(probability[0], dataclasses.replace(options, min_mean_probability=0.6)) is None
@@ -85,7 +91,7 @@ def test_keep_largest_component():
 
 def test_fill_holes():
     ring = disc((60, 60), (30, 30), 20) & ~disc((60, 60), (30, 30), 8)
-    filled = postprocess_mask(ring.astype(np.float32), PostprocessOptions(**{**RAW_ONLY, "fill_holes": True}))
+    filled = postprocess_mask(ring.astype(np.float32), untuned(**{**RAW_ONLY, "fill_holes": True}))
     np.testing.assert_array_equal(filled, disc((60, 60), (30, 30), 20))
 
 
@@ -112,7 +118,7 @@ def test_smoothing_removes_jagged_boundary_but_keeps_a_disc():
 def test_empty_probability_stays_empty_and_frames_are_independent():
     probabilities = np.zeros((3, 32, 32), np.float32)
     probabilities[1][disc((32, 32), (16, 16), 6)] = 0.9
-    masks = postprocess_frames(probabilities)
+    masks = postprocess_frames(probabilities, UNTUNED_POSTPROCESSING)
     assert masks.shape == (3, 32, 32) and masks.dtype == bool
     assert not masks[0].any() and masks[1].any() and not masks[2].any()
 
@@ -120,16 +126,23 @@ def test_empty_probability_stays_empty_and_frames_are_independent():
 @pytest.mark.parametrize("bad", [dict(threshold=0.0), dict(threshold=1.0), dict(min_area_fraction=-0.1), dict(min_mean_probability=1.0), dict(smoothing_sigma=-1)])
 def test_invalid_options(bad):
     with pytest.raises(ValueError):
-        PostprocessOptions(**bad)
+        untuned(**bad)
 
 
 def test_options_round_trip_ignores_unknown_keys():
-    options = PostprocessOptions(threshold=0.4, keep_largest=False)
+    options = untuned(threshold=0.4, keep_largest=False)
     assert PostprocessOptions.from_dict({**options.to_dict(), "future_option": 1}) == options
 
 
+def test_options_from_a_card_block_need_every_setting():
+    block = UNTUNED_POSTPROCESSING.to_dict()
+    del block["min_mean_probability"]
+    with pytest.raises(ValueError, match="lacks min_mean_probability"):
+        PostprocessOptions.from_dict(block)
+
+
 def test_with_overrides_changes_only_given_settings_and_validates():
-    base = PostprocessOptions(threshold=0.6, min_mean_probability=0.75, keep_largest=False)
+    base = untuned(threshold=0.6, min_mean_probability=0.75, keep_largest=False)
     changed = base.with_overrides(threshold=0.4, min_mean_probability=None, keep_largest=None)
     assert changed == dataclasses.replace(base, threshold=0.4)
     assert base.with_overrides() == base

@@ -1,5 +1,7 @@
 """The Slicer module's Logic on real MRML scenes (slicer-core), with a tiny model saved by the tests."""
 
+import ast
+import dataclasses
 import hashlib
 import math
 import sys
@@ -17,6 +19,7 @@ import slicer
 from BreastUSSegmentLib.inference import LesionSegmenter
 from BreastUSSegmentLib.measure import measure_frames
 from BreastUSSegmentLib.model import AttentionUNet, ModelConfig
+from BreastUSSegmentLib.postprocessing import UNTUNED_POSTPROCESSING
 from BreastUSSegmentLib.weights import save_model
 
 SHAPE = (48, 64)  # rows, columns of the synthetic frames
@@ -31,11 +34,8 @@ BUS = load_module()
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    save_model(AttentionUNet(ModelConfig(base_channels=4, depth=2, dropout=0.0)), path, input_size=(64, 64))
-    return path
+def weights(tiny_weights):
+    return tiny_weights
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +50,11 @@ def logic():
 
 
 @pytest.fixture
-def scene():
-    return slicer.vtkMRMLScene()
+def scene(monkeypatch):
+    """A fresh scene, bound as the application's scene (``slicer.mrmlScene``) whose slice views show overlays."""
+    scene = slicer.vtkMRMLScene()
+    monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
+    return scene
 
 
 def frame(seed=0, shape=SHAPE):
@@ -85,7 +88,7 @@ def ijk_to_ras(node):
 
 
 def expected_result(reference, image, threshold, color=None):
-    options = BUS.BreastUSSegmentLogic.postprocessOptions(reference.postprocessing, threshold)
+    options = BUS.SegmentationOptions(threshold=threshold).postprocessing(reference.postprocessing)
     return reference.segment(image, color=color, postprocessing=options)
 
 
@@ -99,12 +102,14 @@ def test_minimum_confidence_discards_lukewarm_regions(scene, logic, weights, ref
     image = frame()
     volume = add_volume(scene, image[np.newaxis])
     threshold = split_threshold(reference, image)
-    kept = logic.segment(volume, weightsPath=weights, device="cpu", threshold=threshold, minMeanProbability=0.0)
+    kept = logic.segment(volume, options=BUS.SegmentationOptions(
+        weightsPath=weights, device="cpu", threshold=threshold, minConfidence=0.0))
     lesion = kept.pipelineResult.processed_mask[0]
     assert lesion.any()
     region_mean = float(kept.pipelineResult.probability[0][lesion].mean())
     above = min(region_mean + 0.02, 0.99)
-    dropped = logic.segment(volume, weightsPath=weights, device="cpu", threshold=threshold, minMeanProbability=above)
+    dropped = logic.segment(volume, options=BUS.SegmentationOptions(
+        weightsPath=weights, device="cpu", threshold=threshold, minConfidence=above))
     assert not dropped.pipelineResult.processed_mask.any()
     assert not logic.arrayFromSegment(dropped.segmentationNode, dropped.segmentId, volume).any()
     # The user is told what was hidden and how far it is from the bar.
@@ -117,7 +122,6 @@ def test_minimum_confidence_discards_lukewarm_regions(scene, logic, weights, ref
 
 def test_postprocessing_parameters_follow_the_chosen_models_card(logic, tmp_path):
     """Choosing a model file sets the panel's post-processing to that model's card (fields the panel binds)."""
-    from BreastUSSegmentLib.postprocessing import PostprocessOptions
     from BreastUSSegmentLib.weights import read_model_card
 
     fields = set(BUS.BreastUSSegmentParameterNode.__annotations__)
@@ -125,20 +129,20 @@ def test_postprocessing_parameters_follow_the_chosen_models_card(logic, tmp_path
     values = logic.postprocessingParameters()
     assert set(values) <= fields
     assert values["threshold"] == pytest.approx(bundled.threshold)
-    assert values["minLesionConfidence"] == pytest.approx(bundled.min_mean_probability)
+    assert values["minConfidence"] == pytest.approx(bundled.min_mean_probability)
 
     custom = tmp_path / "custom.safetensors"
-    options = PostprocessOptions(threshold=0.3, min_mean_probability=0.5, keep_largest=True, fill_holes=False,
-                                 smoothing_sigma=0.0)
+    options = UNTUNED_POSTPROCESSING.with_overrides(threshold=0.3, min_mean_probability=0.5, keep_largest=True,
+                                                   fill_holes=False, smoothing_sigma=0.0)
     save_model(AttentionUNet(ModelConfig(base_channels=4, depth=2)), custom, input_size=(64, 64), postprocessing=options)
     assert logic.postprocessingParameters(str(custom)) == {
-        "threshold": 0.3, "minLesionConfidence": 0.5, "keepLargest": True, "fillHoles": False, "smoothing": False}
+        "threshold": 0.3, "minConfidence": 0.5, "keepLargest": True, "fillHoles": False, "smoothing": False}
 
     # A card outside the sliders' ranges starts the sliders at their ends.
     save_model(AttentionUNet(ModelConfig(base_channels=4, depth=2)), custom, input_size=(64, 64),
-               postprocessing=PostprocessOptions(threshold=0.98, min_mean_probability=0.99))
+               postprocessing=UNTUNED_POSTPROCESSING.with_overrides(threshold=0.98, min_mean_probability=0.99))
     values = logic.postprocessingParameters(str(custom))
-    assert (values["threshold"], values["minLesionConfidence"]) == (BUS.THRESHOLD_RANGE[1], BUS.MIN_CONFIDENCE_RANGE[1])
+    assert (values["threshold"], values["minConfidence"]) == (BUS.THRESHOLD_RANGE[1], BUS.MIN_CONFIDENCE_RANGE[1])
 
     custom.with_suffix(".json").unlink()
     with pytest.raises(BUS.BreastUSSegmentError, match="model card not found"):
@@ -159,7 +163,7 @@ def test_lesion_segment_equals_pipeline_mask_on_input_geometry(scene, logic, wei
     expected = expected_result(reference, image, threshold).processed_mask
     assert 0 < expected.sum() < expected.size
 
-    output = logic.segment(volume, weightsPath=weights, device="cpu", threshold=threshold)
+    output = logic.segment(volume, options=BUS.SegmentationOptions(weightsPath=weights, device="cpu", threshold=threshold))
     segmentation_node = output.segmentationNode
     assert segmentation_node.GetScene() is scene
     np.testing.assert_array_equal(logic.arrayFromSegment(segmentation_node, output.segmentId, volume), expected)
@@ -235,7 +239,7 @@ def test_seg_nrrd_written_and_read_back_identical(scene, logic, weights, referen
     volume = add_volume(scene, image[np.newaxis])
     threshold = split_threshold(reference, image)
     expected = expected_result(reference, image, threshold).processed_mask
-    output = logic.segment(volume, weightsPath=weights, device="cpu", threshold=threshold)
+    output = logic.segment(volume, options=BUS.SegmentationOptions(weightsPath=weights, device="cpu", threshold=threshold))
 
     path = tmp_path / "lesion.seg.nrrd"
     writer = slicer.vtkMRMLSegmentationStorageNode()
@@ -270,7 +274,7 @@ def test_labelmap_export_nrrd_and_nifti_match_mask_and_geometry(scene, logic, we
     volume = add_volume(scene, image[np.newaxis])
     threshold = split_threshold(reference, image)
     expected = expected_result(reference, image, threshold).processed_mask
-    output = logic.segment(volume, weightsPath=weights, device="cpu", threshold=threshold)
+    output = logic.segment(volume, options=BUS.SegmentationOptions(weightsPath=weights, device="cpu", threshold=threshold))
 
     for name in ("lesion.nrrd", "lesion.nii.gz"):
         path = tmp_path / name
@@ -303,7 +307,7 @@ def test_rgb_vector_volume_is_converted_by_the_core(scene, logic, weights, refer
     volume = add_volume(scene, rgb[np.newaxis], className="vtkMRMLVectorVolumeNode")
     threshold = split_threshold(reference, rgb)
     expected = expected_result(reference, rgb, threshold).processed_mask  # the 2-D RGB frame as a user would pass it
-    output = logic.segment(volume, weightsPath=weights, device="cpu", threshold=threshold)
+    output = logic.segment(volume, options=BUS.SegmentationOptions(weightsPath=weights, device="cpu", threshold=threshold))
     np.testing.assert_array_equal(logic.arrayFromSegment(output.segmentationNode, output.segmentId, volume), expected)
 
 
@@ -314,9 +318,8 @@ def test_multi_slice_volume_segments_every_frame(scene, logic, weights, referenc
     expected = expected_result(reference, clip, threshold).processed_mask
     assert not np.array_equal(expected[0], expected[1])
     progress = []
-    output = logic.segment(
-        volume, weightsPath=weights, device="cpu", threshold=threshold, progressCallback=lambda d, t: progress.append((d, t))
-    )
+    output = logic.segment(volume, options=BUS.SegmentationOptions(weightsPath=weights, device="cpu", threshold=threshold),
+                           progressCallback=lambda done, total: progress.append((done, total)))
     np.testing.assert_array_equal(logic.arrayFromSegment(output.segmentationNode, output.segmentId, volume), expected)
     assert progress[-1] == (3, 3)
     assert len(output.measurements) == 3
@@ -340,12 +343,12 @@ def test_user_segments_preserved_and_lesion_replaced_not_duplicated(scene, logic
     logic.updateSegmentFromArray(segmentation_node, named_id, named_mask, volume)
 
     low = split_threshold(reference, image)
-    first = logic.segment(volume, segmentation_node, weightsPath=weights, device="cpu", threshold=low)
+    first = logic.segment(volume, segmentation_node, BUS.SegmentationOptions(weightsPath=weights, device="cpu", threshold=low))
     assert first.segmentId not in (user_id, named_id)
     segmentation.GetSegment(first.segmentId).SetName("Lesion (edited name)")
 
     high = float(np.quantile(reference.segment(image).probability, 0.8))
-    second = logic.segment(volume, segmentation_node, weightsPath=weights, device="cpu", threshold=high)
+    second = logic.segment(volume, segmentation_node, BUS.SegmentationOptions(weightsPath=weights, device="cpu", threshold=high))
     assert second.segmentId == first.segmentId
     assert sorted(segment_ids(segmentation_node)) == sorted([user_id, named_id, first.segmentId])
     expected = expected_result(reference, image, high).processed_mask
@@ -362,9 +365,8 @@ def test_attention_volume_geometry_colour_and_slice_views(scene, logic, weights,
     threshold = split_threshold(reference, image)
     result = expected_result(reference, image, threshold)
 
-    output = logic.segment(
-        volume, weightsPath=weights, device="cpu", threshold=threshold, attentionOpacity=0.3, createProbabilityVolume=True
-    )
+    output = logic.segment(volume, options=BUS.SegmentationOptions(
+        weightsPath=weights, device="cpu", threshold=threshold, attentionOpacity=0.3, createProbabilityVolume=True))
     attention = output.attentionVolumeNode
     np.testing.assert_allclose(ijk_to_ras(attention), ijk_to_ras(volume))
     assert attention.GetImageData().GetDimensions() == volume.GetImageData().GetDimensions()
@@ -378,7 +380,8 @@ def test_attention_volume_geometry_colour_and_slice_views(scene, logic, weights,
         assert composite.GetForegroundVolumeID() == attention.GetID()
         assert composite.GetForegroundOpacity() == pytest.approx(0.3)
 
-    again = logic.segment(volume, output.segmentationNode, weightsPath=weights, device="cpu", showAttention=False)
+    again = logic.segment(volume, output.segmentationNode, options=BUS.SegmentationOptions(
+        weightsPath=weights, device="cpu", showAttention=False))
     assert again.attentionVolumeNode is attention  # updated, not duplicated
     assert scene.GetNumberOfNodesByClass("vtkMRMLColorTableNode") == 1
     assert all(composite.GetForegroundVolumeID() is None for composite in composites)
@@ -388,7 +391,7 @@ def test_attention_uses_slicer_standard_heat_colours_when_present(scene, logic, 
     colors = slicer.vtkMRMLColorLogic()
     colors.SetMRMLScene(scene)
     volume = add_volume(scene, frame(6)[np.newaxis])
-    output = logic.segment(volume, weightsPath=weights, device="cpu")
+    output = logic.segment(volume, options=BUS.SegmentationOptions(weightsPath=weights, device="cpu"))
     assert output.attentionVolumeNode.GetDisplayNode().GetColorNodeID() == BUS.STANDARD_HEAT_COLOR_NODE_ID
     colors.SetMRMLScene(None)
 
@@ -426,23 +429,23 @@ def test_errors_have_clear_messages(scene, logic, weights, tmp_path, monkeypatch
     Error = BUS.BreastUSSegmentError
     volume = add_volume(scene, frame(7)[np.newaxis])
     with pytest.raises(Error, match="No input volume selected"):
-        logic.segment(None, weightsPath=weights)
+        logic.segment(None, options=BUS.SegmentationOptions(weightsPath=weights))
 
     empty = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "empty")
     with pytest.raises(Error, match="'empty' has no image data"):
-        logic.segment(empty, weightsPath=weights)
+        logic.segment(empty, options=BUS.SegmentationOptions(weightsPath=weights))
 
     two = add_volume(scene, np.zeros((1, 8, 8, 2), dtype=np.uint8), className="vtkMRMLVectorVolumeNode", name="two")
     with pytest.raises(Error, match="2 components per pixel"):
-        logic.segment(two, weightsPath=weights)
+        logic.segment(two, options=BUS.SegmentationOptions(weightsPath=weights))
 
     logic.maxInputVoxels = 1000
     with pytest.raises(Error, match=r"too large: 1 frames of 48 x 64 pixels \(3,072 voxels\); the limit is 1,000"):
-        logic.segment(volume, weightsPath=weights)
+        logic.segment(volume, options=BUS.SegmentationOptions(weightsPath=weights))
     logic.maxInputVoxels = BUS.MAX_INPUT_VOXELS
 
     with pytest.raises(Error, match="Model weights not found: .*missing.safetensors"):
-        logic.segment(volume, weightsPath=tmp_path / "missing.safetensors")
+        logic.segment(volume, options=BUS.SegmentationOptions(weightsPath=tmp_path / "missing.safetensors"))
     monkeypatch.setattr(BUS, "BUNDLED_WEIGHTS", tmp_path / "Models" / "bundled.safetensors")
     with pytest.raises(Error, match="trained model is not installed"):
         logic.segment(volume)
@@ -451,10 +454,10 @@ def test_errors_have_clear_messages(scene, logic, weights, tmp_path, monkeypatch
     tampered.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")
     (tmp_path / "tampered.json").write_text(weights.with_suffix(".json").read_text())
     with pytest.raises(Error, match="Cannot load the model .*checksum"):
-        logic.segment(volume, weightsPath=tampered)
+        logic.segment(volume, options=BUS.SegmentationOptions(weightsPath=tampered))
 
     with pytest.raises(Error, match="threshold"):
-        logic.segment(volume, weightsPath=weights, threshold=1.5)
+        logic.segment(volume, options=BUS.SegmentationOptions(weightsPath=weights, threshold=1.5))
 
     segmentation_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "nothing yet")
     with pytest.raises(Error, match="'nothing yet' has no Lesion segment"):
@@ -465,7 +468,7 @@ def test_errors_have_clear_messages(scene, logic, weights, tmp_path, monkeypatch
     other_scene = slicer.vtkMRMLScene()
     foreign = other_scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
     with pytest.raises(Error, match="different scenes"):
-        logic.segment(volume, foreign, weightsPath=weights)
+        logic.segment(volume, foreign, options=BUS.SegmentationOptions(weightsPath=weights))
 
 
 def test_segmenter_is_cached_per_weights_and_device(logic, weights):
@@ -513,10 +516,73 @@ def test_module_classes_and_parameter_node_fields():
         assert hasattr(BUS, "BreastUSSegment" + suffix)
     fields = BUS.BreastUSSegmentParameterNode.__annotations__
     assert set(fields) == {
-        "inputVolume", "outputSegmentation", "threshold", "minLesionConfidence", "keepLargest", "fillHoles", "smoothing",
-        "testTimeAugmentation", "device", "showAttention", "attentionOpacity", "createProbabilityVolume",
+        "inputVolume", "outputSegmentation", "threshold", "minConfidence", "keepLargest", "fillHoles", "smoothing",
+        "testTimeFlip", "device", "showAttention", "attentionOpacity", "createProbabilityVolume",
     }
-    assert [choice.value for choice in BUS.DeviceChoice] == ["auto", "cpu", "gpu"]
+    from BreastUSSegmentLib.device import DEVICE_CHOICES
+
+    assert [choice.value for choice in BUS.DeviceChoice] == list(DEVICE_CHOICES)
+
+
+def test_segmentation_options_are_the_parameter_nodes_fields_mapped_once_to_the_core():
+    from types import SimpleNamespace
+
+    names = {field.name for field in dataclasses.fields(BUS.SegmentationOptions)} - {"weightsPath"}
+    assert names <= set(BUS.BreastUSSegmentParameterNode.__annotations__)
+    parameters = SimpleNamespace(threshold=0.3, minConfidence=0.6, keepLargest=True, fillHoles=False, smoothing=True,
+                                 testTimeFlip=True, device=BUS.DeviceChoice.GPU, showAttention=False,
+                                 attentionOpacity=0.2, createProbabilityVolume=True)
+    options = BUS.SegmentationOptions.fromParameterNode(parameters, "model.safetensors")
+    assert options == BUS.SegmentationOptions(
+        weightsPath="model.safetensors", device="cuda", threshold=0.3, minConfidence=0.6, keepLargest=True,
+        fillHoles=False, smoothing=True, testTimeFlip=True, showAttention=False, attentionOpacity=0.2,
+        createProbabilityVolume=True)
+    card = UNTUNED_POSTPROCESSING.with_overrides(smoothing_sigma=0.0, min_area_fraction=0.01)
+    assert options.postprocessing(card) == UNTUNED_POSTPROCESSING.with_overrides(
+        threshold=0.3, min_mean_probability=0.6, keep_largest=True, fill_holes=False, min_area_fraction=0.01)
+    assert BUS.SegmentationOptions().postprocessing(card) == card  # nothing chosen: the card's own
+    assert BUS.SegmentationOptions(smoothing=False).postprocessing(UNTUNED_POSTPROCESSING).smoothing_sigma == 0.0
+
+
+def test_panel_post_processing_follows_the_chosen_models_card_one_way(logic, tmp_path):
+    """A new parameter node is filled from the card; the user's changes stay until another model is chosen."""
+    from types import SimpleNamespace
+
+    custom = tmp_path / "custom.safetensors"
+    save_model(AttentionUNet(ModelConfig(base_channels=4, depth=2)), custom, input_size=(64, 64),
+               postprocessing=UNTUNED_POSTPROCESSING.with_overrides(threshold=0.3))
+    parameters = SimpleNamespace(parameterNode=slicer.vtkMRMLScriptedModuleNode(), threshold=None, minConfidence=None,
+                                 keepLargest=None, fillHoles=None, smoothing=None)
+    panel = SimpleNamespace(_parameterNode=parameters, logic=logic, statuses=[],
+                            _setStatus=lambda text, error=False: panel.statuses.append((text, error)),
+                            ui=SimpleNamespace(modelPathLineEdit=SimpleNamespace(currentPath="")))
+    panel._modelPath = lambda: BUS.BreastUSSegmentWidget._modelPath(panel)
+    follow = BUS.BreastUSSegmentWidget.followModelCard
+
+    assert follow(panel)  # a new parameter node: the bundled model's card
+    bundled = logic.postprocessingParameters()
+    assert {name: getattr(parameters, name) for name in bundled} == bundled
+    parameters.threshold = 0.61  # the user's choice survives re-entering the module
+    assert follow(panel) and parameters.threshold == 0.61
+    panel.ui.modelPathLineEdit.currentPath = str(custom)  # another model: its card
+    assert follow(panel) and parameters.threshold == pytest.approx(0.3)
+    parameters.threshold = 0.61
+    assert follow(panel, force=True) and parameters.threshold == pytest.approx(0.3)  # chosen again: its card again
+    custom.with_suffix(".json").unlink()
+    panel.ui.modelPathLineEdit.currentPath = str(tmp_path / "other.safetensors")
+    assert not follow(panel) and "model card not found" in panel.statuses[-1][0]
+
+
+def test_python_requirements_come_from_the_cores_dependency_list():
+    """The packages the panel checks and installs are the core's own list (PyTorch through its extension)."""
+    import importlib.util
+
+    from BreastUSSegmentLib import dependencies
+
+    checked = BUS.pipRequirements()
+    assert [requirement for _, requirement in checked] == [r for r in dependencies() if not r.startswith("torch")]
+    assert all(importlib.util.find_spec(name) is not None for name, _ in checked)  # the import names are right
+    assert any(r == "torch" + BUS.torchVersionRequirement() for r in dependencies())
 
 
 def test_sample_sources_list_only_existing_frames(tmp_path):
@@ -581,12 +647,13 @@ def test_attention_overlay_is_windowed_on_the_attention_range(tmp_path):
     """The overlay's colour window spans the attention map's own 2nd-99.5th percentile range."""
     weights = tmp_path / "m.safetensors"
     torch.manual_seed(3)
-    save_model(AttentionUNet(ModelConfig(base_channels=4, depth=2, dropout=0.0)), weights, input_size=(64, 64))
+    save_model(AttentionUNet(ModelConfig(base_channels=4, depth=2, dropout=0.0)), weights, input_size=(64, 64),
+               postprocessing=UNTUNED_POSTPROCESSING)
     scene = slicer.vtkMRMLScene()
     volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "frame")
     slicer.util.updateVolumeFromArray(volume, np.random.default_rng(0).integers(0, 255, (1, 50, 60)).astype(np.uint8))
     segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "seg")
-    BUS.BreastUSSegmentLogic().segment(volume, segmentation, weightsPath=weights, device="cpu")
+    BUS.BreastUSSegmentLogic().segment(volume, segmentation, BUS.SegmentationOptions(weightsPath=weights, device="cpu"))
     attention = segmentation.GetNodeReference(BUS.ATTENTION_REFERENCE_ROLE)
     values = slicer.util.arrayFromVolume(attention)
     low, high = np.percentile(values, [2.0, 99.5])

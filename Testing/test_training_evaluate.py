@@ -11,7 +11,7 @@ from PIL import Image
 from BreastUSSegmentLib.inference import LesionSegmenter
 from BreastUSSegmentLib.metrics import dice_score, hausdorff95, iou_score
 from BreastUSSegmentLib.model import AttentionUNet, ModelConfig
-from BreastUSSegmentLib.postprocessing import PostprocessOptions, postprocess_mask
+from BreastUSSegmentLib.postprocessing import UNTUNED_POSTPROCESSING, postprocess_mask
 from BreastUSSegmentLib.weights import WeightsError, load_model, read_model_card, save_model
 from breastus_training import evaluate, export, figures, sweep
 
@@ -57,8 +57,8 @@ def make_samples():
     return samples
 
 
-def segmenter_for(model, options=None):
-    return LesionSegmenter(model, input_size=INPUT_SIZE, postprocessing=options, device="cpu")
+def segmenter_for(model, options=UNTUNED_POSTPROCESSING):
+    return LesionSegmenter(model, INPUT_SIZE, options, device="cpu")
 
 
 def test_empty_predictions_score_zero_dice_and_no_false_positives():
@@ -109,7 +109,7 @@ def test_report_numbers_equal_a_recomputation_from_the_same_predictions():
     # Threshold at the median probability so that about half of every frame is predicted.
     probabilities = [segmenter_for(model).segment(s.image).probability.ravel() for s in samples]
     threshold = float(np.median(np.concatenate(probabilities)))
-    segmenter = segmenter_for(model, PostprocessOptions(threshold=threshold, min_area_fraction=0.01))
+    segmenter = segmenter_for(model, UNTUNED_POSTPROCESSING.with_overrides(threshold=threshold, min_area_fraction=0.01))
     rows = evaluate.evaluate_samples(segmenter, samples, progress=False)
     summary = evaluate.summarize(rows)
     predictions = {s.case_id: segmenter.segment(s.image) for s in samples}
@@ -187,8 +187,10 @@ def busi(tmp_path_factory):
     write_manifest(build_manifest(root / "BUSI"), split)
     full, empty = root / "full" / "best.safetensors", root / "empty" / "best.safetensors"
     provenance = {"epochs": 2, "note": "synthetic test run"}
-    save_model(tiny_model(head_bias=30.0), full, input_size=INPUT_SIZE, training=provenance)
-    save_model(tiny_model(head_bias=-30.0), empty, input_size=INPUT_SIZE, training=provenance)
+    save_model(tiny_model(head_bias=30.0), full, input_size=INPUT_SIZE, postprocessing=UNTUNED_POSTPROCESSING,
+               training=provenance)
+    save_model(tiny_model(head_bias=-30.0), empty, input_size=INPUT_SIZE, postprocessing=UNTUNED_POSTPROCESSING,
+               training=provenance)
     (full.parent / "metrics.csv").write_text(
         "epoch,train_loss,val_loss,val_dice,val_iou,lr,seconds\n1,0.9,0.8,0.3,0.2,0.001,3.0\n2,0.7,0.75,0.5,0.35,0.001,3.1\n"
     )
@@ -246,7 +248,7 @@ def test_evaluate_report_matches_hand_computed_scores_of_an_all_lesion_model(bus
 
 
 def test_evaluate_an_all_background_model(busi):
-    _, report = run_evaluate(busi, busi["empty"], "empty", "--tta")
+    _, report = run_evaluate(busi, busi["empty"], "empty", "--test-time-flip")
     for mode in ("raw", "processed"):
         summary = report["summary"][mode]
         assert summary["lesion"]["dice_mean"] == 0.0 and summary["lesion"]["pooled_iou"] == 0.0
@@ -322,9 +324,9 @@ def test_export_names_a_report_that_is_not_an_evaluation(busi, tmp_path, capsys)
 
 
 def test_post_processing_chosen_at_evaluation_is_what_export_ships(busi, tmp_path):
-    """evaluate --threshold/--min-area-fraction/--min-mean-probability override the card; export ships exactly those settings."""
+    """evaluate --threshold/--min-area-fraction/--min-confidence override the card; export ships exactly those settings."""
     output, report = run_evaluate(busi, busi["full"], "chosen", "--threshold", "0.4", "--min-area-fraction", "0.02",
-                                  "--min-mean-probability", "0.6")
+                                  "--min-confidence", "0.6")
     evaluated = report["options"]["postprocessing"]
     assert evaluated["threshold"] == 0.4 and evaluated["min_area_fraction"] == 0.02
     assert evaluated["min_mean_probability"] == 0.6
@@ -347,13 +349,14 @@ def run_sweep(busi, weights, name, *extra):
 def test_sweep_rows_equal_evaluate_reports_of_the_same_settings(busi, tmp_path):
     """One inference pass scores the grid exactly as separate 'evaluate' runs would."""
     weights = tmp_path / "untrained" / "best.safetensors"
-    save_model(tiny_model(seed=3), weights, input_size=INPUT_SIZE, training={"note": "untrained"})
+    save_model(tiny_model(seed=3), weights, input_size=INPUT_SIZE, postprocessing=UNTUNED_POSTPROCESSING,
+               training={"note": "untrained"})
     probabilities = [segmenter_for(tiny_model(seed=3)).segment(load_case(busi["data"], case)[0]).probability
                      for case in load_manifest(busi["split"]).cases_for("train")]
     median = float(np.median(np.concatenate([p.ravel() for p in probabilities])))
     thresholds = [round(median, 4), round(median + 0.002, 4)]
     record = run_sweep(busi, weights, "untrained", "--thresholds", *map(str, thresholds),
-                       "--min-area-fractions", "0", "0.01", "--min-mean-probabilities", "0", "0.6", "--keep-largest", "yes", "no",
+                       "--min-area-fractions", "0", "0.01", "--min-confidences", "0", "0.6", "--keep-largest", "yes", "no",
                        "--subset", "train")
     assert record["subset"] == "train" and len(record["rows"]) == 16
     assert record["lesion_images"] >= 3 and record["normal_images"] >= 1
@@ -361,7 +364,7 @@ def test_sweep_rows_equal_evaluate_reports_of_the_same_settings(busi, tmp_path):
     for index, row in enumerate(record["rows"][:3]):
         _, report = run_evaluate(busi, weights, f"row{index}",
                                  "--threshold", str(row["threshold"]), "--min-area-fraction", str(row["min_area_fraction"]),
-                                 "--min-mean-probability", str(row["min_mean_probability"]),
+                                 "--min-confidence", str(row["min_mean_probability"]),
                                  "--keep-largest", "yes" if row["keep_largest"] else "no", "--subset", "train")
         assert report["options"]["postprocessing"]["keep_largest"] is row["keep_largest"]
         processed = report["summary"]["processed"]
@@ -388,3 +391,11 @@ def test_sweep_counts_false_lesions_and_misses_and_refuses_the_test_split(busi):
     with pytest.raises(ValueError, match="not 'test'"):
         sweep.sweep_busi(busi["data"], busi["split"], busi["full"], "test", {
             "thresholds": [0.5], "min_area_fractions": [0.0], "min_mean_probabilities": [0.0]})
+
+
+def test_sweep_settings_not_listed_keep_the_model_cards_values():
+    card = UNTUNED_POSTPROCESSING.with_overrides(threshold=0.6, keep_largest=False)
+    assert sweep.option_grid(card) == [card]
+    grid = sweep.option_grid(card, min_mean_probabilities=[0.0, 0.7])
+    assert [options.min_mean_probability for options in grid] == [0.0, 0.7]
+    assert all(options.threshold == 0.6 and options.keep_largest is False for options in grid)

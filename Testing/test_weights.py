@@ -1,12 +1,13 @@
 """Weights: safetensors + model card round trip; tampered, missing or foreign files are refused."""
 
+import dataclasses
 import json
 
 import pytest
 import torch
 
 from BreastUSSegmentLib.model import AttentionUNet, ModelConfig
-from BreastUSSegmentLib.postprocessing import PostprocessOptions
+from BreastUSSegmentLib.postprocessing import UNTUNED_POSTPROCESSING
 from BreastUSSegmentLib.weights import WeightsError, card_path_for, load_model, read_model_card, save_model, sha256_of_file
 
 
@@ -16,7 +17,7 @@ def saved(tmp_path):
     model = AttentionUNet(ModelConfig(base_channels=4, depth=2, dropout=0.0))
     path = tmp_path / "model.safetensors"
     card = save_model(
-        model, path, input_size=(64, 96), postprocessing=PostprocessOptions(threshold=0.4),
+        model, path, input_size=(64, 96), postprocessing=dataclasses.replace(UNTUNED_POSTPROCESSING, threshold=0.4),
         training={"epochs": 3}, metrics={"test_iou": 0.5},
     )
     return model, path, card
@@ -91,4 +92,19 @@ def test_invalid_card_is_refused(saved, change):
 
 def test_only_safetensors_suffix_is_written(tmp_path):
     with pytest.raises(ValueError, match="safetensors"):
-        save_model(AttentionUNet(ModelConfig(base_channels=2, depth=1)), tmp_path / "model.pt")
+        save_model(AttentionUNet(ModelConfig(base_channels=2, depth=1)), tmp_path / "model.pt",
+                   postprocessing=UNTUNED_POSTPROCESSING)
+
+
+def test_a_card_without_its_complete_postprocessing_is_refused(saved):
+    """The card is the only source of a model's post-processing: nothing is filled in from elsewhere."""
+    _, path, _ = saved
+    card = json.loads(card_path_for(path).read_text())
+    del card["postprocessing"]["keep_largest"]
+    card_path_for(path).write_text(json.dumps(card))
+    with pytest.raises(WeightsError, match="lacks keep_largest"):
+        read_model_card(path)
+    del card["postprocessing"]
+    card_path_for(path).write_text(json.dumps(card))
+    with pytest.raises(WeightsError, match="lacks threshold, min_area_fraction"):
+        load_model(path)

@@ -16,7 +16,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from BreastUSSegmentLib import SAMPLES_DIR
 from BreastUSSegmentLib.imageio import read_image
 from BreastUSSegmentLib.inference import LesionSegmenter
 from bench_settings import FRAME_SIZE, Settings
@@ -24,6 +23,7 @@ from bench_timing import peak_rss_mib, time_calls
 
 PIPELINE_TASKS = ("png", "cine", "slicer")
 MODULE_DIR = Path(__file__).resolve().parent.parent / "BreastUSSegment"
+SAMPLES_DIR = MODULE_DIR / "Resources" / "Samples"
 
 
 def sample_png() -> Path | None:
@@ -130,6 +130,7 @@ def run_slicer(weights: Path, settings: Settings) -> dict:
     if logic_class is None:
         return {"unavailable": reason}
     import slicer
+    from BreastUSSegment import SegmentationOptions
 
     frame, source = benchmark_frame()
     scene = slicer.vtkMRMLScene()
@@ -137,9 +138,10 @@ def run_slicer(weights: Path, settings: Settings) -> dict:
     slicer.util.updateVolumeFromArray(volume, frame[np.newaxis])
     segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "benchmark lesion")
     logic = logic_class()
+    options = SegmentationOptions(weightsPath=str(weights), device="cpu")
 
     def segment_node():
-        logic.segment(volume, segmentation, weightsPath=str(weights), device="cpu")
+        logic.segment(volume, segmentation, options)
 
     segment_node()  # warm-up; also loads and caches the model
     timing = time_calls(segment_node, settings.slicer_runs, warmup=0)

@@ -136,13 +136,14 @@ def pipeline_weights(folder: Path) -> tuple[Path, str]:
     """The bundled weights if installed, else untrained weights saved with ``save_model`` in ``folder``."""
     from BreastUSSegmentLib import BUNDLED_WEIGHTS
     from BreastUSSegmentLib.model import AttentionUNet, ModelConfig
+    from BreastUSSegmentLib.postprocessing import UNTUNED_POSTPROCESSING
     from BreastUSSegmentLib.weights import save_model
 
     if BUNDLED_WEIGHTS.is_file():
         return BUNDLED_WEIGHTS, f"bundled {BUNDLED_WEIGHTS.name}"
     torch.manual_seed(0)
     path = folder / "untrained.safetensors"
-    save_model(AttentionUNet(ModelConfig()), path)
+    save_model(AttentionUNet(ModelConfig()), path, postprocessing=UNTUNED_POSTPROCESSING)
     return path, "untrained default model saved with save_model (bundled weights absent; speed does not depend on weight values)"
 
 

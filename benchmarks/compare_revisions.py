@@ -34,6 +34,7 @@ if str(BENCHMARK_DIR) not in sys.path:
 
 from BreastUSSegmentLib.inference import LesionSegmenter  # noqa: E402
 from BreastUSSegmentLib.model import AttentionUNet, ModelConfig  # noqa: E402
+from BreastUSSegmentLib.postprocessing import UNTUNED_POSTPROCESSING  # noqa: E402
 from BreastUSSegmentLib.weights import save_model  # noqa: E402
 from bench_pipeline_worker import benchmark_frame, cine_clip  # noqa: E402
 
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         baseline = import_baseline(args.baseline, Path(folder))
         torch.manual_seed(0)
         weights = Path(folder) / "untrained.safetensors"
-        save_model(AttentionUNet(ModelConfig()), weights)
+        save_model(AttentionUNet(ModelConfig()), weights, postprocessing=UNTUNED_POSTPROCESSING)
         versions = {
             f"baseline {args.baseline}": baseline.LesionSegmenter.from_weights(weights, device="cpu"),
             "working tree": LesionSegmenter.from_weights(weights, device="cpu"),

@@ -8,7 +8,13 @@ from pathlib import Path
 
 __version__ = "0.1.0"
 
-MODULE_DIR = Path(__file__).resolve().parent.parent
-RESOURCES_DIR = MODULE_DIR / "Resources"
-BUNDLED_WEIGHTS = RESOURCES_DIR / "Models" / "breastus_attention_unet.safetensors"
-SAMPLES_DIR = RESOURCES_DIR / "Samples"
+# The trained model ships inside the package (package data), so every installation has it.
+BUNDLED_WEIGHTS = Path(__file__).resolve().parent / "bundled" / "breastus_attention_unet.safetensors"
+# The package's dependencies, one requirement a line: pyproject.toml and the Slicer module read them here.
+DEPENDENCIES_FILE = Path(__file__).resolve().parent / "dependencies.txt"
+
+
+def dependencies() -> list[str]:
+    """The core's requirements (``name`` or ``name>=version``), as listed in ``DEPENDENCIES_FILE``."""
+    lines = (line.split("#")[0].strip() for line in DEPENDENCIES_FILE.read_text().splitlines())
+    return [line for line in lines if line]

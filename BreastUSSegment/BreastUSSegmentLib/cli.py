@@ -23,7 +23,7 @@ from . import BUNDLED_WEIGHTS, __version__
 from .device import DEVICE_CHOICES
 from .imageio import ImageReadError, ImageWriteError, read_image, write_image
 from .measure import measure_lesion
-from .postprocessing import PostprocessOptions, strongest_hidden_confidence
+from .postprocessing import strongest_hidden_confidence
 from .preprocessing import InvalidImageError
 from .visualize import overlay_figure
 from .weights import WeightsError
@@ -37,12 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-o", "--output", type=Path, required=True, help="output folder (created if missing)")
     parser.add_argument("--weights", type=Path, default=BUNDLED_WEIGHTS, help="model .safetensors (model card beside it)")
     parser.add_argument("--format", choices=sorted(FORMATS), default="nrrd", help="file format of mask and probability")
-    parser.add_argument("--device", choices=DEVICE_CHOICES + ("gpu",), default="auto")
+    parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="where the network runs (default: auto)")
     parser.add_argument("--threshold", type=float, help="probability threshold (default: the model card's)")
     parser.add_argument("--min-confidence", type=float, metavar="P",
                         help="drop found regions whose mean probability is below P, 0 keeps all (default: the model card's)")
     parser.add_argument("--no-postprocess", action="store_true", help="write the raw thresholded mask")
-    parser.add_argument("--tta", action="store_true", help="average with a horizontally flipped pass")
+    parser.add_argument("--test-time-flip", action="store_true", help="average with a horizontally flipped pass")
     parser.add_argument("--no-figure", action="store_true", help="do not write the overlay PNG")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     parser.add_argument("--batch-size", type=int, default=8, help="frames per forward pass for clips")
@@ -59,11 +59,12 @@ def output_paths(image_path: Path, output_dir: Path, suffix: str) -> dict[str, P
     }
 
 
-def segment_file(segmenter, image_path: Path, paths: dict[str, Path], args, options: PostprocessOptions) -> str:
-    """Segment one file, write its outputs and return a one-line summary."""
+def segment_file(segmenter, image_path: Path, paths: dict[str, Path], args) -> str:
+    """Segment one file with the segmenter's post-processing, write its outputs and return a one-line summary."""
+    options = segmenter.postprocessing
     image = read_image(image_path)
     result = segmenter.segment(
-        image.pixels, color=image.color, test_time_flip=args.tta, postprocessing=options, batch_size=args.batch_size
+        image.pixels, color=image.color, test_time_flip=args.test_time_flip, batch_size=args.batch_size
     )
     mask = result.raw_mask if args.no_postprocess else result.processed_mask
     if args.format == "png" and result.frame_count > 1:
@@ -101,15 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     from .inference import LesionSegmenter
 
     try:
-        segmenter = LesionSegmenter.from_weights(args.weights, device=args.device)
-    except (WeightsError, RuntimeError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    try:
-        options = segmenter.postprocessing.with_overrides(
-            threshold=args.threshold, min_mean_probability=args.min_confidence
+        segmenter = LesionSegmenter.from_weights(
+            args.weights, device=args.device, threshold=args.threshold, min_mean_probability=args.min_confidence
         )
-    except ValueError as error:
+    except (WeightsError, RuntimeError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
@@ -125,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             failures += 1
             continue
         try:
-            tqdm.write(segment_file(segmenter, image_path, paths, args, options))
+            tqdm.write(segment_file(segmenter, image_path, paths, args))
         except (ImageReadError, ImageWriteError, InvalidImageError) as error:
             tqdm.write(f"error: {error}", file=sys.stderr)
             failures += 1

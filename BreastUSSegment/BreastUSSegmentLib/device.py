@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import torch
 
+# Every front end (command lines, the Slicer panel) offers these names, and only these.
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 
 
 def select_device(preference: str = "auto") -> torch.device:
-    """Return the device for ``preference``: ``auto`` picks CUDA, then Apple MPS, then CPU.
+    """Return the device for ``preference``, one of ``DEVICE_CHOICES``: ``auto`` picks CUDA, then Apple MPS, then CPU.
 
-    ``gpu`` is accepted as a synonym of ``cuda``. Asking for an accelerator that
-    is not available raises ``RuntimeError`` rather than silently using the CPU.
+    Asking for an accelerator that is not available raises ``RuntimeError``
+    rather than silently using the CPU.
     """
     choice = (preference or "auto").strip().lower()
-    if choice == "gpu":
-        choice = "cuda"
     if choice not in DEVICE_CHOICES:
         raise ValueError(f"unknown device {preference!r}; choose one of {', '.join(DEVICE_CHOICES)}")
     if choice == "auto":

@@ -30,7 +30,7 @@ import pydicom
 from pydicom.pixels import apply_color_lut, apply_modality_lut, pixel_array
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from .imageio import UNKNOWN_SPACING, ImageReadError, LoadedImage
+from .imagetypes import UNKNOWN_SPACING, ImageReadError, LoadedImage, error_line
 
 GRAY_INTERPRETATIONS = ("MONOCHROME1", "MONOCHROME2")
 COLOR_INTERPRETATIONS = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "PALETTE COLOR")
@@ -65,7 +65,7 @@ def read_dicom(path: str | Path) -> LoadedImage:
         dataset = pydicom.dcmread(path, force=True)
         recognised = magic or _has_image_elements(dataset)
     except Exception as exc:  # pydicom raises many types on damaged files
-        raise ImageReadError(path, f"not a readable DICOM file ({_one_line(exc)})") from None
+        raise ImageReadError(path, f"not a readable DICOM file ({error_line(exc)})") from None
     if not recognised:
         raise ImageReadError(path, "not a DICOM file (no DICM marker and no DICOM image elements)")
     if not any(keyword in dataset for keyword in PIXEL_KEYWORDS):
@@ -108,9 +108,9 @@ def _decode(dataset: pydicom.Dataset, path: Path) -> np.ndarray:
         return pixel_array(dataset)
     except Exception as exc:  # decoders raise RuntimeError, ValueError, NotImplementedError...
         if syntax.is_compressed:
-            problem = f"cannot decode pixel data compressed as '{syntax.name}' ({_one_line(exc)})"
+            problem = f"cannot decode pixel data compressed as '{syntax.name}' ({error_line(exc)})"
         else:
-            problem = f"cannot decode the pixel data ({_one_line(exc)})"
+            problem = f"cannot decode the pixel data ({error_line(exc)})"
         raise ImageReadError(path, problem) from None
 
 
@@ -151,7 +151,7 @@ def _apply_palette(pixels: np.ndarray, dataset: pydicom.Dataset, path: Path) -> 
     try:
         return apply_color_lut(pixels, dataset)
     except Exception as exc:  # missing or malformed lookup tables
-        raise ImageReadError(path, f"cannot apply the PALETTE COLOR lookup table ({_one_line(exc)})") from None
+        raise ImageReadError(path, f"cannot apply the PALETTE COLOR lookup table ({error_line(exc)})") from None
 
 
 # ---------------------------------------------------------------- spacing
@@ -225,9 +225,3 @@ def _positive_pair(value) -> tuple[float, float] | None:
 
 def _abs(value):
     return None if value is None else abs(float(value))
-
-
-def _one_line(exc: BaseException) -> str:
-    """A library error folded onto one line."""
-    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-    return text or type(exc).__name__

@@ -22,52 +22,21 @@ stored dtype; ``LoadedImage.color`` tells whether the last axis is colour.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-UNKNOWN_SPACING = (1.0, 1.0)
+from . import dicomio
+from .imagetypes import UNKNOWN_SPACING, ImageReadError, LoadedImage, check_spacing, error_line
+
 PILLOW_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 SIMPLEITK_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
 DICOM_SUFFIXES = (".dcm", ".dicom")
 WRITE_SUFFIXES = (".nrrd", ".nii", ".nii.gz", ".mha", ".png")
 
 
-class ImageReadError(ValueError):
-    """A file cannot be read as an image; the message names the file and the problem."""
-
-    def __init__(self, path: str | os.PathLike, problem: str):
-        self.path = Path(path)
-        self.problem = problem
-        super().__init__(f"Cannot read image '{path}': {problem}")
-
-
 class ImageWriteError(ValueError):
     """An array cannot be written to the requested file."""
-
-
-@dataclass
-class LoadedImage:
-    """Pixels of an image file as stored, with the physical size of a pixel."""
-
-    pixels: np.ndarray  # (H, W) | (H, W, C) | (F, H, W) | (F, H, W, C)
-    spacing: tuple[float, float]  # (row_mm, column_mm); (1.0, 1.0) when unknown
-    spacing_source: str  # "PixelSpacing", "ImagerPixelSpacing", "SequenceOfUltrasoundRegions", "header", "unknown"
-    color: bool  # the last axis holds RGB(A) samples
-    path: Path
-
-    @property
-    def frame_count(self) -> int:
-        """Number of frames (1 for a single image)."""
-        is_stack = self.pixels.ndim == 4 or (self.pixels.ndim == 3 and not self.color)
-        return int(self.pixels.shape[0]) if is_stack else 1
-
-    @property
-    def frame_shape(self) -> tuple[int, int]:
-        """Height and width of one frame."""
-        shape = self.pixels.shape[:-1] if self.color else self.pixels.shape
-        return int(shape[-2]), int(shape[-1])
 
 
 def file_suffix(path: str | os.PathLike) -> str:
@@ -90,8 +59,6 @@ def read_image(path: str | os.PathLike) -> LoadedImage:
     if not os.access(path, os.R_OK):
         raise ImageReadError(path, "the file cannot be opened for reading (permission denied)")
 
-    from . import dicomio  # imported here because dicomio imports this module
-
     suffix = file_suffix(path)
     if dicomio.has_dicom_magic(path) or suffix in DICOM_SUFFIXES:
         image = dicomio.read_dicom(path)
@@ -100,7 +67,7 @@ def read_image(path: str | os.PathLike) -> LoadedImage:
     elif suffix in SIMPLEITK_SUFFIXES:
         image = _read_with_simpleitk(path)
     elif suffix == "":
-        image = _read_without_suffix(path, dicomio)
+        image = _read_without_suffix(path)
     else:
         supported = ", ".join(PILLOW_SUFFIXES + SIMPLEITK_SUFFIXES + DICOM_SUFFIXES)
         problem = f"unknown file type '{suffix}' (supported: {supported}; DICOM is recognised by content)"
@@ -119,7 +86,7 @@ def check_pixels(pixels: np.ndarray, path: Path) -> None:
         raise ImageReadError(path, "the image contains NaN or infinite values")
 
 
-def _read_without_suffix(path: Path, dicomio) -> LoadedImage:
+def _read_without_suffix(path: Path) -> LoadedImage:
     """A file without suffix: DICOM (possibly without preamble) first, then any Pillow image."""
     if dicomio.looks_like_dicom(path):
         return dicomio.read_dicom(path)
@@ -145,7 +112,7 @@ def _read_with_pillow(path: Path) -> LoadedImage:
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         if isinstance(exc, ImageReadError):
             raise
-        raise ImageReadError(path, f"not a readable image ({_last_line(exc)})") from None
+        raise ImageReadError(path, f"not a readable image ({error_line(exc)})") from None
 
     first = frames[0]
     for number, frame in enumerate(frames[1:], start=2):
@@ -189,7 +156,7 @@ def _read_with_simpleitk(path: Path) -> LoadedImage:
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
-        raise ImageReadError(path, f"not a readable image ({_last_line(exc)})") from None
+        raise ImageReadError(path, f"not a readable image ({error_line(exc)})") from None
 
     dimension = image.GetDimension()
     components = image.GetNumberOfComponentsPerPixel()
@@ -202,18 +169,12 @@ def _read_with_simpleitk(path: Path) -> LoadedImage:
     try:
         pixels = sitk.GetArrayFromImage(image)
     except RuntimeError as exc:
-        raise ImageReadError(path, f"unsupported pixel type ({_last_line(exc)})") from None
+        raise ImageReadError(path, f"unsupported pixel type ({error_line(exc)})") from None
     color = components in (3, 4)
     if dimension == 3 and pixels.shape[0] == 1:
         pixels = pixels[0]
     spacing_x, spacing_y = image.GetSpacing()[:2]
     return LoadedImage(pixels, (float(spacing_y), float(spacing_x)), "header", color, path)
-
-
-def _last_line(exc: BaseException) -> str:
-    """The most telling line of a library error, for the user's message."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[-1] if lines else type(exc).__name__
 
 
 # ---------------------------------------------------------------- writing
@@ -243,9 +204,10 @@ def write_image(path: str | os.PathLike, array: np.ndarray, spacing: tuple[float
         array = array.astype(np.uint8) * (255 if suffix == ".png" else 1)
     if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
         raise ImageWriteError(f"Cannot write '{path}': unsupported array type {array.dtype}")
-    row_mm, column_mm = (float(value) for value in spacing)
-    if not (np.isfinite([row_mm, column_mm]).all() and row_mm > 0 and column_mm > 0):
-        raise ImageWriteError(f"Cannot write '{path}': spacing must be two positive numbers, got {spacing}")
+    try:
+        row_mm, column_mm = check_spacing(spacing)
+    except ValueError as error:
+        raise ImageWriteError(f"Cannot write '{path}': {error}") from None
 
     path.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".png":
@@ -283,4 +245,4 @@ def _write_with_simpleitk(path: Path, array: np.ndarray, spacing: tuple[float, f
     try:
         sitk.WriteImage(image, str(path), useCompression=True)
     except RuntimeError as exc:
-        raise ImageWriteError(f"Cannot write '{path}': {_last_line(exc)}") from None
+        raise ImageWriteError(f"Cannot write '{path}': {error_line(exc)}") from None

@@ -18,7 +18,7 @@ from .device import select_device
 from .model import AttentionUNet
 from .postprocessing import PostprocessOptions, postprocess_frames
 from .preprocessing import prepare_frames, resize_frames
-from .weights import load_model
+from .weights import ModelCard, load_model
 
 logger = logging.getLogger(__name__)
 
@@ -45,40 +45,39 @@ class SegmentationResult:
         return self.probability.shape[0]
 
 
-# Attention coefficients of a trained model sit in a narrow band; displays span these percentiles.
-ATTENTION_DISPLAY_PERCENTILES = (2.0, 99.5)
-
-
-def attention_display_range(attention: np.ndarray) -> tuple[float, float]:
-    """``(low, high)`` values an attention map is best displayed between (its 2nd-99.5th percentiles)."""
-    low, high = np.percentile(attention, ATTENTION_DISPLAY_PERCENTILES)
-    return float(low), float(max(high, low + 1e-6))
-
-
 class LesionSegmenter:
     """Runs an :class:`AttentionUNet` on frames of any size, dtype and colour layout."""
 
     def __init__(
         self,
         model: AttentionUNet,
-        input_size: tuple[int, int] = (256, 256),
-        postprocessing: PostprocessOptions | None = None,
+        input_size: tuple[int, int],
+        postprocessing: PostprocessOptions,
         device: str | torch.device = "auto",
     ):
         self.device = device if isinstance(device, torch.device) else select_device(device)
         self.model = model.to(self.device).eval()
         self._set_memory_format()
         self.input_size = (int(input_size[0]), int(input_size[1]))
-        self.postprocessing = postprocessing or PostprocessOptions()
+        self.postprocessing = postprocessing
+        self.card: ModelCard | None = None  # the model card, when built by from_weights
         multiple = model.config.size_multiple
         if self.input_size[0] % multiple or self.input_size[1] % multiple:
             raise ValueError(f"input size {self.input_size} must be a multiple of {multiple} for this model")
 
     @classmethod
-    def from_weights(cls, weights_path: str | os.PathLike, device: str | torch.device = "auto") -> "LesionSegmenter":
-        """Build a segmenter from a verified ``.safetensors`` file and its model card."""
+    def from_weights(
+        cls, weights_path: str | os.PathLike, device: str | torch.device = "auto", **overrides
+    ) -> "LesionSegmenter":
+        """Build a segmenter from a verified ``.safetensors`` file and its model card.
+
+        Post-processing is the card's, with the settings given in ``overrides``
+        (``PostprocessOptions`` field names) changed; an override of None keeps the card's value.
+        """
         model, card = load_model(weights_path, device="cpu")
-        return cls(model, tuple(card.input_size), card.postprocess_options, device)
+        segmenter = cls(model, tuple(card.input_size), card.postprocess_options.with_overrides(**overrides), device)
+        segmenter.card = card
+        return segmenter
 
     def _set_memory_format(self) -> None:
         """Use channels-last weights on the CPU, where its convolutions are faster.

@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from .imagetypes import check_spacing
+
 
 @dataclass(frozen=True)
 class LesionMeasurement:
@@ -40,20 +42,10 @@ def _check_mask(mask: np.ndarray) -> np.ndarray:
     return array.astype(bool, copy=False)
 
 
-def _check_spacing(spacing) -> tuple[float, float]:
-    try:
-        row_mm, col_mm = (float(value) for value in spacing)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"spacing must be two numbers (row_mm, col_mm), got {spacing!r}") from error
-    if not (np.isfinite(row_mm) and np.isfinite(col_mm) and row_mm > 0 and col_mm > 0):
-        raise ValueError(f"spacing must be two positive finite numbers (row_mm, col_mm), got {spacing!r}")
-    return row_mm, col_mm
-
-
 def lesion_area_mm2(mask: np.ndarray, spacing=(1.0, 1.0)) -> float:
     """Area of the lesion pixels of a 2-D mask in mm² (pixels² with the default spacing)."""
     mask = _check_mask(mask)
-    row_mm, col_mm = _check_spacing(spacing)
+    row_mm, col_mm = check_spacing(spacing)
     return float(np.count_nonzero(mask)) * row_mm * col_mm
 
 
@@ -92,7 +84,7 @@ def convex_hull(points: np.ndarray) -> np.ndarray:
 def largest_diameter_mm(mask: np.ndarray, spacing=(1.0, 1.0)) -> float:
     """Longest distance in mm between the centres of two lesion pixels; 0 for fewer than two pixels."""
     mask = _check_mask(mask)
-    row_mm, col_mm = _check_spacing(spacing)
+    row_mm, col_mm = check_spacing(spacing)
     rows, cols = np.nonzero(boundary_pixels(mask))
     if rows.size < 2:
         return 0.0

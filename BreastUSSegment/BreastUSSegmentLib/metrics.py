@@ -21,6 +21,9 @@ from typing import Iterable
 import numpy as np
 from scipy import ndimage
 
+from .imagetypes import check_spacing
+from .measure import boundary_pixels
+
 HD95_PERCENTILE = 95.0
 
 
@@ -72,12 +75,6 @@ def pooled_iou(predictions: Iterable[np.ndarray], targets: Iterable[np.ndarray])
     return pooled_iou_from_counts([c[0] for c in counts], [c[1] for c in counts])
 
 
-def mask_surface(mask: np.ndarray) -> np.ndarray:
-    """Boundary pixels of a 2-D mask: mask pixels with a 4-connected neighbour outside it (or off the image)."""
-    mask = np.asarray(mask, dtype=bool)
-    return mask & ~ndimage.binary_erosion(mask, structure=ndimage.generate_binary_structure(2, 1), border_value=0)
-
-
 def surface_distances(prediction: np.ndarray, target: np.ndarray, spacing=(1.0, 1.0)) -> np.ndarray:
     """Symmetric surface distances: prediction boundary -> target boundary, then target -> prediction.
 
@@ -88,8 +85,8 @@ def surface_distances(prediction: np.ndarray, target: np.ndarray, spacing=(1.0, 
         raise ValueError(f"surface distances need 2-D masks, got shape {prediction.shape}")
     if not prediction.any() or not target.any():
         raise ValueError("surface distances need two non-empty masks")
-    sampling = _check_spacing(spacing)
-    prediction_surface, target_surface = mask_surface(prediction), mask_surface(target)
+    sampling = check_spacing(spacing)
+    prediction_surface, target_surface = boundary_pixels(prediction), boundary_pixels(target)
     to_target = ndimage.distance_transform_edt(~target_surface, sampling=sampling)
     to_prediction = ndimage.distance_transform_edt(~prediction_surface, sampling=sampling)
     return np.concatenate([to_target[prediction_surface], to_prediction[target_surface]])
@@ -102,7 +99,7 @@ def hausdorff95(prediction: np.ndarray, target: np.ndarray, spacing=(1.0, 1.0)) 
     of means and count it separately).
     """
     prediction, target = _as_bool_pair(prediction, target)
-    _check_spacing(spacing)
+    check_spacing(spacing)
     has_prediction, has_target = bool(prediction.any()), bool(target.any())
     if not has_prediction and not has_target:
         return 0.0
@@ -123,13 +120,6 @@ def nan_summary(values: Iterable[float]) -> dict:
     else:
         mean, std, median = float(finite.mean()), float(finite.std()), float(np.median(finite))
     return {"mean": mean, "std": std, "median": median, "count": int(finite.size), "undefined": int(values.size - finite.size)}
-
-
-def _check_spacing(spacing) -> tuple[float, float]:
-    values = tuple(float(value) for value in spacing)
-    if len(values) != 2 or not all(np.isfinite(value) and value > 0 for value in values):
-        raise ValueError(f"spacing must be two positive numbers (row, column), got {spacing!r}")
-    return values
 
 
 # The attention lattice check: the share of an attention map's variance that a Gaussian blur of this

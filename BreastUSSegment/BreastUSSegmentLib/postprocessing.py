@@ -19,12 +19,14 @@ REFERENCE_SIZE = 256
 
 @dataclass(frozen=True)
 class PostprocessOptions:
-    threshold: float = 0.5
-    min_area_fraction: float = 0.005  # components below this fraction of the frame are dropped; 0 keeps all (chosen on BUSI val)
-    min_mean_probability: float = 0.0  # components whose mean probability is below this are dropped; 0 keeps all
-    keep_largest: bool = True
-    fill_holes: bool = True
-    smoothing_sigma: float = 1.5  # Gaussian sigma in pixels of a 256-pixel frame; 0 disables
+    """The post-processing settings. No defaults here: a model's own come from its model card."""
+
+    threshold: float  # a pixel is lesion when its probability is at least this
+    min_area_fraction: float  # components below this fraction of the frame are dropped; 0 keeps all
+    min_mean_probability: float  # components whose mean probability is below this are dropped; 0 keeps all
+    keep_largest: bool  # keep only the largest component
+    fill_holes: bool
+    smoothing_sigma: float  # Gaussian sigma in pixels of a 256-pixel frame; 0 disables
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold < 1.0:
@@ -45,8 +47,23 @@ class PostprocessOptions:
 
     @classmethod
     def from_dict(cls, values: dict) -> "PostprocessOptions":
-        known = {f.name for f in fields(cls)}
-        return cls(**{key: value for key, value in values.items() if key in known})
+        """Options from a model card's ``postprocessing`` block; every setting must be there (unknown keys are ignored)."""
+        names = [f.name for f in fields(cls)]
+        missing = [name for name in names if name not in values]
+        if missing:
+            raise ValueError(f"the post-processing block lacks {', '.join(missing)}")
+        return cls(**{name: values[name] for name in names})
+
+
+# What ``train`` writes into the card of a new model, until ``sweep`` on val and ``export`` choose its own.
+UNTUNED_POSTPROCESSING = PostprocessOptions(
+    threshold=0.5,
+    min_area_fraction=0.005,  # chosen on BUSI val
+    min_mean_probability=0.0,
+    keep_largest=True,
+    fill_holes=True,
+    smoothing_sigma=1.5,
+)
 
 
 def remove_small_components(mask: np.ndarray, min_pixels: int) -> np.ndarray:
@@ -141,9 +158,8 @@ def smooth_boundary(mask: np.ndarray, sigma: float) -> np.ndarray:
     return ndimage.gaussian_filter(mask.astype(np.float32), sigma=sigma, mode="constant") >= 0.5
 
 
-def postprocess_mask(probability: np.ndarray, options: PostprocessOptions | None = None) -> np.ndarray:
+def postprocess_mask(probability: np.ndarray, options: PostprocessOptions) -> np.ndarray:
     """Processed boolean mask of one ``(H, W)`` probability map."""
-    options = options or PostprocessOptions()
     if probability.ndim != 2:
         raise ValueError(f"expected a 2-D probability map, got shape {probability.shape}")
     mask = candidate_mask(probability, options)
@@ -162,6 +178,6 @@ def postprocess_mask(probability: np.ndarray, options: PostprocessOptions | None
     return mask.astype(bool)
 
 
-def postprocess_frames(probabilities: np.ndarray, options: PostprocessOptions | None = None) -> np.ndarray:
+def postprocess_frames(probabilities: np.ndarray, options: PostprocessOptions) -> np.ndarray:
     """Processed masks of a ``(F, H, W)`` stack, frame by frame."""
     return np.stack([postprocess_mask(frame, options) for frame in probabilities])

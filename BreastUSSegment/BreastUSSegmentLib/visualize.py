@@ -1,4 +1,5 @@
-"""Figures for the command line: lesion outline and attention heatmap over the frame (Pillow only)."""
+"""Showing results: the range an attention map is displayed over (the Slicer module and the figures),
+and the command line's figures of the lesion outline and attention heatmap over the frame (Pillow)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from .inference import attention_display_range
 from .preprocessing import normalize_intensity, to_grayscale_frames
 
 # Anchor colours of a blue-cyan-yellow-red scale (low attention blue, high red), evenly spaced in [0, 1].
@@ -14,6 +14,14 @@ HEAT_ANCHORS = np.array(
     [[0, 0, 140], [0, 60, 255], [0, 220, 255], [255, 230, 0], [255, 80, 0], [200, 0, 0]], dtype=np.float32
 )
 OUTLINE_COLOR = np.array([0, 255, 0], dtype=np.uint8)
+# Attention coefficients of a trained model sit in a narrow band; displays span these percentiles.
+ATTENTION_DISPLAY_PERCENTILES = (2.0, 99.5)
+
+
+def attention_display_range(attention: np.ndarray) -> tuple[float, float]:
+    """``(low, high)`` values an attention map is best displayed between (its 2nd-99.5th percentiles)."""
+    low, high = np.percentile(attention, ATTENTION_DISPLAY_PERCENTILES)
+    return float(low), float(max(high, low + 1e-6))
 
 
 def heat_colormap(values: np.ndarray) -> np.ndarray:

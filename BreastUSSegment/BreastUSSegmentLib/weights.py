@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .fileio import write_atomically, write_text_atomically
 from .model import AttentionUNet, ModelConfig
 from .postprocessing import PostprocessOptions
 from .preprocessing import NORMALIZATION_NAME
@@ -39,10 +39,10 @@ class ModelCard:
     input_size: list[int]
     sha256: str
     weights_file: str
+    postprocessing: dict  # every setting of PostprocessOptions: the card is their only source
     name: str = "BreastUS Attention U-Net"
     format_version: int = FORMAT_VERSION
     normalization: str = NORMALIZATION_NAME
-    postprocessing: dict = field(default_factory=lambda: PostprocessOptions().to_dict())
     training: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
 
@@ -71,49 +71,37 @@ def sha256_of_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def _write_atomically(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(handle)
-    try:
-        write(temporary)
-        os.chmod(temporary, 0o644)  # mkstemp creates owner-only files; weights and cards are meant to be shared
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-
-
 def save_model(
     model: AttentionUNet,
     weights_path: str | os.PathLike,
     *,
     input_size: tuple[int, int] = (256, 256),
-    postprocessing: PostprocessOptions | None = None,
+    postprocessing: PostprocessOptions,
     training: dict | None = None,
     metrics: dict | None = None,
     name: str | None = None,
 ) -> ModelCard:
-    """Write ``weights_path`` (.safetensors) and its model card; return the card."""
+    """Write ``weights_path`` (.safetensors) and its model card; return the card.
+
+    ``postprocessing`` is required: a card always carries the model's complete post-processing.
+    """
     weights_path = Path(weights_path)
     if weights_path.suffix != ".safetensors":
         raise ValueError(f"weights must be saved as .safetensors, got {weights_path.name}")
     state = {key: value.detach().to("cpu", torch.float32).contiguous() for key, value in model.state_dict().items()}
-    _write_atomically(weights_path, lambda temporary: save_file(state, temporary, metadata={"format": "pt"}))
+    write_atomically(weights_path, lambda temporary: save_file(state, temporary, metadata={"format": "pt"}))
     card = ModelCard(
         model=model.config.to_dict(),
         input_size=[int(input_size[0]), int(input_size[1])],
         sha256=sha256_of_file(weights_path),
         weights_file=weights_path.name,
-        postprocessing=(postprocessing or PostprocessOptions()).to_dict(),
+        postprocessing=postprocessing.to_dict(),
         training=dict(training or {}),
         metrics=dict(metrics or {}),
     )
     if name:
         card.name = name
-    text = card.to_json()
-    _write_atomically(card_path_for(weights_path), lambda temporary: Path(temporary).write_text(text))
+    write_text_atomically(card_path_for(weights_path), card.to_json())
     return card
 
 
@@ -124,7 +112,7 @@ def read_model_card(weights_path: str | os.PathLike) -> ModelCard:
         raise WeightsError(f"model card not found: {card_path} (expected beside the weights file)")
     try:
         values = json.loads(card_path.read_text())
-        card = ModelCard(**values)
+        card = ModelCard(**{"postprocessing": {}, **values})  # a missing block is reported by its settings
         card.model_config  # validates the architecture block
         card.postprocess_options
     except (ValueError, TypeError) as error:

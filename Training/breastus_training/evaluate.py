@@ -38,9 +38,10 @@ import torch
 from tqdm import tqdm
 
 from BreastUSSegmentLib.device import DEVICE_CHOICES, select_device
+from BreastUSSegmentLib.fileio import write_text_atomically
 from BreastUSSegmentLib.inference import LesionSegmenter
 from BreastUSSegmentLib.metrics import dice_score, hausdorff95, iou_score, nan_summary, overlap_counts, pooled_iou_from_counts
-from BreastUSSegmentLib.weights import WeightsError, load_model
+from BreastUSSegmentLib.weights import WeightsError
 
 from .busi import LESION_CLASSES, NORMAL_CLASS, SPLITS, DatasetError, load_case, load_manifest
 from .figures import CaseFigure, plot_case_grid, plot_training_curves
@@ -234,10 +235,8 @@ def markdown_report(report: dict) -> str:
 def write_report(output_dir: str | os.PathLike, report: dict) -> tuple[Path, Path]:
     """Write ``report.json`` and ``report.md`` into ``output_dir``."""
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    json_path, markdown_path = output_dir / "report.json", output_dir / "report.md"
-    json_path.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
-    markdown_path.write_text(markdown_report(report))
+    json_path = write_text_atomically(output_dir / "report.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
+    markdown_path = write_text_atomically(output_dir / "report.md", markdown_report(report))
     return json_path, markdown_path
 
 
@@ -256,24 +255,6 @@ def case_figures(
             dice=by_id[sample.case_id]["processed"]["dice"],
         ))
     return figures
-
-
-def build_segmenter(
-    weights: str | os.PathLike,
-    device: str | torch.device = "auto",
-    threshold: float | None = None,
-    min_area_fraction: float | None = None,
-    min_mean_probability: float | None = None,
-    keep_largest: bool | None = None,
-):
-    """Load verified weights; return ``(segmenter, card)``, with the card's post-processing
-    except for the settings given here (``None`` keeps the card's)."""
-    model, card = load_model(weights, device="cpu")
-    options = card.postprocess_options.with_overrides(
-        threshold=threshold, min_area_fraction=min_area_fraction,
-        min_mean_probability=min_mean_probability, keep_largest=keep_largest,
-    )
-    return LesionSegmenter(model, tuple(card.input_size), options, device), card
 
 
 def evaluate_busi(
@@ -301,7 +282,11 @@ def evaluate_busi(
     cases = list(manifest.cases_for(subset))
     if not cases:
         raise ValueError(f"the split {split_path} has no case in subset {subset!r}")
-    segmenter, card = build_segmenter(weights, device, threshold, min_area_fraction, min_mean_probability, keep_largest)
+    segmenter = LesionSegmenter.from_weights(
+        weights, device, threshold=threshold, min_area_fraction=min_area_fraction,
+        min_mean_probability=min_mean_probability, keep_largest=keep_largest,
+    )
+    card = segmenter.card
 
     def sample_of(case) -> Sample:
         image, mask = load_case(data_root, case)
@@ -350,13 +335,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", type=Path, required=True, help="model .safetensors (model card beside it)")
     parser.add_argument("--subset", default="test", choices=SPLITS, help="which part of the split to evaluate (default: test)")
     parser.add_argument("--output", type=Path, required=True, help="report folder, e.g. reports/NAME")
-    parser.add_argument("--tta", action="store_true", help="average with a horizontally flipped pass")
-    parser.add_argument("--device", choices=DEVICE_CHOICES + ("gpu",), default="auto")
+    parser.add_argument("--test-time-flip", action="store_true", help="average with a horizontally flipped pass")
+    parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="where the network runs (default: auto)")
     parser.add_argument("--threshold", type=float, help="probability threshold (default: the model card's)")
     parser.add_argument("--min-area-fraction", type=float,
                         help="drop predicted components below this fraction of the frame (default: the model card's)")
-    parser.add_argument("--min-mean-probability", type=float,
-                        help="drop predicted components whose mean probability is below this (default: the model card's)")
+    parser.add_argument("--min-confidence", type=float, metavar="P",
+                        help="drop predicted components whose mean probability is below P (default: the model card's)")
     parser.add_argument("--keep-largest", choices=("yes", "no"),
                         help="keep only the largest predicted component (default: the model card's)")
     parser.add_argument("--run-dir", type=Path, help="training run folder; its metrics.csv gives training curves")
@@ -372,8 +357,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         report = evaluate_busi(
             args.data, args.split, args.weights, args.subset, args.output,
-            test_time_flip=args.tta, device=device, threshold=args.threshold,
-            min_area_fraction=args.min_area_fraction, min_mean_probability=args.min_mean_probability,
+            test_time_flip=args.test_time_flip, device=device, threshold=args.threshold,
+            min_area_fraction=args.min_area_fraction, min_mean_probability=args.min_confidence,
             keep_largest=None if args.keep_largest is None else args.keep_largest == "yes",
             run_dir=args.run_dir, progress=not args.no_progress,
         )

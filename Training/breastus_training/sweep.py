@@ -7,7 +7,7 @@ minimum component mean probability and keep-largest on/off. For each combination
 mean lesion Dice and IoU (benign + malignant), how many normal images get a
 false lesion, and one number that weighs both by their share of the subset:
 the mean Dice over all images, where a normal image scores 1 when nothing is
-predicted on it and 0 otherwise (the score ``train`` selects checkpoints on).
+predicted on it and 0 otherwise. A setting not listed keeps the model card's value.
 
 The test split is refused: settings chosen on it would make its numbers
 optimistic.
@@ -27,25 +27,33 @@ import numpy as np
 from tqdm import tqdm
 
 from BreastUSSegmentLib.device import DEVICE_CHOICES, select_device
+from BreastUSSegmentLib.fileio import write_text_atomically
+from BreastUSSegmentLib.inference import LesionSegmenter
 from BreastUSSegmentLib.metrics import dice_score, iou_score
 from BreastUSSegmentLib.postprocessing import PostprocessOptions, postprocess_mask
 from BreastUSSegmentLib.weights import WeightsError
 
 from .busi import LESION_CLASSES, NORMAL_CLASS, load_case, load_manifest
-from .evaluate import build_segmenter
 
 SWEEP_SUBSETS = ("train", "val")
 SWEPT_SETTINGS = ("threshold", "min_area_fraction", "min_mean_probability", "keep_largest")
 
 
 def option_grid(
-    base: PostprocessOptions, thresholds, min_area_fractions, min_mean_probabilities, keep_largest=(True,)
+    base: PostprocessOptions, thresholds=None, min_area_fractions=None, min_mean_probabilities=None, keep_largest=None
 ) -> list[PostprocessOptions]:
-    """Every combination of the settings on top of ``base`` (the model card's other options)."""
+    """Every combination of the listed settings on top of ``base`` (the model card's options).
+
+    A setting given as None is not swept: it keeps ``base``'s value.
+    """
+    def values(listed, own):
+        return [own] if listed is None else list(listed)
+
     return [
         replace(base, threshold=threshold, min_area_fraction=area, min_mean_probability=confidence, keep_largest=largest)
         for threshold, area, confidence, largest in itertools.product(
-            thresholds, min_area_fractions, min_mean_probabilities, keep_largest)
+            values(thresholds, base.threshold), values(min_area_fractions, base.min_area_fraction),
+            values(min_mean_probabilities, base.min_mean_probability), values(keep_largest, base.keep_largest))
     ]
 
 
@@ -104,7 +112,8 @@ def sweep_busi(
     cases = list(manifest.cases_for(subset))
     if not cases:
         raise ValueError(f"the split {split_path} has no case in subset {subset!r}")
-    segmenter, card = build_segmenter(weights, device)
+    segmenter = LesionSegmenter.from_weights(weights, device)
+    card = segmenter.card
     grid = option_grid(segmenter.postprocessing, **grid_values)
     tally = SweepTally(len(grid))
     started = time.perf_counter()
@@ -152,21 +161,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", type=Path, required=True, help="split file, e.g. Training/splits/busi_split.json")
     parser.add_argument("--weights", type=Path, required=True, help="model .safetensors (model card beside it)")
     parser.add_argument("--subset", default="val", choices=SWEEP_SUBSETS, help="where to choose (default: val)")
-    parser.add_argument("--thresholds", type=float, nargs="+", default=[0.5], metavar="T")
-    parser.add_argument("--min-area-fractions", type=float, nargs="+", default=[0.005], metavar="A")
-    parser.add_argument("--min-mean-probabilities", type=float, nargs="+", default=[0.0], metavar="P")
-    parser.add_argument("--keep-largest", nargs="+", choices=("yes", "no"), default=["yes"],
-                        help="keep only the largest region: yes, no, or both to compare (default: yes)")
-    parser.add_argument("--tta", action="store_true", help="average with a horizontally flipped pass")
-    parser.add_argument("--device", choices=DEVICE_CHOICES + ("gpu",), default="auto")
+    parser.add_argument("--thresholds", type=float, nargs="+", metavar="T", help="default: the model card's")
+    parser.add_argument("--min-area-fractions", type=float, nargs="+", metavar="A", help="default: the model card's")
+    parser.add_argument("--min-confidences", type=float, nargs="+", metavar="P",
+                        help="minimum mean probability of a kept region (default: the model card's)")
+    parser.add_argument("--keep-largest", nargs="+", choices=("yes", "no"),
+                        help="keep only the largest region: yes, no, or both to compare (default: the model card's)")
+    parser.add_argument("--test-time-flip", action="store_true", help="average with a horizontally flipped pass")
+    parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="where the network runs (default: auto)")
     parser.add_argument("--output", type=Path, help="write sweep.json and sweep.md into this folder")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
     grid_values = {"thresholds": args.thresholds, "min_area_fractions": args.min_area_fractions,
-                   "min_mean_probabilities": args.min_mean_probabilities,
-                   "keep_largest": [choice == "yes" for choice in args.keep_largest]}
+                   "min_mean_probabilities": args.min_confidences,
+                   "keep_largest": None if args.keep_largest is None else [choice == "yes" for choice in args.keep_largest]}
     # Bad weights and an unavailable device are input errors: the command line reports them without a traceback.
     try:
         device = select_device(args.device)
@@ -174,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(str(error)) from error
     try:
         record = sweep_busi(args.data, args.split, args.weights, args.subset, grid_values,
-                            test_time_flip=args.tta, device=device, progress=not args.no_progress)
+                            test_time_flip=args.test_time_flip, device=device, progress=not args.no_progress)
     except WeightsError as error:
         raise ValueError(str(error)) from error
     table = markdown_table(record)
@@ -186,6 +196,5 @@ def run(args: argparse.Namespace) -> int:
 
 def write_sweep(output_dir: str | os.PathLike, record: dict, table: str) -> None:
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "sweep.json").write_text(json.dumps(record, indent=2) + "\n")
-    (output_dir / "sweep.md").write_text(table)
+    write_text_atomically(output_dir / "sweep.json", json.dumps(record, indent=2) + "\n")
+    write_text_atomically(output_dir / "sweep.md", table)

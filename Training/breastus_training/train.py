@@ -48,6 +48,7 @@ from tqdm import tqdm
 from BreastUSSegmentLib.device import DEVICE_CHOICES, select_device
 from BreastUSSegmentLib.fileio import write_text_atomically
 from BreastUSSegmentLib.metrics import dice_score, iou_score
+from BreastUSSegmentLib.postprocessing import UNTUNED_POSTPROCESSING
 from BreastUSSegmentLib.model import AttentionUNet, ModelConfig
 from BreastUSSegmentLib.weights import load_model, save_model, sha256_of_file
 
@@ -616,7 +617,8 @@ def dataset_credits(config: dict) -> list[dict]:
 
 
 def save_weights(model: AttentionUNet, path: Path, config: dict, epoch: int, scores: dict, **training_extra) -> None:
-    """Save ``model`` as ``path`` with its model card: training provenance (plus ``training_extra``) and val scores."""
+    """Save ``model`` as ``path`` with its model card: training provenance (plus ``training_extra``), val scores
+    and the complete untuned post-processing (``sweep`` on val, then ``export``, choose the model's own)."""
     credits = dataset_credits(config)
     training = {**config, "epoch": epoch, "val_iou": scores["val_iou"], "git_commit": git_commit(),
                 "split_sha256": config["split_sha256"], "dataset": " + ".join(item["name"] for item in credits),
@@ -624,4 +626,5 @@ def save_weights(model: AttentionUNet, path: Path, config: dict, epoch: int, sco
     val = {"dice": scores["val_dice"], "iou": scores["val_iou"], "loss": scores["val_loss"], "epoch": epoch}
     val.update({key[len("val_"):]: value for key, value in scores.items()
                 if key.startswith(("val_dice_", "val_iou_")) or key == "val_score"})
-    save_model(model, path, input_size=tuple(config["input_size"]), training=training, metrics={"val": val})
+    save_model(model, path, input_size=tuple(config["input_size"]), postprocessing=UNTUNED_POSTPROCESSING,
+               training=training, metrics={"val": val})

@@ -1,0 +1,61 @@
+"""What every image reader returns and raises, shared by :mod:`.imageio` and :mod:`.dicomio` (numpy only)."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+UNKNOWN_SPACING = (1.0, 1.0)
+
+
+class ImageReadError(ValueError):
+    """A file cannot be read as an image; the message names the file and the problem."""
+
+    def __init__(self, path: str | os.PathLike, problem: str):
+        self.path = Path(path)
+        self.problem = problem
+        super().__init__(f"Cannot read image '{path}': {problem}")
+
+
+@dataclass
+class LoadedImage:
+    """Pixels of an image file as stored, with the physical size of a pixel."""
+
+    pixels: np.ndarray  # (H, W) | (H, W, C) | (F, H, W) | (F, H, W, C)
+    spacing: tuple[float, float]  # (row_mm, column_mm); (1.0, 1.0) when unknown
+    spacing_source: str  # "PixelSpacing", "ImagerPixelSpacing", "SequenceOfUltrasoundRegions", "header", "unknown"
+    color: bool  # the last axis holds RGB(A) samples
+    path: Path
+
+    @property
+    def frame_count(self) -> int:
+        """Number of frames (1 for a single image)."""
+        is_stack = self.pixels.ndim == 4 or (self.pixels.ndim == 3 and not self.color)
+        return int(self.pixels.shape[0]) if is_stack else 1
+
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        """Height and width of one frame."""
+        shape = self.pixels.shape[:-1] if self.color else self.pixels.shape
+        return int(shape[-2]), int(shape[-1])
+
+
+def check_spacing(spacing) -> tuple[float, float]:
+    """``spacing`` as ``(row_mm, column_mm)`` floats; ``ValueError`` unless it is two positive finite numbers."""
+    try:
+        row_mm, column_mm = (float(value) for value in spacing)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"spacing must be two numbers (row_mm, column_mm), got {spacing!r}") from error
+    if not all(math.isfinite(value) and value > 0 for value in (row_mm, column_mm)):
+        raise ValueError(f"spacing must be two positive finite numbers (row_mm, column_mm), got {spacing!r}")
+    return row_mm, column_mm
+
+
+def error_line(error: BaseException) -> str:
+    """A library's error message folded onto one line, for the user's message."""
+    text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    return text or type(error).__name__
