@@ -198,6 +198,8 @@ def describe_failure(error: Exception) -> str:
         return f"would overwrite {error.filename}, which exists or was just written by another run (use --overwrite)"
     if isinstance(error, MemoryError):
         return "out of memory"
+    if isinstance(error, OSError) and error.filename and error.strerror:
+        return f"cannot write {error.filename}: {error.strerror}"
     if isinstance(error, (InvalidImageError, OSError, ValueError, RuntimeError)):
         return str(error) or type(error).__name__
     return f"{type(error).__name__}: {error}"

@@ -43,6 +43,7 @@ def write_atomically(path: str | os.PathLike, write: Callable[[str], None], *, e
     rename is atomic; it is removed when ``write`` fails. With ``exclusive``
     an existing ``path`` is never replaced: ``FileExistsError`` is raised
     instead, also when another process creates ``path`` during the write.
+    An ``OSError`` with an error number (a full disk, a folder in the way) names ``path``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -56,6 +57,10 @@ def write_atomically(path: str | os.PathLike, write: Callable[[str], None], *, e
             _rename_without_replacing(temporary, path)
         else:
             os.replace(temporary, path)
+    except OSError as error:
+        if error.errno is None or error.filename == str(path):
+            raise
+        raise OSError(error.errno, error.strerror, str(path)) from error  # name the target, not the temporary
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)

@@ -234,7 +234,9 @@ def write_image(
         return write_atomically(path, write, exclusive=exclusive)
     except FileExistsError:
         raise
-    except (OSError, RuntimeError) as exc:  # a full disk, a folder in the way; SimpleITK raises RuntimeError
+    except OSError as exc:  # a full disk, a folder in the way
+        raise ImageWriteError(f"Cannot write '{path}': {exc.strerror or error_line(exc)}") from None
+    except RuntimeError as exc:  # SimpleITK's errors
         raise ImageWriteError(f"Cannot write '{path}': {error_line(exc)}") from None
 
 

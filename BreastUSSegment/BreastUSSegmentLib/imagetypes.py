@@ -49,8 +49,12 @@ class LoadedImage:
         return int(shape[-2]), int(shape[-1])
 
 
-def size_problem(frames: int, rows: int, columns: int, limit: int = MAX_INPUT_PIXELS) -> str:
-    """Why an input of ``frames`` x ``rows`` x ``columns`` pixels is too large to segment; "" when it is not."""
+def size_problem(frames: int, rows: int, columns: int, limit: int | None = None) -> str:
+    """Why an input of ``frames`` x ``rows`` x ``columns`` pixels is too large to segment; "" when it is not.
+
+    ``limit`` defaults to :data:`MAX_INPUT_PIXELS`.
+    """
+    limit = MAX_INPUT_PIXELS if limit is None else limit
     pixels = int(frames) * int(rows) * int(columns)
     if pixels <= limit:
         return ""
