@@ -2,13 +2,10 @@
 
 import os
 import stat
-import subprocess
-import sys
 
 import pytest
 
-from BreastUSSegmentLib.fileio import (SHARED_FILE_MODE, leftover_temporaries, split_extension, write_atomically,
-                                       write_text_atomically)
+from BreastUSSegmentLib.fileio import SHARED_FILE_MODE, split_extension, write_atomically, write_text_atomically
 
 
 def test_write_creates_the_folder_and_a_shared_file(tmp_path):
@@ -75,19 +72,6 @@ def test_exclusive_write_loses_cleanly_to_a_file_created_meanwhile(tmp_path):
     write_atomically(tmp_path / "new.nrrd", lambda temporary: open(temporary, "w").write("new"), exclusive=True)
     assert (tmp_path / "new.nrrd").read_text() == "new"
     assert stat.S_IMODE(os.stat(tmp_path / "new.nrrd").st_mode) == SHARED_FILE_MODE
-
-
-def test_leftovers_of_a_killed_write_are_found(tmp_path):
-    """A process killed inside the write (os._exit: no clean-up runs) leaves its temporary; it is found by name."""
-    target = tmp_path / "checkpoint_last.pt"
-    script = (
-        "import os, sys; from BreastUSSegmentLib.fileio import write_atomically; "
-        "write_atomically(sys.argv[1], lambda temporary: (open(temporary, 'wb').write(b'half'), os._exit(9)))"
-    )
-    assert subprocess.run([sys.executable, "-c", script, str(target)]).returncode == 9
-    leftovers = leftover_temporaries(target)
-    assert len(leftovers) == 1 and leftovers[0].read_bytes() == b"half" and not target.exists()
-    assert leftover_temporaries(tmp_path / "other.pt") == []
 
 
 def test_an_os_error_names_the_target_not_the_temporary(tmp_path):

@@ -105,7 +105,8 @@ def test_rng_state_round_trip():
 
 
 def test_a_save_after_a_killed_save_removes_its_temporary(tmp_path):
-    """A run killed inside torch.save (os._exit: no clean-up runs) leaves a temporary; the next save removes it."""
+    """A run killed inside torch.save (os._exit: no clean-up runs) leaves a temporary; the next save removes it
+    (fileio.leftover_temporaries finds it by name)."""
     path = tmp_path / "checkpoint_last.pt"
     script = (
         "import os, sys, torch; torch.save = lambda state, target: (open(target, 'wb').close(), os._exit(9)); "
