@@ -91,6 +91,7 @@ except ImportError:  # slicer-core has no parameter node wrapper: keep the class
         maximum: float
 
 from BreastUSSegmentLib import BUNDLED_WEIGHTS, dependencies
+from BreastUSSegmentLib.imagetypes import MAX_INPUT_PIXELS, size_problem
 from BreastUSSegmentLib.measure import LesionMeasurement, measure_frames
 
 if TYPE_CHECKING:  # the pipeline imports PyTorch, which is installed on first use
@@ -128,10 +129,6 @@ PROBABILITY_REFERENCE_ROLE = "BreastUSSegment.ProbabilityVolume"
 # Standard Slicer colour node used for the attention overlay when the scene has it.
 STANDARD_HEAT_COLOR_NODE_ID = "vtkMRMLPETProceduralColorNodePET-Heat"
 FALLBACK_HEAT_COLOR_NODE_NAME = "BreastUS attention heat"
-# Frames x rows x columns accepted in one run. The pipeline holds about a dozen
-# float32 copies of the input (frames, probability, one map per attention gate,
-# output volumes), so this keeps a run within a few GB of memory.
-MAX_INPUT_VOXELS = 50_000_000
 DEFAULT_ATTENTION_OPACITY = 0.4
 # The panel's slider ranges (the .ui sliders use the same limits; a test checks them).
 THRESHOLD_RANGE = (0.05, 0.95)
@@ -649,7 +646,7 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        self.maxInputVoxels = MAX_INPUT_VOXELS
+        self.maxInputPixels = MAX_INPUT_PIXELS  # the core's limit, shared with the command line
         self._segmenters = {}
         ensureSegmentationConverterRules()
 
@@ -674,13 +671,12 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
             return _("Input volume '{name}' has {count} components per pixel; expected grayscale, RGB or RGBA.").format(
                 name=name, count=components
             )
-        voxels = int(dimensions[0]) * int(dimensions[1]) * int(dimensions[2])
-        if voxels > self.maxInputVoxels:
+        tooLarge = size_problem(dimensions[2], dimensions[1], dimensions[0], self.maxInputPixels)
+        if tooLarge:
             return _(
-                "Input volume '{name}' is too large: {frames} frames of {rows} x {columns} pixels ({voxels:,} voxels); "
-                "the limit is {limit:,} voxels. Crop it or split the clip (e.g. with Crop Volume) and try again."
-            ).format(name=name, frames=dimensions[2], rows=dimensions[1], columns=dimensions[0], voxels=voxels,
-                     limit=self.maxInputVoxels)
+                "Input volume '{name}' is too large: {problem}. Crop it or split the clip (e.g. with Crop Volume) "
+                "and try again."
+            ).format(name=name, problem=tooLarge)
         return ""
 
     def inputArray(self, volumeNode):

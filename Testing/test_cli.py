@@ -9,7 +9,7 @@ from PIL import Image
 from BreastUSSegmentLib.cli import main
 from BreastUSSegmentLib.model import AttentionUNet, ModelConfig
 from BreastUSSegmentLib.postprocessing import UNTUNED_POSTPROCESSING
-from BreastUSSegmentLib.weights import save_model
+from BreastUSSegmentLib.weights import load_model, save_model
 
 
 @pytest.fixture(scope="module")
@@ -133,3 +133,166 @@ def test_min_confidence_drops_a_lukewarm_region_and_rejects_bad_values(tmp_path,
     assert main([str(tmp_path / "two.png"), "-o", str(tmp_path / "bad"), "--weights", str(weights),
                  "--min-confidence", "1.5"]) == 2
     assert "min_mean_probability must be in [0, 1)" in capsys.readouterr().err
+
+
+def run(inputs, out, weights, *options):
+    return main([*map(str, inputs), "-o", str(out), "--weights", str(weights), "--device", "cpu", *options])
+
+
+# ---------------------------------------------------------------- output names and collisions
+
+
+def test_outputs_are_named_after_the_file_name_without_its_last_extension(tmp_path, weights, capsys):
+    """DICOM files named by UID used to collide as '1_*'; .nii.gz is one extension."""
+    names = ["1.2.826.0.1.3680043.101.png", "1.2.826.0.1.3680043.303.png"]
+    for name in names:
+        bright_square_png(tmp_path / name)
+    scan = sitk.GetImageFromArray(np.array(Image.open(tmp_path / names[0])))
+    sitk.WriteImage(scan, str(tmp_path / "scan.nii.gz"))
+    out = tmp_path / "out"
+    assert run([tmp_path / name for name in names] + [tmp_path / "scan.nii.gz"], out, weights, "--no-figure") == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"{stem}_{kind}.nrrd" for stem in ("1.2.826.0.1.3680043.101", "1.2.826.0.1.3680043.303", "scan")
+        for kind in ("mask", "probability")
+    )
+    assert capsys.readouterr().out.strip().endswith("3 segmented, 0 failed")
+
+
+def test_inputs_whose_outputs_collide_are_refused_before_anything_runs(tmp_path, weights, capsys):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        bright_square_png(tmp_path / folder / "frame.png")
+    out = tmp_path / "out"
+    assert run([tmp_path / "a" / "frame.png", tmp_path / "b" / "frame.png"], out, weights) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'a' / 'frame.png'} and {tmp_path / 'b' / 'frame.png'} would both write {out / 'frame_mask.nrrd'}" in err
+    assert "nothing was segmented" in err and not out.exists()
+    # An output that would replace an input of the same run is refused too, also with --overwrite.
+    bright_square_png(tmp_path / "f.png")
+    bright_square_png(tmp_path / "f_mask.png")
+    assert run([tmp_path / "f.png", tmp_path / "f_mask.png"], tmp_path, weights, "--format", "png", "--overwrite") == 2
+    assert f"would write {tmp_path / 'f_mask.png'}, which is an input of this run" in capsys.readouterr().err
+    assert not (tmp_path / "f_probability.png").exists()
+
+
+# ---------------------------------------------------------------- one input's failure stays its own
+
+
+def test_a_failing_overlay_stops_neither_the_batch_nor_leaves_half_the_outputs(tmp_path, weights, monkeypatch, capsys):
+    bright_square_png(tmp_path / "first.png")
+    bright_square_png(tmp_path / "second.png")
+    out = tmp_path / "out"
+    (out / "first_overlay.png").mkdir(parents=True)  # a folder where the overlay should go
+    assert run([tmp_path / "first.png", tmp_path / "second.png"], out, weights, "--overwrite") == 1
+    captured = capsys.readouterr()
+    assert f"error: {tmp_path / 'first.png'}: cannot write {out / 'first_overlay.png'}: Is a directory" in captured.err
+    assert captured.out.strip().endswith("1 segmented, 1 failed")
+    assert sorted(p.name for p in out.iterdir()) == [
+        "first_overlay.png", "second_mask.nrrd", "second_overlay.png", "second_probability.nrrd"]
+    assert (out / "first_overlay.png").is_dir()
+
+    from BreastUSSegmentLib import cli
+
+    figures = iter([MemoryError(), None])
+
+    def overlay_out_of_memory(*args):
+        error = next(figures)
+        if error:
+            raise error
+        return overlay_figure(*args)
+
+    overlay_figure = cli.overlay_figure
+    monkeypatch.setattr(cli, "overlay_figure", overlay_out_of_memory)
+    out = tmp_path / "oom"
+    assert run([tmp_path / "first.png", tmp_path / "second.png"], out, weights) == 1
+    captured = capsys.readouterr()
+    assert f"error: {tmp_path / 'first.png'}: out of memory" in captured.err
+    assert captured.out.strip().endswith("1 segmented, 1 failed")
+    assert sorted(p.name for p in out.iterdir()) == ["second_mask.nrrd", "second_overlay.png", "second_probability.nrrd"]
+
+
+def test_a_run_killed_while_writing_leaves_no_half_written_output(tmp_path, weights, monkeypatch):
+    """A kill inside the probability write (simulated by an interrupt) leaves nothing a rerun would refuse."""
+    bright_square_png(tmp_path / "f.png")
+    out = tmp_path / "out"
+    real_write = sitk.WriteImage
+
+    def killed_inside_the_second_write(image, target, *args, **kwargs):
+        if "probability" in str(target):
+            with open(target, "wb") as stream:
+                stream.write(b"NRRD0004\n truncated")
+            raise KeyboardInterrupt
+        real_write(image, target, *args, **kwargs)
+
+    monkeypatch.setattr(sitk, "WriteImage", killed_inside_the_second_write)
+    with pytest.raises(KeyboardInterrupt):
+        run([tmp_path / "f.png"], out, weights)
+    assert list(out.iterdir()) == []
+    monkeypatch.setattr(sitk, "WriteImage", real_write)
+    assert run([tmp_path / "f.png"], out, weights) == 0  # no --overwrite needed
+
+
+def test_a_concurrent_run_that_writes_first_is_never_overwritten(tmp_path, weights, monkeypatch, capsys):
+    """The other run creates the mask after our existence check: we fail cleanly instead of replacing it."""
+    from BreastUSSegmentLib import cli
+
+    bright_square_png(tmp_path / "f.png")
+    out = tmp_path / "out"
+    real_read = cli.read_image
+
+    def read_while_another_run_writes(path):
+        (out / "f_mask.nrrd").write_text("the other run's mask")
+        return real_read(path)
+
+    monkeypatch.setattr(cli, "read_image", read_while_another_run_writes)
+    assert run([tmp_path / "f.png"], out, weights) == 1
+    captured = capsys.readouterr()
+    assert f"would overwrite {out / 'f_mask.nrrd'}" in captured.err
+    assert captured.out.strip().endswith("0 segmented, 1 failed")
+    assert (out / "f_mask.nrrd").read_text() == "the other run's mask"
+    assert sorted(p.name for p in out.iterdir()) == ["f_mask.nrrd"]
+
+
+def test_a_frame_too_small_to_segment_is_reported_with_its_file_name(tmp_path, weights, capsys):
+    Image.fromarray(np.zeros((1, 1), np.uint8)).save(tmp_path / "dot.png")
+    assert run([tmp_path / "dot.png"], tmp_path / "out", weights) == 1
+    assert f"error: {tmp_path / 'dot.png'}: a frame must be at least 2x2 pixels" in capsys.readouterr().err
+
+
+def test_an_image_over_the_size_limit_is_refused_and_the_batch_goes_on(tmp_path, weights, monkeypatch, capsys):
+    from BreastUSSegmentLib import imagetypes
+
+    monkeypatch.setattr(imagetypes, "MAX_INPUT_PIXELS", 80 * 100)
+    bright_square_png(tmp_path / "big.png", size=(81, 100))
+    bright_square_png(tmp_path / "fits.png", size=(80, 100))
+    assert run([tmp_path / "big.png", tmp_path / "fits.png"], tmp_path / "out", weights, "--no-figure") == 1
+    captured = capsys.readouterr()
+    assert f"error: {tmp_path / 'big.png'}: the image is too large: 1 frame(s) of 81 x 100 pixels" in captured.err
+    assert captured.out.strip().endswith("1 segmented, 1 failed")
+
+
+# ---------------------------------------------------------------- problems that stop the whole batch
+
+
+def test_an_unusable_output_folder_is_a_clean_error(tmp_path, weights, capsys):
+    bright_square_png(tmp_path / "f.png")
+    (tmp_path / "taken").write_text("a file")
+    assert run([tmp_path / "f.png"], tmp_path / "taken", weights) == 2
+    assert f"error: --output {tmp_path / 'taken'} is a file, not a folder" in capsys.readouterr().err
+    assert run([tmp_path / "f.png"], tmp_path / "taken" / "sub", weights) == 2
+    assert f"error: cannot create the output folder {tmp_path / 'taken' / 'sub'}" in capsys.readouterr().err
+
+
+def test_nan_weights_stop_the_batch_with_an_error_naming_the_model(tmp_path, weights, capsys):
+    model, card = load_model(weights)
+    with torch.no_grad():
+        model.head.bias.fill_(float("nan"))
+    broken = tmp_path / "broken.safetensors"
+    save_model(model, broken, input_size=tuple(card.input_size), postprocessing=card.postprocess_options)
+    bright_square_png(tmp_path / "a.png")
+    bright_square_png(tmp_path / "b.png")
+    assert run([tmp_path / "a.png", tmp_path / "b.png"], tmp_path / "out", broken) == 2
+    captured = capsys.readouterr()
+    assert f"the network output is NaN or infinite: the model {broken} is broken" in captured.err
+    assert captured.out.strip().endswith("0 segmented, 1 failed, 1 not run (the model is broken)")
+    assert list((tmp_path / "out").iterdir()) == []

@@ -1,15 +1,18 @@
 """Reading DICOM ultrasound files: photometric interpretations, frames, spacing sources, bad files."""
 
+import logging
 from pathlib import Path
 
 import numpy as np
 import pytest
-from pydicom import dcmwrite
+from pydicom import dcmread, dcmwrite
+from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.encaps import encapsulate
+from pydicom.encaps import encapsulate, generate_fragmented_frames
 from pydicom.pixels import convert_color_space
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGLSLossless, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, generate_uid
 
+from BreastUSSegmentLib import dicomio, imagetypes
 from BreastUSSegmentLib.dicomio import has_dicom_magic, looks_like_dicom, read_dicom
 from BreastUSSegmentLib.imageio import ImageReadError, read_image
 
@@ -339,3 +342,25 @@ def test_multiframe_dicom_feeds_the_segmenter(tmp_path, tiny_segmenter):
     assert result.probability.shape == expected
     assert result.processed_mask.shape == expected
     assert all(level.shape == expected for level in result.attention_maps)
+
+
+def test_a_broken_jpeg_2000_frame_gives_one_clean_error_and_no_decoder_traceback(tmp_path, caplog):
+    """pydicom logs every failing decoder's traceback; the error raised already says it in one line."""
+    source = dcmread(get_testdata_file("MR_small_jp2klossless.dcm"))
+    codestream = b"".join(next(generate_fragmented_frames(source.PixelData)))
+    broken = make_dataset(np.zeros((64, 64), np.uint16), transfer_syntax=JPEG2000Lossless,
+                          pixel_bytes=encapsulate([codestream[:150] + bytes(10)]))
+    path = write(tmp_path / "broken_j2k.dcm", broken)
+    with caplog.at_level(logging.DEBUG), pytest.raises(ImageReadError) as error:
+        read_image(path)
+    assert str(path) in str(error.value) and "JPEG 2000" in str(error.value)
+    assert [record for record in caplog.records if record.levelno >= logging.ERROR] == []
+
+
+def test_a_dicom_over_the_size_limit_is_refused_before_decoding(tmp_path, monkeypatch):
+    monkeypatch.setattr(imagetypes, "MAX_INPUT_PIXELS", 2 * HEIGHT * WIDTH)
+    path = write(tmp_path / "clip.dcm", make_dataset(random_array((3, HEIGHT, WIDTH)), frames=3))
+    monkeypatch.setattr(dicomio, "pixel_array", lambda dataset: pytest.fail("the pixels were decoded"))
+    with pytest.raises(ImageReadError, match=f"too large: 3 frame\\(s\\) of {HEIGHT} x {WIDTH} pixels") as error:
+        read_image(path)
+    assert str(path) in str(error.value)

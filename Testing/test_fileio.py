@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from BreastUSSegmentLib.fileio import SHARED_FILE_MODE, write_atomically, write_text_atomically
+from BreastUSSegmentLib.fileio import SHARED_FILE_MODE, split_extension, write_atomically, write_text_atomically
 
 
 def test_write_creates_the_folder_and_a_shared_file(tmp_path):
@@ -28,3 +28,55 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
         write_atomically(path, fail)
     assert path.read_text() == "old\n"
     assert os.listdir(tmp_path) == ["metrics.csv"]
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("1.2.826.0.1.3680043.101.dcm", ("1.2.826.0.1.3680043.101", ".dcm")),
+    ("scan.NII.GZ", ("scan", ".NII.GZ")),
+    ("frame.png", ("frame", ".png")),
+    ("IM0001", ("IM0001", "")),
+    (".hidden", (".hidden", "")),
+    ("trailing.", ("trailing.", "")),
+])
+def test_split_extension_keeps_all_but_the_last_extension(name, expected):
+    assert split_extension(name) == expected
+
+
+def test_the_temporary_keeps_the_extension_for_writers_that_choose_the_format_by_it(tmp_path):
+    seen = []
+    write_atomically(tmp_path / "x_mask.nii.gz", lambda temporary: (seen.append(temporary), open(temporary, "w").close()))
+    assert seen[0].endswith(".nii.gz") and os.path.dirname(seen[0]) == str(tmp_path)
+
+
+def test_exclusive_write_never_replaces_an_existing_file(tmp_path):
+    path = tmp_path / "mask.nrrd"
+    path.write_text("earlier result")
+    with pytest.raises(FileExistsError) as error:
+        write_atomically(path, lambda temporary: open(temporary, "w").write("new"), exclusive=True)
+    assert error.value.filename == str(path)
+    assert path.read_text() == "earlier result" and os.listdir(tmp_path) == ["mask.nrrd"]
+
+
+def test_exclusive_write_loses_cleanly_to_a_file_created_meanwhile(tmp_path):
+    """Another process creating the file between our check and our rename wins; we fail, nothing is replaced."""
+    path = tmp_path / "mask.nrrd"
+
+    def write_while_another_run_finishes(temporary):
+        with open(temporary, "w") as stream:
+            stream.write("ours")
+        path.write_text("the other run's")
+
+    with pytest.raises(FileExistsError):
+        write_atomically(path, write_while_another_run_finishes, exclusive=True)
+    assert path.read_text() == "the other run's" and os.listdir(tmp_path) == ["mask.nrrd"]
+    write_atomically(tmp_path / "new.nrrd", lambda temporary: open(temporary, "w").write("new"), exclusive=True)
+    assert (tmp_path / "new.nrrd").read_text() == "new"
+    assert stat.S_IMODE(os.stat(tmp_path / "new.nrrd").st_mode) == SHARED_FILE_MODE
+
+
+def test_an_os_error_names_the_target_not_the_temporary(tmp_path):
+    (tmp_path / "overlay.png").mkdir()  # a folder where the file should go
+    with pytest.raises(IsADirectoryError) as error:
+        write_atomically(tmp_path / "overlay.png", lambda temporary: open(temporary, "w").close())
+    assert error.value.filename == str(tmp_path / "overlay.png") and ".tmp-" not in str(error.value)
+    assert os.listdir(tmp_path) == ["overlay.png"]

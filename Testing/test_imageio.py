@@ -7,6 +7,7 @@ import pytest
 import SimpleITK as sitk
 from PIL import Image
 
+from BreastUSSegmentLib import imagetypes
 from BreastUSSegmentLib.imageio import ImageReadError, ImageWriteError, LoadedImage, read_image, write_image
 
 HEIGHT, WIDTH = 20, 28
@@ -339,6 +340,67 @@ def test_write_refuses_bad_requests_with_the_file_named(tmp_path, name, array, p
 def test_write_refuses_non_positive_spacing(tmp_path):
     with pytest.raises(ImageWriteError, match="spacing"):
         write_image(tmp_path / "frame.nrrd", np.zeros((4, 4), np.uint8), spacing=(0.0, 1.0))
+
+
+@pytest.mark.parametrize("name", ["frame.nrrd", "frame.nii.gz", "frame.png"])
+def test_a_write_killed_midway_leaves_the_earlier_file_whole(tmp_path, monkeypatch, name):
+    """The writer fails after writing part of the file (a kill or a full disk): the final name keeps the old file."""
+    path = tmp_path / name
+    write_image(path, np.zeros((4, 4), np.uint8))
+    earlier = path.read_bytes()
+
+    def write_half_then_fail(image, target, *args, **kwargs):
+        Path(target).write_bytes(b"half a file")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(sitk, "WriteImage", write_half_then_fail)
+    monkeypatch.setattr(Image.Image, "save", lambda image, target, *args, **kwargs: write_half_then_fail(image, target))
+    with pytest.raises(ImageWriteError, match="No space left on device") as error:
+        write_image(path, np.ones((4, 4), np.uint8))
+    assert str(path) in str(error.value)
+    assert path.read_bytes() == earlier and sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
+def test_exclusive_write_keeps_an_existing_image(tmp_path):
+    path = write_image(tmp_path / "mask.nrrd", np.zeros((4, 4), np.uint8))
+    earlier = path.read_bytes()
+    with pytest.raises(FileExistsError):
+        write_image(path, np.ones((4, 4), np.uint8), exclusive=True)
+    assert path.read_bytes() == earlier
+    write_image(path, np.ones((4, 4), np.uint8))  # not exclusive: replaced
+    assert sitk.GetArrayFromImage(sitk.ReadImage(str(path))).min() == 1
+
+
+# ---------------------------------------------------------------- the size limit
+
+
+def test_images_over_the_size_limit_are_refused_before_decoding(tmp_path, monkeypatch):
+    monkeypatch.setattr(imagetypes, "MAX_INPUT_PIXELS", 1000)
+    Image.fromarray(random_array((20, 50))).save(tmp_path / "at_limit.png")
+    assert read_image(tmp_path / "at_limit.png").frame_shape == (20, 50)
+    Image.fromarray(random_array((21, 50))).save(tmp_path / "over.png")
+    write_sitk(tmp_path / "clip.nrrd", random_array((2, 20, 30)), (1.0, 1.0, 1.0))
+    decoded = []
+    monkeypatch.setattr(sitk.ImageFileReader, "Execute", lambda reader: decoded.append(reader))
+    monkeypatch.setattr(Image.Image, "load", lambda image: decoded.append(image))
+    for name, size in (("over.png", "1 frame(s) of 21 x 50 pixels is 1,050 pixels"),
+                       ("clip.nrrd", "2 frame(s) of 20 x 30 pixels is 1,200 pixels")):
+        with pytest.raises(ImageReadError, match="too large") as error:
+            read_image(tmp_path / name)
+        assert str(tmp_path / name) in str(error.value) and f"{size}; the limit is 1,000" in str(error.value)
+    assert decoded == []
+
+
+@pytest.mark.parametrize("pixels", ["above Pillow's warning", "above Pillow's error"])
+def test_a_huge_png_is_refused_with_one_clear_message_and_no_pillow_warning(tmp_path, pixels, recwarn):
+    limit = Image.MAX_IMAGE_PIXELS
+    width = 10_000
+    height = (limit if pixels == "above Pillow's warning" else 2 * limit) // width + 10
+    Image.new("1", (width, height)).save(tmp_path / "huge.png")  # 1 bit per pixel: a small file
+    with pytest.raises(ImageReadError, match="too large") as error:
+        read_image(tmp_path / "huge.png")
+    assert f"the limit is {imagetypes.MAX_INPUT_PIXELS:,}" in str(error.value)
+    assert not [warning for warning in recwarn if issubclass(warning.category, Image.DecompressionBombWarning)]
 
 
 # ---------------------------------------------------------------- the images feed the pipeline

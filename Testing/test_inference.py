@@ -8,7 +8,7 @@ from BreastUSSegmentLib.device import select_device
 from BreastUSSegmentLib.inference import LesionSegmenter
 from BreastUSSegmentLib.model import AttentionUNet, ModelConfig
 from BreastUSSegmentLib.postprocessing import PostprocessOptions, UNTUNED_POSTPROCESSING
-from BreastUSSegmentLib.weights import save_model
+from BreastUSSegmentLib.weights import WeightsError, save_model
 
 
 @pytest.fixture(scope="module")
@@ -136,3 +136,14 @@ def test_out_of_memory_falls_back_to_cpu_with_warning(caplog):
     result = segmenter.segment(gray_frame(40, 40))
     assert segmenter.device.type == "cpu" and result.probability.shape == (1, 40, 40)
     assert "ran out of memory" in caplog.text
+
+
+def test_a_non_finite_network_output_is_an_error_naming_the_model_file(tiny_weights):
+    """NaN weights used to give a silent 'no lesion' with an all-NaN probability map."""
+    segmenter = LesionSegmenter.from_weights(tiny_weights, device="cpu")
+    segmenter.segment(gray_frame())  # finite weights: no error
+    with torch.no_grad():
+        segmenter.model.head.bias.fill_(float("nan"))
+    with pytest.raises(WeightsError, match="NaN or infinite") as error:
+        segmenter.segment(gray_frame())
+    assert str(tiny_weights) in str(error.value)

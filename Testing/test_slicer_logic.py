@@ -439,10 +439,10 @@ def test_errors_have_clear_messages(scene, logic, weights, tmp_path, monkeypatch
     with pytest.raises(Error, match="2 components per pixel"):
         logic.segment(two, options=BUS.SegmentationOptions(weightsPath=weights))
 
-    logic.maxInputVoxels = 1000
-    with pytest.raises(Error, match=r"too large: 1 frames of 48 x 64 pixels \(3,072 voxels\); the limit is 1,000"):
+    logic.maxInputPixels = 1000
+    with pytest.raises(Error, match=r"too large: 1 frame\(s\) of 48 x 64 pixels is 3,072 pixels; the limit is 1,000\. "):
         logic.segment(volume, options=BUS.SegmentationOptions(weightsPath=weights))
-    logic.maxInputVoxels = BUS.MAX_INPUT_VOXELS
+    logic.maxInputPixels = BUS.MAX_INPUT_PIXELS
 
     with pytest.raises(Error, match="Model weights not found: .*missing.safetensors"):
         logic.segment(volume, options=BUS.SegmentationOptions(weightsPath=tmp_path / "missing.safetensors"))

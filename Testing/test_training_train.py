@@ -2,6 +2,8 @@
 
 import csv
 import random
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -12,7 +14,7 @@ from BreastUSSegmentLib.weights import load_model
 from breastus_training import cli
 from breastus_training.augment import affine_pair, get_augmentation, standard_augment
 from breastus_training.busi import load_case, load_manifest
-from breastus_training.checkpoint import ResumeError, capture_rng_state, restore_rng_state
+from breastus_training.checkpoint import ResumeError, capture_rng_state, restore_rng_state, save_checkpoint
 from breastus_training.dataset import SegmentationDataset, preload_cases
 from breastus_training.precision import resolve_precision
 from breastus_training.train import train as train_run
@@ -101,6 +103,21 @@ def test_rng_state_round_trip():
     restore_rng_state(state)
     actual = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(actual[0], expected[0]) and np.array_equal(actual[1], expected[1]) and actual[2] == expected[2]
+
+
+def test_a_save_after_a_killed_save_removes_its_temporary(tmp_path):
+    """A run killed inside torch.save (os._exit: no clean-up runs) leaves a temporary; the next save removes it
+    (fileio.leftover_temporaries finds it by name)."""
+    path = tmp_path / "checkpoint_last.pt"
+    script = (
+        "import os, sys, torch; torch.save = lambda state, target: (open(target, 'wb').close(), os._exit(9)); "
+        "from breastus_training.checkpoint import save_checkpoint; save_checkpoint({'epoch': 1}, sys.argv[1])"
+    )
+    assert subprocess.run([sys.executable, "-c", script, str(path)]).returncode == 9
+    assert len(list(tmp_path.iterdir())) == 1 and not path.exists()  # the killed save left its temporary behind
+    save_checkpoint({"epoch": 2}, path)
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint_last.pt"]
+    assert torch.load(path, weights_only=True) == {"epoch": 2}
 
 
 def test_best_model_loads_with_the_core_and_records_its_provenance(dataset, tmp_path):

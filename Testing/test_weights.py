@@ -71,13 +71,29 @@ def test_corrupt_safetensors_with_matching_checksum_is_refused(saved):
         load_model(path)
 
 
-def test_card_architecture_must_match_weights(saved):
+@pytest.mark.parametrize("change, summary", [
+    ({"base_channels": 8}, "of another shape (first: "),
+    ({"depth": 3}, "tensor(s) missing (first: "),
+    ({"depth": 1}, "unexpected (first: "),
+])
+def test_card_architecture_must_match_weights_and_the_error_is_one_line(saved, change, summary):
     _, path, _ = saved
     card = json.loads(card_path_for(path).read_text())
-    card["model"]["base_channels"] = 8
+    card["model"].update(change)
     card_path_for(path).write_text(json.dumps(card))
-    with pytest.raises(WeightsError, match="do not match the architecture"):
+    with pytest.raises(WeightsError, match="do not match the architecture") as error:
         load_model(path)
+    message = str(error.value)
+    assert "\n" not in message and len(message) < 400
+    assert summary in message and str(path) in message
+
+
+def test_an_upper_case_checksum_in_the_card_is_the_same_checksum(saved):
+    _, path, _ = saved
+    card = json.loads(card_path_for(path).read_text())
+    card["sha256"] = card["sha256"].upper()
+    card_path_for(path).write_text(json.dumps(card))
+    load_model(path)
 
 
 @pytest.mark.parametrize("change", [{"format_version": 99}, {"model": {"depth": 0}}, {"unexpected": 1}])

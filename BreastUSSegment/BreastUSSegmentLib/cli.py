@@ -7,32 +7,46 @@ Example::
 For every input ``NAME.ext`` it writes ``NAME_mask.<format>`` (processed
 mask, 0/1), ``NAME_probability.<format>`` (float probabilities; scaled to
 0-255 for PNG) and ``NAME_overlay.png`` (outline and attention heatmap of the
-first frame). Existing files are never overwritten unless ``--overwrite``.
+first frame). ``NAME`` is the file name without its last extension
+(``.nii.gz`` counts as one). Inputs whose outputs would share a name are
+refused before anything runs. Existing files are never overwritten unless
+``--overwrite``. One failing input does not stop the others.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from . import BUNDLED_WEIGHTS, __version__
 from .device import DEVICE_CHOICES
-from .imageio import ImageReadError, ImageWriteError, read_image, write_image
+from .fileio import split_extension, write_atomically
+from .imageio import read_image, write_image
+from .imagetypes import MAX_INPUT_PIXELS, ImageReadError
 from .measure import measure_lesion
 from .postprocessing import strongest_hidden_confidence
 from .preprocessing import InvalidImageError
-from .visualize import overlay_figure
+from .visualize import FIGURE_MAX_SIDE, overlay_figure
 from .weights import WeightsError
 
 FORMATS = {"nrrd": ".nrrd", "nifti": ".nii.gz", "png": ".png"}
+EPILOG = (
+    f"Inputs larger than {MAX_INPUT_PIXELS:,} pixels (frames x rows x columns) are refused; the overlay shows "
+    f"frames longer than {FIGURE_MAX_SIDE} pixels shrunk. Exit status: 0 all inputs segmented, 1 some failed, "
+    "2 the batch did not start or was stopped (bad options, colliding output names, unusable output folder, "
+    "broken model)."
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="breastus-segment", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="breastus-segment", description=__doc__.split("\n\n")[0], epilog=EPILOG)
     parser.add_argument("inputs", nargs="+", type=Path, help="image files: PNG/JPG/BMP/TIFF, DICOM, NRRD, NIfTI, MHA")
     parser.add_argument("-o", "--output", type=Path, required=True, help="output folder (created if missing)")
     parser.add_argument("--weights", type=Path, default=BUNDLED_WEIGHTS, help="model .safetensors (model card beside it)")
@@ -50,36 +64,118 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def output_paths(image_path: Path, output_dir: Path, suffix: str) -> dict[str, Path]:
-    stem = image_path.name.split(".")[0] or image_path.name
-    return {
-        "mask": output_dir / f"{stem}_mask{suffix}",
-        "probability": output_dir / f"{stem}_probability{suffix}",
-        "figure": output_dir / f"{stem}_overlay.png",
-    }
+# ---------------------------------------------------------------- planning the outputs
 
 
-def segment_file(segmenter, image_path: Path, paths: dict[str, Path], args) -> str:
+@dataclass
+class Job:
+    """One input file and the files it is to produce (kind -> path; kinds: mask, probability, figure)."""
+
+    image_path: Path
+    outputs: dict[str, Path]
+
+
+def output_name(image_path: Path) -> str:
+    """The name outputs of ``image_path`` start with: its file name without the last extension."""
+    return split_extension(image_path.name)[0]
+
+
+def output_paths(image_path: Path, output_dir: Path, suffix: str, figure: bool = True) -> dict[str, Path]:
+    name = output_name(image_path)
+    paths = {"mask": output_dir / f"{name}_mask{suffix}", "probability": output_dir / f"{name}_probability{suffix}"}
+    if figure:
+        paths["figure"] = output_dir / f"{name}_overlay.png"
+    return paths
+
+
+def plan_jobs(args) -> list[Job]:
+    return [Job(path, output_paths(path, args.output, FORMATS[args.format], not args.no_figure)) for path in args.inputs]
+
+
+def collisions(jobs: list[Job]) -> list[str]:
+    """One line per output that two inputs would write, or that would replace an input.
+
+    Names are compared without case, as on the case-insensitive file systems of Windows and macOS.
+    """
+    def key(path: Path) -> str:
+        return os.path.normcase(os.path.abspath(path)).casefold()
+
+    inputs = {key(job.image_path) for job in jobs}
+    writers: dict[str, Job] = {}
+    problems = []
+    for job in jobs:
+        for path in job.outputs.values():
+            if key(path) in writers:
+                problems.append(f"{writers[key(path)].image_path} and {job.image_path} would both write {path}")
+            writers.setdefault(key(path), job)
+            if key(path) in inputs:
+                problems.append(f"{job.image_path} would write {path}, which is an input of this run")
+    return problems
+
+
+def output_folder_problem(folder: Path) -> str:
+    """Create ``folder`` if missing; say why outputs cannot be written there ("" when they can)."""
+    if folder.exists() and not folder.is_dir():
+        return f"--output {folder} is a file, not a folder"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        return f"cannot create the output folder {folder}: {error.strerror or error}"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"cannot write to the output folder {folder} (permission denied)"
+    return ""
+
+
+# ---------------------------------------------------------------- one input
+
+
+def segment_file(segmenter, job: Job, args) -> str:
     """Segment one file with the segmenter's post-processing, write its outputs and return a one-line summary."""
     options = segmenter.postprocessing
-    image = read_image(image_path)
+    image = read_image(job.image_path)
     result = segmenter.segment(
         image.pixels, color=image.color, test_time_flip=args.test_time_flip, batch_size=args.batch_size
     )
     mask = result.raw_mask if args.no_postprocess else result.processed_mask
     if args.format == "png" and result.frame_count > 1:
-        raise InvalidImageError(f"{image_path}: a clip of {result.frame_count} frames cannot be written as PNG; use --format nrrd")
+        raise InvalidImageError(f"a clip of {result.frame_count} frames cannot be written as PNG; use --format nrrd")
     squeeze = (lambda array: array[0]) if result.frame_count == 1 else (lambda array: array)
     # Labelmaps hold 0/1; a PNG mask is written 0/255 (bool) so it can be viewed.
     mask_pixels = mask if args.format == "png" else mask.astype(np.uint8)
-    write_image(paths["mask"], squeeze(mask_pixels), spacing=image.spacing)
-    write_image(paths["probability"], squeeze(result.probability), spacing=image.spacing)
-    if "figure" in paths:
+    exclusive = not args.overwrite
+    writers = {
+        "mask": lambda path: write_image(path, squeeze(mask_pixels), spacing=image.spacing, exclusive=exclusive),
+        "probability": lambda path: write_image(path, squeeze(result.probability), spacing=image.spacing,
+                                                exclusive=exclusive),
+    }
+    if "figure" in job.outputs:
         first_frame = image.pixels[0] if image.frame_count > 1 else image.pixels
-        overlay_figure(first_frame, mask[0], result.combined_attention[0]).save(paths["figure"])
+        figure = overlay_figure(first_frame, mask[0], result.combined_attention[0])
+        writers["figure"] = lambda path: write_atomically(
+            path, lambda temporary: figure.save(temporary, format="PNG"), exclusive=exclusive
+        )
+    write_all(job.outputs, writers)
+    return lesion_summary(job.image_path, image, mask, result, None if args.no_postprocess else options)
+
+
+def write_all(paths: dict[str, Path], writers: dict[str, Callable[[Path], object]]) -> None:
+    """Write every output of one input; when one fails, remove those this call wrote, so all or none exist."""
+    written = []
+    try:
+        for kind, path in paths.items():
+            writers[kind](path)
+            written.append(path)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+
+
+def lesion_summary(image_path: Path, image, mask: np.ndarray, result, options) -> str:
+    """The line printed for a segmented file; ``options`` is None when post-processing was off."""
     frames_with_lesion = int(mask.any(axis=(1, 2)).sum())
     if frames_with_lesion == 0:
-        hidden = None if args.no_postprocess else strongest_hidden_confidence(result.probability, options)
+        hidden = None if options is None else strongest_hidden_confidence(result.probability, options)
         return f"{image_path.name}: no lesion found" + (
             "" if hidden is None else
             f" (the strongest candidate region, mean probability {hidden:.2f}, is below --min-confidence "
@@ -94,10 +190,39 @@ def segment_file(segmenter, image_path: Path, paths: dict[str, Path], args) -> s
     )
 
 
+def describe_failure(error: Exception) -> str:
+    """One line for an error of one input (the caller puts the input's name in front)."""
+    if isinstance(error, ImageReadError):
+        return error.problem
+    if isinstance(error, FileExistsError):
+        return f"would overwrite {error.filename}, which exists or was just written by another run (use --overwrite)"
+    if isinstance(error, MemoryError):
+        return "out of memory"
+    if isinstance(error, OSError) and error.filename and error.strerror:
+        return f"cannot write {error.filename}: {error.strerror}"
+    if isinstance(error, (InvalidImageError, OSError, ValueError, RuntimeError)):
+        return str(error) or type(error).__name__
+    return f"{type(error).__name__}: {error}"
+
+
+# ---------------------------------------------------------------- the batch
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    from tqdm import tqdm
+    jobs = plan_jobs(args)
+    problems = collisions(jobs)
+    if problems:
+        for problem in problems:
+            print(f"error: {problem}", file=sys.stderr)
+        print("error: nothing was segmented; rename the inputs or segment them into separate --output folders",
+              file=sys.stderr)
+        return 2
+    problem = output_folder_problem(args.output)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
 
     from .inference import LesionSegmenter
 
@@ -108,24 +233,41 @@ def main(argv: list[str] | None = None) -> int:
     except (WeightsError, RuntimeError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    return run_jobs(segmenter, jobs, args)
 
-    args.output.mkdir(parents=True, exist_ok=True)
-    failures = 0
-    for image_path in tqdm(args.inputs, desc="Segmenting", unit="file", disable=len(args.inputs) < 2):
-        paths = output_paths(image_path, args.output, FORMATS[args.format])
-        if args.no_figure:
-            paths.pop("figure")
-        existing = [str(path) for path in paths.values() if path.exists()]
+
+def run_jobs(segmenter, jobs: list[Job], args) -> int:
+    """Segment every job, each on its own: a failure is reported and the next job runs.
+
+    Only a broken model (:class:`WeightsError`) stops the batch, as it would fail every input alike.
+    Prints ``N segmented, M failed`` at the end; returns the exit status.
+    """
+    from tqdm import tqdm
+
+    segmented = failed = 0
+    model_broken = False
+    for job in tqdm(jobs, desc="Segmenting", unit="file", disable=len(jobs) < 2):
+        existing = [str(path) for path in job.outputs.values() if path.exists()]
         if existing and not args.overwrite:
-            tqdm.write(f"error: {image_path}: would overwrite {', '.join(existing)} (use --overwrite)", file=sys.stderr)
-            failures += 1
+            tqdm.write(f"error: {job.image_path}: would overwrite {', '.join(existing)} (use --overwrite)", file=sys.stderr)
+            failed += 1
             continue
         try:
-            tqdm.write(segment_file(segmenter, image_path, paths, args))
-        except (ImageReadError, ImageWriteError, InvalidImageError) as error:
-            tqdm.write(f"error: {error}", file=sys.stderr)
-            failures += 1
-    return 1 if failures else 0
+            tqdm.write(segment_file(segmenter, job, args))
+            segmented += 1
+        except WeightsError as error:
+            tqdm.write(f"error: {job.image_path}: {error}", file=sys.stderr)
+            failed += 1
+            model_broken = True
+            break
+        except Exception as error:  # any failure of one input: report it, go on with the next
+            tqdm.write(f"error: {job.image_path}: {describe_failure(error)}", file=sys.stderr)
+            failed += 1
+    not_run = len(jobs) - segmented - failed
+    print(f"{segmented} segmented, {failed} failed" + (f", {not_run} not run (the model is broken)" if not_run else ""))
+    if model_broken:
+        return 2
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

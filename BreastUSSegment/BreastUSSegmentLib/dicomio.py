@@ -22,7 +22,9 @@ Decisions, so that every caller gets the same pixels:
 
 from __future__ import annotations
 
+import logging
 import math
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -30,13 +32,15 @@ import pydicom
 from pydicom.pixels import apply_color_lut, apply_modality_lut, pixel_array
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from .imagetypes import UNKNOWN_SPACING, ImageReadError, LoadedImage, error_line
+from .imagetypes import UNKNOWN_SPACING, ImageReadError, LoadedImage, check_size, error_line
 
 GRAY_INTERPRETATIONS = ("MONOCHROME1", "MONOCHROME2")
 COLOR_INTERPRETATIONS = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "PALETTE COLOR")
 PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 IMAGE_KEYWORDS = ("SOPClassUID", "Rows", "Columns") + PIXEL_KEYWORDS
 CENTIMETRE_UNITS = 3  # PhysicalUnitsX/YDirection code for cm
+# pydicom logs each failing decoder's traceback here before raising; the raised error says the same in one line.
+DECODER_LOGGER = logging.getLogger("pydicom.pixels.decoders.base")
 
 
 def has_dicom_magic(path: str | Path) -> bool:
@@ -74,6 +78,7 @@ def read_dicom(path: str | Path) -> LoadedImage:
     rows, columns = int(dataset.get("Rows") or 0), int(dataset.get("Columns") or 0)
     if rows == 0 or columns == 0:
         raise ImageReadError(path, f"the image has no pixels ({rows} rows x {columns} columns)")
+    check_size(path, _frame_count(dataset), rows, columns)
     interpretation = str(dataset.get("PhotometricInterpretation", "")).strip().upper()
     if interpretation not in GRAY_INTERPRETATIONS + COLOR_INTERPRETATIONS:
         supported = ", ".join(GRAY_INTERPRETATIONS + COLOR_INTERPRETATIONS)
@@ -96,6 +101,14 @@ def read_dicom(path: str | Path) -> LoadedImage:
     return LoadedImage(pixels, spacing, source, color, path)
 
 
+def _frame_count(dataset: pydicom.Dataset) -> int:
+    """Number of Frames, 1 when absent or unreadable (the decoder then reports the problem)."""
+    try:
+        return max(1, int(dataset.get("NumberOfFrames") or 1))
+    except (TypeError, ValueError):
+        return 1
+
+
 def _has_image_elements(dataset: pydicom.Dataset) -> bool:
     return any(keyword in dataset for keyword in IMAGE_KEYWORDS)
 
@@ -105,13 +118,28 @@ def _decode(dataset: pydicom.Dataset, path: Path) -> np.ndarray:
     _ensure_transfer_syntax(dataset)
     syntax = UID(dataset.file_meta.TransferSyntaxUID)
     try:
-        return pixel_array(dataset)
+        with _decoder_tracebacks_hidden():
+            return pixel_array(dataset)
     except Exception as exc:  # decoders raise RuntimeError, ValueError, NotImplementedError...
         if syntax.is_compressed:
             problem = f"cannot decode pixel data compressed as '{syntax.name}' ({error_line(exc)})"
         else:
             problem = f"cannot decode the pixel data ({error_line(exc)})"
         raise ImageReadError(path, problem) from None
+
+
+@contextmanager
+def _decoder_tracebacks_hidden():
+    """Drop the error records pydicom's decoders log (with a traceback) while the pixels are decoded."""
+    DECODER_LOGGER.addFilter(_below_error)
+    try:
+        yield
+    finally:
+        DECODER_LOGGER.removeFilter(_below_error)
+
+
+def _below_error(record: logging.LogRecord) -> bool:
+    return record.levelno < logging.ERROR
 
 
 def _ensure_transfer_syntax(dataset: pydicom.Dataset) -> None:

@@ -22,12 +22,15 @@ stored dtype; ``LoadedImage.color`` tells whether the last axis is colour.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from . import dicomio
-from .imagetypes import UNKNOWN_SPACING, ImageReadError, LoadedImage, check_spacing, error_line
+from .fileio import split_extension, write_atomically
+from .imagetypes import (MAX_INPUT_PIXELS, UNKNOWN_SPACING, ImageReadError, LoadedImage, check_size, check_spacing,
+                         error_line)
 
 PILLOW_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 SIMPLEITK_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
@@ -41,14 +44,14 @@ class ImageWriteError(ValueError):
 
 def file_suffix(path: str | os.PathLike) -> str:
     """Lower-case suffix, with ``.nii.gz`` kept whole."""
-    name = Path(path).name.lower()
-    if name.endswith(".nii.gz"):
-        return ".nii.gz"
-    return Path(name).suffix
+    return split_extension(Path(path).name)[1].lower()
 
 
 def read_image(path: str | os.PathLike) -> LoadedImage:
-    """Read any supported image file; raise :class:`ImageReadError` naming the file on failure."""
+    """Read any supported image file; raise :class:`ImageReadError` naming the file on failure.
+
+    Images of more than :data:`~.imagetypes.MAX_INPUT_PIXELS` pixels (all frames) are refused.
+    """
     path = Path(path)
     if not path.exists():
         raise ImageReadError(path, "the file does not exist")
@@ -73,6 +76,7 @@ def read_image(path: str | os.PathLike) -> LoadedImage:
         problem = f"unknown file type '{suffix}' (supported: {supported}; DICOM is recognised by content)"
         raise ImageReadError(path, problem)
     check_pixels(image.pixels, path)
+    check_size(path, image.frame_count, *image.frame_shape)
     return image
 
 
@@ -104,12 +108,19 @@ def _read_with_pillow(path: Path) -> LoadedImage:
     from PIL import Image, ImageOps, ImageSequence
 
     try:
-        with Image.open(path) as image:
+        with warnings.catch_warnings():  # the size is checked below, with a clearer message than Pillow's warning
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+        with image:
+            check_size(path, getattr(image, "n_frames", 1), image.height, image.width)
             if getattr(image, "n_frames", 1) == 1:
                 frames = [_pillow_frame_to_array(ImageOps.exif_transpose(image), path)]
             else:
                 frames = [_pillow_frame_to_array(frame, path) for frame in ImageSequence.Iterator(image)]
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError:
+        problem = f"the image is too large: more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels; the limit is {MAX_INPUT_PIXELS:,}"
+        raise ImageReadError(path, problem + " (crop or downsample it)") from None
+    except (OSError, ValueError, SyntaxError) as exc:
         if isinstance(exc, ImageReadError):
             raise
         raise ImageReadError(path, f"not a readable image ({error_line(exc)})") from None
@@ -153,8 +164,13 @@ def _pillow_frame_to_array(image, path: Path) -> np.ndarray:
 def _read_with_simpleitk(path: Path) -> LoadedImage:
     import SimpleITK as sitk
 
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
     try:
-        image = sitk.ReadImage(str(path))
+        reader.ReadImageInformation()
+        size = reader.GetSize()  # (columns, rows[, frames])
+        check_size(path, int(np.prod(size[2:])), size[1] if len(size) > 1 else 1, size[0])
+        image = reader.Execute()
     except RuntimeError as exc:
         raise ImageReadError(path, f"not a readable image ({error_line(exc)})") from None
 
@@ -180,15 +196,19 @@ def _read_with_simpleitk(path: Path) -> LoadedImage:
 # ---------------------------------------------------------------- writing
 
 
-def write_image(path: str | os.PathLike, array: np.ndarray, spacing: tuple[float, float] = (1.0, 1.0)) -> Path:
-    """Write a frame ``(H, W)`` or a stack ``(F, H, W)``; the format follows the suffix.
+def write_image(
+    path: str | os.PathLike, array: np.ndarray, spacing: tuple[float, float] = (1.0, 1.0), *, exclusive: bool = False
+) -> Path:
+    """Write a frame ``(H, W)`` or a stack ``(F, H, W)`` atomically; the format follows the suffix.
 
     ``.nrrd``, ``.nii``, ``.nii.gz`` and ``.mha`` store the array with its
     spacing ``(row_mm, column_mm)`` (a stack as a 3-D volume with slice spacing
     1). ``.png`` stores one frame without spacing: booleans as 0/255, floats in
     [0, 1] scaled to 0..255, uint8 and uint16 as they are, other integers as
     8-bit when they fit 0..255, else 16-bit.
-    Missing parent folders are created. Returns the path written.
+    Missing parent folders are created. With ``exclusive`` an existing file is
+    never replaced (``FileExistsError``, see :func:`.fileio.write_atomically`).
+    Returns the path written.
     """
     path = Path(path)
     suffix = file_suffix(path)
@@ -209,15 +229,19 @@ def write_image(path: str | os.PathLike, array: np.ndarray, spacing: tuple[float
     except ValueError as error:
         raise ImageWriteError(f"Cannot write '{path}': {error}") from None
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if suffix == ".png":
-        _write_png(path, array)
-    else:
-        _write_with_simpleitk(path, array, (row_mm, column_mm))
-    return path
+    write = _png_writer(path, array) if suffix == ".png" else _simpleitk_writer(array, (row_mm, column_mm))
+    try:
+        return write_atomically(path, write, exclusive=exclusive)
+    except FileExistsError:
+        raise
+    except OSError as exc:  # a full disk, a folder in the way
+        raise ImageWriteError(f"Cannot write '{path}': {exc.strerror or error_line(exc)}") from None
+    except RuntimeError as exc:  # SimpleITK's errors
+        raise ImageWriteError(f"Cannot write '{path}': {error_line(exc)}") from None
 
 
-def _write_png(path: Path, array: np.ndarray) -> None:
+def _png_writer(path: Path, array: np.ndarray):
+    """A function writing ``array`` as PNG to the path it is given; ``path`` names the target in errors."""
     from PIL import Image
 
     if array.ndim == 3:
@@ -233,16 +257,15 @@ def _write_png(path: Path, array: np.ndarray) -> None:
         if low < 0 or high > 65535:
             raise ImageWriteError(f"Cannot write '{path}': integer values {low}..{high} do not fit a PNG (0..65535)")
         array = array.astype(np.uint8 if high <= 255 else np.uint16)
-    Image.fromarray(np.ascontiguousarray(array)).save(path)
+    image = Image.fromarray(np.ascontiguousarray(array))
+    return lambda temporary: image.save(temporary, format="PNG")
 
 
-def _write_with_simpleitk(path: Path, array: np.ndarray, spacing: tuple[float, float]) -> None:
+def _simpleitk_writer(array: np.ndarray, spacing: tuple[float, float]):
+    """A function writing ``array`` with ``spacing`` to the path it is given (the format follows its suffix)."""
     import SimpleITK as sitk
 
     image = sitk.GetImageFromArray(np.ascontiguousarray(array), isVector=False)
     row_mm, column_mm = spacing
     image.SetSpacing((column_mm, row_mm) if array.ndim == 2 else (column_mm, row_mm, 1.0))
-    try:
-        sitk.WriteImage(image, str(path), useCompression=True)
-    except RuntimeError as exc:
-        raise ImageWriteError(f"Cannot write '{path}': {error_line(exc)}") from None
+    return lambda temporary: sitk.WriteImage(image, temporary, useCompression=True)

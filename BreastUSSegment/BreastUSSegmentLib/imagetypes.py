@@ -10,6 +10,11 @@ from pathlib import Path
 import numpy as np
 
 UNKNOWN_SPACING = (1.0, 1.0)
+# Frames x rows x columns one input may hold, in the Slicer module and on the command line alike
+# (colour samples are not counted). The pipeline holds about a dozen float32 copies of the input
+# (frames, probability, one map per attention gate, output volumes), so this keeps a run within
+# a few GB of memory. Image files are checked before their pixels are decoded where the format allows.
+MAX_INPUT_PIXELS = 50_000_000
 
 
 class ImageReadError(ValueError):
@@ -42,6 +47,25 @@ class LoadedImage:
         """Height and width of one frame."""
         shape = self.pixels.shape[:-1] if self.color else self.pixels.shape
         return int(shape[-2]), int(shape[-1])
+
+
+def size_problem(frames: int, rows: int, columns: int, limit: int | None = None) -> str:
+    """Why an input of ``frames`` x ``rows`` x ``columns`` pixels is too large to segment; "" when it is not.
+
+    ``limit`` defaults to :data:`MAX_INPUT_PIXELS`.
+    """
+    limit = MAX_INPUT_PIXELS if limit is None else limit
+    pixels = int(frames) * int(rows) * int(columns)
+    if pixels <= limit:
+        return ""
+    return f"{frames} frame(s) of {rows} x {columns} pixels is {pixels:,} pixels; the limit is {limit:,}"
+
+
+def check_size(path: str | os.PathLike, frames: int, rows: int, columns: int) -> None:
+    """Raise :class:`ImageReadError` naming ``path`` when the image exceeds :data:`MAX_INPUT_PIXELS`."""
+    problem = size_problem(frames, rows, columns)
+    if problem:
+        raise ImageReadError(path, f"the image is too large: {problem} (crop or downsample it)")
 
 
 def check_spacing(spacing) -> tuple[float, float]:

@@ -18,7 +18,7 @@ from .device import select_device
 from .model import AttentionUNet
 from .postprocessing import PostprocessOptions, postprocess_frames
 from .preprocessing import prepare_frames, resize_frames
-from .weights import ModelCard, load_model
+from .weights import ModelCard, WeightsError, load_model
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +61,7 @@ class LesionSegmenter:
         self.input_size = (int(input_size[0]), int(input_size[1]))
         self.postprocessing = postprocessing
         self.card: ModelCard | None = None  # the model card, when built by from_weights
+        self.weights_path: str | None = None  # the weights file, when built by from_weights
         multiple = model.config.size_multiple
         if self.input_size[0] % multiple or self.input_size[1] % multiple:
             raise ValueError(f"input size {self.input_size} must be a multiple of {multiple} for this model")
@@ -77,6 +78,7 @@ class LesionSegmenter:
         model, card = load_model(weights_path, device="cpu")
         segmenter = cls(model, tuple(card.input_size), card.postprocess_options.with_overrides(**overrides), device)
         segmenter.card = card
+        segmenter.weights_path = str(weights_path)
         return segmenter
 
     def _set_memory_format(self) -> None:
@@ -121,6 +123,16 @@ class LesionSegmenter:
             batch = batch.contiguous(memory_format=torch.channels_last)
         return batch
 
+    def _check_finite(self, probability: torch.Tensor, attention: list[torch.Tensor]) -> None:
+        """Raise :class:`WeightsError` naming the model when the network output holds NaN or infinite values."""
+        if all(bool(torch.isfinite(values).all()) for values in (probability, *attention)):
+            return
+        model = f"the model {self.weights_path}" if self.weights_path else "the model"
+        raise WeightsError(
+            f"the network output is NaN or infinite: {model} is broken (its weights hold NaN or infinite values, "
+            "or overflow); re-install or re-export it"
+        )
+
     @torch.inference_mode()
     def segment(
         self,
@@ -134,7 +146,8 @@ class LesionSegmenter:
     ) -> SegmentationResult:
         """Segment a frame ``(H, W)``/``(H, W, C)`` or a cine stack ``(F, H, W)``/``(F, H, W, C)``.
 
-        ``progress(done, total)`` is called after every batch of frames.
+        ``progress(done, total)`` is called after every batch of frames. A network
+        output that is not finite raises :class:`~.weights.WeightsError`.
         """
         options = postprocessing or self.postprocessing
         network_input, original_size = prepare_frames(image, self.input_size, color=color)
@@ -148,6 +161,7 @@ class LesionSegmenter:
             for first in range(start, stop, chunk):
                 last = min(first + chunk, stop)
                 probability, attention = self._predict_batch(network_input[first:last], test_time_flip)
+                self._check_finite(probability, attention)
                 outputs.store(first, last, probability, attention)
             if progress is not None:
                 progress(stop, frame_count)

@@ -14,6 +14,8 @@ HEAT_ANCHORS = np.array(
     [[0, 0, 140], [0, 60, 255], [0, 220, 255], [255, 230, 0], [255, 80, 0], [200, 0, 0]], dtype=np.float32
 )
 OUTLINE_COLOR = np.array([0, 255, 0], dtype=np.uint8)
+# Longest side, in pixels, of each half of a figure: larger frames are shown shrunk, which bounds the figure's memory.
+FIGURE_MAX_SIDE = 1024
 # Attention coefficients of a trained model sit in a narrow band; displays span these percentiles.
 ATTENTION_DISPLAY_PERCENTILES = (2.0, 99.5)
 
@@ -39,17 +41,34 @@ def mask_outline(mask: np.ndarray, thickness: int = 2) -> np.ndarray:
     return mask & ~ndimage.binary_erosion(mask, iterations=max(1, thickness), border_value=0)
 
 
-def gray_to_rgb(frame: np.ndarray) -> np.ndarray:
-    """Any single frame (gray or colour, any dtype) to uint8 RGB for display."""
-    gray = normalize_intensity(to_grayscale_frames(frame))[0]
-    return np.repeat((gray * 255).round().astype(np.uint8)[..., np.newaxis], 3, axis=-1)
+def figure_size(shape: tuple[int, int]) -> tuple[int, int]:
+    """``(rows, columns)`` a frame of ``shape`` is shown at: its own size, shrunk to :data:`FIGURE_MAX_SIDE` if larger."""
+    rows, columns = int(shape[0]), int(shape[1])
+    scale = min(1.0, FIGURE_MAX_SIDE / max(rows, columns))
+    return max(1, round(rows * scale)), max(1, round(columns * scale))
+
+
+def _shrink(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A float frame resized to ``size`` (rows, columns), averaging the pixels it merges."""
+    if values.shape == size:
+        return values
+    image = Image.fromarray(np.ascontiguousarray(values, dtype=np.float32))  # mode "F"
+    return np.asarray(image.resize((size[1], size[0]), Image.BILINEAR))
 
 
 def overlay_figure(frame: np.ndarray, mask: np.ndarray, attention: np.ndarray, opacity: float = 0.5) -> Image.Image:
-    """Side by side: the frame with the lesion outline (left) and with the attention heatmap (right)."""
-    base = gray_to_rgb(frame)
-    if mask.shape != base.shape[:2] or attention.shape != base.shape[:2]:
-        raise ValueError(f"mask {mask.shape} and attention {attention.shape} must match the frame {base.shape[:2]}")
+    """Side by side: the frame with the lesion outline (left) and with the attention heatmap (right).
+
+    Each half is at most :data:`FIGURE_MAX_SIDE` pixels long.
+    """
+    gray = normalize_intensity(to_grayscale_frames(frame))[0]
+    if mask.shape != gray.shape or attention.shape != gray.shape:
+        raise ValueError(f"mask {mask.shape} and attention {attention.shape} must match the frame {gray.shape}")
+    size = figure_size(gray.shape)
+    gray = _shrink(gray, size)
+    mask = _shrink(np.asarray(mask, dtype=np.float32), size) >= 0.5
+    attention = _shrink(attention, size)
+    base = np.repeat((np.clip(gray, 0.0, 1.0) * 255).round().astype(np.uint8)[..., np.newaxis], 3, axis=-1)
     thickness = max(1, round(min(mask.shape) / 200))
     outlined = base.copy()
     outlined[mask_outline(mask, thickness)] = OUTLINE_COLOR

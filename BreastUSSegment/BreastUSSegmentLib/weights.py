@@ -131,7 +131,7 @@ def load_model(weights_path: str | os.PathLike, device: str | torch.device = "cp
         raise WeightsError(f"only .safetensors weights are loaded (no pickled files), got {weights_path.name}")
     card = read_model_card(weights_path)
     actual = sha256_of_file(weights_path)
-    if actual != card.sha256:
+    if actual != str(card.sha256).strip().lower():  # a hex digest is the same number in either case
         raise WeightsError(
             f"checksum mismatch for {weights_path}: the model card expects sha256 {card.sha256}, "
             f"the file has {actual}. The file is corrupt or was modified; re-install or re-export it."
@@ -141,8 +141,25 @@ def load_model(weights_path: str | os.PathLike, device: str | torch.device = "cp
     except (SafetensorError, OSError) as error:
         raise WeightsError(f"cannot read weights {weights_path}: {error}") from error
     model = AttentionUNet(card.model_config)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        raise WeightsError(f"weights {weights_path} do not match the architecture in its model card: {error}") from error
+    mismatch = state_dict_mismatch(model.state_dict(), state)
+    if mismatch:
+        raise WeightsError(f"weights {weights_path} do not match the architecture in its model card: {mismatch}")
+    model.load_state_dict(state, strict=True)
     return model.to(device).eval(), card
+
+
+def state_dict_mismatch(expected: dict, found: dict) -> str:
+    """One line saying how the tensors ``found`` in a file differ from those a model ``expected``; "" if they fit."""
+    missing = [key for key in expected if key not in found]
+    unexpected = [key for key in found if key not in expected]
+    reshaped = [key for key in expected if key in found and tuple(found[key].shape) != tuple(expected[key].shape)]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} tensor(s) missing (first: {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (first: {unexpected[0]})")
+    if reshaped:
+        key = reshaped[0]
+        parts.append(f"{len(reshaped)} of another shape (first: {key}, file {tuple(found[key].shape)}, "
+                     f"card {tuple(expected[key].shape)})")
+    return "; ".join(parts)

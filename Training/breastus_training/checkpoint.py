@@ -13,7 +13,7 @@ import random
 import numpy as np
 import torch
 
-from BreastUSSegmentLib.fileio import write_atomically
+from BreastUSSegmentLib.fileio import leftover_temporaries, write_atomically
 
 
 class ResumeError(ValueError):
@@ -21,7 +21,12 @@ class ResumeError(ValueError):
 
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
-    """Write ``state`` with ``torch.save``, atomically (see the core's ``write_atomically``)."""
+    """Write ``state`` with ``torch.save``, atomically (see the core's ``write_atomically``).
+
+    A run is the only writer of its checkpoints, so temporaries left by a run killed during a save are removed.
+    """
+    for leftover in leftover_temporaries(path):
+        leftover.unlink(missing_ok=True)
     write_atomically(path, lambda temporary: torch.save(state, temporary))
 
 
