@@ -37,11 +37,15 @@ try:  # Inside Slicer only
 except ImportError:
     ctk = qt = None
 
-try:
+try:  # Slicer 5.8 and later
     from slicer.i18n import tr as _
-except ImportError:
+    from slicer.i18n import translate
+except ImportError:  # plain Python with slicer-core: no translations
 
     def _(text):
+        return text
+
+    def translate(context, text):
         return text
 
 
@@ -101,15 +105,23 @@ LESION_SEGMENT_COLOR = (144 / 255.0, 238 / 255.0, 144 / 255.0)
 LESION_TAG = "BreastUSSegment.Role"
 LESION_TAG_VALUE = "Lesion"
 # Slicer terminology entry: context~category~type~type modifier~anatomic context~region~region modifier.
+# Codes listed in Slicer's DICOM master lists (Testing/test_terminology.py checks them against a copy).
 LESION_TERMINOLOGY_ENTRY = (
     "Segmentation category and type - DICOM master list"
     "~SCT^49755003^Morphologically Altered Structure"
-    "~SCT^52988006^Lesion"
+    "~SCT^4147007^Mass"
     "~^^"
     "~Anatomic codes - DICOM master list"
     "~SCT^76752008^Breast"
     "~^^"
 )
+# Segment tags Slicer's DICOM SEG export reads (it writes MANUAL when they are absent). The Lesion segment
+# is AUTOMATIC as the module wrote it and SEMIAUTOMATIC once its voxels differ from what the module wrote
+# (checked when the lesion is measured), using the digest kept in WRITTEN_MASK_TAG.
+ALGORITHM_TYPE_TAG = "DICOM.SegmentAlgorithmType"
+ALGORITHM_NAME_TAG = "DICOM.SegmentAlgorithmName"
+ALGORITHM_NAME = "BreastUSSegment Attention U-Net"
+WRITTEN_MASK_TAG = "BreastUSSegment.WrittenMask"
 ATTENTION_REFERENCE_ROLE = "BreastUSSegment.AttentionVolume"
 PROBABILITY_REFERENCE_ROLE = "BreastUSSegment.ProbabilityVolume"
 # Standard Slicer colour node used for the attention overlay when the scene has it.
@@ -148,7 +160,8 @@ class BreastUSSegment(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("Breast US Lesion Segmentation")
-        self.parent.categories = [_("Segmentation")]
+        # Slicer translates its built-in categories in this context.
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
         self.parent.dependencies = []
         self.parent.contributors = ["SlicerBreastUS contributors"]
         self.parent.helpText = _(
@@ -845,7 +858,22 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
         """Replace the voxels of the module's segment by ``masks`` ``(K, J, I)`` on the reference volume's grid."""
         segmentId = self.lesionSegmentId(segmentationNode) or self.addLesionSegment(segmentationNode)
         self.updateSegmentFromArray(segmentationNode, segmentId, masks, referenceVolumeNode)
+        segment = segmentationNode.GetSegmentation().GetSegment(segmentId)
+        segment.SetTag(ALGORITHM_TYPE_TAG, "AUTOMATIC")
+        segment.SetTag(ALGORITHM_NAME_TAG, ALGORITHM_NAME)
+        segment.SetTag(WRITTEN_MASK_TAG, _maskDigest(np.reshape(masks, _kji(referenceVolumeNode))))
         return segmentId
+
+    @staticmethod
+    def updateAlgorithmType(segmentationNode, segmentId, masks) -> str:
+        """Tag the segment AUTOMATIC if ``masks`` (its voxels now) are what the module wrote, else SEMIAUTOMATIC."""
+        segment = segmentationNode.GetSegmentation().GetSegment(segmentId)
+        written = vtk.reference("")
+        if not segment.GetTag(WRITTEN_MASK_TAG, written):
+            return ""  # not written by this module
+        algorithmType = "AUTOMATIC" if str(written) == _maskDigest(masks) else "SEMIAUTOMATIC"
+        segment.SetTag(ALGORITHM_TYPE_TAG, algorithmType)
+        return algorithmType
 
     @staticmethod
     def updateSegmentFromArray(segmentationNode, segmentId, masks, referenceVolumeNode) -> None:
@@ -960,6 +988,7 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
                     name=segmentationNode.GetName())
             )
         masks = self.arrayFromSegment(segmentationNode, segmentId, referenceVolumeNode)
+        self.updateAlgorithmType(segmentationNode, segmentId, masks)
         return measure_frames(masks, self.volumeSpacing(referenceVolumeNode))
 
     @staticmethod
@@ -1029,6 +1058,13 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
         return labelmap
 
 
+def _maskDigest(masks) -> str:
+    """Shape and SHA-256 of a mask's lesion voxels, to tell whether a segment still holds what was written."""
+    lesion = np.asarray(masks) > 0
+    shape = "x".join(str(size) for size in lesion.shape)
+    return f"{shape}:{hashlib.sha256(np.packbits(lesion).tobytes()).hexdigest()}"
+
+
 def _kji(volumeNode):
     """``(K, J, I)`` shape of a volume's voxel array."""
     return tuple(reversed(volumeNode.GetImageData().GetDimensions()))
@@ -1066,10 +1102,21 @@ class BreastUSSegmentTest(ScriptedLoadableModuleTest):
     # the bars leave room for resampling differences between Slicer's reader and Pillow.
     MINIMUM_SAMPLE_DICE = {"breastus_sample_benign": 0.8, "breastus_sample_malignant": 0.2}
 
+    # Why the self-test is skipped where PyTorch is missing (a fresh build installs the PyTorch extension, not torch).
+    TORCH_MISSING = ("BreastUSSegment self-test skipped: PyTorch (the 'torch' package) is not installed. "
+                     "Install it with the PyTorch extension (PyTorch Utils module), or click Segment lesion once, "
+                     "then run the test again.")
+
     def setUp(self):
+        if importlib.util.find_spec("torch") is None:
+            self.skipTest(self.TORCH_MISSING)
         slicer.mrmlScene.Clear()
 
     def runTest(self):
+        if importlib.util.find_spec("torch") is None:  # Reload and Test: say why, do not fail
+            logging.warning(self.TORCH_MISSING)
+            self.delayDisplay(self.TORCH_MISSING)
+            return
         self.setUp()
         self.test_TinyModelMatchesThePipeline()
         self.setUp()

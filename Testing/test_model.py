@@ -32,8 +32,10 @@ def test_channels_double_per_level_and_default_is_deeper_than_unet():
 
 
 def test_default_parameter_count_is_documented_value():
-    # README documents 7.87 M parameters for the default configuration.
-    assert round(count_parameters(AttentionUNet()) / 1e6, 2) == 7.87
+    # README documents 8.74 M parameters for the default (bilinear up-sampling) configuration and 7.87 M
+    # for the transposed-convolution one of the models shipped before it.
+    assert round(count_parameters(AttentionUNet()) / 1e6, 2) == 8.74
+    assert round(count_parameters(AttentionUNet(ModelConfig(upsample="transposed"))) / 1e6, 2) == 7.87
 
 
 def test_input_channels_and_logits_unbounded():

@@ -1,6 +1,5 @@
 """The Slicer module's Logic on real MRML scenes (slicer-core), with a tiny model saved by the tests."""
 
-import ast
 import dataclasses
 import hashlib
 import math
@@ -174,7 +173,7 @@ def test_lesion_segment_equals_pipeline_mask_on_input_geometry(scene, logic, wei
     terminology = vtk.reference("")
     assert segment.GetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), terminology)
     assert str(terminology) == BUS.LESION_TERMINOLOGY_ENTRY
-    assert "SCT^52988006^Lesion" in str(terminology) and "SCT^76752008^Breast" in str(terminology)
+    assert "~SCT^4147007^Mass~" in str(terminology) and "~SCT^76752008^Breast~" in str(terminology)
 
     # Segment Editor paints on the internal labelmap: its voxels must be the image's voxels.
     internal = segmentation_node.GetBinaryLabelmapInternalRepresentation(output.segmentId)
@@ -185,6 +184,53 @@ def test_lesion_segment_equals_pipeline_mask_on_input_geometry(scene, logic, wei
     )
     assert segmentation_node.GetSegmentation().ContainsRepresentation("Closed surface")
     assert output.measurements == measure_frames(expected, (SPACING[1], SPACING[0]))
+
+
+def segment_tag(segmentation_node, segment_id, name):
+    value = vtk.reference("")
+    return str(value) if segmentation_node.GetSegmentation().GetSegment(segment_id).GetTag(name, value) else None
+
+
+def test_dicom_algorithm_tags_automatic_then_semiautomatic_after_an_edit(scene, logic, weights, reference, tmp_path):
+    """DICOM SEG export reads these tags: AUTOMATIC as written, SEMIAUTOMATIC once the user changed the voxels."""
+    image = frame(2)
+    volume = add_volume(scene, image[np.newaxis])
+    threshold = split_threshold(reference, image)
+    output = logic.segment(volume, weightsPath=weights, device="cpu", threshold=threshold)
+    node, segment_id = output.segmentationNode, output.segmentId
+    assert segment_tag(node, segment_id, "DICOM.SegmentAlgorithmType") == "AUTOMATIC"
+    assert segment_tag(node, segment_id, "DICOM.SegmentAlgorithmName") == BUS.ALGORITHM_NAME
+    logic.measureLesion(node, volume)  # measuring is not editing
+    assert segment_tag(node, segment_id, "DICOM.SegmentAlgorithmType") == "AUTOMATIC"
+
+    # An edit as Segment Editor's Paint or Erase makes: one voxel changed.
+    edited = logic.arrayFromSegment(node, segment_id, volume)
+    edited[0, 0, 0] = 1 - edited[0, 0, 0]
+    logic.updateSegmentFromArray(node, segment_id, edited, volume)
+    logic.measureLesion(node, volume)
+    assert segment_tag(node, segment_id, "DICOM.SegmentAlgorithmType") == "SEMIAUTOMATIC"
+
+    # The tags are saved with the segmentation.
+    path = tmp_path / "edited.seg.nrrd"
+    writer = slicer.vtkMRMLSegmentationStorageNode()
+    writer.SetFileName(str(path))
+    assert writer.WriteData(node)
+    reloaded = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "reloaded")
+    reader = slicer.vtkMRMLSegmentationStorageNode()
+    reader.SetFileName(str(path))
+    assert reader.ReadData(reloaded)
+    assert segment_tag(reloaded, segment_id, "DICOM.SegmentAlgorithmType") == "SEMIAUTOMATIC"
+    assert segment_tag(reloaded, segment_id, "DICOM.SegmentAlgorithmName") == BUS.ALGORITHM_NAME
+
+    # Segmenting again replaces the edit.
+    logic.segment(volume, node, weightsPath=weights, device="cpu", threshold=threshold)
+    assert segment_tag(node, segment_id, "DICOM.SegmentAlgorithmType") == "AUTOMATIC"
+
+    # A segment the user drew gets no algorithm tags from measuring it.
+    drawn = node.GetSegmentation().AddEmptySegment("", "drawn", [1.0, 0.0, 0.0])
+    logic.updateSegmentFromArray(node, drawn, edited, volume)
+    logic.measureLesion(node, volume, segmentId=drawn)
+    assert segment_tag(node, drawn, "DICOM.SegmentAlgorithmType") is None
 
 
 def test_seg_nrrd_written_and_read_back_identical(scene, logic, weights, reference, tmp_path):
@@ -432,24 +478,36 @@ def test_segmenter_is_cached_per_weights_and_device(logic, weights):
 # --- Module file ---
 
 
-def test_module_parses_as_python_3_9_without_runtime_pep604_unions():
-    """Slicer 5.8 runs Python 3.9: ``X | Y`` in evaluated annotations would fail at import."""
-    source = MODULE_PATH.read_text()
-    tree = ast.parse(source, feature_version=(3, 9))
-    assert "from __future__ import annotations" not in source  # the parameter node wrapper reads real types
+def test_module_category_is_slicers_translated_segmentation_category(monkeypatch):
+    """Slicer translates its built-in category names in the qSlicerAbstractCoreModule context."""
+    from types import SimpleNamespace
 
-    def has_union(node):
-        return node is not None and any(isinstance(n, ast.BinOp) and isinstance(n.op, ast.BitOr) for n in ast.walk(node))
+    calls = []
+    monkeypatch.setattr(BUS, "translate", lambda context, text: calls.append((context, text)) or f"<{text}>")
+    module = BUS.BreastUSSegment(SimpleNamespace())
+    assert calls == [("qSlicerAbstractCoreModule", "Segmentation")]
+    assert module.parent.categories == ["<Segmentation>"]
+    monkeypatch.undo()
+    assert BUS.BreastUSSegment(SimpleNamespace()).parent.categories == ["Segmentation"]  # untranslated without Slicer
 
-    offending = []
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            arguments = node.args.args + node.args.kwonlyargs + node.args.posonlyargs
-            if has_union(node.returns) or any(has_union(a.annotation) for a in arguments):
-                offending.append(node.name)
-        elif isinstance(node, ast.AnnAssign) and has_union(node.annotation):
-            offending.append(ast.unparse(node.target))
-    assert offending == []
+
+def test_self_test_is_skipped_with_a_clear_message_without_torch(monkeypatch, caplog):
+    """CTest runs the test methods with unittest: both are skipped, which counts as success; Reload and Test says why."""
+    import importlib.util
+    import io
+    import unittest
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None if name == "torch" else find_spec(name, *args))
+    suite = unittest.TestLoader().loadTestsFromTestCase(BUS.BreastUSSegmentTest)
+    result = unittest.TextTestRunner(stream=io.StringIO(), verbosity=2).run(suite)
+    assert result.testsRun == 2 and result.wasSuccessful()
+    assert [reason for _test, reason in result.skipped] == [BUS.BreastUSSegmentTest.TORCH_MISSING] * 2
+    assert "PyTorch (the 'torch' package) is not installed" in BUS.BreastUSSegmentTest.TORCH_MISSING
+
+    with caplog.at_level("WARNING"):
+        BUS.BreastUSSegmentTest().runTest()  # returns instead of failing
+    assert BUS.BreastUSSegmentTest.TORCH_MISSING in caplog.text
 
 
 def test_module_classes_and_parameter_node_fields():

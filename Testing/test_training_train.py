@@ -14,6 +14,7 @@ from breastus_training.augment import affine_pair, get_augmentation, standard_au
 from breastus_training.busi import load_case, load_manifest
 from breastus_training.checkpoint import ResumeError, capture_rng_state, restore_rng_state
 from breastus_training.dataset import SegmentationDataset, preload_cases
+from breastus_training.precision import resolve_precision
 from breastus_training.train import train as train_run
 from breastus_training.train import ProcessContext, config_from_args, make_loss, training_cases, validate
 from breastus_training.cli import build_parser
@@ -220,7 +221,8 @@ def test_weight_average_is_the_mean_of_the_averaged_epochs_and_survives_a_resume
     # The card's val scores are those of the saved weights.
     manifest = load_manifest(dataset[1])
     val = preload_cases(dataset[0], manifest.cases_for("val"), (64, 64), progress=False)
-    scores = validate(average, val, make_loss("bce"), torch.device("cpu"), 4, use_amp=False)
+    scores = validate(average, val, make_loss("bce"), torch.device("cpu"), 4,
+                      resolve_precision("auto", torch.device("cpu")))  # as the run validated
     assert card.metrics["val"]["iou"] == pytest.approx(scores["val_iou"])
 
 

@@ -121,3 +121,19 @@ def nan_summary(values: Iterable[float]) -> dict:
         mean, std, median = float(finite.mean()), float(finite.std()), float(np.median(finite))
     return {"mean": mean, "std": std, "median": median, "count": int(finite.size), "undefined": int(values.size - finite.size)}
 
+# The attention lattice check: the share of an attention map's variance that a Gaussian blur of this
+# sigma (pixels of the network's input grid) removes. A map with a regular grid of hot spots loses much
+# of its variance to the blur; a smooth map, or a sharp lesion outline, very little.
+LATTICE_BLUR_SIGMA = 2.0
+LATTICE_MAX_FRACTION = 0.02
+
+
+def high_frequency_fraction(attention: np.ndarray, sigma: float = LATTICE_BLUR_SIGMA) -> float:
+    """``var(map - blur(map)) / var(map)`` of a 2-D map, blurred with a Gaussian of ``sigma`` pixels (0 for a flat map)."""
+    values = np.asarray(attention, dtype=np.float64)
+    if values.ndim != 2:
+        raise ValueError(f"expected a 2-D attention map, got shape {values.shape}")
+    variance = values.var()
+    if variance == 0:
+        return 0.0
+    return float((values - ndimage.gaussian_filter(values, sigma)).var() / variance)

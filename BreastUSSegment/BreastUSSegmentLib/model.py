@@ -7,12 +7,18 @@ Image Segmentation of Breast Cancer":
   dropout, He-normal initialisation and 2x2 max-pooling, one level deeper than
   the original U-Net by default;
 * a bottleneck at the lowest resolution;
-* a decoder that upsamples, re-weights the matching skip connection with an
-  additive attention gate (Oktay et al., 2018), concatenates and applies two
-  3x3 convolutions;
+* a decoder that upsamples (bilinear up-sampling followed by a 3x3
+  convolution), re-weights the matching skip connection with an additive
+  attention gate (Oktay et al., 2018), concatenates and applies two 3x3
+  convolutions;
 * a 1x1 convolution to one output channel. The network returns logits; apply
   ``torch.sigmoid`` for probabilities (training uses ``BCEWithLogitsLoss``,
   which is the paper's sigmoid + BCE computed in a numerically stable way).
+
+Models trained before the up-sampling change used a stride-2 transposed
+convolution (``upsample="transposed"``): its 2x2 kernel imprints a
+checkerboard on the gating signal and so a lattice on every attention map.
+Their model cards carry no ``upsample`` key and still load as they were.
 """
 
 from __future__ import annotations
@@ -24,6 +30,9 @@ from torch import nn
 from torch.nn import functional as F
 
 
+UPSAMPLE_MODES = ("bilinear", "transposed")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Architecture hyper-parameters; stored in every model card."""
@@ -33,6 +42,7 @@ class ModelConfig:
     depth: int = 5  # number of 2x2 poolings; the original U-Net has 4
     dropout: float = 0.1
     batch_norm: bool = True
+    upsample: str = "bilinear"  # "bilinear" (+ 3x3 conv) or "transposed" (stride-2 2x2 kernel, older models)
 
     def __post_init__(self) -> None:
         if self.in_channels < 1:
@@ -43,6 +53,8 @@ class ModelConfig:
             raise ValueError(f"depth must be between 1 and 8, got {self.depth}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.upsample not in UPSAMPLE_MODES:
+            raise ValueError(f"upsample must be one of {', '.join(UPSAMPLE_MODES)}, got {self.upsample!r}")
 
     @property
     def channels(self) -> tuple[int, ...]:
@@ -63,7 +75,8 @@ class ModelConfig:
         unknown = set(values) - known
         if unknown:
             raise ValueError(f"unknown model configuration keys: {sorted(unknown)}")
-        return cls(**values)
+        # Cards written before the up-sampling became a choice describe transposed-convolution models.
+        return cls(**{"upsample": "transposed", **values})
 
 
 class ConvBlock(nn.Sequential):
@@ -104,12 +117,38 @@ class AttentionGate(nn.Module):
         return skip * coefficients, coefficients
 
 
+class UpConv(nn.Sequential):
+    """2x bilinear up-sampling, then a 3x3 convolution (with batch norm) and ReLU.
+
+    Every output pixel is made the same way, so unlike a stride-2 transposed
+    convolution it leaves no 2x2 checkerboard in the features it passes on.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, batch_norm: bool):
+        layers: list[nn.Module] = [
+            nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=not batch_norm),
+        ]
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(out_channels))
+        layers.append(nn.ReLU(inplace=True))
+        super().__init__(*layers)
+
+
+def make_upsample(mode: str, in_channels: int, out_channels: int, batch_norm: bool) -> nn.Module:
+    """The decoder's 2x up-sampling for ``ModelConfig.upsample``."""
+    if mode == "transposed":
+        return nn.ConvTranspose2d(in_channels, out_channels, kernel_size=2, stride=2)
+    return UpConv(in_channels, out_channels, batch_norm)
+
+
 class DecoderLevel(nn.Module):
     """Upsample, gate the skip connection, concatenate and convolve."""
 
-    def __init__(self, in_channels: int, skip_channels: int, dropout: float, batch_norm: bool):
+    def __init__(self, in_channels: int, skip_channels: int, dropout: float, batch_norm: bool,
+                 upsample: str = "bilinear"):
         super().__init__()
-        self.upsample = nn.ConvTranspose2d(in_channels, skip_channels, kernel_size=2, stride=2)
+        self.upsample = make_upsample(upsample, in_channels, skip_channels, batch_norm)
         self.gate = AttentionGate(skip_channels, skip_channels, max(skip_channels // 2, 1))
         self.conv = ConvBlock(2 * skip_channels, skip_channels, dropout, batch_norm)
 
@@ -142,7 +181,7 @@ class AttentionUNet(nn.Module):
         self.pool = nn.MaxPool2d(2)
         self.bottleneck = ConvBlock(channels[-2], channels[-1], dropout, batch_norm)
         self.decoders = nn.ModuleList(
-            DecoderLevel(channels[level + 1], channels[level], dropout, batch_norm)
+            DecoderLevel(channels[level + 1], channels[level], dropout, batch_norm, self.config.upsample)
             for level in reversed(range(self.config.depth))
         )
         self.head = nn.Conv2d(channels[0], 1, kernel_size=1)

@@ -26,16 +26,23 @@ speckle sigma  up to 0.1   up to 0.15
 =============  ==========  ============  ===========
 
 The image is clamped to [0, 1] afterwards, the range ``prepare_input`` produces.
+
+``scanner`` is ``strong`` plus the transforms of :mod:`.scanner_augment` that
+imitate other scanners (crops around the lesion, depth gain, blur and
+resolution, speckle grain, a convex-probe outline, on-screen marks), each of
+which can be switched off by name.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import partial
+from typing import Optional, Tuple
 
 import torch
 from torch.nn import functional as F
+
+from .scanner_augment import SCANNER_RANGES, TRANSFORMS, chance, crop_pair, crop_window, scanner_look
 
 
 @dataclass(frozen=True)
@@ -53,8 +60,11 @@ class AugmentRanges:
 
 STANDARD = AugmentRanges(10.0, (0.9, 1.1), 0.0, 0.1, (0.8, 1.2), (0.8, 1.25), 0.1)
 STRONG = AugmentRanges(15.0, (0.8, 1.25), 0.08, 0.15, (0.7, 1.3), (0.7, 1.4), 0.15)
-RANGES = {"standard": STANDARD, "strong": STRONG}
+RANGES = {"standard": STANDARD, "strong": STRONG, "scanner": STRONG}
 AUGMENTATIONS = ("none", *RANGES)
+# A crop narrower than this share of the frame is cut from the 2x-resolution source, so that zooming in
+# stays sharp (from the network-size image it would be up-sampled by more than 2x).
+SOURCE_CROP_BELOW = 0.5
 
 
 def _uniform(generator: torch.Generator, low: float, high: float) -> float:
@@ -113,14 +123,45 @@ def random_augment(image: torch.Tensor, mask: torch.Tensor, generator: torch.Gen
     return image.contiguous(), mask.contiguous()
 
 
-standard_augment = partial(random_augment, ranges=STANDARD)
-strong_augment = partial(random_augment, ranges=STRONG)
+@dataclass(frozen=True)
+class Augmentation:
+    """One named augmentation: flip, affine and intensity within ``ranges``, then the enabled scanner transforms.
+
+    Call it as ``augment(image, mask, generator, source=None)``; ``source`` is the ``(image, mask)`` pair at
+    twice the network's resolution, used by the ``crop`` transform when it zooms in far.
+    """
+
+    ranges: AugmentRanges
+    scanner: frozenset = frozenset()
+
+    @property
+    def uses_source(self) -> bool:
+        return "crop" in self.scanner
+
+    def __call__(self, image: torch.Tensor, mask: torch.Tensor, generator: torch.Generator,
+                 source: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.uses_source and chance(generator, SCANNER_RANGES.crop_probability):
+            window = crop_window(mask, generator)
+            if window is not None:
+                zoom_source = source if source is not None and min(window[2:]) < SOURCE_CROP_BELOW else (image, mask)
+                image, mask = crop_pair(*zoom_source, window, tuple(image.shape[-2:]))
+        image, mask = random_augment(image, mask, generator, self.ranges)
+        if self.scanner:
+            image, mask = scanner_look(image, mask, generator, self.scanner)
+        return image.contiguous(), mask.contiguous()
 
 
-def get_augmentation(name: str):
-    """The augmentation function for ``name`` ("none" gives None)."""
+standard_augment = Augmentation(STANDARD)
+
+
+def get_augmentation(name: str, switched_off=()) -> Optional[Augmentation]:
+    """The augmentation called ``name`` ("none" gives None); ``switched_off`` names scanner transforms to skip."""
+    unknown = sorted(set(switched_off) - set(TRANSFORMS))
+    if unknown:
+        raise ValueError(f"unknown augmentation transform(s) {', '.join(unknown)}; choose from {', '.join(TRANSFORMS)}")
     if name == "none":
         return None
-    if name in RANGES:
-        return partial(random_augment, ranges=RANGES[name])
-    raise ValueError(f"unknown augmentation {name!r}; choose one of {', '.join(AUGMENTATIONS)}")
+    if name not in RANGES:
+        raise ValueError(f"unknown augmentation {name!r}; choose one of {', '.join(AUGMENTATIONS)}")
+    scanner = frozenset(TRANSFORMS) - frozenset(switched_off) if name == "scanner" else frozenset()
+    return Augmentation(RANGES[name], scanner)

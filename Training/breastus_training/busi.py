@@ -1,9 +1,11 @@
-"""The BUSI dataset: reading images and masks, and the split manifest.
+"""Cases and the split manifest: reading images and masks of every dataset.
 
 A manifest (written by ``breastus-train prepare``) lists every usable case with
-its class, image and mask paths relative to the dataset root, its duplicate
-group and its split. Everything that trains or evaluates reads the cases
-through :func:`load_manifest` and :func:`load_case`.
+its dataset, class, image and mask paths relative to that dataset's folder, its
+duplicate group and its split. Everything that trains or evaluates reads the
+cases through :func:`load_manifest` and :func:`load_case`; images are decoded
+by the core's ``read_image``, exactly as the extension reads a user's file.
+Version 1 manifests (BUSI only, no ``dataset`` field) still load.
 """
 
 from __future__ import annotations
@@ -14,18 +16,21 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from typing import Optional
+
 import numpy as np
 from PIL import Image
 
-CLASSES = ("benign", "malignant", "normal")
+from BreastUSSegmentLib.imageio import ImageReadError, read_image
+
+from .datasets import CLASSES, DataRoots, DatasetError
+
 LESION_CLASSES = ("benign", "malignant")
 NORMAL_CLASS = "normal"
 SPLITS = ("train", "val", "test")
-MANIFEST_VERSION = 1
-
-
-class DatasetError(ValueError):
-    """A dataset file or manifest is missing, unreadable or inconsistent."""
+MANIFEST_VERSION = 2
+READABLE_MANIFEST_VERSIONS = (1, 2)
+LEGACY_DATASET = "BUSI"  # version 1 manifests cover BUSI only
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,8 @@ class Case:
     masks: tuple[str, ...]  # paths relative to the dataset root; the lesion is their union
     group: int  # duplicate group; a group never straddles splits
     split: str
+    dataset: str = LEGACY_DATASET
+    pixel_size_mm: Optional[float] = None  # as published by the dataset, when it gives one
 
     def to_dict(self) -> dict:
         values = asdict(self)
@@ -46,6 +53,7 @@ class Case:
 
     @classmethod
     def from_dict(cls, values: dict) -> "Case":
+        pixel_size = values.get("pixel_size_mm")
         return cls(
             id=str(values["id"]),
             label=str(values["label"]),
@@ -53,6 +61,8 @@ class Case:
             masks=tuple(str(mask) for mask in values["masks"]),
             group=int(values["group"]),
             split=str(values["split"]),
+            dataset=str(values.get("dataset", LEGACY_DATASET)),
+            pixel_size_mm=None if pixel_size is None else float(pixel_size),
         )
 
 
@@ -74,6 +84,11 @@ class Manifest:
             raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
         return [case for case in self.cases if case.split == split]
 
+    @property
+    def datasets(self) -> list[str]:
+        """The datasets the manifest covers, in order of first appearance."""
+        return list(dict.fromkeys(case.dataset for case in self.cases))
+
 
 def cases_sha256(cases: list[dict]) -> str:
     """sha256 of the canonical JSON (sorted keys, no spaces) of the case list."""
@@ -90,8 +105,9 @@ def load_manifest(path: str | os.PathLike) -> Manifest:
         values = json.loads(path.read_text())
     except (OSError, ValueError) as error:
         raise DatasetError(f"cannot read split manifest {path}: {error}") from error
-    if values.get("version") != MANIFEST_VERSION:
-        raise DatasetError(f"split manifest {path} has version {values.get('version')}; this code reads {MANIFEST_VERSION}")
+    if values.get("version") not in READABLE_MANIFEST_VERSIONS:
+        raise DatasetError(f"split manifest {path} has version {values.get('version')}; this code reads "
+                           f"versions {', '.join(map(str, READABLE_MANIFEST_VERSIONS))}")
     try:
         cases = tuple(Case.from_dict(case) for case in values["cases"])
     except (KeyError, TypeError, ValueError) as error:
@@ -116,17 +132,12 @@ def load_manifest(path: str | os.PathLike) -> Manifest:
     )
 
 
-def read_png_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image as Pillow decodes it: gray ``(H, W)`` or RGB ``(H, W, 3)`` (alpha and palettes dropped)."""
+def read_case_image(path: str | os.PathLike) -> np.ndarray:
+    """A dataset image decoded by the core's ``read_image`` (as the extension reads it), as a numpy array."""
     try:
-        with Image.open(path) as image:
-            if image.mode in ("L", "I;16", "I", "F"):
-                return np.asarray(image)
-            if image.mode in ("1", "LA"):
-                return np.asarray(image.convert("L"))
-            return np.asarray(image.convert("RGB"))
-    except (OSError, ValueError) as error:
-        raise DatasetError(f"cannot read image {path}: {error}") from error
+        return read_image(path).pixels
+    except ImageReadError as error:
+        raise DatasetError(str(error)) from error
 
 
 def read_mask(path: str | os.PathLike) -> np.ndarray:
@@ -163,12 +174,15 @@ def read_mask_union(paths: list[str | os.PathLike], shape: tuple[int, int] | Non
     return union
 
 
-def load_case(data_root: str | os.PathLike, case: Case) -> tuple[np.ndarray, np.ndarray]:
-    """Return ``(image, mask)``: the image as Pillow reads it (gray uint8 or RGB) and the bool union mask ``(H, W)``."""
-    root = Path(data_root)
+def load_case(data, case: Case) -> tuple[np.ndarray, np.ndarray]:
+    """Return ``(image, mask)``: the image as ``read_image`` gives it and the bool union mask ``(H, W)``.
+
+    ``data`` is a :class:`DataRoots` (or the list of ``--data`` folders), or the one folder ``case`` lives in.
+    """
+    root = Path(data) if isinstance(data, (str, os.PathLike)) else DataRoots.from_paths(data).root_for(case.dataset)
     image_path = root / case.image
     if not image_path.is_file():
-        raise DatasetError(f"image of case {case.id!r} not found: {image_path} (is --data the BUSI folder?)")
-    image = read_png_image(image_path)
+        raise DatasetError(f"image of case {case.id!r} not found: {image_path} (is --data the {case.dataset} folder?)")
+    image = read_case_image(image_path)
     mask = read_mask_union([root / mask for mask in case.masks], shape=image.shape[:2])
     return image, mask

@@ -2,7 +2,9 @@
 
 Every image goes through the core's ``prepare_input`` (the inference
 preprocessing) to the network input size; its mask is resized the same way
-(bilinear on 0/1 floats) and thresholded at 0.5. Augmentation then runs on
+(bilinear on 0/1 floats) and thresholded at 0.5. An augmentation that crops
+(``scanner``) also gets each case at twice that size (``sources``), so a
+zoomed crop is cut from sharper pixels. Augmentation then runs on
 these tensors, with a random generator seeded from (seed, epoch, index) so that
 an epoch is identical whatever the number of workers or processes, and after a
 resume.
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -33,9 +35,18 @@ class PreparedCases:
     ids: list[str]
     images: torch.Tensor
     masks: torch.Tensor
+    datasets: Optional[list[str]] = None  # the dataset of each case
+    source_images: Optional[torch.Tensor] = None  # (N, 1, 2h, 2w) float16, for crops; see the module docstring
+    source_masks: Optional[torch.Tensor] = None  # (N, 1, 2h, 2w) bool
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def subset(self, dataset: str) -> "PreparedCases":
+        """The cases of one dataset."""
+        keep = [index for index, name in enumerate(self.datasets or []) if name == dataset]
+        return PreparedCases([self.ids[index] for index in keep], self.images[keep], self.masks[keep],
+                             [dataset] * len(keep))
 
 
 def prepare_mask(mask, input_size: tuple[int, int]) -> torch.Tensor:
@@ -44,18 +55,29 @@ def prepare_mask(mask, input_size: tuple[int, int]) -> torch.Tensor:
     return (resize_frames(values, tuple(input_size)) >= 0.5).float()[0]
 
 
-def preload_cases(data_root: str | os.PathLike, cases: list[Case], input_size: tuple[int, int],
-                  progress: bool = True, description: str = "loading") -> PreparedCases:
-    """Read and preprocess every case once; returns them stacked in memory."""
-    images, masks = [], []
+def preload_cases(data_root, cases: list[Case], input_size: tuple[int, int],
+                  progress: bool = True, description: str = "loading", with_sources: bool = False) -> PreparedCases:
+    """Read and preprocess every case once; returns them stacked in memory.
+
+    ``data_root`` is what ``load_case`` takes (a folder, a list of folders or a ``DataRoots``).
+    With ``with_sources`` each case is also kept at twice ``input_size`` (see the module docstring).
+    """
+    images, masks, source_images, source_masks = [], [], [], []
+    source_size = (2 * input_size[0], 2 * input_size[1])
     for case in tqdm(cases, desc=description, unit="case", disable=not progress, leave=False):
         image, mask = load_case(data_root, case)
         images.append(prepare_input(image, input_size)[0])
         masks.append(prepare_mask(mask, input_size))
+        if with_sources:
+            source_images.append(prepare_input(image, source_size)[0].half())
+            source_masks.append(prepare_mask(mask, source_size).bool())
     if not cases:
         height, width = input_size
-        return PreparedCases([], torch.zeros(0, 1, height, width), torch.zeros(0, 1, height, width))
-    return PreparedCases([case.id for case in cases], torch.stack(images), torch.stack(masks))
+        return PreparedCases([], torch.zeros(0, 1, height, width), torch.zeros(0, 1, height, width), [])
+    return PreparedCases([case.id for case in cases], torch.stack(images), torch.stack(masks),
+                         [case.dataset for case in cases],
+                         torch.stack(source_images) if with_sources else None,
+                         torch.stack(source_masks) if with_sources else None)
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -82,5 +104,9 @@ class SegmentationDataset(Dataset):
         image, mask = self.cases.images[index], self.cases.masks[index]
         if self.augment is not None:
             generator = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, index))
-            image, mask = self.augment(image, mask, generator)
+            if self.cases.source_images is None:
+                image, mask = self.augment(image, mask, generator)
+            else:
+                source = (self.cases.source_images[index].float(), self.cases.source_masks[index].float())
+                image, mask = self.augment(image, mask, generator, source=source)
         return image, mask

@@ -1,16 +1,19 @@
-"""``breastus-train prepare``: index BUSI, group duplicates and write the split manifest.
+"""``breastus-train prepare``: index the datasets, group duplicates and write one split manifest.
 
-Steps:
+Steps, for every ``--data`` folder (its dataset is recognised by its layout,
+see :mod:`.datasets`):
 
-1. index ``benign/``, ``malignant/`` and ``normal/``: each ``name.png`` with its
-   masks ``name_mask.png``, ``name_mask_1.png``, ...; a case without a mask, with
-   a mask of another size or with an unreadable file is excluded (with the reason);
+1. list the images with their masks and classes (the dataset's adapter); a case
+   without a mask, with a mask of another size, with an unreadable file, or a
+   benign/malignant image whose mask is all black is excluded (with the reason);
 2. find exact duplicates (same decoded pixels) and near duplicates (16x16
    thumbnails, each scaled to zero mean and unit variance, closer than
    ``NEAR_DUPLICATE_THRESHOLD`` in root-mean-square distance) and join them
    into groups;
 3. split train/val/test (70/10/20 by default) stratified by class with a fixed
-   seed, assigning whole groups, so no group straddles two splits;
+   seed, assigning whole groups, so no group straddles two splits. Each dataset
+   is split on its own with the same seed, so adding a dataset leaves the split
+   of the others unchanged;
 4. write the manifest JSON (stable: sorted, relative paths) and print a table.
 """
 
@@ -20,7 +23,6 @@ import argparse
 import hashlib
 import json
 import random
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +30,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .busi import CLASSES, MANIFEST_VERSION, SPLITS, DatasetError, cases_sha256, read_mask, read_png_image
+from BreastUSSegmentLib.fileio import write_text_atomically
+
+from .busi import MANIFEST_VERSION, SPLITS, DatasetError, cases_sha256, read_case_image, read_mask
+from .datasets import ADAPTERS, SourceCase, detect_adapter, natural_key
 
 DEFAULT_RATIOS = {"train": 0.7, "val": 0.1, "test": 0.2}
 THUMBNAIL_SIZE = 16
@@ -36,24 +41,19 @@ THUMBNAIL_SIZE = 16
 # this are the same frame (cropped or rescaled) or the same lesion scanned
 # again; the closest unrelated pairs seen were at about 0.34.
 NEAR_DUPLICATE_THRESHOLD = 0.3
-MASK_PATTERN = re.compile(r"^(?P<stem>.+)_mask(?:_(?P<index>\d+))?\.png$", re.IGNORECASE)
 
 
 @dataclass
 class IndexedImage:
     """A usable image found while indexing, with its duplicate fingerprints."""
 
-    id: str
-    label: str
-    image: str
-    masks: list[str]
+    case: SourceCase
     pixel_sha256: str
     thumbnail: np.ndarray
 
-
-def natural_key(text: str) -> tuple:
-    """Sort key where digit runs compare as numbers: "benign (2)" < "benign (10)"."""
-    return tuple(int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text))
+    @property
+    def label(self) -> str:
+        return self.case.label
 
 
 def pixel_sha256(pixels: np.ndarray) -> str:
@@ -76,67 +76,42 @@ def thumbnail(pixels: np.ndarray, size: int = THUMBNAIL_SIZE) -> np.ndarray:
     return small / spread if spread > 0 else small
 
 
-def index_dataset(root: Path) -> tuple[list[IndexedImage], list[dict]]:
-    """Find every image and its masks under the class folders; return (usable images, excluded entries)."""
-    missing = [label for label in CLASSES if not (root / label).is_dir()]
-    if len(missing) == len(CLASSES):
-        raise DatasetError(f"{root} has none of the class folders {', '.join(CLASSES)}: is it the BUSI folder?")
+def index_dataset(root: Path, adapter=None) -> tuple[list[IndexedImage], list[dict]]:
+    """Every usable image of the dataset in ``root`` with its fingerprints; and the excluded entries."""
+    adapter = adapter or detect_adapter(root)
+    listing = adapter.list_cases(root)
     images: list[IndexedImage] = []
-    excluded: list[dict] = []
-    for label in CLASSES:
-        folder = root / label
-        if not folder.is_dir():
-            print(f"warning: {folder} does not exist; no {label} images", file=sys.stderr)
-            continue
-        names = sorted((path.name for path in folder.iterdir() if path.suffix.lower() == ".png"), key=natural_key)
-        masks_of: dict[str, list[str]] = {}
-        image_names = []
-        for name in names:
-            match = MASK_PATTERN.match(name)
-            if match:
-                masks_of.setdefault(match["stem"], []).append(name)
-            else:
-                image_names.append(name)
-        stems = {Path(name).stem for name in image_names}
-        for stem in sorted(set(masks_of) - stems, key=natural_key):
-            for mask_name in masks_of[stem]:
-                excluded.append({"image": f"{label}/{mask_name}", "reason": "mask without an image"})
-        for name in image_names:
-            entry, reason = _index_image(root, label, name, masks_of.get(Path(name).stem, []))
-            if entry is None:
-                excluded.append({"image": f"{label}/{name}", "reason": reason})
-            else:
-                images.append(entry)
+    excluded = list(listing.excluded)
+    for case in listing.cases:
+        entry, reason = _index_image(root, case)
+        if entry is None:
+            excluded.append({"image": case.image, "reason": reason})
+        else:
+            images.append(entry)
     return images, excluded
 
 
-def _index_image(root: Path, label: str, name: str, mask_names: list[str]) -> tuple[IndexedImage | None, str]:
+def _index_image(root: Path, case: SourceCase) -> tuple[IndexedImage | None, str]:
     """Check one image and its masks; return the entry, or None and the reason for excluding it."""
-    stem = Path(name).stem
-    if not mask_names:
-        return None, f"no mask file (expected '{stem}_mask.png')"
     try:
-        pixels = read_png_image(root / label / name)
+        pixels = read_case_image(root / case.image)
     except DatasetError as error:
         return None, str(error)
+    if pixels.ndim not in (2, 3) or (pixels.ndim == 3 and pixels.shape[-1] not in (3, 4)):
+        return None, f"not a single frame (pixel array of shape {pixels.shape})"
     height, width = pixels.shape[:2]
-    for mask_name in mask_names:
+    lesion = False
+    for mask_name in case.masks:
         try:
-            mask = read_mask(root / label / mask_name)
+            mask = read_mask(root / mask_name)
         except DatasetError as error:
             return None, str(error)
         if mask.shape != (height, width):
             return None, f"mask '{mask_name}' is {mask.shape[1]}x{mask.shape[0]} pixels, the image is {width}x{height}"
-    masks = sorted(mask_names, key=lambda mask_name: (mask_name != f"{stem}_mask.png", natural_key(mask_name)))
-    entry = IndexedImage(
-        id=stem,
-        label=label,
-        image=f"{label}/{name}",
-        masks=[f"{label}/{mask_name}" for mask_name in masks],
-        pixel_sha256=pixel_sha256(pixels),
-        thumbnail=thumbnail(pixels),
-    )
-    return entry, ""
+        lesion = lesion or bool(mask.any())
+    if case.label != "normal" and not lesion:
+        return None, f"a {case.label} image whose mask is all black (no lesion outlined)"
+    return IndexedImage(case, pixel_sha256(pixels), thumbnail(pixels)), ""
 
 
 def duplicate_groups(images: list[IndexedImage], threshold: float = NEAR_DUPLICATE_THRESHOLD) -> list[int]:
@@ -203,41 +178,63 @@ def _main_label(labels: list[str], indices: list[int]) -> str:
     return min(set(names), key=lambda label: (-names.count(label), label))
 
 
-def build_manifest(root: Path, seed: int = 0, ratios: dict[str, float] | None = None,
+def build_manifest(roots, seed: int = 0, ratios: dict[str, float] | None = None,
                    threshold: float = NEAR_DUPLICATE_THRESHOLD) -> dict:
-    """Index ``root`` and return the manifest dictionary (see the module docstring)."""
+    """Index every folder of ``roots`` (one path or a list) and return the manifest (see the module docstring)."""
     ratios = dict(ratios or DEFAULT_RATIOS)
     if set(ratios) != set(SPLITS) or abs(sum(ratios.values()) - 1.0) > 1e-6 or min(ratios.values()) < 0:
         raise ValueError(f"ratios must give train, val and test shares summing to 1, got {ratios}")
-    images, excluded = index_dataset(root)
-    if not images:
-        raise DatasetError(f"no usable image with a mask found under {root}")
-    images.sort(key=lambda image: (natural_key(image.label), natural_key(image.id)))
-    ids = [image.id for image in images]
-    if len(set(ids)) != len(ids):
-        repeated = sorted({case_id for case_id in ids if ids.count(case_id) > 1})
-        raise DatasetError(f"image names must be unique across class folders; repeated: {repeated}")
-    groups = duplicate_groups(images, threshold)
-    splits = assign_splits([image.label for image in images], groups, ratios, seed)
-    cases = [
-        {"id": image.id, "label": image.label, "image": image.image, "masks": image.masks, "group": group, "split": split}
-        for image, group, split in zip(images, groups, splits)
-    ]
+    roots = [Path(roots)] if isinstance(roots, (str, Path)) else [Path(root) for root in roots]
+    adapters = [detect_adapter(root) for root in roots]
+    names = [adapter.name for adapter in adapters]
+    if len(set(names)) != len(names):
+        raise DatasetError(f"each dataset may be given once; got {', '.join(names)}")
+    cases, excluded, datasets = [], [], {}
+    for root, adapter in sorted(zip(roots, adapters), key=lambda pair: ADAPTERS.index(pair[1])):
+        dataset_cases, dataset_excluded = _dataset_cases(root, adapter, seed, ratios, threshold, first_group=len(
+            {case["group"] for case in cases}))
+        cases.extend(dataset_cases)
+        excluded.extend({"dataset": adapter.name, **entry} for entry in dataset_excluded)
+        datasets[adapter.name] = {"citation": adapter.citation, "licence": adapter.licence}
     grouped: dict[int, list[str]] = {}
     for case in cases:
         grouped.setdefault(case["group"], []).append(case["id"])
     return {
         "version": MANIFEST_VERSION,
-        "dataset": "BUSI",
+        "datasets": datasets,
         "seed": seed,
         "ratios": ratios,
         "duplicate_detection": {"exact": "sha256 of decoded pixels", "thumbnail_size": THUMBNAIL_SIZE,
-                                "near_duplicate_rms_threshold": threshold},
+                                "near_duplicate_rms_threshold": threshold, "scope": "within each dataset"},
         "cases": cases,
-        "excluded": sorted(excluded, key=lambda entry: natural_key(entry["image"])),
+        "excluded": excluded,
         "duplicate_groups": [members for _, members in sorted(grouped.items()) if len(members) > 1],
         "cases_sha256": cases_sha256(cases),
     }
+
+
+def _dataset_cases(root: Path, adapter, seed: int, ratios: dict, threshold: float,
+                   first_group: int) -> tuple[list[dict], list[dict]]:
+    """The manifest entries of one dataset (groups numbered from ``first_group``) and its excluded entries."""
+    images, excluded = index_dataset(root, adapter)
+    if not images:
+        raise DatasetError(f"no usable image with a mask found under {root}")
+    images.sort(key=lambda image: (natural_key(image.case.label), natural_key(image.case.id)))
+    ids = [image.case.id for image in images]
+    if len(set(ids)) != len(ids):
+        repeated = sorted({case_id for case_id in ids if ids.count(case_id) > 1})
+        raise DatasetError(f"image names must be unique within {adapter.name}; repeated: {repeated}")
+    groups = duplicate_groups(images, threshold)
+    splits = assign_splits([image.label for image in images], groups, ratios, seed)
+    cases = []
+    for image, group, split in zip(images, groups, splits):
+        entry = {"id": image.case.id, "label": image.case.label, "image": image.case.image,
+                 "masks": list(image.case.masks), "group": first_group + group, "split": split,
+                 "dataset": adapter.name}
+        if image.case.pixel_size_mm is not None:
+            entry["pixel_size_mm"] = image.case.pixel_size_mm
+        cases.append(entry)
+    return cases, sorted(excluded, key=lambda entry: natural_key(entry["image"]))
 
 
 def manifest_text(manifest: dict) -> str:
@@ -256,24 +253,31 @@ def manifest_text(manifest: dict) -> str:
 
 
 def write_manifest(manifest: dict, path: Path) -> None:
+    if path.is_dir():
+        raise DatasetError(f"--output {path} is a folder; give the manifest's file name, e.g. {path / 'split.json'}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(manifest_text(manifest))
+    write_text_atomically(path, manifest_text(manifest))
 
 
 def summary_table(manifest: dict) -> str:
-    """Counts per class and split as an aligned text table."""
+    """Counts per dataset, class and split as an aligned text table."""
     labels = sorted({case["label"] for case in manifest["cases"]})
-    rows = [["class", *SPLITS, "total"]]
-    for label in [*labels, "all"]:
-        counts = [sum(1 for case in manifest["cases"] if case["split"] == split and label in ("all", case["label"])) for split in SPLITS]
-        rows.append([label, *map(str, counts), str(sum(counts))])
+    datasets = list(dict.fromkeys(case.get("dataset", "BUSI") for case in manifest["cases"]))
+    rows = [["dataset", "class", *SPLITS, "total"]]
+    for dataset in [*datasets, "all"]:
+        for label in [*labels, "all"]:
+            counts = [sum(1 for case in manifest["cases"] if case["split"] == split and label in ("all", case["label"])
+                          and dataset in ("all", case.get("dataset", "BUSI"))) for split in SPLITS]
+            rows.append([dataset, label, *map(str, counts), str(sum(counts))])
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
     return "\n".join("  ".join(cell.rjust(width) if column else cell.ljust(width) for column, (cell, width) in enumerate(zip(row, widths))) for row in rows)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True, type=Path, help="BUSI folder (with benign/, malignant/, normal/)")
-    parser.add_argument("--output", type=Path, default=Path("Training/splits/busi_split.json"), help="manifest to write")
+    parser.add_argument("--data", required=True, type=Path, action="append",
+                        help="a dataset folder (BUSI or BrEaST, recognised by its layout); repeat for several")
+    parser.add_argument("--output", type=Path, required=True,
+                        help="manifest to write, e.g. Training/splits/busi_breast_split.json")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
     parser.add_argument("--ratios", type=float, nargs=3, metavar=("TRAIN", "VAL", "TEST"), default=[0.7, 0.1, 0.2],
                         help="split shares (default 0.7 0.1 0.2)")
@@ -282,15 +286,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if not args.data.is_dir():
-        raise DatasetError(f"dataset folder not found: {args.data}")
+    if args.output.is_dir():
+        raise DatasetError(f"--output {args.output} is a folder; give the manifest's file name, "
+                           f"e.g. {args.output / 'split.json'}")
     manifest = build_manifest(args.data, seed=args.seed, ratios=dict(zip(SPLITS, args.ratios)),
                               threshold=args.near_duplicate_threshold)
     write_manifest(manifest, args.output)
     groups = manifest["duplicate_groups"]
-    print(f"indexed {args.data}: {len(manifest['cases'])} cases, {len(manifest['excluded'])} excluded")
+    folders = ", ".join(map(str, args.data))
+    print(f"indexed {folders}: {len(manifest['cases'])} cases, {len(manifest['excluded'])} excluded")
     for entry in manifest["excluded"]:
-        print(f"  excluded {entry['image']}: {entry['reason']}")
+        print(f"  excluded {entry['dataset']} {entry['image']}: {entry['reason']}")
     print(f"duplicate groups: {len(groups)} ({sum(len(group) for group in groups)} images)")
     print(summary_table(manifest))
     print(f"wrote {args.output} (cases_sha256 {manifest['cases_sha256'][:16]}...)")

@@ -3,8 +3,14 @@
 Default recipe: BCE on the logits (``BCEWithLogitsLoss``), Adam (lr 1e-3), the
 core's default ``ModelConfig()``, 256x256 input, batch 8. Each epoch is
 validated on the manifest's ``val`` split (loss, mean per-image Dice and IoU at
-threshold 0.5 on the input grid); the best validation IoU selects the saved
-model and drives early stopping. The ``test`` split is never read here.
+threshold 0.5 on the input grid, pooled and per dataset); the validation score
+(the mean over the datasets of their val IoU, so that each hospital counts the
+same; with one dataset simply its val IoU) selects the saved model and drives
+early stopping. The ``test`` split is never read here.
+
+Precision: ``--precision auto`` trains under bf16 autocast on a CPU with native
+bf16 (AVX512-BF16/AMX), fp16 autocast with a gradient scaler on CUDA, and fp32
+otherwise; the weights, the loss and the optimizer state stay fp32.
 
 The run folder holds ``config.json``, ``metrics.csv``, TensorBoard scalars,
 ``checkpoint_last.pt`` (written atomically every epoch) and ``best.safetensors``
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import os
 import platform
@@ -38,7 +45,8 @@ from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from BreastUSSegmentLib.device import select_device
+from BreastUSSegmentLib.device import DEVICE_CHOICES, select_device
+from BreastUSSegmentLib.fileio import write_text_atomically
 from BreastUSSegmentLib.metrics import dice_score, iou_score
 from BreastUSSegmentLib.model import AttentionUNet, ModelConfig
 from BreastUSSegmentLib.weights import load_model, save_model, sha256_of_file
@@ -47,6 +55,9 @@ from .augment import AUGMENTATIONS, get_augmentation
 from .busi import NORMAL_CLASS, load_manifest
 from .checkpoint import ResumeError, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from .dataset import PreparedCases, SegmentationDataset, preload_cases
+from .datasets import ADAPTER_BY_NAME, DataRoots
+from .precision import PRECISIONS, autocast, resolve_precision
+from .scanner_augment import TRANSFORMS
 from .weight_average import SWA_NAME, averaged_epochs, recompute_batch_norm
 
 CHECKPOINT_NAME = "checkpoint_last.pt"
@@ -56,11 +67,14 @@ METRIC_COLUMNS = ("epoch", "train_loss", "val_loss", "val_dice", "val_iou", "lr"
 # which may only grow, and early-stopping patience); none of them changes the epochs already trained.
 RESUMABLE_CHANGES = {"data", "run_dir", "num_workers", "threads", "no_progress", "device", "epochs", "patience"}
 # Options added after runs were already made: a stored run without one used this value.
-LATER_OPTION_DEFAULTS = {"normal_repeat": 1, "swa_start": 0}
+LATER_OPTION_DEFAULTS = {"normal_repeat": 1, "swa_start": 0, "precision": "fp32", "augment_off": [],
+                         "upsample": "transposed"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True, type=Path, help="BUSI folder the manifest's paths are relative to")
+    parser.add_argument("--data", required=True, type=Path, action="append",
+                        help="a dataset folder the manifest's paths are relative to (BUSI or BrEaST, recognised by "
+                             "its layout); repeat for each dataset of the split")
     parser.add_argument("--split", required=True, type=Path, help="split manifest written by 'prepare'")
     parser.add_argument("--run-dir", required=True, type=Path, help="output folder; an existing run there is resumed")
     parser.add_argument("--epochs", type=int, default=100, help="number of epochs (default 100)")
@@ -70,8 +84,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scheduler", choices=("none", "cosine", "plateau"), default="none",
                         help="learning-rate schedule (default none)")
     parser.add_argument("--augment", choices=AUGMENTATIONS, default="standard",
-                        help="augmentation: standard, or strong (wider rotation, zoom and intensity "
-                             "ranges plus a shift); default standard")
+                        help="augmentation: standard; strong (wider rotation, zoom and intensity ranges plus a "
+                             "shift); or scanner (strong plus crops around the lesion, depth gain, blur, speckle "
+                             "grain, probe outline and on-screen marks); default standard")
+    parser.add_argument("--augment-off", type=lambda text: sorted(filter(None, text.split(","))), default=[],
+                        metavar="NAMES", help=f"scanner transforms to switch off, comma-separated ({', '.join(TRANSFORMS)})")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="auto: bf16 autocast on a CPU with native bf16, fp16 on CUDA, else fp32 (default auto)")
     parser.add_argument("--patience", type=int, default=20,
                         help="stop after this many epochs without a better validation IoU; 0 disables (default 20)")
     parser.add_argument("--input-size", type=int, nargs="+", default=[256], metavar="N",
@@ -79,6 +98,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base-channels", type=int, default=ModelConfig.base_channels, help="channels of the first level")
     parser.add_argument("--depth", type=int, default=ModelConfig.depth, help="number of poolings")
     parser.add_argument("--dropout", type=float, default=ModelConfig.dropout, help="dropout probability")
+    parser.add_argument("--upsample", choices=("bilinear", "transposed"), default=ModelConfig.upsample,
+                        help="decoder up-sampling: bilinear + 3x3 conv (default), or the older transposed conv")
     parser.add_argument("--init-weights", type=Path, default=None, metavar="SAFETENSORS",
                         help="start from these weights (e.g. an earlier run's best.safetensors, same architecture) "
                              "with a fresh optimizer and schedule; default: random initialisation")
@@ -94,7 +115,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-workers", type=int, default=None,
                         help="DataLoader workers (default 0 on CPU, 4 on CUDA)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="device (default auto)")
+    parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="device (default auto)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (one summary line per epoch)")
 
 
@@ -118,11 +139,13 @@ def config_from_args(args: argparse.Namespace) -> dict:
     """The run configuration (every option, JSON-friendly), validated."""
     config = {key: (str(value) if isinstance(value, Path) else value)
               for key, value in sorted(vars(args).items()) if key not in ("handler", "command")}
+    config["data"] = [str(path) for path in (args.data if isinstance(args.data, list) else [args.data])]
+    get_augmentation(config.get("augment", "standard"), config.get("augment_off", []))  # names checked early
     size = config["input_size"]
     if len(size) not in (1, 2):
         raise ValueError(f"--input-size takes one or two numbers, got {size}")
     config["input_size"] = [size[0], size[0]] if len(size) == 1 else list(size)
-    model_config = ModelConfig(base_channels=config["base_channels"], depth=config["depth"], dropout=config["dropout"])
+    model_config = model_config_of(config)
     if any(side % model_config.size_multiple for side in config["input_size"]):
         raise ValueError(f"--input-size {config['input_size']} must be a multiple of {model_config.size_multiple} "
                          f"(2 to the power of --depth {config['depth']})")
@@ -179,6 +202,12 @@ def setup_process(config: dict) -> ProcessContext:
     return ProcessContext(device=device, rank=rank, world_size=world_size)
 
 
+def model_config_of(config: dict) -> ModelConfig:
+    """The architecture a run configuration builds."""
+    return ModelConfig(base_channels=config["base_channels"], depth=config["depth"], dropout=config["dropout"],
+                       upsample=config.get("upsample", LATER_OPTION_DEFAULTS["upsample"]))
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -215,7 +244,8 @@ def initialise_from(model: AttentionUNet, weights_path: str, verbose: bool) -> N
     source, card = load_model(weights_path)
     if card.model_config != model.config:
         raise ValueError(f"--init-weights {weights_path} has architecture {card.model_config}, "
-                         f"but this run builds {model.config}; pass the matching --base-channels/--depth/--dropout")
+                         f"but this run builds {model.config}; pass the matching --base-channels/--depth/--dropout/--upsample "
+                         f"(weights from before the bilinear up-sampling need --upsample transposed)")
     model.load_state_dict(source.state_dict())
     if verbose:
         print(f"initialised from {weights_path} (sha256 {card.sha256[:12]}…)")
@@ -244,14 +274,15 @@ def make_scheduler(name: str, optimizer: torch.optim.Optimizer, epochs: int):
 
 @torch.no_grad()
 def validate(model: nn.Module, cases: PreparedCases, loss_fn: nn.Module, device: torch.device,
-             batch_size: int, use_amp: bool) -> dict:
-    """Validation loss and mean per-image Dice and IoU at threshold 0.5 (empty vs empty counts 1.0)."""
+             batch_size: int, precision: str) -> dict:
+    """Validation loss and mean per-image Dice and IoU at threshold 0.5 (empty vs empty counts 1.0), pooled and
+    per dataset (``val_dice_<name>``, ``val_iou_<name>``), and the selection score ``val_score``."""
     model.eval()
     total_loss, dice, iou = 0.0, [], []
     for start in range(0, len(cases), batch_size):
         images = cases.images[start:start + batch_size].to(device)
         masks = cases.masks[start:start + batch_size].to(device)
-        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+        with autocast(device, precision):
             logits = model(images)
         logits = logits.float()
         total_loss += float(loss_fn(logits, masks)) * len(images)
@@ -260,7 +291,15 @@ def validate(model: nn.Module, cases: PreparedCases, loss_fn: nn.Module, device:
         for prediction, target in zip(predictions, targets):
             dice.append(dice_score(prediction[0], target[0]))
             iou.append(iou_score(prediction[0], target[0]))
-    return {"val_loss": total_loss / len(cases), "val_dice": float(np.mean(dice)), "val_iou": float(np.mean(iou))}
+    scores = {"val_loss": total_loss / len(cases), "val_dice": float(np.mean(dice)), "val_iou": float(np.mean(iou))}
+    names = cases.datasets or []
+    for name in dict.fromkeys(names):
+        chosen = [index for index, case_dataset in enumerate(names) if case_dataset == name]
+        scores[f"val_dice_{name}"] = float(np.mean([dice[index] for index in chosen]))
+        scores[f"val_iou_{name}"] = float(np.mean([iou[index] for index in chosen]))
+    per_dataset = [scores[f"val_iou_{name}"] for name in dict.fromkeys(names)]
+    scores["val_score"] = float(np.mean(per_dataset)) if len(per_dataset) > 1 else scores["val_iou"]
+    return scores
 
 
 def git_commit() -> str | None:
@@ -297,13 +336,13 @@ def check_resumable(stored: dict, requested: dict, checkpoint_path: Path) -> Non
 
 
 def write_metrics_csv(path: Path, history: list[dict]) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "w", newline="") as stream:
-        writer = csv.DictWriter(stream, fieldnames=METRIC_COLUMNS)
-        writer.writeheader()
-        for row in history:
-            writer.writerow({key: row[key] for key in METRIC_COLUMNS})
-    os.replace(temporary, path)
+    """Every epoch's row; per-dataset columns follow the fixed ones."""
+    extra = sorted({key for row in history for key in row} - set(METRIC_COLUMNS))
+    stream = io.StringIO()
+    writer = csv.DictWriter(stream, fieldnames=[*METRIC_COLUMNS, *extra], extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(history)
+    write_text_atomically(path, stream.getvalue())
 
 
 def open_tensorboard(run_dir: Path, purge_step: int | None):
@@ -316,192 +355,264 @@ def open_tensorboard(run_dir: Path, purge_step: int | None):
     return SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=purge_step)
 
 
+@dataclass
+class Run:
+    """Everything one training run works with, built by :func:`build_run`."""
+
+    config: dict
+    context: ProcessContext
+    precision: str
+    train_cases: list
+    val_cases: list
+    train_data: PreparedCases
+    val_data: PreparedCases
+    model: AttentionUNet
+    trained_model: nn.Module  # the model, or its DistributedDataParallel wrapper
+    average: AveragedModel | None
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: torch.amp.GradScaler
+    loss_fn: nn.Module
+    dataset: SegmentationDataset
+    sampler: DistributedSampler
+    loader: DataLoader
+    state: dict
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.config["run_dir"])
+
+
 def train(config: dict, context: ProcessContext) -> dict:
     """Train (or resume) the run described by ``config``; return the last checkpoint state."""
     run_dir = Path(config["run_dir"])
     checkpoint_path = run_dir / CHECKPOINT_NAME
     manifest = load_manifest(config["split"])
     config = dict(config, split_sha256=manifest.sha256)
-    progress = not config["no_progress"] and context.is_main
-    device = context.device
-    use_amp = device.type == "cuda"
-
     checkpoint = load_checkpoint(checkpoint_path) if checkpoint_path.is_file() else None
     if config.get("init_weights"):
         config["init_weights_sha256"] = init_weights_sha256(config["init_weights"], checkpoint)
-    # A finished run killed while saving its weight average saves it on the next call.
-    swa_pending = (checkpoint is not None and checkpoint.get("swa_model") is not None
-                   and int(checkpoint["swa_model"]["n_averaged"]) > 0 and not (run_dir / SWA_NAME).is_file())
     if checkpoint is not None:
         check_resumable(checkpoint["config"], config, checkpoint_path)
-        if (checkpoint["stopped"] or checkpoint["epoch"] >= config["epochs"]) and not swa_pending:
+        if run_is_complete(checkpoint, config, run_dir):
             if context.is_main:
-                print(f"run {run_dir} is complete (epoch {checkpoint['epoch']}, best val IoU "
+                print(f"run {run_dir} is complete (epoch {checkpoint['epoch']}, best val score "
                       f"{checkpoint['best_score']:.4f} at epoch {checkpoint['best_epoch']}); nothing to do")
             return checkpoint
 
+    run = build_run(config, context, manifest, checkpoint)
+    if context.is_main:
+        write_run_record(run)
+    writer = open_tensorboard(run_dir, purge_step=run.state["epoch"] + 1 if run.state["epoch"] else None) \
+        if context.is_main else None
+    progress = not config["no_progress"] and context.is_main
+    epochs = tqdm(range(run.state["epoch"] + 1, config["epochs"] + 1), desc="epochs", unit="epoch",
+                  initial=run.state["epoch"], total=config["epochs"], disable=not progress)
+    for epoch in epochs:
+        row, improved = run_epoch(run, epoch, progress)
+        if context.is_main:
+            save_epoch(run, row, improved, writer, progress)
+        if run.state["stopped"]:
+            if context.is_main:
+                print(f"early stopping: no better validation score for {config['patience']} epochs "
+                      f"(best {run.state['best_score']:.4f} at epoch {run.state['best_epoch']})")
+            break
+    if writer is not None:
+        writer.close()
+    if context.is_main:
+        state = run.state
+        print(f"best model: {run_dir / BEST_NAME} (val score {state['best_score']:.4f} at epoch {state['best_epoch']})")
+        finished = state["stopped"] or state["epoch"] >= config["epochs"]
+        if run.average is not None and finished and averaged_epochs(run.average):
+            finish_average(run)
+    return run.state
+
+
+def run_is_complete(checkpoint: dict, config: dict, run_dir: Path) -> bool:
+    """Whether a stored run has nothing left to do (a finished run killed while saving its average has)."""
+    swa_pending = (checkpoint.get("swa_model") is not None and int(checkpoint["swa_model"]["n_averaged"]) > 0
+                   and not (run_dir / SWA_NAME).is_file())
+    return (checkpoint["stopped"] or checkpoint["epoch"] >= config["epochs"]) and not swa_pending
+
+
+def build_run(config: dict, context: ProcessContext, manifest, checkpoint: dict | None) -> Run:
+    """Load the data, build model, optimizer and loader, and restore them from ``checkpoint`` when resuming."""
+    device = context.device
+    precision = resolve_precision(config.get("precision", "fp32"), device)
+    progress = not config["no_progress"] and context.is_main
     seed_everything(config["seed"])
     train_cases = training_cases(manifest, config["limit"], config["seed"], config["normal_repeat"])
     val_cases = manifest.cases_for("val")
     if not train_cases or not val_cases:
         raise ValueError(f"split {config['split']} needs train and val cases; it has {len(train_cases)} train "
                          f"and {len(val_cases)} val")
+    roots = DataRoots.from_paths(config["data"])
+    augment = get_augmentation(config["augment"], config.get("augment_off", []))
     input_size = tuple(config["input_size"])
-    train_data = preload_cases(config["data"], train_cases, input_size, progress, "loading train")
-    val_data = preload_cases(config["data"], val_cases, input_size, progress, "loading val")
+    train_data = preload_cases(roots, train_cases, input_size, progress, "loading train",
+                               with_sources=augment is not None and augment.uses_source)
+    val_data = preload_cases(roots, val_cases, input_size, progress, "loading val")
 
-    model_config = ModelConfig(base_channels=config["base_channels"], depth=config["depth"], dropout=config["dropout"])
-    # channels-last halves the CPU training step time of this network (measured on 2 cores) and suits GPU tensor cores.
-    model = AttentionUNet(model_config)
+    model = AttentionUNet(model_config_of(config))
     if checkpoint is None and config.get("init_weights"):
         initialise_from(model, config["init_weights"], context.is_main)
+    # channels-last halves the CPU training step time of this network (measured on 2 cores) and suits GPU tensor cores.
     model = model.to(device, memory_format=torch.channels_last)
     average = AveragedModel(model) if config["swa_start"] else None
     optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"])
     scheduler = make_scheduler(config["scheduler"], optimizer, config["epochs"])
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    loss_fn = make_loss(config["loss"])
+    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
     state = {"epoch": 0, "best_score": -1.0, "best_epoch": 0, "epochs_without_improvement": 0,
              "stopped": False, "history": []}
     if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(checkpoint["scheduler"])
-            if isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
-                scheduler.T_max = config["epochs"]  # an extended run stretches the schedule
-        if use_amp and checkpoint.get("scaler"):
-            scaler.load_state_dict(checkpoint["scaler"])
-        if average is not None and checkpoint.get("swa_model") is not None:
-            average.load_state_dict(checkpoint["swa_model"])
-        restore_rng_state(checkpoint["rng"])
-        state = {key: checkpoint[key] for key in state}
+        state = restore(checkpoint, config, model, optimizer, scheduler, scaler, average)
         if context.is_main:
-            print(f"resuming {run_dir} after epoch {state['epoch']}")
-
+            print(f"resuming {config['run_dir']} after epoch {state['epoch']}")
     trained_model = model
     if context.distributed:
         trained_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    dataset = SegmentationDataset(train_data, get_augmentation(config["augment"]), seed=config["seed"])
+    dataset = SegmentationDataset(train_data, augment, seed=config["seed"])
     sampler = DistributedSampler(dataset, num_replicas=context.world_size, rank=context.rank,
                                  shuffle=True, seed=config["seed"], drop_last=False)
     workers = config["num_workers"] if config["num_workers"] is not None else (4 if device.type == "cuda" else 0)
     per_process = -(-len(dataset) // context.world_size)
     loader = DataLoader(dataset, batch_size=config["batch_size"], sampler=sampler, num_workers=workers,
                         pin_memory=device.type == "cuda", drop_last=per_process > config["batch_size"])
+    return Run(config, context, precision, train_cases, val_cases, train_data, val_data, model, trained_model,
+               average, optimizer, scheduler, scaler, make_loss(config["loss"]), dataset, sampler, loader, state)
 
-    writer = None
-    if context.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        record = {"args": config, "git_commit": git_commit(), "environment": environment(),
-                  "train_cases": len(train_cases), "val_cases": len(val_cases), "world_size": context.world_size,
-                  "device": str(device), "mixed_precision": use_amp}
-        (run_dir / "config.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-        writer = open_tensorboard(run_dir, purge_step=state["epoch"] + 1 if state["epoch"] else None)
-        print(f"training on {device} ({context.world_size} process(es)): {len(train_cases)} train, "
-              f"{len(val_cases)} val cases, {len(loader)} batches per epoch")
 
-    epochs = tqdm(range(state["epoch"] + 1, config["epochs"] + 1), desc="epochs", unit="epoch",
-                  initial=state["epoch"], total=config["epochs"], disable=not progress)
-    for epoch in epochs:
-        started = time.perf_counter()
-        torch.manual_seed(config["seed"] * 100_003 + epoch * 101 + context.rank)  # dropout: a function of the epoch
-        dataset.set_epoch(epoch)
-        sampler.set_epoch(epoch)
-        learning_rate = optimizer.param_groups[0]["lr"]
-        train_loss = train_one_epoch(trained_model, loader, optimizer, scaler, loss_fn, device, use_amp, context,
-                                     progress, f"epoch {epoch}")
-        scores = validate(model, val_data, loss_fn, device, config["batch_size"], use_amp)
-        if context.distributed:  # every process follows the main process's scores (same early stopping)
-            shared = torch.tensor([scores["val_loss"], scores["val_dice"], scores["val_iou"]], dtype=torch.float64,
-                                  device=device)
-            dist.broadcast(shared, src=0)
-            scores = dict(zip(("val_loss", "val_dice", "val_iou"), shared.tolist()))
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            scheduler.step(scores["val_iou"])
-        elif scheduler is not None:
-            scheduler.step()
-        if average is not None and epoch >= config["swa_start"]:
-            average.update_parameters(model)
+def restore(checkpoint: dict, config: dict, model, optimizer, scheduler, scaler, average) -> dict:
+    """Load a checkpoint's model, optimizer, schedule, scaler, average and random state; return its run state."""
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    if scheduler is not None:
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        if isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
+            scheduler.T_max = config["epochs"]  # an extended run stretches the schedule
+    if scaler.is_enabled() and checkpoint.get("scaler"):
+        scaler.load_state_dict(checkpoint["scaler"])
+    if average is not None and checkpoint.get("swa_model") is not None:
+        average.load_state_dict(checkpoint["swa_model"])
+    restore_rng_state(checkpoint["rng"])
+    return {key: checkpoint[key] for key in ("epoch", "best_score", "best_epoch", "epochs_without_improvement",
+                                             "stopped", "history")}
 
-        improved = scores["val_iou"] > state["best_score"]
-        if improved:
-            state.update(best_score=scores["val_iou"], best_epoch=epoch, epochs_without_improvement=0)
-        else:
-            state["epochs_without_improvement"] += 1
-        row = {"epoch": epoch, "train_loss": train_loss, **scores, "lr": learning_rate,
-               "seconds": round(time.perf_counter() - started, 3)}
-        state["history"].append(row)
-        state["epoch"] = epoch
-        state["stopped"] = bool(config["patience"]) and state["epochs_without_improvement"] >= config["patience"]
 
-        if context.is_main:
-            if improved:
-                save_weights(model, run_dir / BEST_NAME, config, epoch, scores)
-            checkpoint = {"config": config, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                          "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                          "scaler": scaler.state_dict() if use_amp else None,
-                          "swa_model": average.state_dict() if average is not None else None,
-                          "rng": capture_rng_state(), **state}
-            save_checkpoint(checkpoint, checkpoint_path)
-            write_metrics_csv(run_dir / "metrics.csv", state["history"])
-            if writer is not None:
-                for key in ("train_loss", "val_loss", "val_dice", "val_iou", "lr"):
-                    writer.add_scalar(key, row[key], epoch)
-                writer.flush()
-            summary = (f"epoch {epoch}/{config['epochs']}: train_loss {train_loss:.4f}  val_loss {scores['val_loss']:.4f}  "
-                       f"val_dice {scores['val_dice']:.4f}  val_iou {scores['val_iou']:.4f}  lr {learning_rate:.2e}  "
-                       f"{row['seconds']:.1f}s" + ("  (best)" if improved else ""))
-            tqdm.write(summary) if progress else print(summary, flush=True)
-        if state["stopped"]:
-            if context.is_main:
-                print(f"early stopping: no better validation IoU for {config['patience']} epochs "
-                      f"(best {state['best_score']:.4f} at epoch {state['best_epoch']})")
-            break
+def write_run_record(run: Run) -> None:
+    """``config.json``: the settings, code version, environment and data of the run; and a start line."""
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    record = {"args": run.config, "git_commit": git_commit(), "environment": environment(),
+              "train_cases": len(run.train_cases), "val_cases": len(run.val_cases),
+              "world_size": run.context.world_size, "device": str(run.context.device), "precision": run.precision,
+              "datasets": sorted(set(run.train_data.datasets or []))}
+    write_text_atomically(run.run_dir / "config.json", json.dumps(record, indent=2, sort_keys=True) + "\n")
+    print(f"training on {run.context.device} in {run.precision} ({run.context.world_size} process(es)): "
+          f"{len(run.train_cases)} train, {len(run.val_cases)} val cases, {len(run.loader)} batches per epoch")
+
+
+def run_epoch(run: Run, epoch: int, progress: bool) -> tuple[dict, bool]:
+    """Train and validate one epoch, step the schedule and the average, update the run state."""
+    config, context, state = run.config, run.context, run.state
+    started = time.perf_counter()
+    torch.manual_seed(config["seed"] * 100_003 + epoch * 101 + context.rank)  # dropout: a function of the epoch
+    run.dataset.set_epoch(epoch)
+    run.sampler.set_epoch(epoch)
+    learning_rate = run.optimizer.param_groups[0]["lr"]
+    train_loss = train_one_epoch(run, progress, f"epoch {epoch}")
+    scores = validate(run.model, run.val_data, run.loss_fn, context.device, config["batch_size"], run.precision)
+    if context.distributed:  # every process follows the main process's scores (same early stopping)
+        keys = sorted(scores)
+        shared = torch.tensor([scores[key] for key in keys], dtype=torch.float64, device=context.device)
+        dist.broadcast(shared, src=0)
+        scores = dict(zip(keys, shared.tolist()))
+    if isinstance(run.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        run.scheduler.step(scores["val_score"])
+    elif run.scheduler is not None:
+        run.scheduler.step()
+    if run.average is not None and epoch >= config["swa_start"]:
+        run.average.update_parameters(run.model)
+
+    improved = scores["val_score"] > state["best_score"]
+    if improved:
+        state.update(best_score=scores["val_score"], best_epoch=epoch, epochs_without_improvement=0)
+    else:
+        state["epochs_without_improvement"] += 1
+    row = {"epoch": epoch, "train_loss": train_loss, **scores, "lr": learning_rate,
+           "seconds": round(time.perf_counter() - started, 3)}
+    state["history"].append(row)
+    state["epoch"] = epoch
+    state["stopped"] = bool(config["patience"]) and state["epochs_without_improvement"] >= config["patience"]
+    return row, improved
+
+
+def save_epoch(run: Run, row: dict, improved: bool, writer, progress: bool) -> None:
+    """Save the best weights (when improved), the checkpoint, metrics.csv and TensorBoard; print the epoch line."""
+    config, epoch = run.config, row["epoch"]
+    if improved:
+        save_weights(run.model, run.run_dir / BEST_NAME, config, epoch, row)
+    checkpoint = {"config": config, "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+                  "scheduler": run.scheduler.state_dict() if run.scheduler is not None else None,
+                  "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else None,
+                  "swa_model": run.average.state_dict() if run.average is not None else None,
+                  "rng": capture_rng_state(), **run.state}
+    save_checkpoint(checkpoint, run.run_dir / CHECKPOINT_NAME)
+    write_metrics_csv(run.run_dir / "metrics.csv", run.state["history"])
     if writer is not None:
-        writer.close()
-    if context.is_main:
-        print(f"best model: {run_dir / BEST_NAME} (val IoU {state['best_score']:.4f} at epoch {state['best_epoch']})")
-        finished = state["stopped"] or state["epoch"] >= config["epochs"]
-        if average is not None and finished and averaged_epochs(average):
-            finish_average(average, train_data, val_data, loss_fn, device, config, state["epoch"], use_amp)
-    return state
+        for key, value in row.items():
+            if key not in ("epoch", "seconds"):
+                writer.add_scalar(key, value, epoch)
+        writer.flush()
+    per_dataset = "".join(f"  {key[len('val_iou_'):]} {value:.4f}" for key, value in row.items()
+                          if key.startswith("val_iou_"))
+    summary = (f"epoch {epoch}/{config['epochs']}: train_loss {row['train_loss']:.4f}  val_loss {row['val_loss']:.4f}  "
+               f"val_dice {row['val_dice']:.4f}  val_iou {row['val_iou']:.4f}{per_dataset}  "
+               f"score {row['val_score']:.4f}  lr {row['lr']:.2e}  {row['seconds']:.1f}s" + ("  (best)" if improved else ""))
+    tqdm.write(summary) if progress else print(summary, flush=True)
 
 
-def finish_average(average: AveragedModel, train_data: PreparedCases, val_data: PreparedCases, loss_fn: nn.Module,
-                   device: torch.device, config: dict, last_epoch: int, use_amp: bool) -> None:
+def finish_average(run: Run) -> None:
     """Recompute the averaged model's BatchNorm statistics, validate it and save it as ``swa.safetensors``."""
-    recompute_batch_norm(average, train_data.images, config["batch_size"], device, config["seed"])
-    scores = validate(average.module, val_data, loss_fn, device, config["batch_size"], use_amp)
+    config, device, last_epoch = run.config, run.context.device, run.state["epoch"]
+    recompute_batch_norm(run.average, run.train_data.images, config["batch_size"], device, config["seed"])
+    scores = validate(run.average.module, run.val_data, run.loss_fn, device, config["batch_size"], run.precision)
     weight_average = {"first_epoch": config["swa_start"], "last_epoch": last_epoch,
-                      "epochs": averaged_epochs(average), "batch_norm": "recomputed on the train images"}
-    path = Path(config["run_dir"]) / SWA_NAME
-    save_weights(average.module, path, config, last_epoch, scores, weight_average=weight_average)
+                      "epochs": averaged_epochs(run.average), "batch_norm": "recomputed on the train images"}
+    path = run.run_dir / SWA_NAME
+    save_weights(run.average.module, path, config, last_epoch, scores, weight_average=weight_average)
     print(f"weight average of epochs {config['swa_start']}-{last_epoch}: {path} (val IoU {scores['val_iou']:.4f}, "
           f"val Dice {scores['val_dice']:.4f})")
 
 
-def train_one_epoch(model, loader, optimizer, scaler, loss_fn, device, use_amp, context, progress, description) -> float:
+def train_one_epoch(run: Run, progress: bool, description: str) -> float:
     """One pass over the training data; returns the mean training loss (over all processes)."""
-    model.train()
+    device = run.context.device
+    run.trained_model.train()
     total = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, image count
-    for images, masks in tqdm(loader, desc=description, unit="batch", leave=False, disable=not progress):
+    for images, masks in tqdm(run.loader, desc=description, unit="batch", leave=False, disable=not progress):
         images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
         masks = masks.to(device, non_blocking=True)
-        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-            logits = model(images)
-        loss = loss_fn(logits.float(), masks)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        with autocast(device, run.precision):
+            logits = run.trained_model(images)
+        loss = run.loss_fn(logits.float(), masks)  # the loss in fp32 whatever the forward pass ran in
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
         total += torch.stack([loss.detach().double() * len(images), torch.tensor(len(images), dtype=torch.float64,
                                                                                  device=device)])
-    if context.distributed:
+    if run.context.distributed:
         dist.all_reduce(total)
     return float(total[0] / total[1])
+
+
+def dataset_credits(config: dict) -> list[dict]:
+    """Name, citation and licence of every dataset the run's split trains on."""
+    names = load_manifest(config["split"]).datasets
+    return [{"name": name, "citation": ADAPTER_BY_NAME[name].citation, "licence": ADAPTER_BY_NAME[name].licence}
+            for name in names if name in ADAPTER_BY_NAME]
 
 
 def save_weights(model: AttentionUNet, path: Path, config: dict, epoch: int, scores: dict, **training_extra) -> None:
@@ -509,8 +620,12 @@ def save_weights(model: AttentionUNet, path: Path, config: dict, epoch: int, sco
     and the complete untuned post-processing (``sweep`` on val, then ``export``, choose the model's own)."""
     from BreastUSSegmentLib.postprocessing import UNTUNED_POSTPROCESSING
 
+    credits = dataset_credits(config)
     training = {**config, "epoch": epoch, "val_iou": scores["val_iou"], "git_commit": git_commit(),
-                "split_sha256": config["split_sha256"], "dataset": "BUSI", **training_extra}
-    metrics = {"val": {"dice": scores["val_dice"], "iou": scores["val_iou"], "loss": scores["val_loss"], "epoch": epoch}}
+                "split_sha256": config["split_sha256"], "dataset": " + ".join(item["name"] for item in credits),
+                "datasets": credits, **training_extra}
+    val = {"dice": scores["val_dice"], "iou": scores["val_iou"], "loss": scores["val_loss"], "epoch": epoch}
+    val.update({key[len("val_"):]: value for key, value in scores.items()
+                if key.startswith(("val_dice_", "val_iou_")) or key == "val_score"})
     save_model(model, path, input_size=tuple(config["input_size"]), postprocessing=UNTUNED_POSTPROCESSING,
-               training=training, metrics=metrics)
+               training=training, metrics={"val": val})
