@@ -7,8 +7,11 @@ right, y counts rows down, and ``x1``/``y1`` are exclusive, so the box covers
 
 from __future__ import annotations
 
+import csv
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import numpy as np
@@ -141,3 +144,45 @@ def boxes_for_frames(
             raise BoxError("box is an empty list; give at least one box or None for the automatic mode")
         per_frame = [boxes] * frame_count
     return [[clip_box(item, frame_size) for item in boxes] for boxes in per_frame]
+
+
+def parse_box(text: str) -> Box:
+    """A box from ``"X0,Y0,X1,Y1"`` (the command line's form)."""
+    parts = [part.strip() for part in text.split(",")]
+    try:
+        return as_box([float(part) for part in parts])
+    except ValueError as error:
+        message = str(error) if isinstance(error, BoxError) else f"not a number in {text!r}"
+        raise BoxError(f"{text!r}: {message} (expected X0,Y0,X1,Y1)") from None
+
+
+BOX_TABLE_COLUMNS = ("file", "x0", "y0", "x1", "y1")
+
+
+def read_box_table(path: str | os.PathLike) -> dict[Path, list[Box]]:
+    """Boxes per image from a CSV file with columns file, x0, y0, x1, y1 (one row per box).
+
+    A relative ``file`` is read from the CSV file's own folder; the keys are resolved paths, in file order.
+    """
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            rows = list(csv.DictReader(handle))
+            header = rows[0].keys() if rows else []
+    except OSError as error:
+        raise BoxError(f"{path}: cannot read the box table ({error.strerror or error})") from None
+    missing = [name for name in BOX_TABLE_COLUMNS if name not in header]
+    if missing:
+        raise BoxError(f"{path}: the box table needs the columns {', '.join(BOX_TABLE_COLUMNS)}; missing {', '.join(missing)}")
+    table: dict[Path, list[Box]] = {}
+    for line, row in enumerate(rows, start=2):
+        try:
+            box = as_box([float(row[name]) for name in BOX_TABLE_COLUMNS[1:]])
+        except (TypeError, ValueError) as error:
+            message = str(error) if isinstance(error, BoxError) else "x0, y0, x1, y1 must be numbers"
+            raise BoxError(f"{path} line {line}: {message}") from None
+        image = Path(row["file"].strip())
+        table.setdefault((image if image.is_absolute() else path.parent / image).resolve(), []).append(box)
+    if not table:
+        raise BoxError(f"{path}: the box table has no rows")
+    return table
