@@ -133,3 +133,17 @@ def test_bad_arguments_are_refused(capsys):
     with pytest.raises(SystemExit):
         benchmark.main(["--threads", "0"])
     assert "--threads must be >= 1" in capsys.readouterr().err
+
+
+def test_train_throughput_tiny_run_prints_both_precisions_and_the_speed_up_last():
+    import re
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, str(BENCHMARK_DIR / "train_throughput.py"), "--tiny"],
+                            capture_output=True, text=True, timeout=300, check=True)
+    lines = result.stdout.strip().splitlines()
+    rates = {match[1]: float(match[2]) for line in lines if (match := re.match(r"(fp32|bf16): ([\d.]+) images/s", line))}
+    assert set(rates) == {"fp32", "bf16"} and min(rates.values()) > 0
+    speed_up = re.fullmatch(r"bf16/fp32 speed-up: (\d+\.\d\d)", lines[-1])
+    assert speed_up and float(speed_up[1]) > 0
