@@ -122,6 +122,11 @@ ALGORITHM_TYPE_TAG = "DICOM.SegmentAlgorithmType"
 ALGORITHM_NAME_TAG = "DICOM.SegmentAlgorithmName"
 ALGORITHM_NAME = "BreastUSSegment Attention U-Net"
 WRITTEN_MASK_TAG = "BreastUSSegment.WrittenMask"
+# Segments from box prompts ("Lesion 1", "Lesion 2", ...): one per Markups ROI, found by the ROI's ID.
+BOX_LESION_TAG_VALUE = "BoxLesion"
+BOX_ROI_TAG = "BreastUSSegment.BoxROI"
+# Markups ROI nodes the panel placed for box prompts carry this attribute.
+BOX_ROI_ATTRIBUTE = "BreastUSSegment.BoxPrompt"
 ATTENTION_REFERENCE_ROLE = "BreastUSSegment.AttentionVolume"
 PROBABILITY_REFERENCE_ROLE = "BreastUSSegment.ProbabilityVolume"
 # Standard Slicer colour node used for the attention overlay when the scene has it.
@@ -611,6 +616,25 @@ class SegmentationOutput:
     hiddenConfidence: Optional[float] = None  # when nothing was found: best mean probability Min. confidence hid
 
 
+@dataclass(frozen=True)
+class VoxelBox:
+    """A Markups ROI on a volume's voxel grid: pixel box ``(x0, y0, x1, y1)`` (I, J; x1, y1 exclusive) and frames."""
+
+    box: tuple
+    frames: range  # the K indices the ROI covers
+
+
+@dataclass
+class BoxSegmentationOutput:
+    """What :meth:`BreastUSSegmentLogic.segmentInBoxes` produced: one segment per ROI, in the ROIs' order."""
+
+    segmentationNode: Any
+    segmentIds: List[str]
+    emptyRois: List[Any]  # the ROIs in which the network saw no lesion
+    attentionVolumeNode: Any
+    pipelineResult: Any = None  # BreastUSSegmentLib.inference.SegmentationResult
+
+
 def ensureSegmentationConverterRules() -> None:
     """Register the standard labelmap <-> surface conversion rules if nobody did.
 
@@ -827,6 +851,121 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
                               else strongest_hidden_confidence(result.probability, postprocessing)),
         )
 
+    # --- Box prompts ---
+
+    @staticmethod
+    def roiVoxelBox(roiNode, volumeNode) -> VoxelBox:
+        """The voxels of ``volumeNode`` inside ``roiNode``: the pixels whose centres lie in the ROI.
+
+        The ROI's corners go from world coordinates to the volume's IJK with the volume's own
+        matrices (and its parent transform, if any); a rotated ROI gives its IJK bounding box.
+        """
+        bounds = [0.0] * 6
+        roiNode.GetObjectBounds(bounds)
+        objectToWorld = roiNode.GetObjectToWorldMatrix()
+        worldToIjk = vtk.vtkMatrix4x4()
+        volumeNode.GetRASToIJKMatrix(worldToIjk)
+        parent = volumeNode.GetParentTransformNode()
+        if parent is not None:
+            worldToLocal = vtk.vtkMatrix4x4()
+            if not parent.GetMatrixTransformFromWorld(worldToLocal):
+                raise BreastUSSegmentError(_("Volume '{name}' is under a non-linear transform; harden it first.").format(
+                    name=volumeNode.GetName()))
+            vtk.vtkMatrix4x4.Multiply4x4(worldToIjk, worldToLocal, worldToIjk)
+        vtk.vtkMatrix4x4.Multiply4x4(worldToIjk, objectToWorld, worldToIjk)
+        corners = np.array([worldToIjk.MultiplyPoint((x, y, z, 1.0))[:3]
+                            for x in bounds[0:2] for y in bounds[2:4] for z in bounds[4:6]])
+        low, high = corners.min(axis=0), corners.max(axis=0)
+        columns, rows, frames = (int(np.ceil(low[axis] - 1e-6)) for axis in range(3))
+        endColumns, endRows, endFrames = (int(np.floor(high[axis] + 1e-6)) + 1 for axis in range(3))
+        dimensions = volumeNode.GetImageData().GetDimensions()
+        # A ROI drawn in a slice view is thin across the slice: it covers the frame it is drawn on.
+        if endFrames <= frames:
+            frames = endFrames = int(np.floor((low[2] + high[2]) / 2 + 0.5))
+            endFrames += 1
+        frameRange = range(max(frames, 0), min(endFrames, dimensions[2]))
+        if endColumns <= columns or endRows <= rows:
+            raise BreastUSSegmentError(_("Box '{name}' holds no pixel of '{volume}'; draw a larger box.").format(
+                name=roiNode.GetName(), volume=volumeNode.GetName()))
+        if not frameRange:
+            raise BreastUSSegmentError(_("Box '{name}' does not cross any frame of '{volume}'.").format(
+                name=roiNode.GetName(), volume=volumeNode.GetName()))
+        return VoxelBox((columns, rows, endColumns, endRows), frameRange)
+
+    @staticmethod
+    def boxRois(scene) -> list:
+        """The Markups ROI nodes placed for box prompts, in the order they were added."""
+        nodes = scene.GetNodesByClass("vtkMRMLMarkupsROINode")
+        rois = [nodes.GetItemAsObject(index) for index in range(nodes.GetNumberOfItems())]
+        return [roi for roi in rois if roi.GetAttribute(BOX_ROI_ATTRIBUTE)]
+
+    def segmentInBoxes(self, inputVolumeNode, roiNodes, outputSegmentationNode=None,
+                       options: Optional[SegmentationOptions] = None, allFrames: bool = False,
+                       progressCallback: Optional["ProgressCallback"] = None) -> BoxSegmentationOutput:
+        """Segment the lesion inside each Markups ROI into its own segment ("Lesion 1", "Lesion 2", ...).
+
+        A ROI covers the frames it crosses (the one it was drawn on), or every frame with ``allFrames``.
+        Segmenting again replaces the segment of the same ROI; every other segment is left untouched.
+        """
+        if not roiNodes:
+            raise BreastUSSegmentError(_("Draw a box around the lesion first."))
+        options = options or SegmentationOptions()
+        frames, color = self.inputArray(inputVolumeNode)
+        voxelBoxes = [self.roiVoxelBox(roi, inputVolumeNode) for roi in roiNodes]
+        frameBoxes, owners = [[] for _frame in range(frames.shape[0])], [[] for _frame in range(frames.shape[0])]
+        for number, voxelBox in enumerate(voxelBoxes):
+            for frame in (range(frames.shape[0]) if allFrames else voxelBox.frames):
+                frameBoxes[frame].append(voxelBox.box)
+                owners[frame].append(number)
+        outputSegmentationNode = self._outputSegmentation(inputVolumeNode, outputSegmentationNode)
+        segmenter = self.segmenter(options.weightsPath, options.device)
+        postprocessing = options.postprocessing(segmenter.postprocessing)
+        try:
+            result = segmenter.segment(frames, frame_boxes=frameBoxes, color=color, test_time_flip=options.testTimeFlip,
+                                       postprocessing=postprocessing, progress=progressCallback)
+        except ValueError as error:  # a box the core refuses (outside the frame...)
+            raise BreastUSSegmentError(str(error)) from error
+        outputSegmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(inputVolumeNode)
+        segmentIds = []
+        for number, roi in enumerate(roiNodes):
+            masks = np.zeros(result.box_labels.shape, dtype=bool)
+            for frame, frameOwners in enumerate(owners):
+                for position, owner in enumerate(frameOwners):
+                    if owner == number:
+                        masks[frame] |= result.box_labels[frame] == position + 1
+            segmentIds.append(self.writeBoxSegment(outputSegmentationNode, roi, number + 1, masks, inputVolumeNode))
+        outputSegmentationNode.CreateDefaultDisplayNodes()
+        outputSegmentationNode.CreateClosedSurfaceRepresentation()
+        attentionVolume, _probability = self._writeResultVolumes(outputSegmentationNode, result, inputVolumeNode, options)
+        self.showAttentionOverlay(inputVolumeNode, attentionVolume, options.showAttention, options.attentionOpacity)
+        emptyNumbers = {owners[outcome.frame][outcome.index] for outcome in result.empty_boxes}
+        foundNumbers = {owners[outcome.frame][outcome.index] for outcome in result.boxes if outcome.found}
+        emptyRois = [roi for number, roi in enumerate(roiNodes) if number in emptyNumbers - foundNumbers]
+        return BoxSegmentationOutput(outputSegmentationNode, segmentIds, emptyRois, attentionVolume, result)
+
+    @staticmethod
+    def boxSegmentId(segmentationNode, roiNode) -> Optional[str]:
+        """ID of the segment this module wrote for ``roiNode``, or None."""
+        segmentation = segmentationNode.GetSegmentation()
+        for segmentId in segmentation.GetSegmentIDs():
+            segment, value = segmentation.GetSegment(segmentId), vtk.reference("")
+            if segment.GetTag(BOX_ROI_TAG, value) and str(value) == roiNode.GetID():
+                return segmentId
+        return None
+
+    def writeBoxSegment(self, segmentationNode, roiNode, number: int, masks, referenceVolumeNode) -> str:
+        """Replace the voxels of ``roiNode``'s segment ("Lesion N", created when missing) by ``masks``."""
+        segmentId = self.boxSegmentId(segmentationNode, roiNode)
+        if segmentId is None:
+            name = f"{LESION_SEGMENT_NAME} {number}"
+            segmentId = self.addLesionSegment(segmentationNode, name, BOX_LESION_TAG_VALUE)
+            segmentationNode.GetSegmentation().GetSegment(segmentId).SetTag(BOX_ROI_TAG, roiNode.GetID())
+        self.updateSegmentFromArray(segmentationNode, segmentId, masks, referenceVolumeNode)
+        segment = segmentationNode.GetSegmentation().GetSegment(segmentId)
+        segment.SetTag(ALGORITHM_TYPE_TAG, "SEMIAUTOMATIC")  # the user's box steered it
+        segment.SetTag(ALGORITHM_NAME_TAG, ALGORITHM_NAME)
+        return segmentId
+
     # --- Segments ---
 
     @staticmethod
@@ -841,14 +980,14 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
                 return segmentId
         return None
 
-    def addLesionSegment(self, segmentationNode) -> str:
-        """Add the empty "Lesion" segment with its tag, colour and terminology; return its ID."""
+    def addLesionSegment(self, segmentationNode, name: str = LESION_SEGMENT_NAME, role: str = LESION_TAG_VALUE) -> str:
+        """Add an empty lesion segment (by default "Lesion") with the module's tag, colour and terminology; return its ID."""
         segmentation = segmentationNode.GetSegmentation()
         segmentId = segmentation.AddEmptySegment(
-            segmentation.GenerateUniqueSegmentID(LESION_SEGMENT_NAME), LESION_SEGMENT_NAME, list(LESION_SEGMENT_COLOR)
+            segmentation.GenerateUniqueSegmentID(name), name, list(LESION_SEGMENT_COLOR)
         )
         segment = segmentation.GetSegment(segmentId)
-        segment.SetTag(LESION_TAG, LESION_TAG_VALUE)
+        segment.SetTag(LESION_TAG, role)
         segment.SetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), LESION_TERMINOLOGY_ENTRY)
         segment.SetNameAutoGenerated(False)
         segment.SetColorAutoGenerated(False)
