@@ -255,6 +255,7 @@ class BreastUSSegmentParameterNode:
     device - where the network runs.
     showAttention, attentionOpacity - the attention overlay in the slice views.
     createProbabilityVolume - also write the probability map as a volume.
+    boxAllFrames - "Segment in box" uses each box on every frame of a clip, not only the frame it was drawn on.
 
     The post-processing fields (threshold to smoothing) come from the model card of the chosen
     model (see ``BreastUSSegmentWidget.followModelCard``); the values below only hold their place.
@@ -272,6 +273,7 @@ class BreastUSSegmentParameterNode:
     showAttention: bool = True
     attentionOpacity: Annotated[float, WithinRange(0.0, 1.0)] = DEFAULT_ATTENTION_OPACITY
     createProbabilityVolume: bool = False
+    boxAllFrames: bool = False
 
 
 #
@@ -289,6 +291,7 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._lastOverlaySettings = None
+        self._placingBox = None  # the ROI being placed for "Segment in box"
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -309,6 +312,8 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
         self.ui.segmentButton.connect("clicked(bool)", self.onSegmentButton)
+        self.ui.segmentInBoxButton.connect("clicked(bool)", self.onSegmentInBoxButton)
+        self.ui.addBoxButton.connect("clicked(bool)", self.onAddBoxButton)
         self.ui.measureButton.connect("clicked(bool)", self.onMeasureButton)
         self.ui.editButton.connect("clicked(bool)", self.onEditButton)
         self.ui.exportNrrdButton.connect("clicked(bool)", lambda: self.onExportLabelmap(".nrrd"))
@@ -330,6 +335,7 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
 
     def onSceneStartClose(self, caller, event) -> None:
+        self._placingBox = None
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -363,6 +369,7 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         problem = self.logic.inputProblem(parameters.inputVolume)
         self.ui.segmentButton.enabled = not problem
         self.ui.segmentButton.toolTip = problem or _("Segment the lesion in the selected image (all frames of a clip).")
+        self.ui.segmentInBoxButton.enabled = self.ui.addBoxButton.enabled = not problem
         segmentationNode = parameters.outputSegmentation
         hasLesion = bool(segmentationNode and self.logic.lesionSegmentId(segmentationNode))
         for button in (self.ui.measureButton, self.ui.editButton, self.ui.exportNrrdButton, self.ui.exportNiftiButton):
@@ -407,6 +414,60 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             output.measurements, self.logic.volumeSpacing(inputVolume), output.hiddenConfidence,
             output.postprocessing.min_mean_probability))
         self._onParameterNodeModified()
+
+    def onSegmentInBoxButton(self) -> None:
+        """Segment inside every box drawn on the input; with none yet, start drawing one."""
+        rois = self.logic.boxRois(slicer.mrmlScene, self._parameterNode.inputVolume)
+        if not rois:
+            self.onAddBoxButton()
+            return
+        if not self._ensurePythonDependencies() or not self.followModelCard():
+            return
+        parameters = self._parameterNode
+        options = SegmentationOptions.fromParameterNode(parameters, self._modelPath())
+        self._setBusy(True)
+        self._setStatus(_("Segmenting in {count} box(es)...").format(count=len(rois)))
+        try:
+            output = self._tryShowingError(_("Segmentation failed"), lambda: self.logic.segmentInBoxes(
+                parameters.inputVolume, rois, parameters.outputSegmentation, options,
+                allFrames=parameters.boxAllFrames, progressCallback=self._onProgress))
+        finally:
+            self._setBusy(False)
+        if output is None:
+            return
+        parameters.outputSegmentation = output.segmentationNode
+        self._setStatus(self.logic.boxSummary(output))
+        self._onParameterNodeModified()
+
+    def onAddBoxButton(self) -> None:
+        """Start placing a Markups ROI in the slice view (two clicks); it is segmented once placed."""
+        self._cancelBoxPlacement()
+        self._placingBox = self.logic.addBoxRoi(slicer.mrmlScene, self._parameterNode.inputVolume)
+        markupsLogic = slicer.modules.markups.logic()
+        markupsLogic.SetActiveList(self._placingBox)
+        interactionNode = slicer.app.applicationLogic().GetInteractionNode()
+        self.addObserver(interactionNode, interactionNode.EndPlacementEvent, self._onBoxPlacementEnded)
+        markupsLogic.StartPlaceMode(False)
+        self._setStatus(_("Click two opposite corners of a box around the lesion in the slice view."))
+
+    def _onBoxPlacementEnded(self, interactionNode, event) -> None:
+        """Segment in the boxes once the new one is placed; drop it if placing was cancelled."""
+        self.removeObserver(interactionNode, interactionNode.EndPlacementEvent, self._onBoxPlacementEnded)
+        roi, self._placingBox = self._placingBox, None
+        if roi is None or roi.GetScene() is None:
+            return
+        if not roi.GetControlPointPlacementComplete():
+            slicer.mrmlScene.RemoveNode(roi)
+            self._setStatus(_("Box drawing cancelled."))
+            return
+        self.onSegmentInBoxButton()
+
+    def _cancelBoxPlacement(self) -> None:
+        interactionNode = slicer.app.applicationLogic().GetInteractionNode()
+        self.removeObserver(interactionNode, interactionNode.EndPlacementEvent, self._onBoxPlacementEnded)
+        if self._placingBox is not None and self._placingBox.GetScene() is not None:
+            slicer.mrmlScene.RemoveNode(self._placingBox)
+        self._placingBox = None
 
     def onModelPathChanged(self, path: str) -> None:
         """Set the post-processing options to the chosen model's own (from its model card)."""
@@ -523,7 +584,7 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         slicer.app.processEvents()
 
     def _setBusy(self, busy: bool) -> None:
-        self.ui.segmentButton.enabled = not busy
+        self.ui.segmentButton.enabled = self.ui.segmentInBoxButton.enabled = self.ui.addBoxButton.enabled = not busy
         self.ui.progressBar.value = 0
         self.ui.progressBar.setVisible(busy)
         slicer.app.processEvents()
@@ -632,6 +693,7 @@ class BoxSegmentationOutput:
     segmentIds: List[str]
     emptyRois: List[Any]  # the ROIs in which the network saw no lesion
     attentionVolumeNode: Any
+    measurements: List[List[LesionMeasurement]] = field(default_factory=list)  # per ROI, one entry per frame
     pipelineResult: Any = None  # BreastUSSegmentLib.inference.SegmentationResult
 
 
@@ -893,11 +955,12 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
         return VoxelBox((columns, rows, endColumns, endRows), frameRange)
 
     @staticmethod
-    def boxRois(scene) -> list:
-        """The Markups ROI nodes placed for box prompts, in the order they were added."""
+    def boxRois(scene, volumeNode=None) -> list:
+        """The placed Markups ROIs of box prompts (on ``volumeNode`` only, if given), in the order they were added."""
         nodes = scene.GetNodesByClass("vtkMRMLMarkupsROINode")
         rois = [nodes.GetItemAsObject(index) for index in range(nodes.GetNumberOfItems())]
-        return [roi for roi in rois if roi.GetAttribute(BOX_ROI_ATTRIBUTE)]
+        return [roi for roi in rois if roi.GetAttribute(BOX_ROI_ATTRIBUTE) and roi.GetControlPointPlacementComplete()
+                and (volumeNode is None or roi.GetAttribute(BOX_ROI_ATTRIBUTE) == volumeNode.GetID())]
 
     def segmentInBoxes(self, inputVolumeNode, roiNodes, outputSegmentationNode=None,
                        options: Optional[SegmentationOptions] = None, allFrames: bool = False,
@@ -926,7 +989,7 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
         except ValueError as error:  # a box the core refuses (outside the frame...)
             raise BreastUSSegmentError(str(error)) from error
         outputSegmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(inputVolumeNode)
-        segmentIds = []
+        segmentIds, measurements = [], []
         for number, roi in enumerate(roiNodes):
             masks = np.zeros(result.box_labels.shape, dtype=bool)
             for frame, frameOwners in enumerate(owners):
@@ -934,6 +997,7 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
                     if owner == number:
                         masks[frame] |= result.box_labels[frame] == position + 1
             segmentIds.append(self.writeBoxSegment(outputSegmentationNode, roi, number + 1, masks, inputVolumeNode))
+            measurements.append(measure_frames(masks, self.volumeSpacing(inputVolumeNode)))
         outputSegmentationNode.CreateDefaultDisplayNodes()
         outputSegmentationNode.CreateClosedSurfaceRepresentation()
         attentionVolume, _probability = self._writeResultVolumes(outputSegmentationNode, result, inputVolumeNode, options)
@@ -941,7 +1005,29 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
         emptyNumbers = {owners[outcome.frame][outcome.index] for outcome in result.empty_boxes}
         foundNumbers = {owners[outcome.frame][outcome.index] for outcome in result.boxes if outcome.found}
         emptyRois = [roi for number, roi in enumerate(roiNodes) if number in emptyNumbers - foundNumbers]
-        return BoxSegmentationOutput(outputSegmentationNode, segmentIds, emptyRois, attentionVolume, result)
+        return BoxSegmentationOutput(outputSegmentationNode, segmentIds, emptyRois, attentionVolume, measurements, result)
+
+    @staticmethod
+    def addBoxRoi(scene, volumeNode):
+        """A new, not yet placed Markups ROI for a box prompt on ``volumeNode`` ("Box 1", "Box 2"...)."""
+        roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", scene.GenerateUniqueName(_("Box")))
+        roi.SetAttribute(BOX_ROI_ATTRIBUTE, volumeNode.GetID())
+        roi.CreateDefaultDisplayNodes()
+        return roi
+
+    @staticmethod
+    def boxSummary(output: BoxSegmentationOutput) -> str:
+        """One line for the status label: each box's lesion size (largest frame), or that none was seen."""
+        parts = []
+        for segmentId, frames in zip(output.segmentIds, output.measurements):
+            name = output.segmentationNode.GetSegmentation().GetSegment(segmentId).GetName()
+            largest = max(frames, key=lambda m: m.area_mm2) if frames else None
+            if largest is None or largest.pixel_count == 0:
+                parts.append(_("{name}: no lesion seen in its box").format(name=name))
+            else:
+                parts.append(_("{name}: area {area:.1f} mm², largest diameter {diameter:.1f} mm").format(
+                    name=name, area=largest.area_mm2, diameter=largest.largest_diameter_mm))
+        return "; ".join(parts)
 
     @staticmethod
     def boxSegmentId(segmentationNode, roiNode) -> Optional[str]:

@@ -197,7 +197,8 @@ def test_dicom_algorithm_tags_automatic_then_semiautomatic_after_an_edit(scene, 
     image = frame(2)
     volume = add_volume(scene, image[np.newaxis])
     threshold = split_threshold(reference, image)
-    output = logic.segment(volume, weightsPath=weights, device="cpu", threshold=threshold)
+    options = BUS.SegmentationOptions(weightsPath=weights, device="cpu", threshold=threshold)
+    output = logic.segment(volume, None, options)
     node, segment_id = output.segmentationNode, output.segmentId
     assert segment_tag(node, segment_id, "DICOM.SegmentAlgorithmType") == "AUTOMATIC"
     assert segment_tag(node, segment_id, "DICOM.SegmentAlgorithmName") == BUS.ALGORITHM_NAME
@@ -224,7 +225,7 @@ def test_dicom_algorithm_tags_automatic_then_semiautomatic_after_an_edit(scene, 
     assert segment_tag(reloaded, segment_id, "DICOM.SegmentAlgorithmName") == BUS.ALGORITHM_NAME
 
     # Segmenting again replaces the edit.
-    logic.segment(volume, node, weightsPath=weights, device="cpu", threshold=threshold)
+    logic.segment(volume, node, options)
     assert segment_tag(node, segment_id, "DICOM.SegmentAlgorithmType") == "AUTOMATIC"
 
     # A segment the user drew gets no algorithm tags from measuring it.
@@ -517,7 +518,7 @@ def test_module_classes_and_parameter_node_fields():
     fields = BUS.BreastUSSegmentParameterNode.__annotations__
     assert set(fields) == {
         "inputVolume", "outputSegmentation", "threshold", "minConfidence", "keepLargest", "fillHoles", "smoothing",
-        "testTimeFlip", "device", "showAttention", "attentionOpacity", "createProbabilityVolume",
+        "testTimeFlip", "device", "showAttention", "attentionOpacity", "createProbabilityVolume", "boxAllFrames",
     }
     from BreastUSSegmentLib.device import DEVICE_CHOICES
 
@@ -727,8 +728,13 @@ def test_each_roi_gets_its_own_lesion_segment_and_other_segments_are_untouched(s
     rois = [volume_aligned_roi(scene, volume, (4, 2, 26, 24), name="one"),
             volume_aligned_roi(scene, volume, (30, 20, 54, 44), name="two"),
             volume_aligned_roi(scene, volume, (52, 2, 62, 12), name="background")]
-    assert logic.boxRois(scene) == rois
+    pending = logic.addBoxRoi(scene, volume)  # being placed: not a box yet
+    other = add_volume(scene, image[np.newaxis], name="other")
+    assert pending.GetName() == "Box" and pending.GetAttribute(BUS.BOX_ROI_ATTRIBUTE) == volume.GetID()
+    assert logic.boxRois(scene) == logic.boxRois(scene, volume) == rois and logic.boxRois(scene, other) == []
     output = logic.segmentInBoxes(volume, rois, segmentation_node, options)
+    summary = logic.boxSummary(output)
+    assert summary.startswith("Lesion 1: area ") and summary.endswith("Lesion 3: no lesion seen in its box")
     segmentation = segmentation_node.GetSegmentation()
     assert [segmentation.GetSegment(i).GetName() for i in output.segmentIds] == ["Lesion 1", "Lesion 2", "Lesion 3"]
     assert output.emptyRois == [rois[2]]
