@@ -18,7 +18,7 @@ import numpy as np
 
 # The crop the network sees is the box grown by this fraction of its width (height) on each side;
 # chosen on BUSI val (Training/EXPERIMENTS.md, "Box prompt").
-CONTEXT_MARGIN = 0.25
+CONTEXT_MARGIN = 0.5
 # The components kept in a box are those touching its centre region: the box shrunk to this fraction.
 CENTRE_FRACTION = 0.5
 # A box whose highest probability is below this holds no lesion the network can see.
