@@ -6,6 +6,7 @@ import torch
 
 from BreastUSSegmentLib.metrics import LATTICE_MAX_FRACTION, high_frequency_fraction
 from BreastUSSegmentLib.model import AttentionUNet, ModelConfig
+from BreastUSSegmentLib.postprocessing import UNTUNED_POSTPROCESSING
 from BreastUSSegmentLib.weights import save_model
 from breastus_training import cli
 from breastus_training.augment import get_augmentation
@@ -107,7 +108,8 @@ def test_init_weights_from_a_transposed_convolution_model_fails_with_one_clear_l
     split = tmp_path / "split.json"
     assert cli.main(["prepare", "--data", str(busi.root), "--output", str(split)]) == 0
     old = tmp_path / "old.safetensors"
-    save_model(AttentionUNet(ModelConfig(base_channels=4, depth=2, upsample="transposed")), old, input_size=(64, 64))
+    save_model(AttentionUNet(ModelConfig(base_channels=4, depth=2, upsample="transposed")), old, input_size=(64, 64),
+               postprocessing=UNTUNED_POSTPROCESSING)
     capsys.readouterr()
     code = cli.main(["train", "--data", str(busi.root), "--split", str(split), "--run-dir", str(tmp_path / "run"),
                      "--epochs", "1", "--base-channels", "4", "--depth", "2", "--input-size", "64",
