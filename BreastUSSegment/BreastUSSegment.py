@@ -124,6 +124,11 @@ ALGORITHM_TYPE_TAG = "DICOM.SegmentAlgorithmType"
 ALGORITHM_NAME_TAG = "DICOM.SegmentAlgorithmName"
 ALGORITHM_NAME = "BreastUSSegment Attention U-Net"
 WRITTEN_MASK_TAG = "BreastUSSegment.WrittenMask"
+# Segments from box prompts ("Lesion 1", "Lesion 2", ...): one per Markups ROI, found by the ROI's ID.
+BOX_LESION_TAG_VALUE = "BoxLesion"
+BOX_ROI_TAG = "BreastUSSegment.BoxROI"
+# Markups ROI nodes the panel placed for box prompts carry this attribute.
+BOX_ROI_ATTRIBUTE = "BreastUSSegment.BoxPrompt"
 ATTENTION_REFERENCE_ROLE = "BreastUSSegment.AttentionVolume"
 PROBABILITY_REFERENCE_ROLE = "BreastUSSegment.ProbabilityVolume"
 # Standard Slicer colour node used for the attention overlay when the scene has it.
@@ -247,6 +252,7 @@ class BreastUSSegmentParameterNode:
     device - where the network runs.
     showAttention, attentionOpacity - the attention overlay in the slice views.
     createProbabilityVolume - also write the probability map as a volume.
+    boxAllFrames - "Segment in box" uses each box on every frame of a clip, not only the frame it was drawn on.
 
     The post-processing fields (threshold to smoothing) come from the model card of the chosen
     model (see ``BreastUSSegmentWidget.followModelCard``); the values below only hold their place.
@@ -264,6 +270,7 @@ class BreastUSSegmentParameterNode:
     showAttention: bool = True
     attentionOpacity: Annotated[float, WithinRange(0.0, 1.0)] = DEFAULT_ATTENTION_OPACITY
     createProbabilityVolume: bool = False
+    boxAllFrames: bool = False
 
 
 #
@@ -281,6 +288,7 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._lastOverlaySettings = None
+        self._placingBox = None  # the ROI being placed for "Segment in box"
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -301,6 +309,8 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
         self.ui.segmentButton.connect("clicked(bool)", self.onSegmentButton)
+        self.ui.segmentInBoxButton.connect("clicked(bool)", self.onSegmentInBoxButton)
+        self.ui.addBoxButton.connect("clicked(bool)", self.onAddBoxButton)
         self.ui.measureButton.connect("clicked(bool)", self.onMeasureButton)
         self.ui.editButton.connect("clicked(bool)", self.onEditButton)
         self.ui.exportNrrdButton.connect("clicked(bool)", lambda: self.onExportLabelmap(".nrrd"))
@@ -322,6 +332,7 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
 
     def onSceneStartClose(self, caller, event) -> None:
+        self._placingBox = None
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -355,6 +366,7 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         problem = self.logic.inputProblem(parameters.inputVolume)
         self.ui.segmentButton.enabled = not problem
         self.ui.segmentButton.toolTip = problem or _("Segment the lesion in the selected image (all frames of a clip).")
+        self.ui.segmentInBoxButton.enabled = self.ui.addBoxButton.enabled = not problem
         segmentationNode = parameters.outputSegmentation
         hasLesion = bool(segmentationNode and self.logic.lesionSegmentId(segmentationNode))
         for button in (self.ui.measureButton, self.ui.editButton, self.ui.exportNrrdButton, self.ui.exportNiftiButton):
@@ -399,6 +411,60 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             output.measurements, self.logic.volumeSpacing(inputVolume), output.hiddenConfidence,
             output.postprocessing.min_mean_probability))
         self._onParameterNodeModified()
+
+    def onSegmentInBoxButton(self) -> None:
+        """Segment inside every box drawn on the input; with none yet, start drawing one."""
+        rois = self.logic.boxRois(slicer.mrmlScene, self._parameterNode.inputVolume)
+        if not rois:
+            self.onAddBoxButton()
+            return
+        if not self._ensurePythonDependencies() or not self.followModelCard():
+            return
+        parameters = self._parameterNode
+        options = SegmentationOptions.fromParameterNode(parameters, self._modelPath())
+        self._setBusy(True)
+        self._setStatus(_("Segmenting in {count} box(es)...").format(count=len(rois)))
+        try:
+            output = self._tryShowingError(_("Segmentation failed"), lambda: self.logic.segmentInBoxes(
+                parameters.inputVolume, rois, parameters.outputSegmentation, options,
+                allFrames=parameters.boxAllFrames, progressCallback=self._onProgress))
+        finally:
+            self._setBusy(False)
+        if output is None:
+            return
+        parameters.outputSegmentation = output.segmentationNode
+        self._setStatus(self.logic.boxSummary(output))
+        self._onParameterNodeModified()
+
+    def onAddBoxButton(self) -> None:
+        """Start placing a Markups ROI in the slice view (two clicks); it is segmented once placed."""
+        self._cancelBoxPlacement()
+        self._placingBox = self.logic.addBoxRoi(slicer.mrmlScene, self._parameterNode.inputVolume)
+        markupsLogic = slicer.modules.markups.logic()
+        markupsLogic.SetActiveList(self._placingBox)
+        interactionNode = slicer.app.applicationLogic().GetInteractionNode()
+        self.addObserver(interactionNode, interactionNode.EndPlacementEvent, self._onBoxPlacementEnded)
+        markupsLogic.StartPlaceMode(False)
+        self._setStatus(_("Click two opposite corners of a box around the lesion in the slice view."))
+
+    def _onBoxPlacementEnded(self, interactionNode, event) -> None:
+        """Segment in the boxes once the new one is placed; drop it if placing was cancelled."""
+        self.removeObserver(interactionNode, interactionNode.EndPlacementEvent, self._onBoxPlacementEnded)
+        roi, self._placingBox = self._placingBox, None
+        if roi is None or roi.GetScene() is None:
+            return
+        if not roi.GetControlPointPlacementComplete():
+            slicer.mrmlScene.RemoveNode(roi)
+            self._setStatus(_("Box drawing cancelled."))
+            return
+        self.onSegmentInBoxButton()
+
+    def _cancelBoxPlacement(self) -> None:
+        interactionNode = slicer.app.applicationLogic().GetInteractionNode()
+        self.removeObserver(interactionNode, interactionNode.EndPlacementEvent, self._onBoxPlacementEnded)
+        if self._placingBox is not None and self._placingBox.GetScene() is not None:
+            slicer.mrmlScene.RemoveNode(self._placingBox)
+        self._placingBox = None
 
     def onModelPathChanged(self, path: str) -> None:
         """Set the post-processing options to the chosen model's own (from its model card)."""
@@ -515,7 +581,7 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         slicer.app.processEvents()
 
     def _setBusy(self, busy: bool) -> None:
-        self.ui.segmentButton.enabled = not busy
+        self.ui.segmentButton.enabled = self.ui.segmentInBoxButton.enabled = self.ui.addBoxButton.enabled = not busy
         self.ui.progressBar.value = 0
         self.ui.progressBar.setVisible(busy)
         slicer.app.processEvents()
@@ -622,6 +688,26 @@ class SegmentationOutput:
     pipelineResult: Any = None  # BreastUSSegmentLib.inference.SegmentationResult
     postprocessing: Any = None  # BreastUSSegmentLib.postprocessing.PostprocessOptions used
     hiddenConfidence: Optional[float] = None  # when nothing was found: best mean probability Min. confidence hid
+
+
+@dataclass(frozen=True)
+class VoxelBox:
+    """A Markups ROI on a volume's voxel grid: pixel box ``(x0, y0, x1, y1)`` (I, J; x1, y1 exclusive) and frames."""
+
+    box: tuple
+    frames: range  # the K indices the ROI covers
+
+
+@dataclass
+class BoxSegmentationOutput:
+    """What :meth:`BreastUSSegmentLogic.segmentInBoxes` produced: one segment per ROI, in the ROIs' order."""
+
+    segmentationNode: Any
+    segmentIds: List[str]
+    emptyRois: List[Any]  # the ROIs in which the network saw no lesion
+    attentionVolumeNode: Any
+    measurements: List[List[LesionMeasurement]] = field(default_factory=list)  # per ROI, one entry per frame
+    pipelineResult: Any = None  # BreastUSSegmentLib.inference.SegmentationResult
 
 
 def ensureSegmentationConverterRules() -> None:
@@ -839,6 +925,145 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
                               else strongest_hidden_confidence(result.probability, postprocessing)),
         )
 
+    # --- Box prompts ---
+
+    @staticmethod
+    def roiVoxelBox(roiNode, volumeNode) -> VoxelBox:
+        """The voxels of ``volumeNode`` inside ``roiNode``: the pixels whose centres lie in the ROI.
+
+        The ROI's corners go from world coordinates to the volume's IJK with the volume's own
+        matrices (and its parent transform, if any); a rotated ROI gives its IJK bounding box.
+        """
+        bounds = [0.0] * 6
+        roiNode.GetObjectBounds(bounds)
+        objectToWorld = roiNode.GetObjectToWorldMatrix()
+        worldToIjk = vtk.vtkMatrix4x4()
+        volumeNode.GetRASToIJKMatrix(worldToIjk)
+        parent = volumeNode.GetParentTransformNode()
+        if parent is not None:
+            worldToLocal = vtk.vtkMatrix4x4()
+            if not parent.GetMatrixTransformFromWorld(worldToLocal):
+                raise BreastUSSegmentError(_("Volume '{name}' is under a non-linear transform; harden it first.").format(
+                    name=volumeNode.GetName()))
+            vtk.vtkMatrix4x4.Multiply4x4(worldToIjk, worldToLocal, worldToIjk)
+        vtk.vtkMatrix4x4.Multiply4x4(worldToIjk, objectToWorld, worldToIjk)
+        corners = np.array([worldToIjk.MultiplyPoint((x, y, z, 1.0))[:3]
+                            for x in bounds[0:2] for y in bounds[2:4] for z in bounds[4:6]])
+        low, high = corners.min(axis=0), corners.max(axis=0)
+        columns, rows, frames = (int(np.ceil(low[axis] - 1e-6)) for axis in range(3))
+        endColumns, endRows, endFrames = (int(np.floor(high[axis] + 1e-6)) + 1 for axis in range(3))
+        dimensions = volumeNode.GetImageData().GetDimensions()
+        # A ROI drawn in a slice view is thin across the slice: it covers the frame it is drawn on.
+        if endFrames <= frames:
+            frames = endFrames = int(np.floor((low[2] + high[2]) / 2 + 0.5))
+            endFrames += 1
+        frameRange = range(max(frames, 0), min(endFrames, dimensions[2]))
+        if endColumns <= columns or endRows <= rows:
+            raise BreastUSSegmentError(_("Box '{name}' holds no pixel of '{volume}'; draw a larger box.").format(
+                name=roiNode.GetName(), volume=volumeNode.GetName()))
+        if not frameRange:
+            raise BreastUSSegmentError(_("Box '{name}' does not cross any frame of '{volume}'.").format(
+                name=roiNode.GetName(), volume=volumeNode.GetName()))
+        return VoxelBox((columns, rows, endColumns, endRows), frameRange)
+
+    @staticmethod
+    def boxRois(scene, volumeNode=None) -> list:
+        """The placed Markups ROIs of box prompts (on ``volumeNode`` only, if given), in the order they were added."""
+        nodes = scene.GetNodesByClass("vtkMRMLMarkupsROINode")
+        rois = [nodes.GetItemAsObject(index) for index in range(nodes.GetNumberOfItems())]
+        return [roi for roi in rois if roi.GetAttribute(BOX_ROI_ATTRIBUTE) and roi.GetControlPointPlacementComplete()
+                and (volumeNode is None or roi.GetAttribute(BOX_ROI_ATTRIBUTE) == volumeNode.GetID())]
+
+    def segmentInBoxes(self, inputVolumeNode, roiNodes, outputSegmentationNode=None,
+                       options: Optional[SegmentationOptions] = None, allFrames: bool = False,
+                       progressCallback: Optional["ProgressCallback"] = None) -> BoxSegmentationOutput:
+        """Segment the lesion inside each Markups ROI into its own segment ("Lesion 1", "Lesion 2", ...).
+
+        A ROI covers the frames it crosses (the one it was drawn on), or every frame with ``allFrames``.
+        Segmenting again replaces the segment of the same ROI; every other segment is left untouched.
+        """
+        if not roiNodes:
+            raise BreastUSSegmentError(_("Draw a box around the lesion first."))
+        options = options or SegmentationOptions()
+        frames, color = self.inputArray(inputVolumeNode)
+        voxelBoxes = [self.roiVoxelBox(roi, inputVolumeNode) for roi in roiNodes]
+        frameBoxes, owners = [[] for _frame in range(frames.shape[0])], [[] for _frame in range(frames.shape[0])]
+        for number, voxelBox in enumerate(voxelBoxes):
+            for frame in (range(frames.shape[0]) if allFrames else voxelBox.frames):
+                frameBoxes[frame].append(voxelBox.box)
+                owners[frame].append(number)
+        outputSegmentationNode = self._outputSegmentation(inputVolumeNode, outputSegmentationNode)
+        segmenter = self.segmenter(options.weightsPath, options.device)
+        postprocessing = options.postprocessing(segmenter.postprocessing)
+        try:
+            result = segmenter.segment(frames, frame_boxes=frameBoxes, color=color, test_time_flip=options.testTimeFlip,
+                                       postprocessing=postprocessing, progress=progressCallback)
+        except ValueError as error:  # a box the core refuses (outside the frame...)
+            raise BreastUSSegmentError(str(error)) from error
+        outputSegmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(inputVolumeNode)
+        segmentIds, measurements = [], []
+        for number, roi in enumerate(roiNodes):
+            masks = np.zeros(result.box_labels.shape, dtype=bool)
+            for frame, frameOwners in enumerate(owners):
+                for position, owner in enumerate(frameOwners):
+                    if owner == number:
+                        masks[frame] |= result.box_labels[frame] == position + 1
+            segmentIds.append(self.writeBoxSegment(outputSegmentationNode, roi, number + 1, masks, inputVolumeNode))
+            measurements.append(measure_frames(masks, self.volumeSpacing(inputVolumeNode)))
+        outputSegmentationNode.CreateDefaultDisplayNodes()
+        outputSegmentationNode.CreateClosedSurfaceRepresentation()
+        attentionVolume, _probability = self._writeResultVolumes(outputSegmentationNode, result, inputVolumeNode, options)
+        self.showAttentionOverlay(inputVolumeNode, attentionVolume, options.showAttention, options.attentionOpacity)
+        emptyNumbers = {owners[outcome.frame][outcome.index] for outcome in result.empty_boxes}
+        foundNumbers = {owners[outcome.frame][outcome.index] for outcome in result.boxes if outcome.found}
+        emptyRois = [roi for number, roi in enumerate(roiNodes) if number in emptyNumbers - foundNumbers]
+        return BoxSegmentationOutput(outputSegmentationNode, segmentIds, emptyRois, attentionVolume, measurements, result)
+
+    @staticmethod
+    def addBoxRoi(scene, volumeNode):
+        """A new, not yet placed Markups ROI for a box prompt on ``volumeNode`` ("Box 1", "Box 2"...)."""
+        roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", scene.GenerateUniqueName(_("Box")))
+        roi.SetAttribute(BOX_ROI_ATTRIBUTE, volumeNode.GetID())
+        roi.CreateDefaultDisplayNodes()
+        return roi
+
+    @staticmethod
+    def boxSummary(output: BoxSegmentationOutput) -> str:
+        """One line for the status label: each box's lesion size (largest frame), or that none was seen."""
+        parts = []
+        for segmentId, frames in zip(output.segmentIds, output.measurements):
+            name = output.segmentationNode.GetSegmentation().GetSegment(segmentId).GetName()
+            largest = max(frames, key=lambda m: m.area_mm2) if frames else None
+            if largest is None or largest.pixel_count == 0:
+                parts.append(_("{name}: no lesion seen in its box").format(name=name))
+            else:
+                parts.append(_("{name}: area {area:.1f} mm², largest diameter {diameter:.1f} mm").format(
+                    name=name, area=largest.area_mm2, diameter=largest.largest_diameter_mm))
+        return "; ".join(parts)
+
+    @staticmethod
+    def boxSegmentId(segmentationNode, roiNode) -> Optional[str]:
+        """ID of the segment this module wrote for ``roiNode``, or None."""
+        segmentation = segmentationNode.GetSegmentation()
+        for segmentId in segmentation.GetSegmentIDs():
+            segment, value = segmentation.GetSegment(segmentId), vtk.reference("")
+            if segment.GetTag(BOX_ROI_TAG, value) and str(value) == roiNode.GetID():
+                return segmentId
+        return None
+
+    def writeBoxSegment(self, segmentationNode, roiNode, number: int, masks, referenceVolumeNode) -> str:
+        """Replace the voxels of ``roiNode``'s segment ("Lesion N", created when missing) by ``masks``."""
+        segmentId = self.boxSegmentId(segmentationNode, roiNode)
+        if segmentId is None:
+            name = f"{LESION_SEGMENT_NAME} {number}"
+            segmentId = self.addLesionSegment(segmentationNode, name, BOX_LESION_TAG_VALUE)
+            segmentationNode.GetSegmentation().GetSegment(segmentId).SetTag(BOX_ROI_TAG, roiNode.GetID())
+        self.updateSegmentFromArray(segmentationNode, segmentId, masks, referenceVolumeNode)
+        segment = segmentationNode.GetSegmentation().GetSegment(segmentId)
+        segment.SetTag(ALGORITHM_TYPE_TAG, "SEMIAUTOMATIC")  # the user's box steered it
+        segment.SetTag(ALGORITHM_NAME_TAG, ALGORITHM_NAME)
+        return segmentId
+
     # --- Segments ---
 
     @staticmethod
@@ -853,14 +1078,14 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
                 return segmentId
         return None
 
-    def addLesionSegment(self, segmentationNode) -> str:
-        """Add the empty "Lesion" segment with its tag, colour and terminology; return its ID."""
+    def addLesionSegment(self, segmentationNode, name: str = LESION_SEGMENT_NAME, role: str = LESION_TAG_VALUE) -> str:
+        """Add an empty lesion segment (by default "Lesion") with the module's tag, colour and terminology; return its ID."""
         segmentation = segmentationNode.GetSegmentation()
         segmentId = segmentation.AddEmptySegment(
-            segmentation.GenerateUniqueSegmentID(LESION_SEGMENT_NAME), LESION_SEGMENT_NAME, list(LESION_SEGMENT_COLOR)
+            segmentation.GenerateUniqueSegmentID(name), name, list(LESION_SEGMENT_COLOR)
         )
         segment = segmentation.GetSegment(segmentId)
-        segment.SetTag(LESION_TAG, LESION_TAG_VALUE)
+        segment.SetTag(LESION_TAG, role)
         segment.SetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), LESION_TERMINOLOGY_ENTRY)
         segment.SetNameAutoGenerated(False)
         segment.SetColorAutoGenerated(False)

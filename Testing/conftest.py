@@ -9,6 +9,35 @@ from BreastUSSegmentLib.postprocessing import UNTUNED_POSTPROCESSING
 from BreastUSSegmentLib.weights import save_model
 
 
+def brightness_model() -> AttentionUNet:
+    """A hand-set network (depth 1, no batch norm) that calls every pixel brighter than mid grey a lesion.
+
+    After the per-frame min-max scaling, probability is about 1 where the input is
+    above 0.5 and about 0 below; a constant frame scales to 0, so it has no lesion.
+    """
+    model = AttentionUNet(ModelConfig(base_channels=2, depth=1, dropout=0.0, batch_norm=False))
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.zero_()
+        # Identity path: first conv copies the input; the head turns (x - 0.5) into a steep logit.
+        model.encoders[0][0].weight[0, 0, 1, 1] = 1.0
+        model.encoders[0][2].weight[0, 0, 1, 1] = 1.0
+        conv = model.decoders[0].conv
+        conv[0].weight[0, 0, 1, 1] = 1.0  # gated skip channel 0
+        conv[2].weight[0, 0, 1, 1] = 1.0
+        model.decoders[0].gate.psi.bias.fill_(20.0)  # gate open
+        model.head.weight[0, 0] = 40.0
+        model.head.bias.fill_(-20.0)
+    return model
+
+
+@pytest.fixture(scope="session")
+def brightness_segmenter():
+    """:func:`brightness_model` at input size 64x64 on the CPU, without smoothing (masks follow the pixels)."""
+    options = UNTUNED_POSTPROCESSING.with_overrides(smoothing_sigma=0.0)
+    return LesionSegmenter(brightness_model(), (64, 64), options, device="cpu")
+
+
 @pytest.fixture(scope="session")
 def tiny_segmenter():
     """An untrained network (4 channels, depth 2, seed 0) at input size 32x32 on the CPU."""

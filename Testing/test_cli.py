@@ -3,34 +3,18 @@
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
 from PIL import Image
 
 from BreastUSSegmentLib.cli import main
-from BreastUSSegmentLib.model import AttentionUNet, ModelConfig
 from BreastUSSegmentLib.postprocessing import UNTUNED_POSTPROCESSING
 from BreastUSSegmentLib.weights import load_model, save_model
+from conftest import brightness_model
 
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
     """A tiny model that calls every pixel brighter than the frame's middle grey a lesion."""
-    torch.manual_seed(0)
-    model = AttentionUNet(ModelConfig(base_channels=2, depth=1, dropout=0.0, batch_norm=False))
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.zero_()
-        # Identity path: first conv copies the input; the head turns (x - 0.5) into a steep logit.
-        first = model.encoders[0][0]
-        first.weight[0, 0, 1, 1] = 1.0
-        second = model.encoders[0][2]
-        second.weight[0, 0, 1, 1] = 1.0
-        conv = model.decoders[0].conv
-        conv[0].weight[0, 0, 1, 1] = 1.0  # gated skip channel 0
-        conv[2].weight[0, 0, 1, 1] = 1.0
-        model.decoders[0].gate.psi.bias.fill_(20.0)  # gate open
-        model.head.weight[0, 0] = 40.0
-        model.head.bias.fill_(-20.0)
+    model = brightness_model()
     path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
     save_model(model, path, input_size=(64, 64), postprocessing=UNTUNED_POSTPROCESSING)
     return path

@@ -340,6 +340,20 @@ def test_segment_button_is_prominent_and_advanced_options_start_collapsed(app):
     assert "Research use only" in ui_property(widgets["disclaimerLabel"], "text")
 
 
+def test_segment_in_box_section_offers_drawing_and_segmenting(app):
+    widgets = ui_widgets()
+    section = widgets["boxCollapsibleButton"]
+    inside = {element.get("name") for element in section.iter("widget")}
+    assert {"segmentInBoxButton", "addBoxButton", "boxAllFramesCheckBox"} <= inside
+    assert ui_property(widgets["segmentInBoxButton"], "text") == "Segment in box"
+    for name in ("segmentInBoxButton", "addBoxButton"):
+        assert ui_property(widgets[name], "enabled") is False, name  # enabled once a valid input is selected
+    assert ui_property(widgets["boxAllFramesCheckBox"], "SlicerParameterName") == "boxAllFrames"
+    assert "segmentInBoxButton" not in {element.get("name") for element in widgets["advancedCollapsibleButton"].iter("widget")}
+    panel = load_panel()
+    assert panel.findChild(ctkCollapsibleButton, "boxCollapsibleButton").collapsed is False
+
+
 def render_panel(path):
     """Render the panel as it looks with a frame selected and the advanced options open."""
     module = load_module()
@@ -349,7 +363,8 @@ def render_panel(path):
     device = panel.findChild(QComboBox, "deviceComboBox")
     for choice in module.DeviceChoice:
         device.addItem(module.DeviceChoice.label(choice))
-    panel.findChild(QPushButton, "segmentButton").setEnabled(True)
+    for name in ("segmentButton", "segmentInBoxButton", "addBoxButton"):
+        panel.findChild(QPushButton, name).setEnabled(True)
     panel.findChild(QProgressBar, "progressBar").hide()
     panel.findChild(ctkCollapsibleButton, "advancedCollapsibleButton").setCollapsed(False)
     panel.resize(QSize(400, panel.sizeHint().height()))

@@ -21,6 +21,7 @@ from BreastUSSegmentLib.measure import measure_frames
 from BreastUSSegmentLib.model import AttentionUNet, ModelConfig
 from BreastUSSegmentLib.postprocessing import UNTUNED_POSTPROCESSING
 from BreastUSSegmentLib.weights import save_model
+from conftest import brightness_model
 
 SHAPE = (48, 64)  # rows, columns of the synthetic frames
 SPACING = (0.12, 0.08, 1.0)  # I (columns), J (rows), K mm
@@ -197,7 +198,8 @@ def test_dicom_algorithm_tags_automatic_then_semiautomatic_after_an_edit(scene, 
     image = frame(2)
     volume = add_volume(scene, image[np.newaxis])
     threshold = split_threshold(reference, image)
-    output = logic.segment(volume, weightsPath=weights, device="cpu", threshold=threshold)
+    options = BUS.SegmentationOptions(weightsPath=weights, device="cpu", threshold=threshold)
+    output = logic.segment(volume, None, options)
     node, segment_id = output.segmentationNode, output.segmentId
     assert segment_tag(node, segment_id, "DICOM.SegmentAlgorithmType") == "AUTOMATIC"
     assert segment_tag(node, segment_id, "DICOM.SegmentAlgorithmName") == BUS.ALGORITHM_NAME
@@ -224,7 +226,7 @@ def test_dicom_algorithm_tags_automatic_then_semiautomatic_after_an_edit(scene, 
     assert segment_tag(reloaded, segment_id, "DICOM.SegmentAlgorithmName") == BUS.ALGORITHM_NAME
 
     # Segmenting again replaces the edit.
-    logic.segment(volume, node, weightsPath=weights, device="cpu", threshold=threshold)
+    logic.segment(volume, node, options)
     assert segment_tag(node, segment_id, "DICOM.SegmentAlgorithmType") == "AUTOMATIC"
 
     # A segment the user drew gets no algorithm tags from measuring it.
@@ -517,7 +519,7 @@ def test_module_classes_and_parameter_node_fields():
     fields = BUS.BreastUSSegmentParameterNode.__annotations__
     assert set(fields) == {
         "inputVolume", "outputSegmentation", "threshold", "minConfidence", "keepLargest", "fillHoles", "smoothing",
-        "testTimeFlip", "device", "showAttention", "attentionOpacity", "createProbabilityVolume",
+        "testTimeFlip", "device", "showAttention", "attentionOpacity", "createProbabilityVolume", "boxAllFrames",
     }
     from BreastUSSegmentLib.device import DEVICE_CHOICES
 
@@ -662,3 +664,129 @@ def test_attention_overlay_is_windowed_on_the_attention_range(tmp_path):
     window_max = display.GetLevel() + display.GetWindow() / 2
     assert window_min == pytest.approx(low, abs=1e-4) and window_max == pytest.approx(high, abs=1e-4)
     assert high - low < 1.0
+
+
+# --- Box prompts ---
+
+
+@pytest.fixture(scope="module")
+def brightness_weights(tmp_path_factory):
+    path = tmp_path_factory.mktemp("brightness") / "brightness.safetensors"
+    save_model(brightness_model(), path, input_size=(64, 64),
+               postprocessing=UNTUNED_POSTPROCESSING.with_overrides(smoothing_sigma=0.0))
+    return path
+
+
+def volume_aligned_roi(scene, volume, box, frame=0, name="box"):
+    """A Markups ROI whose axes follow the volume's I, J, K and that covers pixel box ``(x0, y0, x1, y1)`` of ``frame``."""
+    x0, y0, x1, y1 = box
+    matrix = ijk_to_ras(volume)
+    center = matrix @ np.array([(x0 + x1 - 1) / 2, (y0 + y1 - 1) / 2, frame, 1.0])
+    spacing = np.linalg.norm(matrix[:3, :3], axis=0)
+    objectToNode = vtk.vtkMatrix4x4()
+    for row in range(3):
+        for col in range(3):
+            objectToNode.SetElement(row, col, matrix[row, col] / spacing[col])
+        objectToNode.SetElement(row, 3, center[row])
+    roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", name)
+    roi.SetAndObserveObjectToNodeMatrix(objectToNode)
+    roi.SetSize((x1 - x0) * spacing[0], (y1 - y0) * spacing[1], 0.3 * spacing[2])
+    roi.SetAttribute(BUS.BOX_ROI_ATTRIBUTE, volume.GetID())
+    return roi
+
+
+def test_roi_bounds_become_the_volumes_pixel_box_with_its_own_matrices(scene, logic):
+    volume = add_volume(scene, np.zeros((3, *SHAPE), np.uint8))  # rotated, offset, anisotropic
+    roi = volume_aligned_roi(scene, volume, (10, 5, 31, 22), frame=1)
+    assert logic.roiVoxelBox(roi, volume) == BUS.VoxelBox((10, 5, 31, 22), range(1, 2))
+    # Under a parent transform, the volume's pixels move with it; a ROI moved the same way keeps its box.
+    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    shift = vtk.vtkMatrix4x4()
+    shift.SetElement(0, 3, 7.0)
+    shift.SetElement(1, 3, -3.0)
+    transform.SetMatrixTransformToParent(shift)
+    volume.SetAndObserveTransformNodeID(transform.GetID())
+    assert logic.roiVoxelBox(roi, volume).box != (10, 5, 31, 22)
+    roi.SetAndObserveTransformNodeID(transform.GetID())
+    assert logic.roiVoxelBox(roi, volume) == BUS.VoxelBox((10, 5, 31, 22), range(1, 2))
+
+
+def test_roi_outside_the_image_or_too_small_gets_a_clear_error(scene, logic, brightness_weights):
+    volume = add_volume(scene, np.zeros((1, *SHAPE), np.uint8))
+    tiny = volume_aligned_roi(scene, volume, (10, 5, 10.4, 22), name="tiny")
+    with pytest.raises(BUS.BreastUSSegmentError, match="Box 'tiny' holds no pixel"):
+        logic.roiVoxelBox(tiny, volume)
+    far = volume_aligned_roi(scene, volume, (500, 500, 520, 520), name="far")
+    with pytest.raises(BUS.BreastUSSegmentError, match="outside"):
+        logic.segmentInBoxes(volume, [far], options=BUS.SegmentationOptions(weightsPath=brightness_weights, device="cpu"))
+    with pytest.raises(BUS.BreastUSSegmentError, match="Draw a box"):
+        logic.segmentInBoxes(volume, [])
+
+
+def test_each_roi_gets_its_own_lesion_segment_and_other_segments_are_untouched(scene, logic, brightness_weights):
+    image = np.full(SHAPE, 30, np.uint8)
+    lesions = [(8, 6, 22, 20), (34, 24, 50, 40)]
+    for x0, y0, x1, y1 in lesions:
+        image[y0:y1, x0:x1] = 220
+    volume = add_volume(scene, image[np.newaxis])
+    options = BUS.SegmentationOptions(weightsPath=brightness_weights, device="cpu")
+    automatic = logic.segment(volume, None, options)
+    segmentation_node = automatic.segmentationNode
+    user_mask = np.zeros((1, *SHAPE), bool)
+    user_mask[0, 2:5, 2:5] = True
+    user_id = segmentation_node.GetSegmentation().AddEmptySegment("", "Drawn", [0.2, 0.4, 1.0])
+    logic.updateSegmentFromArray(segmentation_node, user_id, user_mask, volume)
+    automatic_mask = logic.arrayFromSegment(segmentation_node, automatic.segmentId, volume)
+
+    rois = [volume_aligned_roi(scene, volume, (4, 2, 26, 24), name="one"),
+            volume_aligned_roi(scene, volume, (30, 20, 54, 44), name="two"),
+            volume_aligned_roi(scene, volume, (52, 2, 62, 12), name="background")]
+    pending = logic.addBoxRoi(scene, volume)  # being placed: not a box yet
+    other = add_volume(scene, image[np.newaxis], name="other")
+    assert pending.GetName() == "Box" and pending.GetAttribute(BUS.BOX_ROI_ATTRIBUTE) == volume.GetID()
+    assert logic.boxRois(scene) == logic.boxRois(scene, volume) == rois and logic.boxRois(scene, other) == []
+    output = logic.segmentInBoxes(volume, rois, segmentation_node, options)
+    summary = logic.boxSummary(output)
+    assert summary.startswith("Lesion 1: area ") and summary.endswith("Lesion 3: no lesion seen in its box")
+    segmentation = segmentation_node.GetSegmentation()
+    assert [segmentation.GetSegment(i).GetName() for i in output.segmentIds] == ["Lesion 1", "Lesion 2", "Lesion 3"]
+    assert output.emptyRois == [rois[2]]
+    for segmentId, (x0, y0, x1, y1) in zip(output.segmentIds, lesions):
+        mask = logic.arrayFromSegment(segmentation_node, segmentId, volume)[0] > 0
+        truth = np.zeros(SHAPE, bool)
+        truth[y0:y1, x0:x1] = True
+        assert np.logical_and(mask, truth).sum() / np.logical_or(mask, truth).sum() > 0.85
+        segment = segmentation.GetSegment(segmentId)
+        assert segment_tag(segmentation_node, segmentId, BUS.LESION_TAG) == BUS.BOX_LESION_TAG_VALUE
+        assert segment_tag(segmentation_node, segmentId, slicer.vtkSegment.GetTerminologyEntryTagName()) == \
+            BUS.LESION_TERMINOLOGY_ENTRY
+        assert segment_tag(segmentation_node, segmentId, BUS.ALGORITHM_TYPE_TAG) == "SEMIAUTOMATIC"
+        assert tuple(segment.GetColor()) == pytest.approx(BUS.LESION_SEGMENT_COLOR)
+    assert not logic.arrayFromSegment(segmentation_node, output.segmentIds[2], volume).any()
+
+    # Moving a ROI and segmenting again replaces that ROI's segment; nothing else changes.
+    smaller = volume_aligned_roi(scene, volume, (40, 30, 54, 44))
+    rois[1].SetAndObserveObjectToNodeMatrix(smaller.GetObjectToNodeMatrix())
+    rois[1].SetSize(smaller.GetSize())
+    scene.RemoveNode(smaller)
+    again = logic.segmentInBoxes(volume, rois[:2], segmentation_node, options)
+    assert again.segmentIds == output.segmentIds[:2]
+    moved = logic.arrayFromSegment(segmentation_node, again.segmentIds[1], volume)[0] > 0
+    assert moved.any() and not moved[:, :40].any()
+    assert logic.lesionSegmentId(segmentation_node) == automatic.segmentId
+    np.testing.assert_array_equal(logic.arrayFromSegment(segmentation_node, automatic.segmentId, volume), automatic_mask)
+    np.testing.assert_array_equal(logic.arrayFromSegment(segmentation_node, user_id, volume), user_mask)
+
+
+def test_box_on_a_clip_covers_its_frame_or_all_frames(scene, logic, brightness_weights):
+    clip = np.full((3, *SHAPE), 30, np.uint8)
+    clip[:, 10:30, 10:30] = 220
+    volume = add_volume(scene, clip)
+    roi = volume_aligned_roi(scene, volume, (5, 5, 35, 35), frame=1)
+    options = BUS.SegmentationOptions(weightsPath=brightness_weights, device="cpu")
+    output = logic.segmentInBoxes(volume, [roi], None, options)
+    frames = logic.arrayFromSegment(output.segmentationNode, output.segmentIds[0], volume).any(axis=(1, 2))
+    assert frames.tolist() == [False, True, False]
+    output = logic.segmentInBoxes(volume, [roi], output.segmentationNode, options, allFrames=True)
+    frames = logic.arrayFromSegment(output.segmentationNode, output.segmentIds[0], volume).any(axis=(1, 2))
+    assert frames.tolist() == [True, True, True]

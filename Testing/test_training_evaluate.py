@@ -399,3 +399,48 @@ def test_sweep_settings_not_listed_keep_the_model_cards_values():
     grid = sweep.option_grid(card, min_mean_probabilities=[0.0, 0.7])
     assert [options.min_mean_probability for options in grid] == [0.0, 0.7]
     assert all(options.threshold == 0.6 and options.keep_largest is False for options in grid)
+
+
+def test_simulated_box_is_the_grown_bounding_box_jittered_the_same_way_every_time():
+    target = np.zeros((50, 60), bool)
+    target[10:20, 20:40] = True  # bounding box (20, 10, 40, 20): 20 wide, 10 high
+    assert evaluate.BoxPrompt(0.0).box_for("a", target).as_tuple() == (20, 10, 40, 20)
+    assert evaluate.BoxPrompt(0.5).box_for("a", target).as_tuple() == (10, 5, 50, 25)
+    jittered = evaluate.BoxPrompt(0.0, jitter=0.2)
+    box = jittered.box_for("a", target)
+    assert box == jittered.box_for("a", target) != jittered.box_for("b", target)
+    assert abs(box.x0 - 20) <= 4 and abs(box.x1 - 40) <= 4 and abs(box.y0 - 10) <= 2 and abs(box.y1 - 20) <= 2
+    with pytest.raises(ValueError, match="jitter"):
+        evaluate.BoxPrompt(0.1, jitter=0.6)
+
+
+def test_evaluate_with_box_prompt_scores_lesion_images_inside_their_boxes(busi):
+    _, report = run_evaluate(busi, busi["full"], "box", "--box-margin", "0", "--box-context", "0.5")
+    manifest = load_manifest(busi["split"])
+    lesion = [case for case in manifest.cases_for("test") if case.label != "normal"]
+    assert [row["id"] for row in report["cases"]] == [case.id for case in lesion]  # normal images get no box
+    dice, automatic = [], []
+    for case in lesion:
+        target = load_case(busi["data"], case)[1]
+        rows, columns = np.nonzero(target)
+        box = np.zeros_like(target)
+        box[rows.min():rows.max() + 1, columns.min():columns.max() + 1] = True  # everything in the box is lesion
+        dice.append(dice_score(box, target))
+        automatic.append(dice_score(np.ones_like(target), target))
+    assert report["summary"]["processed"]["lesion"]["dice_mean"] == pytest.approx(np.mean(dice))
+    prompt = report["summary"]["box_prompt"]
+    assert prompt["automatic_dice_mean"] == pytest.approx(np.mean(automatic))
+    assert prompt["worse_than_automatic"] == 0 and prompt["box_empty"] == 0 and prompt["boxes_without_lesion"] == 0
+    assert report["options"]["box_prompt"] == {"margin": 0.0, "jitter": 0.0, "context_margin": 0.5,
+                                               "seed": evaluate.BOX_SEED}
+    assert report["summary"]["processed"]["normal"]["images"] == 0
+    assert "Box prompt: each lesion's bounding box grown by 0" in evaluate.markdown_report(report)
+    with pytest.raises(export.ExportError, match="box prompts"):
+        export.export_model(busi["full"], busi["root"] / "reports" / "box" / "report.json",
+                            busi["root"] / "exported_box.safetensors")
+
+
+def test_evaluate_box_options_need_a_box_margin(busi, capsys):
+    code = cli.main(["evaluate", "--data", str(busi["data"]), "--split", str(busi["split"]), "--weights",
+                     str(busi["full"]), "--output", str(busi["root"] / "x"), "--box-jitter", "0.1", "--no-progress"])
+    assert code != 0 and "--box-margin" in capsys.readouterr().err

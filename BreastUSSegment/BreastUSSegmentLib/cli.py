@@ -11,6 +11,11 @@ first frame). ``NAME`` is the file name without its last extension
 (``.nii.gz`` counts as one). Inputs whose outputs would share a name are
 refused before anything runs. Existing files are never overwritten unless
 ``--overwrite``. One failing input does not stop the others.
+
+With ``--box X0,Y0,X1,Y1`` (repeatable, one input only) or ``--boxes FILE.csv``
+(columns file, x0, y0, x1, y1; one row per box) the lesions are segmented
+inside the given boxes, in pixels of the image (x to the right, y down, x1/y1
+exclusive); on a clip a box applies to every frame.
 """
 
 from __future__ import annotations
@@ -21,11 +26,12 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 
 from . import BUNDLED_WEIGHTS, __version__
+from .boxes import BoxError, parse_box, read_box_table
 from .device import DEVICE_CHOICES
 from .fileio import split_extension, write_atomically
 from .imageio import read_image, write_image
@@ -45,9 +51,18 @@ EPILOG = (
 )
 
 
+def box_argument(text: str):
+    """``--box X0,Y0,X1,Y1`` as a box; a bad one is a usage error."""
+    try:
+        return parse_box(text)
+    except BoxError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="breastus-segment", description=__doc__.split("\n\n")[0], epilog=EPILOG)
-    parser.add_argument("inputs", nargs="+", type=Path, help="image files: PNG/JPG/BMP/TIFF, DICOM, NRRD, NIfTI, MHA")
+    parser.add_argument("inputs", nargs="*", type=Path,
+                        help="image files: PNG/JPG/BMP/TIFF, DICOM, NRRD, NIfTI, MHA (default with --boxes: the table's files)")
     parser.add_argument("-o", "--output", type=Path, required=True, help="output folder (created if missing)")
     parser.add_argument("--weights", type=Path, default=BUNDLED_WEIGHTS, help="model .safetensors (model card beside it)")
     parser.add_argument("--format", choices=sorted(FORMATS), default="nrrd", help="file format of mask and probability")
@@ -60,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-figure", action="store_true", help="do not write the overlay PNG")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     parser.add_argument("--batch-size", type=int, default=8, help="frames per forward pass for clips")
+    parser.add_argument("--box", action="append", type=box_argument, metavar="X0,Y0,X1,Y1",
+                        help="segment inside this box (pixels; x1, y1 exclusive); repeat for several lesions; one input only")
+    parser.add_argument("--boxes", type=Path, metavar="FILE.csv",
+                        help="boxes for many images: a CSV file with columns file, x0, y0, x1, y1, one row per box")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 
@@ -73,6 +92,7 @@ class Job:
 
     image_path: Path
     outputs: dict[str, Path]
+    boxes: Optional[list] = None  # None: automatic; else the boxes to segment inside
 
 
 def output_name(image_path: Path) -> str:
@@ -88,8 +108,30 @@ def output_paths(image_path: Path, output_dir: Path, suffix: str, figure: bool =
     return paths
 
 
-def plan_jobs(args) -> list[Job]:
-    return [Job(path, output_paths(path, args.output, FORMATS[args.format], not args.no_figure)) for path in args.inputs]
+def plan_jobs(args, boxes: Optional[dict] = None) -> list[Job]:
+    return [Job(path, output_paths(path, args.output, FORMATS[args.format], not args.no_figure),
+                None if boxes is None else boxes[path]) for path in args.inputs]
+
+
+def boxes_per_input(parser: argparse.ArgumentParser, args) -> Optional[dict]:
+    """The boxes of each input from ``--box`` or ``--boxes`` (None: automatic); fills ``args.inputs`` from the table."""
+    if args.box and args.boxes:
+        parser.error("give --box or --boxes, not both")
+    if args.box:
+        if len(args.inputs) != 1:
+            parser.error(f"--box applies to a single input ({len(args.inputs)} given); use --boxes FILE.csv for several")
+        return {args.inputs[0]: args.box}
+    if args.boxes:
+        try:
+            table = read_box_table(args.boxes)
+        except BoxError as error:
+            parser.error(str(error))
+        if not args.inputs:
+            args.inputs = list(table)
+        return {path: table.get(path.resolve(), []) for path in args.inputs}
+    if not args.inputs:
+        parser.error("give at least one image file")
+    return None
 
 
 def collisions(jobs: list[Job]) -> list[str]:
@@ -133,8 +175,11 @@ def segment_file(segmenter, job: Job, args) -> str:
     """Segment one file with the segmenter's post-processing, write its outputs and return a one-line summary."""
     options = segmenter.postprocessing
     image = read_image(job.image_path)
+    if job.boxes is not None and not job.boxes:
+        raise BoxError(f"no box for it in {args.boxes}")
     result = segmenter.segment(
-        image.pixels, color=image.color, test_time_flip=args.test_time_flip, batch_size=args.batch_size
+        image.pixels, box=job.boxes or None, color=image.color, test_time_flip=args.test_time_flip,
+        batch_size=args.batch_size,
     )
     mask = result.raw_mask if args.no_postprocess else result.processed_mask
     if args.format == "png" and result.frame_count > 1:
@@ -155,7 +200,8 @@ def segment_file(segmenter, job: Job, args) -> str:
             path, lambda temporary: figure.save(temporary, format="PNG"), exclusive=exclusive
         )
     write_all(job.outputs, writers)
-    return lesion_summary(job.image_path, image, mask, result, None if args.no_postprocess else options)
+    return lesion_summary(job.image_path, image, mask, result, None if args.no_postprocess else options) \
+        + empty_box_note(result)
 
 
 def write_all(paths: dict[str, Path], writers: dict[str, Callable[[Path], object]]) -> None:
@@ -171,9 +217,19 @@ def write_all(paths: dict[str, Path], writers: dict[str, Callable[[Path], object
         raise
 
 
+def empty_box_note(result) -> str:
+    """The summary's note on boxes in which the network saw no lesion ("" when there are none)."""
+    empty = sorted({outcome.index + 1 for outcome in result.empty_boxes}) if result.boxes is not None else []
+    if not empty:
+        return ""
+    return f"; no lesion seen in box {', '.join(str(index) for index in empty)}"
+
+
 def lesion_summary(image_path: Path, image, mask: np.ndarray, result, options) -> str:
     """The line printed for a segmented file; ``options`` is None when post-processing was off."""
     frames_with_lesion = int(mask.any(axis=(1, 2)).sum())
+    if frames_with_lesion == 0 and result.boxes is not None:
+        return f"{image_path.name}: no lesion found"
     if frames_with_lesion == 0:
         hidden = None if options is None else strongest_hidden_confidence(result.probability, options)
         return f"{image_path.name}: no lesion found" + (
@@ -209,9 +265,11 @@ def describe_failure(error: Exception) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    boxes = boxes_per_input(parser, args)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    jobs = plan_jobs(args)
+    jobs = plan_jobs(args, boxes)
     problems = collisions(jobs)
     if problems:
         for problem in problems:

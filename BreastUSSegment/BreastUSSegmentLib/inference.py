@@ -14,10 +14,11 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .boxes import CONTEXT_MARGIN, NO_LESION_PROBABILITY, Box, boxes_for_frames, grow_box
 from .device import select_device
 from .model import AttentionUNet
-from .postprocessing import PostprocessOptions, postprocess_frames
-from .preprocessing import prepare_frames, resize_frames
+from .postprocessing import PostprocessOptions, postprocess_box, postprocess_frames
+from .preprocessing import normalize_intensity, prepare_frames, resize_frames, to_grayscale_frames
 from .weights import ModelCard, WeightsError, load_model
 
 logger = logging.getLogger(__name__)
@@ -30,15 +31,38 @@ ProgressCallback = Callable[[int, int], None]
 CPU_FRAMES_PER_FORWARD = 4
 
 
+@dataclass(frozen=True)
+class BoxOutcome:
+    """What one box prompt gave: ``found`` is False when the network sees no lesion in it."""
+
+    frame: int
+    index: int  # the box's place in its frame's list
+    box: Box  # as used: clipped to the frame
+    peak_probability: float  # highest probability inside the box
+    found: bool
+
+
 @dataclass
 class SegmentationResult:
-    """Pipeline outputs on the input's own pixel grid; every array is ``(F, H, W)``."""
+    """Pipeline outputs on the input's own pixel grid; every array is ``(F, H, W)``.
+
+    With box prompts, ``box_labels`` numbers each frame's lesions by box (1 for its
+    first box, 0 elsewhere), ``boxes`` says what each box gave, and the probability
+    and attention maps are zero outside the boxes' crop windows.
+    """
 
     probability: np.ndarray  # float32 in [0, 1]
-    raw_mask: np.ndarray  # bool, probability >= threshold
+    raw_mask: np.ndarray  # bool, probability >= threshold (inside the boxes, with box prompts)
     processed_mask: np.ndarray  # bool, after post-processing
     attention_maps: list[np.ndarray]  # float32 in [0, 1], one per gate, coarsest level first
     combined_attention: np.ndarray  # float32 in [0, 1], mean of the gates
+    box_labels: np.ndarray | None = None  # uint16, with box prompts only
+    boxes: list[BoxOutcome] | None = None  # with box prompts only
+
+    @property
+    def empty_boxes(self) -> list[BoxOutcome]:
+        """The boxes in which the network saw no lesion (none without box prompts)."""
+        return [outcome for outcome in self.boxes or [] if not outcome.found]
 
     @property
     def frame_count(self) -> int:
@@ -133,11 +157,32 @@ class LesionSegmenter:
             "or overflow); re-install or re-export it"
         )
 
+    def _run(self, total: int, network_input, test_time_flip: bool, batch_size: int, progress, store) -> None:
+        """Forward ``total`` items batch by batch and hand each result to ``store(first, last, probability, attention)``.
+
+        ``network_input(first, last)`` gives the ``(n, 1, h, w)`` tensor of items
+        ``first:last``; ``progress(done, total)`` is called after every batch.
+        """
+        step = max(1, batch_size)
+        for start in range(0, total, step):
+            stop = min(start + step, total)
+            chunk = self._frames_per_forward(step)
+            for first in range(start, stop, chunk):
+                last = min(first + chunk, stop)
+                probability, attention = self._predict_batch(network_input(first, last), test_time_flip)
+                self._check_finite(probability, attention)
+                store(first, last, probability, attention)
+            if progress is not None:
+                progress(stop, total)
+
     @torch.inference_mode()
     def segment(
         self,
         image: np.ndarray,
         *,
+        box=None,
+        frame_boxes=None,
+        context_margin: float = CONTEXT_MARGIN,
         color: bool | None = None,
         test_time_flip: bool = False,
         postprocessing: PostprocessOptions | None = None,
@@ -146,26 +191,25 @@ class LesionSegmenter:
     ) -> SegmentationResult:
         """Segment a frame ``(H, W)``/``(H, W, C)`` or a cine stack ``(F, H, W)``/``(F, H, W, C)``.
 
-        ``progress(done, total)`` is called after every batch of frames. A network
-        output that is not finite raises :class:`~.weights.WeightsError`.
+        Without a box the whole frame is searched. ``box`` is ``(x0, y0, x1, y1)``
+        in pixels of the frame (x1, y1 exclusive; see :mod:`.boxes`) or a list of
+        such boxes, the same on every frame; ``frame_boxes`` gives one entry (a box,
+        a list of boxes or None) per frame instead. Each box is grown by
+        ``context_margin`` of its size on each side, that crop segmented at the
+        network's input size and the lesion kept inside the box; outside all boxes
+        the mask is empty. ``progress(done, total)`` is called after every batch of
+        frames (of boxes, with box prompts). A network output that is not finite
+        raises :class:`~.weights.WeightsError`.
         """
         options = postprocessing or self.postprocessing
+        if box is not None or frame_boxes is not None:
+            return self._segment_boxes(
+                image, box, frame_boxes, context_margin, color, test_time_flip, options, batch_size, progress
+            )
         network_input, original_size = prepare_frames(image, self.input_size, color=color)
-        frame_count = network_input.shape[0]
-        outputs = _OutputFrames(frame_count, original_size)
-
-        step = max(1, batch_size)
-        for start in range(0, frame_count, step):
-            stop = min(start + step, frame_count)
-            chunk = self._frames_per_forward(step)
-            for first in range(start, stop, chunk):
-                last = min(first + chunk, stop)
-                probability, attention = self._predict_batch(network_input[first:last], test_time_flip)
-                self._check_finite(probability, attention)
-                outputs.store(first, last, probability, attention)
-            if progress is not None:
-                progress(stop, frame_count)
-
+        outputs = _OutputFrames(network_input.shape[0], original_size)
+        self._run(network_input.shape[0], lambda first, last: network_input[first:last],
+                  test_time_flip, batch_size, progress, outputs.store)
         raw_mask = outputs.probability >= options.threshold
         return SegmentationResult(
             probability=outputs.probability,
@@ -174,6 +218,65 @@ class LesionSegmenter:
             attention_maps=outputs.attention_maps,
             combined_attention=outputs.combined_attention(),
         )
+
+    def _segment_boxes(
+        self, image, box, frame_boxes, context_margin, color, test_time_flip, options, batch_size, progress
+    ) -> SegmentationResult:
+        """:meth:`segment` with box prompts: one crop per box, pasted back onto the frame grid."""
+        frames = to_grayscale_frames(image, color=color)
+        size = (int(frames.shape[-2]), int(frames.shape[-1]))
+        per_frame = boxes_for_frames(box, frame_boxes, frames.shape[0], size)
+        crops = [
+            _Crop(frame, index, item, grow_box(item, context_margin, size))
+            for frame, boxes in enumerate(per_frame)
+            for index, item in enumerate(boxes)
+        ]
+
+        def network_input(first: int, last: int) -> torch.Tensor:
+            pieces = [normalize_intensity(frames[crop.frame][crop.window.slices][np.newaxis]) for crop in crops[first:last]]
+            return torch.cat([resize_frames(torch.from_numpy(piece).unsqueeze(1), self.input_size) for piece in pieces])
+
+        outputs = _OutputFrames(frames.shape[0], size, fill=0.0)
+        labels = np.zeros((frames.shape[0], *size), dtype=np.uint16)
+        outcomes = []
+
+        def store(first, last, probability, attention) -> None:
+            for offset, crop in enumerate(crops[first:last]):
+                in_box = outputs.paste(crop, probability[offset:offset + 1], [a[offset:offset + 1] for a in attention])
+                mask = postprocess_box(in_box, options)
+                target = labels[crop.frame][crop.box.slices]
+                target[mask & (target == 0)] = crop.index + 1  # where boxes overlap, the earlier box keeps the pixel
+                peak = float(in_box.max())
+                outcomes.append(BoxOutcome(crop.frame, crop.index, crop.box, peak, bool(mask.any())))
+
+        if crops:
+            self._run(len(crops), network_input, test_time_flip, batch_size, progress, store)
+        raw_mask = np.zeros_like(labels, dtype=bool)
+        for crop in crops:
+            raw_mask[crop.frame][crop.box.slices] = outputs.probability[crop.frame][crop.box.slices] >= options.threshold
+        for outcome in outcomes:
+            if not outcome.found:
+                logger.info("frame %d, box %d: no lesion (peak probability %.3f is below %.2f)",
+                            outcome.frame, outcome.index, outcome.peak_probability, NO_LESION_PROBABILITY)
+        return SegmentationResult(
+            probability=outputs.probability,
+            raw_mask=raw_mask,
+            processed_mask=labels > 0,
+            attention_maps=outputs.attention_maps,
+            combined_attention=outputs.combined_attention(),
+            box_labels=labels,
+            boxes=outcomes,
+        )
+
+
+@dataclass(frozen=True)
+class _Crop:
+    """One box prompt: its frame, its place in that frame's list, the box and the crop window around it."""
+
+    frame: int
+    index: int
+    box: Box
+    window: Box
 
 
 class _OutputFrames:
@@ -184,19 +287,44 @@ class _OutputFrames:
     attention levels to average).
     """
 
-    def __init__(self, frame_count: int, size: tuple[int, int]):
+    def __init__(self, frame_count: int, size: tuple[int, int], fill: float | None = None):
         self.size = size
-        self.probability = np.empty((frame_count, *size), dtype=np.float32)
+        self.fill = fill  # None: every pixel gets written; a number: the value of pixels no crop covers
+        self.probability = self._new_map(frame_count)
         self.attention_maps: list[np.ndarray] = []
+
+    def _new_map(self, frame_count: int) -> np.ndarray:
+        if self.fill is None:
+            return np.empty((frame_count, *self.size), dtype=np.float32)
+        return np.full((frame_count, *self.size), self.fill, dtype=np.float32)
 
     def store(self, first: int, last: int, probability: torch.Tensor, attention: list[torch.Tensor]) -> None:
         """Resize ``(n, 1, h, w)`` network outputs to the input grid, clip to [0, 1] and keep them."""
-        if not self.attention_maps:
-            self.attention_maps = [np.empty_like(self.probability) for _ in attention]
+        self._allocate_attention(len(attention))
         for target, source in zip([self.probability, *self.attention_maps], [probability, *attention]):
             rows = torch.from_numpy(target[first:last])
             rows.copy_(resize_frames(source.float().cpu(), self.size).squeeze(1))
             rows.clamp_(0.0, 1.0)
+
+    def _allocate_attention(self, levels: int) -> None:
+        if not self.attention_maps:
+            self.attention_maps = [self._new_map(self.probability.shape[0]) for _ in range(levels)]
+
+    def paste(self, crop: "_Crop", probability: torch.Tensor, attention: list[torch.Tensor]) -> np.ndarray:
+        """Resize one crop's ``(1, 1, h, w)`` outputs to its window and paste them (the maximum where windows overlap).
+
+        Returns the crop's own probability inside its box.
+        """
+        self._allocate_attention(len(attention))
+        window = crop.window
+        crop_probability = None
+        for target, source in zip([self.probability, *self.attention_maps], [probability, *attention]):
+            resized = resize_frames(source.float().cpu(), (window.height, window.width))[0, 0].clamp_(0.0, 1.0).numpy()
+            region = target[crop.frame][window.slices]
+            np.maximum(region, resized, out=region)
+            if crop_probability is None:
+                crop_probability = resized
+        return crop_probability[crop.box.inside(window).slices]
 
     def combined_attention(self) -> np.ndarray:
         """Mean of the attention levels, summed level by level in float32."""

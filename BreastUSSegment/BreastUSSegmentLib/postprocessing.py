@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, fields, replace
 import numpy as np
 from scipy import ndimage
 
+from .boxes import NO_LESION_PROBABILITY, Box, centre_region
+
 # Smoothing strength is given on the model's 256-pixel grid and scaled to the image.
 REFERENCE_SIZE = 256
 
@@ -181,3 +183,45 @@ def postprocess_mask(probability: np.ndarray, options: PostprocessOptions) -> np
 def postprocess_frames(probabilities: np.ndarray, options: PostprocessOptions) -> np.ndarray:
     """Processed masks of a ``(F, H, W)`` stack, frame by frame."""
     return np.stack([postprocess_mask(frame, options) for frame in probabilities])
+
+
+def _component_at_peak(probability: np.ndarray, level: float) -> np.ndarray:
+    """The 8-connected component of ``probability >= level`` that holds the highest probability."""
+    labels, _ = ndimage.label(probability >= level, structure=np.ones((3, 3), dtype=bool))
+    peak = np.unravel_index(int(np.argmax(probability)), probability.shape)
+    return labels == labels[peak]
+
+
+def postprocess_box(probability: np.ndarray, options: PostprocessOptions) -> np.ndarray:
+    """Processed mask of the probability inside one user box (the array is the box).
+
+    Keeps the components above the threshold that touch the box's centre region,
+    or, if none does, the component around the box's highest probability (at the
+    threshold or half that peak, whichever is lower), so a box always gets a lesion
+    unless its peak is below ``NO_LESION_PROBABILITY``. The area and confidence
+    filters are not applied: the user's box says a lesion is there.
+    """
+    if probability.ndim != 2:
+        raise ValueError(f"expected a 2-D probability map, got shape {probability.shape}")
+    peak = float(probability.max())
+    if peak < NO_LESION_PROBABILITY:
+        return np.zeros(probability.shape, dtype=bool)
+    labels, _ = ndimage.label(probability >= options.threshold, structure=np.ones((3, 3), dtype=bool))
+    centre = centre_region(Box(0, 0, probability.shape[1], probability.shape[0]))
+    touching = np.unique(labels[centre.slices])
+    touching = touching[touching > 0]
+    if touching.size:
+        mask = np.isin(labels, touching)
+    else:
+        mask = _component_at_peak(probability, min(options.threshold, 0.5 * peak))
+    if options.keep_largest:
+        mask = keep_largest_component(mask)
+    if options.fill_holes:
+        mask = fill_holes(mask)
+    smoothed = smooth_boundary(mask, options.smoothing_sigma * min(mask.shape) / REFERENCE_SIZE)
+    if options.fill_holes:
+        smoothed = fill_holes(smoothed)
+    if options.keep_largest:
+        smoothed = keep_largest_component(smoothed)
+    # Smoothing can erase a lesion of a few pixels; the box still gets the unsmoothed one.
+    return (smoothed if smoothed.any() else mask).astype(bool)

@@ -19,6 +19,14 @@ Outputs in ``--output``: ``report.json`` (every number, per-case rows, the
 weights' and split's sha256 and the options), ``report.md`` (tables),
 ``cases.png`` (the best and worst cases by processed Dice) and, with
 ``--run-dir``, ``training_curves.png``.
+
+With ``--box-margin M`` the model is prompted the way a user would prompt it:
+every lesion image gets one box, its mask's bounding box grown by ``M`` of its
+width (height) on each side and each edge moved by up to ``--box-jitter J`` of
+that size (seeded by the case id, so reruns give the same boxes). Normal images
+get no box (a user draws none) and are not scored. Each row also holds the
+automatic result's processed scores, and the summary counts the lesion images
+on which the box made the processed Dice worse.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import json
 import math
 import os
 import time
+import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -37,6 +46,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from BreastUSSegmentLib.boxes import CONTEXT_MARGIN, Box
 from BreastUSSegmentLib.device import DEVICE_CHOICES, select_device
 from BreastUSSegmentLib.fileio import write_text_atomically
 from BreastUSSegmentLib.inference import LesionSegmenter
@@ -50,6 +60,37 @@ REPORT_FORMAT_VERSION = 1
 MODES = ("raw", "processed")
 MODE_TITLES = {"raw": "off", "processed": "on"}
 EXTREME_CASES = 3
+BOX_SEED = 16  # the simulated boxes' jitter comes from this seed and the case id
+# A box result counts as worse than the automatic one when its processed Dice is lower by more than this.
+WORSE_THAN_AUTOMATIC_BY = 0.01
+
+
+@dataclass(frozen=True)
+class BoxPrompt:
+    """How the evaluation simulates a user's box: the mask's bounding box, grown and jittered."""
+
+    margin: float  # fraction of the bounding box's width (height) added on each side
+    jitter: float = 0.0  # each edge moves by up to this fraction of the bounding box's width (height)
+    context_margin: float = CONTEXT_MARGIN  # the segmenter's own context around the box
+
+    def __post_init__(self) -> None:
+        if self.margin < 0 or not 0 <= self.jitter < 0.5 or self.context_margin < 0:
+            raise ValueError(f"box margin and context must be >= 0 and jitter in [0, 0.5); got {self}")
+
+    def box_for(self, case_id: str, target: np.ndarray) -> Box:
+        """The simulated box around ``target``'s lesion pixels (may reach past the frame; the core clips it)."""
+        rows, columns = np.nonzero(target)
+        x0, x1, y0, y1 = columns.min(), columns.max() + 1, rows.min(), rows.max() + 1
+        width, height = x1 - x0, y1 - y0
+        rng = np.random.default_rng([BOX_SEED, zlib.crc32(case_id.encode("utf-8"))])
+        shift = rng.uniform(-self.jitter, self.jitter, size=4) * np.array([width, height, width, height])
+        grown = np.array([x0 - self.margin * width, y0 - self.margin * height,
+                          x1 + self.margin * width, y1 + self.margin * height]) + shift
+        left, top, right, bottom = (int(round(value)) for value in grown)
+        return Box(left, top, max(right, left + 1), max(bottom, top + 1))
+
+    def to_dict(self) -> dict:
+        return {"margin": self.margin, "jitter": self.jitter, "context_margin": self.context_margin, "seed": BOX_SEED}
 
 
 @dataclass
@@ -76,10 +117,22 @@ def score_masks(prediction: np.ndarray, target: np.ndarray) -> dict:
     }
 
 
-def evaluate_sample(segmenter: LesionSegmenter, sample: Sample, test_time_flip: bool = False):
+def segment_sample(segmenter: LesionSegmenter, sample: Sample, test_time_flip: bool, prompt: BoxPrompt | None):
+    """The segmentation of one sample: automatic, or inside the simulated box when ``prompt`` is given."""
+    if prompt is None:
+        return segmenter.segment(sample.image, test_time_flip=test_time_flip)
+    box = prompt.box_for(sample.case_id, np.asarray(sample.target, dtype=bool))
+    return segmenter.segment(
+        sample.image, box=box.as_tuple(), context_margin=prompt.context_margin, test_time_flip=test_time_flip
+    )
+
+
+def evaluate_sample(
+    segmenter: LesionSegmenter, sample: Sample, test_time_flip: bool = False, prompt: BoxPrompt | None = None
+):
     """Segment one image; return its per-case row and the segmentation result."""
     target = np.asarray(sample.target, dtype=bool)
-    result = segmenter.segment(sample.image, test_time_flip=test_time_flip)
+    result = segment_sample(segmenter, sample, test_time_flip, prompt)
     if result.processed_mask.shape[1:] != target.shape:
         raise ValueError(
             f"case {sample.case_id}: prediction size {result.processed_mask.shape[1:]} differs from its mask {target.shape}"
@@ -93,6 +146,11 @@ def evaluate_sample(segmenter: LesionSegmenter, sample: Sample, test_time_flip: 
         "raw": score_masks(result.raw_mask[0], target),
         "processed": score_masks(result.processed_mask[0], target),
     }
+    if prompt is not None:
+        automatic = segmenter.segment(sample.image, test_time_flip=test_time_flip)
+        row["automatic"] = score_masks(automatic.processed_mask[0], target)
+        row["box"] = list(result.boxes[0].box.as_tuple())
+        row["box_found"] = result.boxes[0].found
     return row, result
 
 
@@ -102,11 +160,13 @@ def evaluate_samples(
     test_time_flip: bool = False,
     total: int | None = None,
     progress: bool = True,
+    prompt: BoxPrompt | None = None,
 ) -> list[dict]:
-    """Per-case rows for every sample, with a progress bar over the cases."""
+    """Per-case rows for every sample (with ``prompt``, lesion samples only), with a progress bar over the cases."""
     rows = []
     for sample in tqdm(samples, total=total, desc="evaluating", unit="image", disable=not progress):
-        rows.append(evaluate_sample(segmenter, sample, test_time_flip)[0])
+        if prompt is None or sample.label in LESION_CLASSES:
+            rows.append(evaluate_sample(segmenter, sample, test_time_flip, prompt)[0])
     return rows
 
 
@@ -151,7 +211,23 @@ def summarize(rows: list[dict]) -> dict:
         summary[mode][NORMAL_CLASS] = normal_statistics(normal_rows, mode)
         # One number for both kinds of error: a normal image scores Dice 1 when empty, 0 with a false lesion.
         summary[mode]["all_image_dice"] = float(np.mean([row[mode]["dice"] for row in rows])) if rows else None
+    if any("automatic" in row for row in rows):
+        summary["box_prompt"] = box_prompt_statistics(lesion_rows)
     return summary
+
+
+def box_prompt_statistics(rows: list[dict]) -> dict:
+    """How the box result compares with the automatic one on the same lesion images."""
+    worse = sum(1 for row in rows if row["processed"]["dice"] < row["automatic"]["dice"] - WORSE_THAN_AUTOMATIC_BY)
+    return {
+        "images": len(rows),
+        "automatic_dice_mean": float(np.mean([row["automatic"]["dice"] for row in rows])) if rows else None,
+        "automatic_empty": sum(1 for row in rows if row["automatic"]["predicted_pixels"] == 0),
+        "box_empty": sum(1 for row in rows if row["processed"]["predicted_pixels"] == 0),
+        "boxes_without_lesion": sum(1 for row in rows if not row["box_found"]),
+        "worse_than_automatic": worse,
+        "worse_than_automatic_fraction": worse / len(rows) if rows else None,
+    }
 
 
 def select_extremes(rows: list[dict], count: int = EXTREME_CASES) -> tuple[list[dict], list[dict]]:
@@ -190,6 +266,7 @@ def markdown_report(report: dict) -> str:
         f"{options['postprocessing'].get('min_mean_probability', 0.0)}, keep largest component only: "
         f"{'yes' if options['postprocessing']['keep_largest'] else 'no'}, "
         f"test-time flip: {'yes' if options['test_time_flip'] else 'no'}",
+        *box_prompt_lines(report),
         "",
         "## Lesion images (benign + malignant) and normal images",
         "",
@@ -232,6 +309,23 @@ def markdown_report(report: dict) -> str:
     return "\n".join(lines)
 
 
+def box_prompt_lines(report: dict) -> list[str]:
+    """The report's lines on the box prompt; none for an automatic evaluation."""
+    prompt, stats = report["options"].get("box_prompt"), report["summary"].get("box_prompt")
+    if prompt is None:
+        return []
+    return [
+        f"- Box prompt: each lesion's bounding box grown by {prompt['margin']:g} of its size on each side, edges "
+        f"jittered by up to {prompt['jitter']:g} (seed {prompt['seed']}), segmented with a context margin of "
+        f"{prompt['context_margin']:g}; normal images get no box and are not scored",
+        f"- Box vs automatic (processed): Dice {_number(report['summary']['processed']['lesion']['dice_mean'])} vs "
+        f"{_number(stats['automatic_dice_mean'])}; empty predictions {stats['box_empty']} vs {stats['automatic_empty']} "
+        f"of {stats['images']}; box worse by more than {WORSE_THAN_AUTOMATIC_BY} Dice on {stats['worse_than_automatic']} "
+        f"images ({_number(stats['worse_than_automatic_fraction'])}); boxes where the network saw no lesion: "
+        f"{stats['boxes_without_lesion']}",
+    ]
+
+
 def write_report(output_dir: str | os.PathLike, report: dict) -> tuple[Path, Path]:
     """Write ``report.json`` and ``report.md`` into ``output_dir``."""
     output_dir = Path(output_dir)
@@ -241,13 +335,14 @@ def write_report(output_dir: str | os.PathLike, report: dict) -> tuple[Path, Pat
 
 
 def case_figures(
-    segmenter: LesionSegmenter, samples: list[Sample], rows: list[dict], test_time_flip: bool = False
+    segmenter: LesionSegmenter, samples: list[Sample], rows: list[dict], test_time_flip: bool = False,
+    prompt: BoxPrompt | None = None,
 ) -> list[CaseFigure]:
     """Segment the given samples again (inference is deterministic) and build grid rows."""
     by_id = {row["id"]: row for row in rows}
     figures = []
     for sample in samples:
-        result = segmenter.segment(sample.image, test_time_flip=test_time_flip)
+        result = segment_sample(segmenter, sample, test_time_flip, prompt)
         figures.append(CaseFigure(
             case_id=sample.case_id, label=sample.label, image=sample.image,
             target=np.asarray(sample.target, dtype=bool), raw_mask=result.raw_mask[0],
@@ -270,11 +365,15 @@ def evaluate_busi(
     min_area_fraction: float | None = None,
     min_mean_probability: float | None = None,
     keep_largest: bool | None = None,
+    box_prompt: BoxPrompt | None = None,
     run_dir: str | os.PathLike | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Evaluate ``weights`` on ``subset`` of the split, write the report and figures, return the report."""
+    """Evaluate ``weights`` on ``subset`` of the split, write the report and figures, return the report.
+
+    With ``box_prompt``, each lesion image is segmented inside its simulated box (see the module's docstring).
+    """
     data_root, output_dir = Path(data_root), Path(output_dir)
     if not data_root.is_dir():
         raise DatasetError(f"BUSI data folder not found: {data_root}")
@@ -293,7 +392,9 @@ def evaluate_busi(
         return Sample(case.id, case.label, image, mask)
 
     started = time.perf_counter()
-    rows = evaluate_samples(segmenter, (sample_of(case) for case in cases), test_time_flip, len(cases), progress)
+    rows = evaluate_samples(
+        segmenter, (sample_of(case) for case in cases), test_time_flip, len(cases), progress, box_prompt
+    )
     seconds = time.perf_counter() - started
     report = {
         "format_version": REPORT_FORMAT_VERSION,
@@ -306,6 +407,7 @@ def evaluate_busi(
             "test_time_flip": bool(test_time_flip),
             "device": str(segmenter.device),
             "postprocessing": segmenter.postprocessing.to_dict(),
+            "box_prompt": None if box_prompt is None else box_prompt.to_dict(),
         },
         "seconds": round(seconds, 2),
         "summary": summarize(rows),
@@ -319,7 +421,7 @@ def evaluate_busi(
         by_id = {case.id: case for case in cases}
         chosen = [sample_of(by_id[row["id"]]) for row in best + worst]
         grid = plot_case_grid(
-            case_figures(segmenter, chosen, rows, test_time_flip), output_dir / "cases.png",
+            case_figures(segmenter, chosen, rows, test_time_flip, box_prompt), output_dir / "cases.png",
             title=f"{len(best)} best and {len(worst)} worst {subset} cases by processed Dice",
         )
         log(f"wrote {grid}")
@@ -344,6 +446,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="drop predicted components whose mean probability is below P (default: the model card's)")
     parser.add_argument("--keep-largest", choices=("yes", "no"),
                         help="keep only the largest predicted component (default: the model card's)")
+    parser.add_argument("--box-margin", type=float, metavar="M",
+                        help="prompt each lesion image with its mask's bounding box grown by M of its size on each side")
+    parser.add_argument("--box-jitter", type=float, default=0.0, metavar="J",
+                        help="with --box-margin: move each box edge by up to J of the box's size (fixed seed; default 0)")
+    parser.add_argument("--box-context", type=float, default=CONTEXT_MARGIN, metavar="C",
+                        help=f"with --box-margin: the segmenter's context margin around the box (default {CONTEXT_MARGIN}, "
+                             "chosen on BUSI val; for choosing it again)")
     parser.add_argument("--run-dir", type=Path, help="training run folder; its metrics.csv gives training curves")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -354,13 +463,16 @@ def run(args: argparse.Namespace) -> int:
         device = select_device(args.device)
     except RuntimeError as error:
         raise ValueError(str(error)) from error
+    if args.box_margin is None and (args.box_jitter or args.box_context != CONTEXT_MARGIN):
+        raise ValueError("--box-jitter and --box-context apply with --box-margin only")
+    prompt = None if args.box_margin is None else BoxPrompt(args.box_margin, args.box_jitter, args.box_context)
     try:
         report = evaluate_busi(
             args.data, args.split, args.weights, args.subset, args.output,
             test_time_flip=args.test_time_flip, device=device, threshold=args.threshold,
             min_area_fraction=args.min_area_fraction, min_mean_probability=args.min_confidence,
             keep_largest=None if args.keep_largest is None else args.keep_largest == "yes",
-            run_dir=args.run_dir, progress=not args.no_progress,
+            box_prompt=prompt, run_dir=args.run_dir, progress=not args.no_progress,
         )
     except WeightsError as error:
         raise ValueError(str(error)) from error

@@ -95,6 +95,10 @@ def export_model(
             f"{report_path} evaluates weights with sha256 {report['weights']['sha256']}, but {weights} has "
             f"{card.sha256}; evaluate these weights first"
         )
+    if report["options"].get("box_prompt") is not None:
+        raise ExportError(
+            f"{report_path} evaluates box prompts (--box-margin); a model card carries the automatic evaluation"
+        )
     evaluated = report["options"]["postprocessing"]
     if threshold is not None and threshold != evaluated["threshold"]:
         raise ExportError(

@@ -1,0 +1,188 @@
+"""Box prompts: a user's rough box around a lesion, checked, clipped and grown into a crop window.
+
+A box is ``(x0, y0, x1, y1)`` in pixels of the frame: x counts columns to the
+right, y counts rows down, and ``x1``/``y1`` are exclusive, so the box covers
+``frame[y0:y1, x0:x1]``. Fractional coordinates are rounded outwards.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+
+# The crop the network sees is the box grown by this fraction of its width (height) on each side;
+# chosen on BUSI val (Training/EXPERIMENTS.md, "Box prompt").
+CONTEXT_MARGIN = 0.5
+# The components kept in a box are those touching its centre region: the box shrunk to this fraction.
+CENTRE_FRACTION = 0.5
+# A box whose highest probability is below this holds no lesion the network can see.
+NO_LESION_PROBABILITY = 0.05
+
+
+class BoxError(ValueError):
+    """A box that cannot be used: wrong number of values, empty, inverted or outside the frame."""
+
+
+@dataclass(frozen=True)
+class Box:
+    """A box in integer pixel coordinates, ``x1``/``y1`` exclusive."""
+
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+
+    @property
+    def width(self) -> int:
+        return self.x1 - self.x0
+
+    @property
+    def height(self) -> int:
+        return self.y1 - self.y0
+
+    @property
+    def slices(self) -> tuple[slice, slice]:
+        """``(rows, columns)`` to index a frame with."""
+        return slice(self.y0, self.y1), slice(self.x0, self.x1)
+
+    def inside(self, outer: "Box") -> "Box":
+        """This box in the coordinates of ``outer``'s top-left corner."""
+        return Box(self.x0 - outer.x0, self.y0 - outer.y0, self.x1 - outer.x0, self.y1 - outer.y0)
+
+    def as_tuple(self) -> tuple[int, int, int, int]:
+        return (self.x0, self.y0, self.x1, self.y1)
+
+
+BoxLike = Union[Box, Sequence[float]]
+
+
+def _describe(values) -> str:
+    return "(" + ", ".join(f"{value:g}" for value in values) + ")"
+
+
+def as_box(values: BoxLike) -> Box:
+    """A :class:`Box` from four numbers; raises :class:`BoxError` for an empty or inverted box."""
+    if isinstance(values, Box):
+        values = values.as_tuple()
+    try:
+        numbers = [float(value) for value in values]
+    except (TypeError, ValueError):
+        raise BoxError(f"a box is four numbers x0, y0, x1, y1; got {values!r}") from None
+    if len(numbers) != 4:
+        raise BoxError(f"a box is four numbers x0, y0, x1, y1; got {len(numbers)}: {values!r}")
+    if not all(math.isfinite(number) for number in numbers):
+        raise BoxError(f"box {values!r} has a value that is not a finite number")
+    x0, y0, x1, y1 = numbers
+    for low, high, axis in ((x0, x1, "x"), (y0, y1, "y")):
+        if high < low:
+            raise BoxError(f"box {_describe(numbers)} is inverted: {axis}1 ({high:g}) is less than {axis}0 ({low:g})")
+        if high == low:
+            raise BoxError(f"box {_describe(numbers)} is empty: {axis}1 equals {axis}0 ({axis}1 is exclusive)")
+    return Box(math.floor(x0), math.floor(y0), math.ceil(x1), math.ceil(y1))
+
+
+def clip_box(box: Box, frame_size: tuple[int, int]) -> Box:
+    """``box`` clipped to a frame of ``(height, width)``; raises :class:`BoxError` if nothing is left."""
+    height, width = frame_size
+    clipped = Box(max(box.x0, 0), max(box.y0, 0), min(box.x1, width), min(box.y1, height))
+    if clipped.width <= 0 or clipped.height <= 0:
+        raise BoxError(f"box {_describe(box.as_tuple())} lies outside the {width}x{height} frame")
+    return clipped
+
+
+def grow_box(box: Box, margin: float, frame_size: tuple[int, int]) -> Box:
+    """``box`` grown by ``margin`` times its width (height) on each side, clipped to the frame."""
+    if margin < 0:
+        raise BoxError(f"the margin must be >= 0, got {margin}")
+    dx, dy = int(round(margin * box.width)), int(round(margin * box.height))
+    return clip_box(Box(box.x0 - dx, box.y0 - dy, box.x1 + dx, box.y1 + dy), frame_size)
+
+
+def centre_region(box: Box) -> Box:
+    """The middle of ``box`` (``CENTRE_FRACTION`` of its width and height), at least one pixel."""
+    dx = int((1.0 - CENTRE_FRACTION) / 2 * box.width)
+    dy = int((1.0 - CENTRE_FRACTION) / 2 * box.height)
+    return Box(box.x0 + dx, box.y0 + dy, max(box.x1 - dx, box.x0 + dx + 1), max(box.y1 - dy, box.y0 + dy + 1))
+
+
+def _is_one_box(value) -> bool:
+    if isinstance(value, Box):
+        return True
+    if isinstance(value, np.ndarray):
+        return value.ndim == 1
+    return isinstance(value, (list, tuple)) and len(value) > 0 and not isinstance(value[0], (list, tuple, Box, np.ndarray))
+
+
+def box_list(value) -> list[Box]:
+    """One box or a sequence of boxes as a list of :class:`Box` (None or an empty list: no box)."""
+    if value is None:
+        return []
+    if _is_one_box(value):
+        return [as_box(value)]
+    return [as_box(item) for item in value]
+
+
+def boxes_for_frames(
+    box, frame_boxes: Optional[Sequence], frame_count: int, frame_size: tuple[int, int]
+) -> list[list[Box]]:
+    """The clipped boxes of every frame, from ``box`` (the same on every frame) or ``frame_boxes`` (one entry a frame)."""
+    if box is not None and frame_boxes is not None:
+        raise BoxError("give either box (the same on every frame) or frame_boxes (one entry per frame), not both")
+    if frame_boxes is not None:
+        if len(frame_boxes) != frame_count:
+            raise BoxError(f"frame_boxes has {len(frame_boxes)} entries for {frame_count} frame(s)")
+        per_frame = [box_list(entry) for entry in frame_boxes]
+    else:
+        boxes = box_list(box)
+        if not boxes:
+            raise BoxError("box is an empty list; give at least one box or None for the automatic mode")
+        per_frame = [boxes] * frame_count
+    return [[clip_box(item, frame_size) for item in boxes] for boxes in per_frame]
+
+
+def parse_box(text: str) -> Box:
+    """A box from ``"X0,Y0,X1,Y1"`` (the command line's form)."""
+    parts = [part.strip() for part in text.split(",")]
+    try:
+        return as_box([float(part) for part in parts])
+    except ValueError as error:
+        message = str(error) if isinstance(error, BoxError) else f"not a number in {text!r}"
+        raise BoxError(f"{text!r}: {message} (expected X0,Y0,X1,Y1)") from None
+
+
+BOX_TABLE_COLUMNS = ("file", "x0", "y0", "x1", "y1")
+
+
+def read_box_table(path: str | os.PathLike) -> dict[Path, list[Box]]:
+    """Boxes per image from a CSV file with columns file, x0, y0, x1, y1 (one row per box).
+
+    A relative ``file`` is read from the CSV file's own folder; the keys are resolved paths, in file order.
+    """
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            rows = list(csv.DictReader(handle))
+            header = rows[0].keys() if rows else []
+    except OSError as error:
+        raise BoxError(f"{path}: cannot read the box table ({error.strerror or error})") from None
+    missing = [name for name in BOX_TABLE_COLUMNS if name not in header]
+    if missing:
+        raise BoxError(f"{path}: the box table needs the columns {', '.join(BOX_TABLE_COLUMNS)}; missing {', '.join(missing)}")
+    table: dict[Path, list[Box]] = {}
+    for line, row in enumerate(rows, start=2):
+        try:
+            box = as_box([float(row[name]) for name in BOX_TABLE_COLUMNS[1:]])
+        except (TypeError, ValueError) as error:
+            message = str(error) if isinstance(error, BoxError) else "x0, y0, x1, y1 must be numbers"
+            raise BoxError(f"{path} line {line}: {message}") from None
+        image = Path(row["file"].strip())
+        table.setdefault((image if image.is_absolute() else path.parent / image).resolve(), []).append(box)
+    if not table:
+        raise BoxError(f"{path}: the box table has no rows")
+    return table
