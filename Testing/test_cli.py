@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 from PIL import Image
 
 from BreastUSSegmentLib.cli import main
