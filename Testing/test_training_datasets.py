@@ -124,3 +124,53 @@ def test_committed_combined_split_holds_the_committed_busi_split_unchanged():
     assert counts == {"train": 179, "val": 25, "test": 52}
     assert all(case.pixel_size_mm and 0.03 < case.pixel_size_mm < 0.2 for case in breast)
     assert json.loads(COMBINED_SPLIT.read_text())["version"] == 2
+
+
+@pytest.fixture(scope="module")
+def two_dataset_split(two_datasets, tmp_path_factory):
+    busi, breast, _ = two_datasets
+    split = tmp_path_factory.mktemp("split") / "split.json"
+    assert cli.main(["prepare", "--data", str(busi.root), "--data", str(breast), "--output", str(split)]) == 0
+    return busi.root, breast, split
+
+
+def weighted(parts, key, count):
+    return sum(part[key] * part[count] for part in parts) / sum(part[count] for part in parts)
+
+
+def test_evaluate_reports_each_dataset_and_the_pooled_numbers_agree(two_dataset_split, tiny_weights, tmp_path, capsys):
+    busi, breast, split = two_dataset_split
+    output = tmp_path / "report"
+    assert cli.main(["evaluate", "--data", str(busi), "--data", str(breast), "--split", str(split), "--subset", "train",
+                     "--weights", str(tiny_weights), "--output", str(output), "--no-progress"]) == 0
+    report = json.loads((output / "report.json").read_text())
+    per_dataset = report["summary"]["per_dataset"]
+    assert set(per_dataset) == {"BUSI", "BrEaST"}
+    pooled = report["summary"]["processed"]
+    parts = [part["processed"]["lesion"] for part in per_dataset.values()]
+    assert pooled["lesion"]["images"] == sum(part["images"] for part in parts)
+    assert pooled["lesion"]["dice_mean"] == pytest.approx(weighted(parts, "dice_mean", "images"))
+    assert {row["dataset"] for row in report["cases"]} == {"BUSI", "BrEaST"}
+    markdown = (output / "report.md").read_text()
+    assert "## BUSI (" in markdown and "## BrEaST (" in markdown and "Lesions left empty" in markdown
+    capsys.readouterr()
+    assert cli.main(["evaluate", "--data", str(busi), "--split", str(split), "--subset", "train",
+                     "--weights", str(tiny_weights), "--output", str(tmp_path / "r2"), "--no-progress"]) == 2
+    assert "needs the BrEaST folder" in capsys.readouterr().err
+
+
+def test_sweep_tallies_each_dataset_and_the_pooled_rows_agree(two_dataset_split, tiny_weights, tmp_path):
+    busi, breast, split = two_dataset_split
+    output = tmp_path / "sweep"
+    assert cli.main(["sweep", "--data", str(busi), "--data", str(breast), "--split", str(split), "--subset", "train",
+                     "--weights", str(tiny_weights), "--thresholds", "0.4", "0.6", "--output", str(output),
+                     "--no-progress"]) == 0
+    record = json.loads(next(output.glob("*.json")).read_text())
+    parts = list(record["per_dataset"].values())
+    assert set(record["per_dataset"]) == {"BUSI", "BrEaST"}
+    for index, row in enumerate(record["rows"]):
+        lesion_images = sum(part["lesion_images"] for part in parts)
+        if lesion_images:
+            expected = sum(part["rows"][index]["lesion_dice"] * part["lesion_images"] for part in parts) / lesion_images
+            assert row["lesion_dice"] == pytest.approx(expected)
+        assert row["lesions_missed"] == sum(part["rows"][index]["lesions_missed"] for part in parts)

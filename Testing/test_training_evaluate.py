@@ -261,7 +261,7 @@ def test_evaluate_names_a_missing_data_folder_or_weights_file(busi, capsys):
     code = cli.main(["evaluate", "--data", str(busi["root"] / "nowhere"), "--split", str(busi["split"]),
                      "--weights", str(busi["full"]), "--output", str(busi["root"] / "x"), "--no-progress"])
     assert code == 2
-    assert "BUSI data folder not found" in capsys.readouterr().err
+    assert f"dataset folder not found: {busi['root'] / 'nowhere'}" in capsys.readouterr().err
     code = cli.main(["evaluate", "--data", str(busi["data"]), "--split", str(busi["split"]),
                      "--weights", str(busi["root"] / "missing.safetensors"), "--output", str(busi["root"] / "x"),
                      "--no-progress"])
@@ -389,7 +389,7 @@ def test_sweep_counts_false_lesions_and_misses_and_refuses_the_test_split(busi):
     assert nowhere["rows"][0]["all_image_dice"] == pytest.approx(
         nowhere["normal_images"] / (nowhere["normal_images"] + nowhere["lesion_images"]))
     with pytest.raises(ValueError, match="not 'test'"):
-        sweep.sweep_busi(busi["data"], busi["split"], busi["full"], "test", {
+        sweep.sweep_split(busi["data"], busi["split"], busi["full"], "test", {
             "thresholds": [0.5], "min_area_fractions": [0.0], "min_mean_probabilities": [0.0]})
 
 

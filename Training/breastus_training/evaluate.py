@@ -53,7 +53,8 @@ from BreastUSSegmentLib.inference import LesionSegmenter
 from BreastUSSegmentLib.metrics import dice_score, hausdorff95, iou_score, nan_summary, overlap_counts, pooled_iou_from_counts
 from BreastUSSegmentLib.weights import WeightsError
 
-from .busi import LESION_CLASSES, NORMAL_CLASS, SPLITS, DatasetError, load_case, load_manifest
+from .busi import LESION_CLASSES, NORMAL_CLASS, SPLITS, load_case, load_manifest
+from .datasets import DataRoots
 from .figures import CaseFigure, plot_case_grid, plot_training_curves
 
 REPORT_FORMAT_VERSION = 1
@@ -101,6 +102,7 @@ class Sample:
     label: str
     image: np.ndarray
     target: np.ndarray  # bool (H, W)
+    dataset: str = "BUSI"
 
 
 def score_masks(prediction: np.ndarray, target: np.ndarray) -> dict:
@@ -139,6 +141,7 @@ def evaluate_sample(
         )
     row = {
         "id": sample.case_id,
+        "dataset": sample.dataset,
         "label": sample.label,
         "height": int(target.shape[0]),
         "width": int(target.shape[1]),
@@ -177,6 +180,7 @@ def lesion_statistics(rows: list[dict], mode: str) -> dict:
     hd95 = nan_summary(math.nan if s["hd95_px"] is None else s["hd95_px"] for s in scores)
     return {
         "images": len(rows),
+        "empty": sum(1 for s in scores if s["predicted_pixels"] == 0),
         "dice_mean": dice["mean"],
         "dice_std": dice["std"],
         "iou_mean": iou["mean"],
@@ -200,6 +204,17 @@ def normal_statistics(rows: list[dict], mode: str) -> dict:
 
 
 def summarize(rows: list[dict]) -> dict:
+    """Summary per mode (lesion images, each lesion class, normal images), pooled over every dataset,
+    and the same for each dataset under ``per_dataset`` when the rows come from more than one."""
+    summary = summarize_rows(rows)
+    datasets = list(dict.fromkeys(row.get("dataset", "BUSI") for row in rows))
+    if len(datasets) > 1:
+        summary["per_dataset"] = {name: summarize_rows([row for row in rows if row.get("dataset", "BUSI") == name])
+                                  for name in datasets}
+    return summary
+
+
+def summarize_rows(rows: list[dict]) -> dict:
     """Summary per mode: lesion images, each lesion class, and normal images."""
     lesion_rows = [row for row in rows if row["label"] in LESION_CLASSES]
     normal_rows = [row for row in rows if row["label"] == NORMAL_CLASS]
@@ -251,9 +266,10 @@ def _mean_std(stats: dict, name: str) -> str:
 
 
 def markdown_report(report: dict) -> str:
-    """The report's summary as Markdown tables (rows: post-processing off / on)."""
+    """The report's summary as Markdown tables (rows: post-processing off / on), pooled and per dataset."""
     summary, options = report["summary"], report["options"]
     counts = summary["processed"]
+    per_dataset = summary.get("per_dataset", {})
     lines = [
         f"# Evaluation on the {report['subset']} subset",
         "",
@@ -268,21 +284,15 @@ def markdown_report(report: dict) -> str:
         f"test-time flip: {'yes' if options['test_time_flip'] else 'no'}",
         *box_prompt_lines(report),
         "",
-        "## Lesion images (benign + malignant) and normal images",
+        "## Lesion images (benign + malignant) and normal images" + (", all datasets" if per_dataset else ""),
         "",
-        "| Post-processing | Dice | IoU | Pooled IoU | HD95 mean (px) | HD95 median (px) | HD95 undefined | Normal FP rate "
-        "| All-image Dice |",
-        "|---|---|---|---|---|---|---|---|---|",
+        *overall_table(summary),
     ]
-    for mode in MODES:
-        lesion, normal = summary[mode]["lesion"], summary[mode]["normal"]
-        lines.append(
-            f"| {MODE_TITLES[mode]} | {_mean_std(lesion, 'dice')} | {_mean_std(lesion, 'iou')} | "
-            f"{_number(lesion['pooled_iou'])} | {_number(lesion['hd95_px_mean'], 1)} | "
-            f"{_number(lesion['hd95_px_median'], 1)} | {lesion['hd95_undefined']} | "
-            f"{_number(normal['false_positive_rate'])} ({normal['false_positives']}/{normal['images']}) | "
-            f"{_number(summary[mode].get('all_image_dice'))} |"
-        )
+    for name, dataset_summary in per_dataset.items():
+        lesion_count = dataset_summary["processed"]["lesion"]["images"]
+        normal_count = dataset_summary["processed"]["normal"]["images"]
+        lines += ["", f"## {name} ({lesion_count} lesion, {normal_count} normal images)", "",
+                  *overall_table(dataset_summary)]
     lines += [
         "",
         "## Per class",
@@ -307,6 +317,26 @@ def markdown_report(report: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def overall_table(summary: dict) -> list[str]:
+    """The lesion/normal table of one summary, a row per post-processing mode."""
+    lines = [
+        "| Post-processing | Dice | IoU | Pooled IoU | HD95 mean (px) | HD95 median (px) | HD95 undefined "
+        "| Lesions left empty | Normal FP rate | All-image Dice |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for mode in MODES:
+        lesion, normal = summary[mode]["lesion"], summary[mode]["normal"]
+        lines.append(
+            f"| {MODE_TITLES[mode]} | {_mean_std(lesion, 'dice')} | {_mean_std(lesion, 'iou')} | "
+            f"{_number(lesion['pooled_iou'])} | {_number(lesion['hd95_px_mean'], 1)} | "
+            f"{_number(lesion['hd95_px_median'], 1)} | {lesion['hd95_undefined']} | "
+            f"{lesion.get('empty', 0)}/{lesion['images']} | "
+            f"{_number(normal['false_positive_rate'])} ({normal['false_positives']}/{normal['images']}) | "
+            f"{_number(summary[mode].get('all_image_dice'))} |"
+        )
+    return lines
 
 
 def box_prompt_lines(report: dict) -> list[str]:
@@ -352,8 +382,8 @@ def case_figures(
     return figures
 
 
-def evaluate_busi(
-    data_root: str | os.PathLike,
+def evaluate_split(
+    data_roots,
     split_path: str | os.PathLike,
     weights: str | os.PathLike,
     subset: str,
@@ -374,9 +404,7 @@ def evaluate_busi(
 
     With ``box_prompt``, each lesion image is segmented inside its simulated box (see the module's docstring).
     """
-    data_root, output_dir = Path(data_root), Path(output_dir)
-    if not data_root.is_dir():
-        raise DatasetError(f"BUSI data folder not found: {data_root}")
+    roots, output_dir = DataRoots.from_paths(data_roots), Path(output_dir)
     manifest = load_manifest(split_path)
     cases = list(manifest.cases_for(subset))
     if not cases:
@@ -388,8 +416,8 @@ def evaluate_busi(
     card = segmenter.card
 
     def sample_of(case) -> Sample:
-        image, mask = load_case(data_root, case)
-        return Sample(case.id, case.label, image, mask)
+        image, mask = load_case(roots, case)
+        return Sample(case.id, case.label, image, mask, case.dataset)
 
     started = time.perf_counter()
     rows = evaluate_samples(
@@ -400,7 +428,7 @@ def evaluate_busi(
         "format_version": REPORT_FORMAT_VERSION,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "subset": subset,
-        "data_root": str(data_root),
+        "data_roots": {name: str(path) for name, path in roots.roots.items()},
         "split": {"path": str(split_path), "sha256": manifest.sha256},
         "weights": {"path": str(weights), "sha256": card.sha256, "name": card.name, "input_size": card.input_size},
         "options": {
@@ -418,8 +446,8 @@ def evaluate_busi(
 
     best, worst = select_extremes(rows)
     if best:
-        by_id = {case.id: case for case in cases}
-        chosen = [sample_of(by_id[row["id"]]) for row in best + worst]
+        by_id = {(case.dataset, case.id): case for case in cases}
+        chosen = [sample_of(by_id[(row["dataset"], row["id"])]) for row in best + worst]
         grid = plot_case_grid(
             case_figures(segmenter, chosen, rows, test_time_flip, box_prompt), output_dir / "cases.png",
             title=f"{len(best)} best and {len(worst)} worst {subset} cases by processed Dice",
@@ -432,7 +460,8 @@ def evaluate_busi(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", type=Path, required=True, help="BUSI folder (with benign/, malignant/, normal/)")
+    parser.add_argument("--data", type=Path, required=True, action="append",
+                        help="a dataset folder of the split (BUSI or BrEaST, recognised by its layout); repeat for each")
     parser.add_argument("--split", type=Path, required=True, help="split file, e.g. Training/splits/busi_split.json")
     parser.add_argument("--weights", type=Path, required=True, help="model .safetensors (model card beside it)")
     parser.add_argument("--subset", default="test", choices=SPLITS, help="which part of the split to evaluate (default: test)")
@@ -467,7 +496,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--box-jitter and --box-context apply with --box-margin only")
     prompt = None if args.box_margin is None else BoxPrompt(args.box_margin, args.box_jitter, args.box_context)
     try:
-        report = evaluate_busi(
+        report = evaluate_split(
             args.data, args.split, args.weights, args.subset, args.output,
             test_time_flip=args.test_time_flip, device=device, threshold=args.threshold,
             min_area_fraction=args.min_area_fraction, min_mean_probability=args.min_confidence,

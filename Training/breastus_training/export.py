@@ -53,20 +53,31 @@ def read_report(path: str | os.PathLike) -> dict:
 
 
 def card_metrics(report: dict) -> dict:
-    """The model card's ``metrics``: subset, options and the headline numbers with post-processing on and off."""
+    """The model card's ``metrics``: subset, options and the headline numbers with post-processing on and off,
+    pooled and (for a split over several datasets) per dataset."""
     summary = report["summary"]
     metrics = {
         "subset": report["subset"],
         "test_time_flip": report["options"]["test_time_flip"],
         "threshold": report["options"]["postprocessing"]["threshold"],
-        "lesion_images": summary["processed"]["lesion"]["images"],
-        "normal_images": summary["processed"]["normal"]["images"],
+        **summary_metrics(summary),
     }
+    if summary.get("per_dataset"):
+        metrics["per_dataset"] = {name: summary_metrics(part) for name, part in summary["per_dataset"].items()}
+    return metrics
+
+
+def summary_metrics(summary: dict) -> dict:
+    """Image counts and, per post-processing mode, the headline numbers of one evaluation summary."""
+    metrics = {"lesion_images": summary["processed"]["lesion"]["images"],
+               "normal_images": summary["processed"]["normal"]["images"]}
     for mode in ("processed", "raw"):
         lesion, normal = summary[mode]["lesion"], summary[mode]["normal"]
         block = {f"lesion_{key}": lesion[key] for key in SUMMARY_KEYS}
         block["normal_false_positive_rate"] = normal["false_positive_rate"]
         block["all_image_dice"] = summary[mode].get("all_image_dice")  # absent from reports made before it existed
+        if "empty" in lesion:
+            block["lesions_left_empty"] = lesion["empty"]
         for label in ("benign", "malignant"):
             block[f"{label}_dice_mean"] = summary[mode][label]["dice_mean"]
             block[f"{label}_iou_mean"] = summary[mode][label]["iou_mean"]

@@ -34,6 +34,7 @@ from BreastUSSegmentLib.postprocessing import PostprocessOptions, postprocess_ma
 from BreastUSSegmentLib.weights import WeightsError
 
 from .busi import LESION_CLASSES, NORMAL_CLASS, load_case, load_manifest
+from .datasets import DataRoots
 
 SWEEP_SUBSETS = ("train", "val")
 SWEPT_SETTINGS = ("threshold", "min_area_fraction", "min_mean_probability", "keep_largest")
@@ -100,8 +101,8 @@ class SweepTally:
         ]
 
 
-def sweep_busi(
-    data_root, split_path, weights, subset: str, grid_values: dict, *,
+def sweep_split(
+    data_roots, split_path, weights, subset: str, grid_values: dict, *,
     test_time_flip: bool = False, device="auto", progress: bool = True,
 ) -> dict:
     """Score every post-processing combination of ``grid_values`` on ``subset``; return the sweep record."""
@@ -115,12 +116,16 @@ def sweep_busi(
     segmenter = LesionSegmenter.from_weights(weights, device)
     card = segmenter.card
     grid = option_grid(segmenter.postprocessing, **grid_values)
+    roots = DataRoots.from_paths(data_roots)
     tally = SweepTally(len(grid))
+    per_dataset = {name: SweepTally(len(grid)) for name in dict.fromkeys(case.dataset for case in cases)}
     started = time.perf_counter()
     for case in tqdm(cases, desc="sweeping", unit="image", disable=not progress):
-        image, target = load_case(data_root, case)
+        image, target = load_case(roots, case)
         probability = segmenter.segment(image, test_time_flip=test_time_flip).probability[0]
-        tally.add(case.label, [postprocess_mask(probability, options) for options in grid], target)
+        masks = [postprocess_mask(probability, options) for options in grid]
+        tally.add(case.label, masks, target)
+        per_dataset[case.dataset].add(case.label, masks, target)
     return {
         "subset": subset,
         "weights": {"path": str(weights), "sha256": card.sha256},
@@ -132,16 +137,30 @@ def sweep_busi(
         "normal_images": tally.normal_images,
         "seconds": round(time.perf_counter() - started, 1),
         "rows": tally.rows(grid),
+        "per_dataset": {name: {"lesion_images": part.lesion_images, "normal_images": part.normal_images,
+                               "rows": part.rows(grid)} for name, part in per_dataset.items()}
+        if len(per_dataset) > 1 else {},
     }
 
 
 def markdown_table(record: dict) -> str:
-    """The sweep as a Markdown table, one row per setting."""
+    """The sweep as Markdown tables, one row per setting: all datasets together, then each dataset."""
     lines = [
         f"Sweep on {record['subset']} ({record['lesion_images']} lesion, {record['normal_images']} normal images), "
         f"weights sha256 `{record['weights']['sha256'][:12]}…`, test-time flip: "
         f"{'yes' if record['test_time_flip'] else 'no'}",
         "",
+        *setting_rows(record),
+    ]
+    for name, part in record.get("per_dataset", {}).items():
+        lines += ["", f"{name} ({part['lesion_images']} lesion, {part['normal_images']} normal images):", "",
+                  *setting_rows(part)]
+    return "\n".join(lines) + "\n"
+
+
+def setting_rows(record: dict) -> list[str]:
+    """One table of a sweep record (or of one dataset's part of it)."""
+    lines = [
         "| threshold | min area | min mean prob. | keep largest | all-image Dice | lesion Dice | lesion IoU "
         "| lesions missed | normal FP |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -153,11 +172,12 @@ def markdown_table(record: dict) -> str:
             f"{row['lesion_dice']:.4f} | {row['lesion_iou']:.4f} | {row['lesions_missed']}/{record['lesion_images']} | "
             f"{row['normal_false_positives']}/{record['normal_images']} |"
         )
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", type=Path, required=True, help="BUSI folder (with benign/, malignant/, normal/)")
+    parser.add_argument("--data", type=Path, required=True, action="append",
+                        help="a dataset folder of the split (BUSI or BrEaST, recognised by its layout); repeat for each")
     parser.add_argument("--split", type=Path, required=True, help="split file, e.g. Training/splits/busi_split.json")
     parser.add_argument("--weights", type=Path, required=True, help="model .safetensors (model card beside it)")
     parser.add_argument("--subset", default="val", choices=SWEEP_SUBSETS, help="where to choose (default: val)")
@@ -183,7 +203,7 @@ def run(args: argparse.Namespace) -> int:
     except RuntimeError as error:
         raise ValueError(str(error)) from error
     try:
-        record = sweep_busi(args.data, args.split, args.weights, args.subset, grid_values,
+        record = sweep_split(args.data, args.split, args.weights, args.subset, grid_values,
                             test_time_flip=args.test_time_flip, device=device, progress=not args.no_progress)
     except WeightsError as error:
         raise ValueError(str(error)) from error
