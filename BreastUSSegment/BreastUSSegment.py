@@ -285,6 +285,48 @@ class BreastUSSegmentParameterNode:
     boxAllFrames: bool = False
 
 
+def parameterWidgets(widgets) -> dict:
+    """``{parameter name: widget}`` of the widgets that name a parameter in their ``SlicerParameterName`` property."""
+    found = {}
+    for widget in widgets:
+        name = widget.property("SlicerParameterName") if hasattr(widget, "property") else None
+        if name:
+            found[str(name)] = widget
+    return found
+
+
+class ParameterNodeGui:
+    """Keeps the panel's widgets connected to one parameter node: connected once per node, disconnected when
+    another node (a new scene's) replaces it.
+
+    Slicer 5.8's ``connectGui`` returns no tag (5.10 returns one), so its connection could not be undone and
+    every reconnection added connectors and an observer. ``connectParametersToGui`` returns the tag on both.
+    """
+
+    def __init__(self, widgets) -> None:
+        self._widgets = list(widgets)
+        self.parameters = None  # the connected parameter node wrapper
+        self._tag = None
+
+    def connect(self, parameters) -> bool:
+        """Connect the widgets to ``parameters`` (a wrapper, or None) unless its node is connected already;
+        True when the connection changed."""
+        node = parameters.parameterNode if parameters is not None else None
+        connected = self.parameters.parameterNode if self.parameters is not None else None
+        if node is connected:
+            return False
+        self.disconnect()
+        if parameters is not None:
+            self._tag = parameters.connectParametersToGui(parameterWidgets(self._widgets))
+            self.parameters = parameters
+        return True
+
+    def disconnect(self) -> None:
+        if self.parameters is not None:
+            self.parameters.disconnectGui(self._tag)
+        self.parameters = self._tag = None
+
+
 #
 # BreastUSSegmentWidget
 #
@@ -298,9 +340,11 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         VTKObservationMixin.__init__(self)
         self.logic = None
         self._parameterNode = None
-        self._parameterNodeGuiTag = None
+        self._gui = None  # ParameterNodeGui
         self._lastOverlaySettings = None
         self._placingBox = None  # the ROI being placed for "Segment in box"
+        self._busy = False  # a run is in progress (the application processes events between frames)
+        self._cancelRequested = False
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -314,7 +358,11 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.modelPathLineEdit.filters = ctk.ctkPathLineEdit.Files | ctk.ctkPathLineEdit.Readable
         self.ui.modelPathLineEdit.nameFilters = [_("Model weights (*.safetensors)")]
         self.ui.modelPathLineEdit.settingKey = "BreastUSSegment/ModelPath"
+        # Restoring the history selects its latest entry; the bundled model stays the default until one is chosen.
+        self.ui.modelPathLineEdit.currentPath = ""
         self.ui.progressBar.hide()
+        self.ui.cancelButton.hide()
+        self._gui = ParameterNodeGui(vars(self.ui).values())
         self._setStatus(_("Select an ultrasound image, then click Segment lesion."))
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
@@ -328,22 +376,23 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.exportNrrdButton.connect("clicked(bool)", lambda: self.onExportLabelmap(".nrrd"))
         self.ui.exportNiftiButton.connect("clicked(bool)", lambda: self.onExportLabelmap(".nii.gz"))
         self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.onModelPathChanged)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
 
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
+        self._cancelRequested = True
+        self.setParameterNode(None)
         self.removeObservers()
 
     def enter(self) -> None:
         self.initializeParameterNode()
 
     def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+        pass  # the widgets stay connected to the parameter node (connected once per node, see ParameterNodeGui)
 
     def onSceneStartClose(self, caller, event) -> None:
+        self._cancelRequested = True  # a run in progress stops at its next frame and writes nothing
         self._placingBox = None
         self.setParameterNode(None)
 
@@ -361,19 +410,21 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self._parameterNode.inputVolume = firstVolume
 
     def setParameterNode(self, inputParameterNode) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+        """Show ``inputParameterNode`` (a wrapper, or None) in the panel; the same node is not connected twice."""
+        previous = self._parameterNode
+        if not self._gui.connect(inputParameterNode):
+            return
+        if previous is not None:
+            self.removeObserver(previous.parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
         self._parameterNode = inputParameterNode
-        if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+        if self._parameterNode is not None:
+            self.addObserver(self._parameterNode.parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
             self._onParameterNodeModified()
 
     def _onParameterNodeModified(self, caller=None, event=None) -> None:
         """Enable buttons for the current selection and apply overlay changes at once."""
         parameters = self._parameterNode
-        if parameters is None:
+        if parameters is None or self._busy:  # _setBusy(False) brings the buttons back
             return
         problem = self.logic.inputProblem(parameters.inputVolume)
         self.ui.segmentButton.enabled = not problem
@@ -395,37 +446,32 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # --- Actions ---
 
     def onSegmentButton(self) -> None:
-        parameters = self._parameterNode
-        if not self._ensurePythonDependencies() or not self.followModelCard():
+        """Segment the input (every frame of a clip or Sequence); the Logic makes the output segmentation if none is chosen."""
+        if self._busy or not self._ensurePythonDependencies() or not self.followModelCard():
             return
+        parameters = self._parameterNode
         inputVolume = parameters.inputVolume
-        segmentationNode = parameters.outputSegmentation
-        if segmentationNode is None:
-            segmentationNode = slicer.mrmlScene.AddNewNodeByClass(
-                "vtkMRMLSegmentationNode", slicer.mrmlScene.GenerateUniqueName(f"{inputVolume.GetName()} lesion")
-            )
-            parameters.outputSegmentation = segmentationNode
         options = SegmentationOptions.fromParameterNode(parameters, self._modelPath())
-
-        self._setBusy(True)
-        self._setStatus(_("Segmenting..."))
-        try:
-            output = self._tryShowingError(_("Segmentation failed"), lambda: self.logic.segment(
-                inputVolume, segmentationNode, options, progressCallback=self._onProgress))
-        finally:
-            self._setBusy(False)
+        output = self._runBusy(_("Segmentation failed"), _("Segmenting..."), lambda: self.logic.segment(
+            inputVolume, parameters.outputSegmentation, options, progressCallback=self._onProgress))
         if output is None:
             return
+        parameters.outputSegmentation = output.segmentationNode
         if self.ui.modelPathLineEdit.currentPath:
             self.ui.modelPathLineEdit.addCurrentPathToHistory()
         slicer.util.resetSliceViews()
-        self._setStatus(self.logic.measurementSummary(
+        status = self.logic.measurementSummary(
             output.measurements, self.logic.volumeSpacing(inputVolume), output.hiddenConfidence,
-            output.postprocessing.min_mean_probability))
+            output.postprocessing.min_mean_probability)
+        if output.tableNode is not None:
+            status += _(" Per-frame measurements: table '{name}'.").format(name=output.tableNode.GetName())
+        self._setStatus(status)
         self._onParameterNodeModified()
 
     def onSegmentInBoxButton(self) -> None:
         """Segment inside every box drawn on the input; with none yet, start drawing one."""
+        if self._busy:
+            return
         rois = self.logic.boxRois(slicer.mrmlScene, self._parameterNode.inputVolume)
         if not rois:
             self.onAddBoxButton()
@@ -434,14 +480,10 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         parameters = self._parameterNode
         options = SegmentationOptions.fromParameterNode(parameters, self._modelPath())
-        self._setBusy(True)
-        self._setStatus(_("Segmenting in {count} box(es)...").format(count=len(rois)))
-        try:
-            output = self._tryShowingError(_("Segmentation failed"), lambda: self.logic.segmentInBoxes(
-                parameters.inputVolume, rois, parameters.outputSegmentation, options,
-                allFrames=parameters.boxAllFrames, progressCallback=self._onProgress))
-        finally:
-            self._setBusy(False)
+        output = self._runBusy(_("Segmentation failed"), _("Segmenting in {count} box(es)...").format(count=len(rois)),
+                               lambda: self.logic.segmentInBoxes(
+                                   parameters.inputVolume, rois, parameters.outputSegmentation, options,
+                                   allFrames=parameters.boxAllFrames, progressCallback=self._onProgress))
         if output is None:
             return
         parameters.outputSegmentation = output.segmentationNode
@@ -450,6 +492,8 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onAddBoxButton(self) -> None:
         """Start placing a Markups ROI in the slice view (two clicks); it is segmented once placed."""
+        if self._busy:
+            return
         self._cancelBoxPlacement()
         self._placingBox = self.logic.addBoxRoi(slicer.mrmlScene, self._parameterNode.inputVolume)
         markupsLogic = slicer.modules.markups.logic()
@@ -481,8 +525,8 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onModelPathChanged(self, path: str) -> None:
         """Set the post-processing options to the chosen model's own (from its model card)."""
         path = path.strip()
-        if self._parameterNode is None or (path and not Path(path).is_file()):
-            return  # a path still being typed
+        if self._busy or self._parameterNode is None or (path and not Path(path).is_file()):
+            return  # a run in progress keeps its model; or a path still being typed
         self.followModelCard(force=True)
 
     def followModelCard(self, force: bool = False) -> bool:
@@ -510,6 +554,8 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onMeasureButton(self) -> None:
         """Measure the Lesion segment again, e.g. after editing it in Segment Editor."""
+        if self._busy:
+            return
         parameters = self._parameterNode
         measurements = self._tryShowingError(
             _("Measurement failed"), lambda: self.logic.measureLesion(parameters.outputSegmentation, parameters.inputVolume))
@@ -519,6 +565,8 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onEditButton(self) -> None:
         """Open Segment Editor on the lesion, with the input image as source volume."""
+        if self._busy:
+            return
         parameters = self._parameterNode
         segmentationNode = parameters.outputSegmentation
         slicer.util.selectModule("SegmentEditor")
@@ -531,6 +579,8 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onExportLabelmap(self, suffix: str) -> None:
         """Ask for a file name (never overwriting silently) and write the lesion labelmap."""
+        if self._busy:
+            return
         parameters = self._parameterNode
         settings = qt.QSettings()
         folder = settings.value("BreastUSSegment/ExportFolder", qt.QDir.homePath())
@@ -587,15 +637,47 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return True
 
     def _onProgress(self, done: int, total: int) -> None:
+        """Show progress, let the application process events (so Cancel can be clicked), stop if cancelled."""
         self.ui.progressBar.maximum = total
         self.ui.progressBar.value = done
         self._setStatus(_("Segmenting frame {done} of {total}...").format(done=done, total=total))
         slicer.app.processEvents()
+        if self._cancelRequested:
+            raise SegmentationCancelled()
+
+    def onCancelButton(self) -> None:
+        self._cancelRequested = True
+        self.ui.cancelButton.enabled = False
+        self._setStatus(_("Cancelling..."))
+
+    def _runBusy(self, title: str, status: str, action: Callable[[], Any]):
+        """Run ``action`` with every action of the panel disabled and Cancel offered; its result, or None
+        when it failed (the error is shown) or was cancelled."""
+        self._setBusy(True)
+        self._setStatus(status)
+        try:
+            return self._tryShowingError(title, action)
+        finally:
+            self._setBusy(False)
+
+    def _busyWidgets(self) -> list:
+        """What must not be used while a run is in progress: every action, the selectors and the model choice."""
+        ui = self.ui
+        return [ui.segmentButton, ui.segmentInBoxButton, ui.addBoxButton, ui.measureButton, ui.editButton,
+                ui.exportNrrdButton, ui.exportNiftiButton, ui.inputSelector, ui.outputSelector, ui.modelPathLineEdit,
+                ui.deviceComboBox]
 
     def _setBusy(self, busy: bool) -> None:
-        self.ui.segmentButton.enabled = self.ui.segmentInBoxButton.enabled = self.ui.addBoxButton.enabled = not busy
+        self._busy = busy
+        self._cancelRequested = False
+        for widget in self._busyWidgets():
+            widget.enabled = not busy
+        self.ui.cancelButton.enabled = True
+        self.ui.cancelButton.setVisible(busy)
         self.ui.progressBar.value = 0
         self.ui.progressBar.setVisible(busy)
+        if not busy:
+            self._onParameterNodeModified()  # enable what the selection allows
         slicer.app.processEvents()
 
     def _setStatus(self, text: str, error: bool = False) -> None:
@@ -611,7 +693,11 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         (``slicer.util.tryWithErrorDisplay``, with the traceback as details)."""
         try:
             with slicer.util.tryWithErrorDisplay(title, waitCursor=True):
-                return action()
+                try:
+                    return action()
+                except SegmentationCancelled:
+                    self._setStatus(_("Cancelled; nothing was written."))
+                    return None
         except Exception as error:  # every failure is shown in the panel, not only in the log
             logging.exception(title)
             self._setStatus(f"{title}: {error}", error=True)
@@ -1615,17 +1701,22 @@ def nodesOfClass(scene, className: str) -> list:
     return collectionItems(scene.GetNodesByClass(className))
 
 
+def _isSceneBookkeeping(node) -> bool:
+    """A singleton or the subject hierarchy: nodes the scene makes for itself on first use, not results."""
+    return bool(node.GetSingletonTag()) or node.IsA("vtkMRMLSubjectHierarchyNode")
+
+
 @contextmanager
 def nodesRemovedOnFailure(scene):
     """Remove every node added to ``scene`` inside the ``with`` block when the block raises, so a failed
-    write leaves no half-made nodes."""
+    write leaves no half-made nodes (the scene's own singletons and subject hierarchy stay)."""
     before = {scene.GetNthNode(index).GetID() for index in range(scene.GetNumberOfNodes())}
     try:
         yield
     except BaseException:
         added = [scene.GetNthNode(index) for index in range(scene.GetNumberOfNodes())]
         for node in reversed([node for node in added if node.GetID() not in before]):
-            if node.GetScene() is scene:
+            if node.GetScene() is scene and not _isSceneBookkeeping(node):
                 scene.RemoveNode(node)
         raise
 
