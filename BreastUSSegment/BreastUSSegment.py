@@ -963,13 +963,8 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
         if self.browsedSequence(inputVolumeNode) is not None:
             return self.segmentSequence(inputVolumeNode, outputSegmentationNode, options, progressCallback)
         frames, color = self.inputArray(inputVolumeNode)
-        self._checkOutputScene(inputVolumeNode, outputSegmentationNode)
-        segmenter = self.segmenter(options.weightsPath, options.device)
-        postprocessing = options.postprocessing(segmenter.postprocessing)
-        logging.info(f"BreastUSSegment: segmenting {inputVolumeNode.GetName()} {frames.shape} on {segmenter.device}")
-        result = self._runSegmenter(segmenter, frames, color=color, test_time_flip=options.testTimeFlip,
-                                    postprocessing=postprocessing, progress=progressCallback)
-        self._checkStillInScene(inputVolumeNode, outputSegmentationNode)
+        result, postprocessing = self._segmentFrames(inputVolumeNode, frames, color, outputSegmentationNode, options,
+                                                     progressCallback)
         with nodesRemovedOnFailure(inputVolumeNode.GetScene()):
             outputSegmentationNode = self._outputSegmentation(inputVolumeNode, outputSegmentationNode)
             segmentId = self._writeSegmentation(outputSegmentationNode, result.processed_mask, inputVolumeNode,
@@ -981,6 +976,19 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
                 output.tableNode = self.updateMeasurementTable(outputSegmentationNode, output.measurements)
         self.showAttentionOverlay(inputVolumeNode, attentionVolume, options.showAttention, options.attentionOpacity)
         return output
+
+    def _segmentFrames(self, inputVolumeNode, frames, color, outputSegmentationNode, options, progressCallback,
+                       *usedNodes):
+        """``(result, postprocessing)`` of the network on ``frames``, before any node is made; refused when the
+        input, the output or another of the ``usedNodes`` left the scene meanwhile."""
+        self._checkOutputScene(inputVolumeNode, outputSegmentationNode)
+        segmenter = self.segmenter(options.weightsPath, options.device)
+        postprocessing = options.postprocessing(segmenter.postprocessing)
+        logging.info(f"BreastUSSegment: segmenting {inputVolumeNode.GetName()} {frames.shape} on {segmenter.device}")
+        result = self._runSegmenter(segmenter, frames, color=color, test_time_flip=options.testTimeFlip,
+                                    postprocessing=postprocessing, progress=progressCallback)
+        self._checkStillInScene(inputVolumeNode, outputSegmentationNode, *usedNodes)
+        return result, postprocessing
 
     @staticmethod
     def _runSegmenter(segmenter, frames, **arguments):
@@ -1130,13 +1138,8 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
         options = options or SegmentationOptions()
         browser, sequence = self.browsedSequence(proxyVolumeNode)
         frames, color = self.sequenceArray(sequence)
-        self._checkOutputScene(proxyVolumeNode, outputSegmentationNode)
-        segmenter = self.segmenter(options.weightsPath, options.device)
-        postprocessing = options.postprocessing(segmenter.postprocessing)
-        logging.info(f"BreastUSSegment: segmenting sequence {sequence.GetName()} {frames.shape} on {segmenter.device}")
-        result = self._runSegmenter(segmenter, frames, color=color, test_time_flip=options.testTimeFlip,
-                                    postprocessing=postprocessing, progress=progressCallback)
-        self._checkStillInScene(proxyVolumeNode, outputSegmentationNode, browser, sequence)
+        result, postprocessing = self._segmentFrames(proxyVolumeNode, frames, color, outputSegmentationNode, options,
+                                                     progressCallback, browser, sequence)
         frameNodes = [sequence.GetNthDataNode(item) for item in range(sequence.GetNumberOfDataNodes())]
         indexValues = [sequence.GetNthIndexValue(item) for item in range(sequence.GetNumberOfDataNodes())]
         shown = self.shownItem(browser, sequence)
