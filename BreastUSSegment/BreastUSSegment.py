@@ -20,16 +20,17 @@ import importlib.util
 import logging
 import os
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Callable, List, Optional, Union
+from typing import TYPE_CHECKING, Annotated, Any, Callable, List, Optional
 
 import numpy as np
 import vtk
 import vtk.util.numpy_support
 
 import slicer
-from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLVectorVolumeNode
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.util import VTKObservationMixin
 
 try:  # Inside Slicer only
@@ -131,6 +132,13 @@ BOX_ROI_TAG = "BreastUSSegment.BoxROI"
 BOX_ROI_ATTRIBUTE = "BreastUSSegment.BoxPrompt"
 ATTENTION_REFERENCE_ROLE = "BreastUSSegment.AttentionVolume"
 PROBABILITY_REFERENCE_ROLE = "BreastUSSegment.ProbabilityVolume"
+MEASUREMENT_TABLE_ROLE = "BreastUSSegment.MeasurementTable"
+# Attribute of a labelmap exported by the module: the ID of the colour table the export made for it.
+OWN_COLOR_TABLE_ATTRIBUTE = "BreastUSSegment.OwnColorTable"
+# Columns of the per-frame measurement table (a Sequence's index column, e.g. "time", goes after "Frame").
+MEASUREMENT_COLUMNS = (("Frame", ""), ("Area", "mm2"), ("Largest diameter", "mm"))
+# The volume classes the input selector shows (its nodeTypes, without child classes; a test compares them).
+INPUT_NODE_TYPES = ("vtkMRMLScalarVolumeNode", "vtkMRMLVectorVolumeNode")
 # Standard Slicer colour node used for the attention overlay when the scene has it.
 STANDARD_HEAT_COLOR_NODE_ID = "vtkMRMLPETProceduralColorNodePET-Heat"
 FALLBACK_HEAT_COLOR_NODE_NAME = "BreastUS attention heat"
@@ -149,6 +157,10 @@ POSTPROCESSING_SOURCE_PARAMETER = "BreastUSSegment.PostprocessingFrom"
 
 class BreastUSSegmentError(ValueError):
     """A problem the user can fix (bad input, missing weights...); the message is shown in the panel."""
+
+
+class SegmentationCancelled(Exception):
+    """Raised by a progress callback to stop a run; the scene is left as it was."""
 
 
 #
@@ -258,7 +270,7 @@ class BreastUSSegmentParameterNode:
     model (see ``BreastUSSegmentWidget.followModelCard``); the values below only hold their place.
     """
 
-    inputVolume: Union[vtkMRMLScalarVolumeNode, vtkMRMLVectorVolumeNode, None]
+    inputVolume: Optional[vtkMRMLScalarVolumeNode]  # vector (RGB) volumes are scalar volumes too
     outputSegmentation: vtkMRMLSegmentationNode
     threshold: Annotated[float, WithinRange(*THRESHOLD_RANGE)] = THRESHOLD_RANGE[0]
     minConfidence: Annotated[float, WithinRange(*MIN_CONFIDENCE_RANGE)] = MIN_CONFIDENCE_RANGE[0]
@@ -271,6 +283,48 @@ class BreastUSSegmentParameterNode:
     attentionOpacity: Annotated[float, WithinRange(0.0, 1.0)] = DEFAULT_ATTENTION_OPACITY
     createProbabilityVolume: bool = False
     boxAllFrames: bool = False
+
+
+def parameterWidgets(widgets) -> dict:
+    """``{parameter name: widget}`` of the widgets that name a parameter in their ``SlicerParameterName`` property."""
+    found = {}
+    for widget in widgets:
+        name = widget.property("SlicerParameterName") if hasattr(widget, "property") else None
+        if name:
+            found[str(name)] = widget
+    return found
+
+
+class ParameterNodeGui:
+    """Keeps the panel's widgets connected to one parameter node: connected once per node, disconnected when
+    another node (a new scene's) replaces it.
+
+    Slicer 5.8's ``connectGui`` returns no tag (5.10 returns one), so its connection could not be undone and
+    every reconnection added connectors and an observer. ``connectParametersToGui`` returns the tag on both.
+    """
+
+    def __init__(self, widgets) -> None:
+        self._widgets = list(widgets)
+        self.parameters = None  # the connected parameter node wrapper
+        self._tag = None
+
+    def connect(self, parameters) -> bool:
+        """Connect the widgets to ``parameters`` (a wrapper, or None) unless its node is connected already;
+        True when the connection changed."""
+        node = parameters.parameterNode if parameters is not None else None
+        connected = self.parameters.parameterNode if self.parameters is not None else None
+        if node is connected:
+            return False
+        self.disconnect()
+        if parameters is not None:
+            self._tag = parameters.connectParametersToGui(parameterWidgets(self._widgets))
+            self.parameters = parameters
+        return True
+
+    def disconnect(self) -> None:
+        if self.parameters is not None:
+            self.parameters.disconnectGui(self._tag)
+        self.parameters = self._tag = None
 
 
 #
@@ -286,9 +340,11 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         VTKObservationMixin.__init__(self)
         self.logic = None
         self._parameterNode = None
-        self._parameterNodeGuiTag = None
+        self._gui = None  # ParameterNodeGui
         self._lastOverlaySettings = None
         self._placingBox = None  # the ROI being placed for "Segment in box"
+        self._busy = False  # a run is in progress (the application processes events between frames)
+        self._cancelRequested = False
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -302,7 +358,11 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.modelPathLineEdit.filters = ctk.ctkPathLineEdit.Files | ctk.ctkPathLineEdit.Readable
         self.ui.modelPathLineEdit.nameFilters = [_("Model weights (*.safetensors)")]
         self.ui.modelPathLineEdit.settingKey = "BreastUSSegment/ModelPath"
+        # Restoring the history selects its latest entry; the bundled model stays the default until one is chosen.
+        self.ui.modelPathLineEdit.currentPath = ""
         self.ui.progressBar.hide()
+        self.ui.cancelButton.hide()
+        self._gui = ParameterNodeGui(vars(self.ui).values())
         self._setStatus(_("Select an ultrasound image, then click Segment lesion."))
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
@@ -316,22 +376,23 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.exportNrrdButton.connect("clicked(bool)", lambda: self.onExportLabelmap(".nrrd"))
         self.ui.exportNiftiButton.connect("clicked(bool)", lambda: self.onExportLabelmap(".nii.gz"))
         self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.onModelPathChanged)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
 
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
+        self._cancelRequested = True
+        self.setParameterNode(None)
         self.removeObservers()
 
     def enter(self) -> None:
         self.initializeParameterNode()
 
     def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+        pass  # the widgets stay connected to the parameter node (connected once per node, see ParameterNodeGui)
 
     def onSceneStartClose(self, caller, event) -> None:
+        self._cancelRequested = True  # a run in progress stops at its next frame and writes nothing
         self._placingBox = None
         self.setParameterNode(None)
 
@@ -344,24 +405,26 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.setParameterNode(self.logic.getParameterNode())
         self.followModelCard()
         if not self._parameterNode.inputVolume:
-            firstVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-            if firstVolume and not firstVolume.IsA("vtkMRMLLabelMapVolumeNode"):
+            firstVolume = self.logic.firstInputVolume(slicer.mrmlScene)
+            if firstVolume:
                 self._parameterNode.inputVolume = firstVolume
 
     def setParameterNode(self, inputParameterNode) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+        """Show ``inputParameterNode`` (a wrapper, or None) in the panel; the same node is not connected twice."""
+        previous = self._parameterNode
+        if not self._gui.connect(inputParameterNode):
+            return
+        if previous is not None:
+            self.removeObserver(previous.parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
         self._parameterNode = inputParameterNode
-        if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+        if self._parameterNode is not None:
+            self.addObserver(self._parameterNode.parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
             self._onParameterNodeModified()
 
     def _onParameterNodeModified(self, caller=None, event=None) -> None:
         """Enable buttons for the current selection and apply overlay changes at once."""
         parameters = self._parameterNode
-        if parameters is None:
+        if parameters is None or self._busy:  # _setBusy(False) brings the buttons back
             return
         problem = self.logic.inputProblem(parameters.inputVolume)
         self.ui.segmentButton.enabled = not problem
@@ -383,37 +446,32 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # --- Actions ---
 
     def onSegmentButton(self) -> None:
-        parameters = self._parameterNode
-        if not self._ensurePythonDependencies() or not self.followModelCard():
+        """Segment the input (every frame of a clip or Sequence); the Logic makes the output segmentation if none is chosen."""
+        if self._busy or not self._ensurePythonDependencies() or not self.followModelCard():
             return
+        parameters = self._parameterNode
         inputVolume = parameters.inputVolume
-        segmentationNode = parameters.outputSegmentation
-        if segmentationNode is None:
-            segmentationNode = slicer.mrmlScene.AddNewNodeByClass(
-                "vtkMRMLSegmentationNode", slicer.mrmlScene.GenerateUniqueName(f"{inputVolume.GetName()} lesion")
-            )
-            parameters.outputSegmentation = segmentationNode
         options = SegmentationOptions.fromParameterNode(parameters, self._modelPath())
-
-        self._setBusy(True)
-        self._setStatus(_("Segmenting..."))
-        try:
-            output = self._tryShowingError(_("Segmentation failed"), lambda: self.logic.segment(
-                inputVolume, segmentationNode, options, progressCallback=self._onProgress))
-        finally:
-            self._setBusy(False)
+        output = self._runBusy(_("Segmentation failed"), _("Segmenting..."), lambda: self.logic.segment(
+            inputVolume, parameters.outputSegmentation, options, progressCallback=self._onProgress))
         if output is None:
             return
+        parameters.outputSegmentation = output.segmentationNode
         if self.ui.modelPathLineEdit.currentPath:
             self.ui.modelPathLineEdit.addCurrentPathToHistory()
         slicer.util.resetSliceViews()
-        self._setStatus(self.logic.measurementSummary(
+        status = self.logic.measurementSummary(
             output.measurements, self.logic.volumeSpacing(inputVolume), output.hiddenConfidence,
-            output.postprocessing.min_mean_probability))
+            output.postprocessing.min_mean_probability)
+        if output.tableNode is not None:
+            status += _(" Per-frame measurements: table '{name}'.").format(name=output.tableNode.GetName())
+        self._setStatus(status)
         self._onParameterNodeModified()
 
     def onSegmentInBoxButton(self) -> None:
         """Segment inside every box drawn on the input; with none yet, start drawing one."""
+        if self._busy:
+            return
         rois = self.logic.boxRois(slicer.mrmlScene, self._parameterNode.inputVolume)
         if not rois:
             self.onAddBoxButton()
@@ -422,14 +480,10 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         parameters = self._parameterNode
         options = SegmentationOptions.fromParameterNode(parameters, self._modelPath())
-        self._setBusy(True)
-        self._setStatus(_("Segmenting in {count} box(es)...").format(count=len(rois)))
-        try:
-            output = self._tryShowingError(_("Segmentation failed"), lambda: self.logic.segmentInBoxes(
-                parameters.inputVolume, rois, parameters.outputSegmentation, options,
-                allFrames=parameters.boxAllFrames, progressCallback=self._onProgress))
-        finally:
-            self._setBusy(False)
+        output = self._runBusy(_("Segmentation failed"), _("Segmenting in {count} box(es)...").format(count=len(rois)),
+                               lambda: self.logic.segmentInBoxes(
+                                   parameters.inputVolume, rois, parameters.outputSegmentation, options,
+                                   allFrames=parameters.boxAllFrames, progressCallback=self._onProgress))
         if output is None:
             return
         parameters.outputSegmentation = output.segmentationNode
@@ -438,6 +492,8 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onAddBoxButton(self) -> None:
         """Start placing a Markups ROI in the slice view (two clicks); it is segmented once placed."""
+        if self._busy:
+            return
         self._cancelBoxPlacement()
         self._placingBox = self.logic.addBoxRoi(slicer.mrmlScene, self._parameterNode.inputVolume)
         markupsLogic = slicer.modules.markups.logic()
@@ -469,8 +525,8 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onModelPathChanged(self, path: str) -> None:
         """Set the post-processing options to the chosen model's own (from its model card)."""
         path = path.strip()
-        if self._parameterNode is None or (path and not Path(path).is_file()):
-            return  # a path still being typed
+        if self._busy or self._parameterNode is None or (path and not Path(path).is_file()):
+            return  # a run in progress keeps its model; or a path still being typed
         self.followModelCard(force=True)
 
     def followModelCard(self, force: bool = False) -> bool:
@@ -498,6 +554,8 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onMeasureButton(self) -> None:
         """Measure the Lesion segment again, e.g. after editing it in Segment Editor."""
+        if self._busy:
+            return
         parameters = self._parameterNode
         measurements = self._tryShowingError(
             _("Measurement failed"), lambda: self.logic.measureLesion(parameters.outputSegmentation, parameters.inputVolume))
@@ -507,6 +565,8 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onEditButton(self) -> None:
         """Open Segment Editor on the lesion, with the input image as source volume."""
+        if self._busy:
+            return
         parameters = self._parameterNode
         segmentationNode = parameters.outputSegmentation
         slicer.util.selectModule("SegmentEditor")
@@ -519,6 +579,8 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onExportLabelmap(self, suffix: str) -> None:
         """Ask for a file name (never overwriting silently) and write the lesion labelmap."""
+        if self._busy:
+            return
         parameters = self._parameterNode
         settings = qt.QSettings()
         folder = settings.value("BreastUSSegment/ExportFolder", qt.QDir.homePath())
@@ -575,15 +637,47 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return True
 
     def _onProgress(self, done: int, total: int) -> None:
+        """Show progress, let the application process events (so Cancel can be clicked), stop if cancelled."""
         self.ui.progressBar.maximum = total
         self.ui.progressBar.value = done
         self._setStatus(_("Segmenting frame {done} of {total}...").format(done=done, total=total))
         slicer.app.processEvents()
+        if self._cancelRequested:
+            raise SegmentationCancelled()
+
+    def onCancelButton(self) -> None:
+        self._cancelRequested = True
+        self.ui.cancelButton.enabled = False
+        self._setStatus(_("Cancelling..."))
+
+    def _runBusy(self, title: str, status: str, action: Callable[[], Any]):
+        """Run ``action`` with every action of the panel disabled and Cancel offered; its result, or None
+        when it failed (the error is shown) or was cancelled."""
+        self._setBusy(True)
+        self._setStatus(status)
+        try:
+            return self._tryShowingError(title, action)
+        finally:
+            self._setBusy(False)
+
+    def _busyWidgets(self) -> list:
+        """What must not be used while a run is in progress: every action, the selectors and the model choice."""
+        ui = self.ui
+        return [ui.segmentButton, ui.segmentInBoxButton, ui.addBoxButton, ui.measureButton, ui.editButton,
+                ui.exportNrrdButton, ui.exportNiftiButton, ui.inputSelector, ui.outputSelector, ui.modelPathLineEdit,
+                ui.deviceComboBox]
 
     def _setBusy(self, busy: bool) -> None:
-        self.ui.segmentButton.enabled = self.ui.segmentInBoxButton.enabled = self.ui.addBoxButton.enabled = not busy
+        self._busy = busy
+        self._cancelRequested = False
+        for widget in self._busyWidgets():
+            widget.enabled = not busy
+        self.ui.cancelButton.enabled = True
+        self.ui.cancelButton.setVisible(busy)
         self.ui.progressBar.value = 0
         self.ui.progressBar.setVisible(busy)
+        if not busy:
+            self._onParameterNodeModified()  # enable what the selection allows
         slicer.app.processEvents()
 
     def _setStatus(self, text: str, error: bool = False) -> None:
@@ -599,7 +693,11 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         (``slicer.util.tryWithErrorDisplay``, with the traceback as details)."""
         try:
             with slicer.util.tryWithErrorDisplay(title, waitCursor=True):
-                return action()
+                try:
+                    return action()
+                except SegmentationCancelled:
+                    self._setStatus(_("Cancelled; nothing was written."))
+                    return None
         except Exception as error:  # every failure is shown in the panel, not only in the log
             logging.exception(title)
             self._setStatus(f"{title}: {error}", error=True)
@@ -688,6 +786,8 @@ class SegmentationOutput:
     pipelineResult: Any = None  # BreastUSSegmentLib.inference.SegmentationResult
     postprocessing: Any = None  # BreastUSSegmentLib.postprocessing.PostprocessOptions used
     hiddenConfidence: Optional[float] = None  # when nothing was found: best mean probability Min. confidence hid
+    tableNode: Any = None  # a clip's per-frame measurements (vtkMRMLTableNode)
+    sequenceNode: Any = None  # a Sequence's segmentation Sequence (one item per frame; the output node is its proxy)
 
 
 @dataclass(frozen=True)
@@ -765,6 +865,14 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
             ).format(name=name, problem=tooLarge)
         return ""
 
+    @staticmethod
+    def firstInputVolume(scene):
+        """The first volume of the scene the input selector shows (of a class in ``INPUT_NODE_TYPES``), or None."""
+        for node in nodesOfClass(scene, "vtkMRMLScalarVolumeNode"):
+            if node.GetClassName() in INPUT_NODE_TYPES:
+                return node
+        return None
+
     def inputArray(self, volumeNode):
         """``(frames, color)``: the voxels as ``(K, J, I)`` or ``(K, J, I, C)`` and whether they are RGB(A)."""
         problem = self.inputProblem(volumeNode)
@@ -793,8 +901,8 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
         Keys are parameter-node fields; values are clamped to the panel's ranges.
         """
         path = Path(weightsPath) if weightsPath else Path(BUNDLED_WEIGHTS)
-        try:
-            from BreastUSSegmentLib.weights import WeightsError, read_model_card
+        try:  # the card reader needs no PyTorch
+            from BreastUSSegmentLib.modelcard import WeightsError, read_model_card
         except ImportError as error:
             raise BreastUSSegmentError(
                 _("A Python package the model needs is missing ({error}).").format(error=error)) from error
@@ -852,57 +960,107 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
         segments are left untouched. A new segmentation node is created when ``outputSegmentationNode`` is None.
         """
         options = options or SegmentationOptions()
+        if self.browsedSequence(inputVolumeNode) is not None:
+            return self.segmentSequence(inputVolumeNode, outputSegmentationNode, options, progressCallback)
         frames, color = self.inputArray(inputVolumeNode)
-        outputSegmentationNode = self._outputSegmentation(inputVolumeNode, outputSegmentationNode)
+        result, postprocessing = self._segmentFrames(inputVolumeNode, frames, color, outputSegmentationNode, options,
+                                                     progressCallback)
+        with nodesRemovedOnFailure(inputVolumeNode.GetScene()):
+            outputSegmentationNode = self._outputSegmentation(inputVolumeNode, outputSegmentationNode)
+            segmentId = self._writeSegmentation(outputSegmentationNode, result.processed_mask, inputVolumeNode,
+                                                surface=result.processed_mask.shape[0] == 1)
+            attentionVolume, probabilityVolume = self._writeResultVolumes(outputSegmentationNode, result, inputVolumeNode, options)
+            output = self._output(outputSegmentationNode, segmentId, attentionVolume, probabilityVolume, result,
+                                  postprocessing, inputVolumeNode)
+            if len(output.measurements) > 1:
+                output.tableNode = self.updateMeasurementTable(outputSegmentationNode, output.measurements)
+        self.showAttentionOverlay(inputVolumeNode, attentionVolume, options.showAttention, options.attentionOpacity)
+        return output
+
+    def _segmentFrames(self, inputVolumeNode, frames, color, outputSegmentationNode, options, progressCallback,
+                       *usedNodes):
+        """``(result, postprocessing)`` of the network on ``frames``, before any node is made; refused when the
+        input, the output or another of the ``usedNodes`` left the scene meanwhile."""
+        self._checkOutputScene(inputVolumeNode, outputSegmentationNode)
         segmenter = self.segmenter(options.weightsPath, options.device)
         postprocessing = options.postprocessing(segmenter.postprocessing)
         logging.info(f"BreastUSSegment: segmenting {inputVolumeNode.GetName()} {frames.shape} on {segmenter.device}")
-        result = segmenter.segment(
-            frames, color=color, test_time_flip=options.testTimeFlip, postprocessing=postprocessing,
-            progress=progressCallback,
-        )
-        segmentId = self._writeSegmentation(outputSegmentationNode, result.processed_mask, inputVolumeNode)
-        attentionVolume, probabilityVolume = self._writeResultVolumes(outputSegmentationNode, result, inputVolumeNode, options)
-        self.showAttentionOverlay(inputVolumeNode, attentionVolume, options.showAttention, options.attentionOpacity)
-        return self._output(outputSegmentationNode, segmentId, attentionVolume, probabilityVolume, result,
-                            postprocessing, inputVolumeNode)
+        result = self._runSegmenter(segmenter, frames, color=color, test_time_flip=options.testTimeFlip,
+                                    postprocessing=postprocessing, progress=progressCallback)
+        self._checkStillInScene(inputVolumeNode, outputSegmentationNode, *usedNodes)
+        return result, postprocessing
 
     @staticmethod
-    def _outputSegmentation(inputVolumeNode, outputSegmentationNode):
-        """The given output segmentation (it must be in the input's scene), or a new one named after the input."""
+    def _runSegmenter(segmenter, frames, **arguments):
+        """``segmenter.segment(frames, **arguments)``; a broken model (NaN output) or a refused box is a
+        :class:`BreastUSSegmentError`. Exceptions of the progress callback pass through."""
+        from BreastUSSegmentLib.modelcard import WeightsError
+
+        try:
+            return segmenter.segment(frames, **arguments)
+        except WeightsError as error:
+            raise BreastUSSegmentError(_("Segmentation failed: {error}").format(error=error)) from error
+        except ValueError as error:  # input or box the core refuses (a box outside the frame...)
+            raise BreastUSSegmentError(str(error)) from error
+
+    @staticmethod
+    def _checkStillInScene(*nodes) -> None:
+        """Refuse to write when a node the run uses left the scene meanwhile (the panel lets the application
+        process events between frames)."""
+        for node in nodes:
+            if node is not None and node.GetScene() is None:
+                raise BreastUSSegmentError(
+                    _("'{name}' was removed from the scene while segmenting; nothing was written.").format(
+                        name=node.GetName()))
+
+    @staticmethod
+    def _checkOutputScene(inputVolumeNode, outputSegmentationNode) -> None:
+        """The input must be in a scene, and a given output segmentation in the same one."""
         scene = inputVolumeNode.GetScene()
         if scene is None:
             raise BreastUSSegmentError(_("Input volume '{name}' is not in a scene.").format(name=inputVolumeNode.GetName()))
-        if outputSegmentationNode is None:
-            return scene.AddNewNodeByClass(
-                "vtkMRMLSegmentationNode", scene.GenerateUniqueName(f"{inputVolumeNode.GetName()} lesion")
-            )
-        if outputSegmentationNode.GetScene() is not scene:
+        if outputSegmentationNode is not None and outputSegmentationNode.GetScene() is not scene:
             raise BreastUSSegmentError(_("The output segmentation and the input volume are in different scenes."))
-        return outputSegmentationNode
 
-    def _writeSegmentation(self, segmentationNode, masks, inputVolumeNode) -> str:
-        """Put ``masks`` into the module's segment on the input's geometry, with a surface to show in 3D."""
+    def _outputSegmentation(self, inputVolumeNode, outputSegmentationNode):
+        """The given output segmentation (it must be in the input's scene), or a new one named after the input."""
+        self._checkOutputScene(inputVolumeNode, outputSegmentationNode)
+        if outputSegmentationNode is not None:
+            return outputSegmentationNode
+        scene = inputVolumeNode.GetScene()
+        return scene.AddNewNodeByClass("vtkMRMLSegmentationNode", scene.GenerateUniqueName(f"{inputVolumeNode.GetName()} lesion"))
+
+    def _writeSegmentation(self, segmentationNode, masks, inputVolumeNode, surface: bool = True) -> str:
+        """Put ``masks`` into the module's segment on the input's geometry; with ``surface``, also build the
+        surface shown in 3D (a single frame only: a clip's surface would be rebuilt on every run and frame)."""
         segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(inputVolumeNode)
         segmentId = self.writeLesionSegment(segmentationNode, masks, inputVolumeNode)
         segmentationNode.CreateDefaultDisplayNodes()
-        segmentationNode.CreateClosedSurfaceRepresentation()
+        if surface:
+            segmentationNode.CreateClosedSurfaceRepresentation()
         return segmentId
 
-    def _writeResultVolumes(self, segmentationNode, result, inputVolumeNode, options: SegmentationOptions):
-        """The attention volume and (when asked for) the probability volume, or None in its place."""
+    def _writeResultVolumes(self, segmentationNode, result, inputVolumeNode, options: SegmentationOptions, frame=None):
+        """The attention volume and (when asked for) the probability volume, or None in its place.
+
+        ``frame``: write only that frame of the result (the shown frame, into a clip's proxy volumes).
+        """
         from BreastUSSegmentLib.visualize import attention_display_range
+
+        def pick(array):
+            return array if frame is None else array[frame]
 
         baseName = inputVolumeNode.GetName()
         # The overlay's colour window spans what the gates actually did (their values sit in a narrow band).
         attentionVolume = self.updateResultVolume(
-            segmentationNode, ATTENTION_REFERENCE_ROLE, f"{baseName} attention", result.combined_attention,
+            segmentationNode, ATTENTION_REFERENCE_ROLE, f"{baseName} attention", pick(result.combined_attention),
             inputVolumeNode, displayRange=attention_display_range(result.combined_attention),
         )
         probabilityVolume = None
         if options.createProbabilityVolume:
             probabilityVolume = self.updateResultVolume(
-                segmentationNode, PROBABILITY_REFERENCE_ROLE, f"{baseName} probability", result.probability, inputVolumeNode
+                segmentationNode, PROBABILITY_REFERENCE_ROLE, f"{baseName} probability", pick(result.probability),
+                inputVolumeNode
             )
         return attentionVolume, probabilityVolume
 
@@ -924,6 +1082,178 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
             hiddenConfidence=(None if result.processed_mask.any()
                               else strongest_hidden_confidence(result.probability, postprocessing)),
         )
+
+    # --- Cine clips loaded as Sequences ---
+
+    @staticmethod
+    def browsedSequence(volumeNode):
+        """``(browser, sequence)`` when ``volumeNode`` is the proxy node of a Sequence Browser in its scene
+        (how Slicer's DICOM import loads a multi-frame ultrasound clip), else None."""
+        scene = volumeNode.GetScene() if volumeNode is not None else None
+        if scene is None:
+            return None
+        for browser in nodesOfClass(scene, "vtkMRMLSequenceBrowserNode"):
+            if browser.IsProxyNode(volumeNode.GetID()):
+                sequence = browser.GetSequenceNode(volumeNode)
+                if sequence is not None and sequence.GetNumberOfDataNodes() > 0:
+                    return browser, sequence
+        return None
+
+    @staticmethod
+    def shownItem(browser, sequence) -> int:
+        """Item number of ``sequence`` that the browser shows now (the browser steps through its primary sequence)."""
+        primary, selected = browser.GetMasterSequenceNode(), browser.GetSelectedItemNumber()
+        if primary is None or selected < 0:
+            return 0
+        if primary is sequence:
+            return selected
+        return max(sequence.GetItemNumberFromIndexValue(primary.GetNthIndexValue(selected), False), 0)
+
+    def sequenceArray(self, sequence):
+        """``(frames, color)`` of every item of a volume Sequence, stacked ``(N, J, I[, C])``; the items must share a size."""
+        arrays, color = [], False
+        for item in range(sequence.GetNumberOfDataNodes()):
+            array, color = self.inputArray(sequence.GetNthDataNode(item))
+            if arrays and array.shape != arrays[0].shape:
+                raise BreastUSSegmentError(
+                    _("The frames of sequence '{name}' differ in size ({first} and {other}); segment them one by one.").format(
+                        name=sequence.GetName(), first=arrays[0].shape[1:3], other=array.shape[1:3]))
+            arrays.append(array)
+        frames = np.concatenate(arrays)
+        tooLarge = size_problem(frames.shape[0], frames.shape[1], frames.shape[2], self.maxInputPixels)
+        if tooLarge:
+            raise BreastUSSegmentError(_("Sequence '{name}' is too large: {problem}. Split the clip and try again.").format(
+                name=sequence.GetName(), problem=tooLarge))
+        return frames, color
+
+    def segmentSequence(self, proxyVolumeNode, outputSegmentationNode=None, options: Optional[SegmentationOptions] = None,
+                        progressCallback: Optional["ProgressCallback"] = None) -> SegmentationOutput:
+        """Segment every frame of the Sequence whose proxy node is ``proxyVolumeNode``.
+
+        Each frame's Lesion goes into the item of the same index value of a segmentation Sequence that is
+        synchronized in the same browser with the output segmentation as its proxy node, so the outline
+        plays with the clip (edits of the shown frame are saved into its item). The attention map (and the
+        probability map) become volume Sequences of the browser too, the measurements a table, one row per frame.
+        """
+        options = options or SegmentationOptions()
+        browser, sequence = self.browsedSequence(proxyVolumeNode)
+        frames, color = self.sequenceArray(sequence)
+        result, postprocessing = self._segmentFrames(proxyVolumeNode, frames, color, outputSegmentationNode, options,
+                                                     progressCallback, browser, sequence)
+        frameNodes = [sequence.GetNthDataNode(item) for item in range(sequence.GetNumberOfDataNodes())]
+        indexValues = [sequence.GetNthIndexValue(item) for item in range(sequence.GetNumberOfDataNodes())]
+        shown = self.shownItem(browser, sequence)
+        with nodesRemovedOnFailure(proxyVolumeNode.GetScene()):
+            outputSegmentationNode = self._outputSegmentation(proxyVolumeNode, outputSegmentationNode)
+            segmentationSequence = self._writeSegmentationSequence(
+                browser, sequence, outputSegmentationNode, frameNodes, indexValues, result.processed_mask)
+            # The proxy nodes show the frame the browser shows now.
+            segmentId = self._writeSegmentation(outputSegmentationNode, result.processed_mask[shown][np.newaxis],
+                                                proxyVolumeNode, surface=False)
+            attentionVolume, probabilityVolume = self._writeResultVolumes(
+                outputSegmentationNode, result, proxyVolumeNode, options, frame=shown)
+            self._writeVolumeSequence(browser, sequence, attentionVolume, frameNodes, indexValues, result.combined_attention)
+            if probabilityVolume is not None:
+                self._writeVolumeSequence(browser, sequence, probabilityVolume, frameNodes, indexValues, result.probability)
+            output = self._output(outputSegmentationNode, segmentId, attentionVolume, probabilityVolume, result,
+                                  postprocessing, proxyVolumeNode)
+            output.sequenceNode = segmentationSequence
+            output.tableNode = self.updateMeasurementTable(outputSegmentationNode, output.measurements, sequence)
+        self.showAttentionOverlay(proxyVolumeNode, attentionVolume, options.showAttention, options.attentionOpacity)
+        return output
+
+    def _writeSegmentationSequence(self, browser, sequence, proxySegmentationNode, frameNodes, indexValues, masks):
+        """Write each frame's mask into the Lesion segment of its item of the proxy's segmentation Sequence.
+
+        An existing item keeps its other segments; a new item starts as a copy of the proxy's segments.
+        """
+        segmentationSequence, new = self._proxySequence(browser, sequence, proxySegmentationNode)
+        template = slicer.vtkMRMLSegmentationNode()
+        template.GetSegmentation().DeepCopy(proxySegmentationNode.GetSegmentation())
+        for frameNode, indexValue, frameMask in zip(frameNodes, indexValues, masks):
+            item = segmentationSequence.GetDataNodeAtValue(indexValue)
+            if item is None:
+                item = segmentationSequence.SetDataNodeAtValue(template, indexValue)
+            item.SetReferenceImageGeometryParameterFromVolumeNode(frameNode)
+            self.writeLesionSegment(item, frameMask[np.newaxis], frameNode)
+        if new:  # edits of the shown frame (Segment Editor) are saved into its item
+            self._synchronize(browser, segmentationSequence, proxySegmentationNode, saveChanges=True)
+        return segmentationSequence
+
+    def _writeVolumeSequence(self, browser, sequence, proxyVolumeNode, frameNodes, indexValues, arrays):
+        """Write each frame's ``arrays[frame]`` as the item of the proxy volume's Sequence, on that frame's geometry."""
+        volumeSequence, new = self._proxySequence(browser, sequence, proxyVolumeNode)
+        frameVolume = slicer.vtkMRMLScalarVolumeNode()
+        for frameNode, indexValue, array in zip(frameNodes, indexValues, arrays):
+            slicer.util.updateVolumeFromArray(frameVolume, np.asarray(array, dtype=np.float32).reshape(_kji(frameNode)))
+            _copyGeometry(frameNode, frameVolume)
+            volumeSequence.SetDataNodeAtValue(frameVolume, indexValue)
+        if new:
+            self._synchronize(browser, volumeSequence, proxyVolumeNode, saveChanges=False)
+        return volumeSequence
+
+    @staticmethod
+    def _proxySequence(browser, indexSequence, proxyNode):
+        """``(sequence, new)``: the browser's Sequence behind ``proxyNode``, or a new one indexed like ``indexSequence``."""
+        if browser.IsProxyNode(proxyNode.GetID()) and browser.GetSequenceNode(proxyNode) is not None:
+            return browser.GetSequenceNode(proxyNode), False
+        scene = proxyNode.GetScene()
+        sequence = scene.AddNewNodeByClass("vtkMRMLSequenceNode", scene.GenerateUniqueName(f"{proxyNode.GetName()} sequence"))
+        sequence.SetIndexName(indexSequence.GetIndexName())
+        sequence.SetIndexUnit(indexSequence.GetIndexUnit())
+        sequence.SetIndexType(indexSequence.GetIndexType())
+        return sequence, True
+
+    @staticmethod
+    def _synchronize(browser, sequence, proxyNode, saveChanges: bool) -> None:
+        """Add ``sequence`` to the browser with ``proxyNode`` as its proxy (as the Sequences module's
+        ``AddSynchronizedNode`` does), in one modification so no other proxy node is made for it meanwhile."""
+        wasModifying = browser.StartModify()
+        try:
+            browser.AddSynchronizedSequenceNode(sequence)
+            browser.AddProxyNode(proxyNode, sequence, False)
+            browser.SetSaveChanges(sequence, saveChanges)
+        finally:
+            browser.EndModify(wasModifying)
+
+    # --- Per-frame measurement table ---
+
+    def updateMeasurementTable(self, segmentationNode, measurements: List[LesionMeasurement], indexSequence=None):
+        """Write one row per frame (frame number, the Sequence's index value when given, area, largest diameter)
+        into the table node the segmentation refers to (created when missing); return the table node."""
+        scene = segmentationNode.GetScene()
+        tableNode = segmentationNode.GetNodeReference(MEASUREMENT_TABLE_ROLE)
+        if tableNode is None or tableNode.GetScene() is not scene:
+            tableNode = scene.AddNewNodeByClass(
+                "vtkMRMLTableNode", scene.GenerateUniqueName(f"{segmentationNode.GetName()} measurements"))
+            segmentationNode.SetNodeReferenceID(MEASUREMENT_TABLE_ROLE, tableNode.GetID())
+        (frameName, _unit), (areaName, areaUnit), (diameterName, diameterUnit) = MEASUREMENT_COLUMNS
+        table = vtk.vtkTable()
+        frameColumn = vtk.vtkIntArray()
+        frameColumn.SetName(frameName)
+        table.AddColumn(frameColumn)
+        indexColumn = None
+        if indexSequence is not None:
+            indexColumn = vtk.vtkStringArray()
+            indexColumn.SetName(indexSequence.GetIndexName() or _("index"))
+            table.AddColumn(indexColumn)
+        areaColumn, diameterColumn = vtk.vtkDoubleArray(), vtk.vtkDoubleArray()
+        areaColumn.SetName(areaName)
+        diameterColumn.SetName(diameterName)
+        table.AddColumn(areaColumn)
+        table.AddColumn(diameterColumn)
+        for frame, measurement in enumerate(measurements):
+            frameColumn.InsertNextValue(frame + 1)
+            if indexColumn is not None:
+                indexColumn.InsertNextValue(indexSequence.GetNthIndexValue(frame))
+            areaColumn.InsertNextValue(measurement.area_mm2)
+            diameterColumn.InsertNextValue(measurement.largest_diameter_mm)
+        tableNode.SetAndObserveTable(table)
+        tableNode.SetColumnUnitLabel(areaName, areaUnit)
+        tableNode.SetColumnUnitLabel(diameterName, diameterUnit)
+        if indexColumn is not None and indexSequence.GetIndexUnit():
+            tableNode.SetColumnUnitLabel(indexColumn.GetName(), indexSequence.GetIndexUnit())
+        return tableNode
 
     # --- Box prompts ---
 
@@ -969,9 +1299,7 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def boxRois(scene, volumeNode=None) -> list:
         """The placed Markups ROIs of box prompts (on ``volumeNode`` only, if given), in the order they were added."""
-        nodes = scene.GetNodesByClass("vtkMRMLMarkupsROINode")
-        rois = [nodes.GetItemAsObject(index) for index in range(nodes.GetNumberOfItems())]
-        return [roi for roi in rois if roi.GetAttribute(BOX_ROI_ATTRIBUTE) and roi.GetControlPointPlacementComplete()
+        return [roi for roi in nodesOfClass(scene, "vtkMRMLMarkupsROINode") if roi.GetAttribute(BOX_ROI_ATTRIBUTE) and roi.GetControlPointPlacementComplete()
                 and (volumeNode is None or roi.GetAttribute(BOX_ROI_ATTRIBUTE) == volumeNode.GetID())]
 
     def segmentInBoxes(self, inputVolumeNode, roiNodes, outputSegmentationNode=None,
@@ -992,27 +1320,29 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
             for frame in (range(frames.shape[0]) if allFrames else voxelBox.frames):
                 frameBoxes[frame].append(voxelBox.box)
                 owners[frame].append(number)
-        outputSegmentationNode = self._outputSegmentation(inputVolumeNode, outputSegmentationNode)
+        self._checkOutputScene(inputVolumeNode, outputSegmentationNode)
         segmenter = self.segmenter(options.weightsPath, options.device)
         postprocessing = options.postprocessing(segmenter.postprocessing)
-        try:
-            result = segmenter.segment(frames, frame_boxes=frameBoxes, color=color, test_time_flip=options.testTimeFlip,
-                                       postprocessing=postprocessing, progress=progressCallback)
-        except ValueError as error:  # a box the core refuses (outside the frame...)
-            raise BreastUSSegmentError(str(error)) from error
-        outputSegmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(inputVolumeNode)
-        segmentIds, measurements = [], []
-        for number, roi in enumerate(roiNodes):
-            masks = np.zeros(result.box_labels.shape, dtype=bool)
-            for frame, frameOwners in enumerate(owners):
-                for position, owner in enumerate(frameOwners):
-                    if owner == number:
-                        masks[frame] |= result.box_labels[frame] == position + 1
-            segmentIds.append(self.writeBoxSegment(outputSegmentationNode, roi, number + 1, masks, inputVolumeNode))
-            measurements.append(measure_frames(masks, self.volumeSpacing(inputVolumeNode)))
-        outputSegmentationNode.CreateDefaultDisplayNodes()
-        outputSegmentationNode.CreateClosedSurfaceRepresentation()
-        attentionVolume, _probability = self._writeResultVolumes(outputSegmentationNode, result, inputVolumeNode, options)
+        result = self._runSegmenter(segmenter, frames, frame_boxes=frameBoxes, color=color,
+                                    test_time_flip=options.testTimeFlip, postprocessing=postprocessing,
+                                    progress=progressCallback)
+        self._checkStillInScene(inputVolumeNode, outputSegmentationNode, *roiNodes)
+        with nodesRemovedOnFailure(inputVolumeNode.GetScene()):
+            outputSegmentationNode = self._outputSegmentation(inputVolumeNode, outputSegmentationNode)
+            outputSegmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(inputVolumeNode)
+            segmentIds, measurements = [], []
+            for number, roi in enumerate(roiNodes):
+                masks = np.zeros(result.box_labels.shape, dtype=bool)
+                for frame, frameOwners in enumerate(owners):
+                    for position, owner in enumerate(frameOwners):
+                        if owner == number:
+                            masks[frame] |= result.box_labels[frame] == position + 1
+                segmentIds.append(self.writeBoxSegment(outputSegmentationNode, roi, number + 1, masks, inputVolumeNode))
+                measurements.append(measure_frames(masks, self.volumeSpacing(inputVolumeNode)))
+            outputSegmentationNode.CreateDefaultDisplayNodes()
+            if frames.shape[0] == 1:  # no 3D surface for a clip (see _writeSegmentation)
+                outputSegmentationNode.CreateClosedSurfaceRepresentation()
+            attentionVolume, _probability = self._writeResultVolumes(outputSegmentationNode, result, inputVolumeNode, options)
         self.showAttentionOverlay(inputVolumeNode, attentionVolume, options.showAttention, options.attentionOpacity)
         emptyNumbers = {owners[outcome.frame][outcome.index] for outcome in result.empty_boxes}
         foundNumbers = {owners[outcome.frame][outcome.index] for outcome in result.boxes if outcome.found}
@@ -1139,12 +1469,19 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def _exportToLabelmapNode(segmentationNode, segmentIds, referenceVolumeNode, name):
+        """A new labelmap node of the segments; the colour table the export makes for it is marked as its own."""
         scene = segmentationNode.GetScene()
+        colorTables = {node.GetID() for node in nodesOfClass(scene, "vtkMRMLColorTableNode")}
         labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", name)
         ids = vtk.vtkStringArray()
         for segmentId in segmentIds:
             ids.InsertNextValue(segmentId)
-        if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(segmentationNode, ids, labelmap, referenceVolumeNode):
+        exported = slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
+            segmentationNode, ids, labelmap, referenceVolumeNode)
+        display = labelmap.GetDisplayNode()
+        if display is not None and display.GetColorNodeID() and display.GetColorNodeID() not in colorTables:
+            labelmap.SetAttribute(OWN_COLOR_TABLE_ATTRIBUTE, display.GetColorNodeID())
+        if not exported:
             _removeLabelmapNode(labelmap)
             raise BreastUSSegmentError(_("Could not export segmentation '{name}' to a labelmap.").format(
                 name=segmentationNode.GetName()))
@@ -1206,9 +1543,7 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
                                               foregroundOpacity=float(opacity))
             return
         slicer.util.setSliceViewerLayers(background=backgroundVolumeNode)
-        compositeNodes = scene.GetNodesByClass("vtkMRMLSliceCompositeNode")
-        for index in range(compositeNodes.GetNumberOfItems()):  # hide only our overlay, not another foreground
-            composite = compositeNodes.GetItemAsObject(index)
+        for composite in nodesOfClass(scene, "vtkMRMLSliceCompositeNode"):  # hide only our overlay, not another foreground
             if composite.GetForegroundVolumeID() == attentionVolumeNode.GetID():
                 composite.SetForegroundVolumeID(None)
 
@@ -1224,9 +1559,36 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
                 _("Segmentation '{name}' has no Lesion segment; click Segment lesion first.").format(
                     name=segmentationNode.GetName())
             )
+        clip = self.browsedSequence(referenceVolumeNode)
+        if clip is not None and clip[0].GetSequenceNode(segmentationNode) is not None:
+            measurements = self._measureSequence(*clip, segmentationNode)
+            self.updateMeasurementTable(segmentationNode, measurements, clip[1])
+            return measurements
         masks = self.arrayFromSegment(segmentationNode, segmentId, referenceVolumeNode)
         self.updateAlgorithmType(segmentationNode, segmentId, masks)
-        return measure_frames(masks, self.volumeSpacing(referenceVolumeNode))
+        measurements = measure_frames(masks, self.volumeSpacing(referenceVolumeNode))
+        if len(measurements) > 1:
+            self.updateMeasurementTable(segmentationNode, measurements)
+        return measurements
+
+    def _measureSequence(self, browser, sequence, proxySegmentationNode) -> List[LesionMeasurement]:
+        """One measurement per frame of ``sequence``: of its item in the proxy's segmentation Sequence, and of the
+        proxy itself for the frame shown now (which may hold edits not yet saved into the item)."""
+        segmentationSequence = browser.GetSequenceNode(proxySegmentationNode)
+        shown = self.shownItem(browser, sequence)
+        measurements = []
+        for item in range(sequence.GetNumberOfDataNodes()):
+            frameNode = sequence.GetNthDataNode(item)
+            node = proxySegmentationNode if item == shown else segmentationSequence.GetDataNodeAtValue(
+                sequence.GetNthIndexValue(item))
+            segmentId = self.lesionSegmentId(node)
+            if segmentId is None:  # no item for this frame, or its Lesion was deleted
+                masks = np.zeros(_kji(frameNode), dtype=np.uint8)
+            else:
+                masks = self.arrayFromSegment(node, segmentId, frameNode)
+                self.updateAlgorithmType(node, segmentId, masks)
+            measurements.extend(measure_frames(masks, self.volumeSpacing(frameNode)))
+        return measurements
 
     @staticmethod
     def measurementSummary(
@@ -1282,16 +1644,17 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
                 raise BreastUSSegmentError(_("{path} already exists; not overwriting it.").format(path=path))
         scene = segmentationNode.GetScene()
         name = scene.GenerateUniqueName(f"{referenceVolumeNode.GetName()} lesion label")
-        labelmap = self._exportToLabelmapNode(segmentationNode, [segmentId], referenceVolumeNode, name)
-        if path is not None:
-            storage = labelmap.GetStorageNode()
-            if storage is None:
-                labelmap.AddDefaultStorageNode()
+        with nodesRemovedOnFailure(scene):
+            labelmap = self._exportToLabelmapNode(segmentationNode, [segmentId], referenceVolumeNode, name)
+            if path is not None:
                 storage = labelmap.GetStorageNode()
-            storage.SetFileName(path)
-            storage.SetUseCompression(1)
-            if not storage.WriteData(labelmap):
-                raise BreastUSSegmentError(_("Writing the labelmap to {path} failed.").format(path=path))
+                if storage is None:
+                    labelmap.AddDefaultStorageNode()
+                    storage = labelmap.GetStorageNode()
+                storage.SetFileName(path)
+                storage.SetUseCompression(1)
+                if not storage.WriteData(labelmap):
+                    raise BreastUSSegmentError(_("Writing the labelmap to {path} failed.").format(path=path))
         return labelmap
 
 
@@ -1316,13 +1679,49 @@ def _copyGeometry(sourceVolumeNode, targetVolumeNode) -> None:
 
 
 def _removeLabelmapNode(labelmapNode) -> None:
-    """Remove a temporary labelmap node and the colour table made for it."""
+    """Remove a temporary labelmap node with its display and storage nodes and the colour table made for it."""
     scene = labelmapNode.GetScene()
-    display = labelmapNode.GetDisplayNode()
-    colorNode = display.GetColorNode() if display else None
+    helpers = [labelmapNode.GetNthDisplayNode(index) for index in range(labelmapNode.GetNumberOfDisplayNodes())]
+    helpers += [labelmapNode.GetNthStorageNode(index) for index in range(labelmapNode.GetNumberOfStorageNodes())]
+    ownColorTable = labelmapNode.GetAttribute(OWN_COLOR_TABLE_ATTRIBUTE)
+    helpers.append(scene.GetNodeByID(ownColorTable) if ownColorTable else None)
     scene.RemoveNode(labelmapNode)
-    if colorNode is not None and colorNode.GetName().startswith(labelmapNode.GetName()):
-        scene.RemoveNode(colorNode)
+    for node in helpers:
+        if node is not None and node.GetScene() is scene:
+            scene.RemoveNode(node)
+
+
+def collectionItems(collection) -> list:
+    """The objects of a ``vtkCollection`` a method returned as a new reference (``GetNodesByClass``...),
+    releasing that reference so the collection is freed."""
+    items = [collection.GetItemAsObject(index) for index in range(collection.GetNumberOfItems())]
+    collection.UnRegister(None)
+    return items
+
+
+def nodesOfClass(scene, className: str) -> list:
+    """The scene's nodes of a class (and its subclasses), in the scene's order."""
+    return collectionItems(scene.GetNodesByClass(className))
+
+
+def _isSceneBookkeeping(node) -> bool:
+    """A singleton or the subject hierarchy: nodes the scene makes for itself on first use, not results."""
+    return bool(node.GetSingletonTag()) or node.IsA("vtkMRMLSubjectHierarchyNode")
+
+
+@contextmanager
+def nodesRemovedOnFailure(scene):
+    """Remove every node added to ``scene`` inside the ``with`` block when the block raises, so a failed
+    write leaves no half-made nodes (the scene's own singletons and subject hierarchy stay)."""
+    before = {scene.GetNthNode(index).GetID() for index in range(scene.GetNumberOfNodes())}
+    try:
+        yield
+    except BaseException:
+        added = [scene.GetNthNode(index) for index in range(scene.GetNumberOfNodes())]
+        for node in reversed([node for node in added if node.GetID() not in before]):
+            if node.GetScene() is scene and not _isSceneBookkeeping(node):
+                scene.RemoveNode(node)
+        raise
 
 
 #

@@ -300,8 +300,11 @@ def test_parameter_node_fields_are_bound_to_suitable_widgets():
             assert class_name == "QComboBox", parameter
         else:  # MRML node types (a class or a Union with None)
             assert class_name == "qMRMLNodeComboBox", parameter
-            node_types = [t.__name__ for t in typing.get_args(base) if t is not type(None)] or [base.__name__]
-            assert ui_property(element, "nodeTypes") == node_types, parameter
+            [node_type] = [t for t in typing.get_args(base) if t is not type(None)] or [base]
+            shown = ui_property(element, "nodeTypes")
+            # Every class the selector shows is the field's class or one of its subclasses (a vector volume is a scalar volume).
+            assert shown[0] == node_type.__name__, parameter
+            assert all(getattr(module.slicer, name)().IsA(node_type.__name__) for name in shown), parameter
 
 
 def test_node_selectors_get_the_scene_and_offer_the_right_nodes():
@@ -318,6 +321,8 @@ def test_node_selectors_get_the_scene_and_offer_the_right_nodes():
     assert selectors == connected == {"inputSelector", "outputSelector"}
     widgets = ui_widgets()
     assert ui_property(widgets["inputSelector"], "showChildNodeTypes") is False  # no labelmaps
+    # The first volume chosen for the user is one the selector can show.
+    assert tuple(ui_property(widgets["inputSelector"], "nodeTypes")) == load_module().INPUT_NODE_TYPES
     assert ui_property(widgets["inputSelector"], "addEnabled") is False
     assert ui_property(widgets["outputSelector"], "addEnabled") is True
     assert ui_property(widgets["outputSelector"], "noneEnabled") is True
@@ -352,6 +357,57 @@ def test_segment_in_box_section_offers_drawing_and_segmenting(app):
     assert "segmentInBoxButton" not in {element.get("name") for element in widgets["advancedCollapsibleButton"].iter("widget")}
     panel = load_panel()
     assert panel.findChild(ctkCollapsibleButton, "boxCollapsibleButton").collapsed is False
+
+
+class SlicerWrapperStandIn:
+    """What ``ParameterNodeGui`` uses of a parameterNodeWrapper object, as Slicer's wrapper.py does it:
+    ``connectParametersToGui`` stores the widgets under a new tag and returns it, ``disconnectGui(tag)``
+    drops them, and ``connectGui`` returns the tag on 5.10 but None on 5.8."""
+
+    def __init__(self, parameterNode, returnsTag):
+        self.parameterNode = parameterNode
+        self.connected = {}  # tag -> widgets, like the wrapper's _parameterGUIs
+        self._nextTag = 0
+        self._returnsTag = returnsTag
+
+    def connectParametersToGui(self, mapping):
+        tag, self._nextTag = self._nextTag, self._nextTag + 1
+        self.connected[tag] = dict(mapping)
+        return tag
+
+    def connectGui(self, widgets):
+        tag = self.connectParametersToGui(widgets)
+        return tag if self._returnsTag else None
+
+    def disconnectGui(self, tag):
+        self.connected.pop(tag, None)
+
+
+@pytest.mark.parametrize("returnsTag", [False, True], ids=["Slicer 5.8", "Slicer 5.10"])
+def test_the_panel_connects_once_per_parameter_node(app, returnsTag):
+    """Entering the module again re-uses the connection; a new scene's node replaces it (on 5.8 and 5.10)."""
+    import slicer
+
+    module = load_module()
+    panel = load_panel()
+    widgets = module.parameterWidgets(panel.findChildren(QWidget))
+    assert set(widgets) == set(typing.get_type_hints(module.BreastUSSegmentParameterNode))
+    assert widgets["threshold"].objectName() == "thresholdSliderWidget"
+
+    gui = module.ParameterNodeGui(panel.findChildren(QWidget))
+    node = slicer.vtkMRMLScriptedModuleNode()
+    first = SlicerWrapperStandIn(node, returnsTag)
+    assert gui.connect(first) is True
+    for _enter in range(3):  # each enter() wraps the same node anew
+        assert gui.connect(SlicerWrapperStandIn(node, returnsTag)) is False
+    assert list(first.connected.values()) == [widgets]
+    assert gui.parameters is first
+
+    newScene = SlicerWrapperStandIn(slicer.vtkMRMLScriptedModuleNode(), returnsTag)
+    assert gui.connect(newScene) is True
+    assert first.connected == {} and len(newScene.connected) == 1
+    gui.connect(None)
+    assert newScene.connected == {} and gui.parameters is None
 
 
 def render_panel(path):

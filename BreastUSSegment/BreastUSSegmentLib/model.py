@@ -23,60 +23,12 @@ Their model cards carry no ``upsample`` key and still load as they were.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 
-UPSAMPLE_MODES = ("bilinear", "transposed")
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Architecture hyper-parameters; stored in every model card."""
-
-    in_channels: int = 1
-    base_channels: int = 16
-    depth: int = 5  # number of 2x2 poolings; the original U-Net has 4
-    dropout: float = 0.1
-    batch_norm: bool = True
-    upsample: str = "bilinear"  # "bilinear" (+ 3x3 conv) or "transposed" (stride-2 2x2 kernel, older models)
-
-    def __post_init__(self) -> None:
-        if self.in_channels < 1:
-            raise ValueError(f"in_channels must be >= 1, got {self.in_channels}")
-        if self.base_channels < 1:
-            raise ValueError(f"base_channels must be >= 1, got {self.base_channels}")
-        if not 1 <= self.depth <= 8:
-            raise ValueError(f"depth must be between 1 and 8, got {self.depth}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.upsample not in UPSAMPLE_MODES:
-            raise ValueError(f"upsample must be one of {', '.join(UPSAMPLE_MODES)}, got {self.upsample!r}")
-
-    @property
-    def channels(self) -> tuple[int, ...]:
-        """Feature channels per level, from the first encoder level to the bottleneck."""
-        return tuple(self.base_channels * 2**level for level in range(self.depth + 1))
-
-    @property
-    def size_multiple(self) -> int:
-        """Input height and width must be a multiple of this."""
-        return 2**self.depth
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "ModelConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"unknown model configuration keys: {sorted(unknown)}")
-        # Cards written before the up-sampling became a choice describe transposed-convolution models.
-        return cls(**{"upsample": "transposed", **values})
+from .modelcard import UPSAMPLE_MODES, ModelConfig  # noqa: F401  (the architecture block of the card)
 
 
 class ConvBlock(nn.Sequential):

@@ -20,47 +20,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .fileio import write_atomically, write_text_atomically
-from .model import AttentionUNet, ModelConfig
+from .model import AttentionUNet
+from .modelcard import FORMAT_VERSION, ModelCard, WeightsError, card_path_for, read_model_card  # noqa: F401
 from .postprocessing import PostprocessOptions
-from .preprocessing import NORMALIZATION_NAME
-
-FORMAT_VERSION = 1
-
-
-class WeightsError(RuntimeError):
-    """Weights or model card missing, corrupt, tampered with or incompatible."""
-
-
-@dataclass
-class ModelCard:
-    """Everything needed to rebuild and run a saved model, plus its provenance."""
-
-    model: dict
-    input_size: list[int]
-    sha256: str
-    weights_file: str
-    postprocessing: dict  # every setting of PostprocessOptions: the card is their only source
-    name: str = "BreastUS Attention U-Net"
-    format_version: int = FORMAT_VERSION
-    normalization: str = NORMALIZATION_NAME
-    training: dict = field(default_factory=dict)
-    metrics: dict = field(default_factory=dict)
-
-    @property
-    def model_config(self) -> ModelConfig:
-        return ModelConfig.from_dict(self.model)
-
-    @property
-    def postprocess_options(self) -> PostprocessOptions:
-        return PostprocessOptions.from_dict(self.postprocessing)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
-
-
-def card_path_for(weights_path: str | os.PathLike) -> Path:
-    """The model card lives beside the weights: ``model.safetensors`` -> ``model.json``."""
-    return Path(weights_path).with_suffix(".json")
 
 
 def sha256_of_file(path: str | os.PathLike) -> str:
@@ -102,23 +64,6 @@ def save_model(
     if name:
         card.name = name
     write_text_atomically(card_path_for(weights_path), card.to_json())
-    return card
-
-
-def read_model_card(weights_path: str | os.PathLike) -> ModelCard:
-    """Read and validate the model card beside ``weights_path``."""
-    card_path = card_path_for(weights_path)
-    if not card_path.is_file():
-        raise WeightsError(f"model card not found: {card_path} (expected beside the weights file)")
-    try:
-        values = json.loads(card_path.read_text())
-        card = ModelCard(**{"postprocessing": {}, **values})  # a missing block is reported by its settings
-        card.model_config  # validates the architecture block
-        card.postprocess_options
-    except (ValueError, TypeError) as error:
-        raise WeightsError(f"model card {card_path} is not valid: {error}") from error
-    if card.format_version != FORMAT_VERSION:
-        raise WeightsError(f"model card {card_path} has format version {card.format_version}; this code reads {FORMAT_VERSION}")
     return card
 
 
