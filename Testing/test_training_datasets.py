@@ -153,6 +153,7 @@ def test_evaluate_reports_each_dataset_and_the_pooled_numbers_agree(two_dataset_
     assert {row["dataset"] for row in report["cases"]} == {"BUSI", "BrEaST"}
     markdown = (output / "report.md").read_text()
     assert "## BUSI (" in markdown and "## BrEaST (" in markdown and "Lesions left empty" in markdown
+    assert (output / "cases_BUSI.png").is_file() and (output / "cases_BrEaST.png").is_file()
     capsys.readouterr()
     assert cli.main(["evaluate", "--data", str(busi), "--split", str(split), "--subset", "train",
                      "--weights", str(tiny_weights), "--output", str(tmp_path / "r2"), "--no-progress"]) == 2

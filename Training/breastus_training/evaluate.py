@@ -444,13 +444,18 @@ def evaluate_split(
     json_path, markdown_path = write_report(output_dir, report)
     log(f"wrote {json_path} and {markdown_path} ({len(rows)} images in {seconds:.1f} s)")
 
-    best, worst = select_extremes(rows)
-    if best:
-        by_id = {(case.dataset, case.id): case for case in cases}
+    by_id = {(case.dataset, case.id): case for case in cases}
+    datasets = list(dict.fromkeys(row["dataset"] for row in rows))
+    for dataset in datasets:  # one grid per dataset (cases.png, or cases_<dataset>.png for several)
+        dataset_rows = [row for row in rows if row["dataset"] == dataset]
+        best, worst = select_extremes(dataset_rows)
+        if not best:
+            continue
         chosen = [sample_of(by_id[(row["dataset"], row["id"])]) for row in best + worst]
+        name = "cases.png" if len(datasets) == 1 else f"cases_{dataset}.png"
         grid = plot_case_grid(
-            case_figures(segmenter, chosen, rows, test_time_flip, box_prompt), output_dir / "cases.png",
-            title=f"{len(best)} best and {len(worst)} worst {subset} cases by processed Dice",
+            case_figures(segmenter, chosen, dataset_rows, test_time_flip, box_prompt), output_dir / name,
+            title=f"{dataset}: {len(best)} best and {len(worst)} worst {subset} cases by processed Dice",
         )
         log(f"wrote {grid}")
     if run_dir is not None:
