@@ -1,10 +1,17 @@
 """Saving and loading model weights with their JSON model card.
 
-Format (version 1): ``<name>.safetensors`` holds the state dict (float32
-tensors only, never pickled code) and ``<name>.json`` beside it is the model
-card: architecture, input size, normalisation, threshold, post-processing,
-training provenance, metrics and the sha256 of the weights file. Loading
-verifies that checksum and refuses a file that does not match.
+Format (version 1): ``<name>.safetensors`` holds the state dict (tensors only,
+never pickled code) and ``<name>.json`` beside it is the model card:
+architecture, input size, normalisation, threshold, post-processing, training
+provenance, metrics, the storage dtype and the sha256 of the weights file.
+Loading verifies that checksum and refuses a file that does not match.
+
+Storage dtype: ``float32`` (the default, and every card written before the
+field existed) stores every tensor in float32. ``float16`` or ``bfloat16``
+stores the floating-point tensors in that half precision (integer tensors such
+as BatchNorm's ``num_batches_tracked`` keep their own dtype), which halves the
+file; loading converts them back to float32, so the network always computes in
+float32.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from .postprocessing import PostprocessOptions
 from .preprocessing import NORMALIZATION_NAME
 
 FORMAT_VERSION = 1
+STORAGE_DTYPES = ("float32", "float16", "bfloat16")  # names of torch dtypes, as written in the card
 
 
 class WeightsError(RuntimeError):
@@ -45,6 +53,7 @@ class ModelCard:
     normalization: str = NORMALIZATION_NAME
     training: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
+    storage_dtype: str = "float32"  # how the floating-point tensors are stored in the file (STORAGE_DTYPES)
 
     @property
     def model_config(self) -> ModelConfig:
@@ -71,6 +80,43 @@ def sha256_of_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def check_storage_dtype(storage_dtype: str) -> str:
+    """``storage_dtype`` if it is one of ``STORAGE_DTYPES``; ValueError naming the choices otherwise."""
+    if storage_dtype not in STORAGE_DTYPES:
+        raise ValueError(f"storage dtype must be one of {', '.join(STORAGE_DTYPES)}, got {storage_dtype!r}")
+    return storage_dtype
+
+
+def stored_state(model: AttentionUNet, storage_dtype: str = "float32") -> dict:
+    """The tensors ``save_model`` writes for ``model``: on the CPU, contiguous, in ``storage_dtype``.
+
+    float32 storage converts every tensor to float32 (as format version 1 always did); half-precision
+    storage converts the floating-point tensors only. ValueError if a value does not fit the dtype.
+    """
+    dtype = getattr(torch, check_storage_dtype(storage_dtype))
+    state = {}
+    for key, value in model.state_dict().items():
+        value = value.detach().to("cpu")
+        stored = value.to(dtype) if dtype == torch.float32 or value.is_floating_point() else value
+        if stored.is_floating_point() and bool(torch.isfinite(value).all()) and not bool(torch.isfinite(stored).all()):
+            raise ValueError(f"tensor {key} has values beyond the range of {storage_dtype}; store it in float32")
+        state[key] = stored.contiguous()
+    return state
+
+
+def computed_state(state: dict) -> dict:
+    """Tensors read from a weights file, ready for the network: half-precision ones converted to float32."""
+    return {key: value.float() if value.dtype in (torch.float16, torch.bfloat16) else value
+            for key, value in state.items()}
+
+
+def stored_copy(model: AttentionUNet, storage_dtype: str) -> AttentionUNet:
+    """A new model with the weights that saving ``model`` in ``storage_dtype`` and loading it back gives."""
+    copy = AttentionUNet(model.config)
+    copy.load_state_dict(computed_state(stored_state(model, storage_dtype)), strict=True)
+    return copy.eval()
+
+
 def save_model(
     model: AttentionUNet,
     weights_path: str | os.PathLike,
@@ -80,15 +126,17 @@ def save_model(
     training: dict | None = None,
     metrics: dict | None = None,
     name: str | None = None,
+    storage_dtype: str = "float32",
 ) -> ModelCard:
     """Write ``weights_path`` (.safetensors) and its model card; return the card.
 
     ``postprocessing`` is required: a card always carries the model's complete post-processing.
+    ``storage_dtype`` (one of ``STORAGE_DTYPES``) is how the floating-point tensors are written.
     """
     weights_path = Path(weights_path)
     if weights_path.suffix != ".safetensors":
         raise ValueError(f"weights must be saved as .safetensors, got {weights_path.name}")
-    state = {key: value.detach().to("cpu", torch.float32).contiguous() for key, value in model.state_dict().items()}
+    state = stored_state(model, storage_dtype)
     write_atomically(weights_path, lambda temporary: save_file(state, temporary, metadata={"format": "pt"}))
     card = ModelCard(
         model=model.config.to_dict(),
@@ -98,6 +146,7 @@ def save_model(
         postprocessing=postprocessing.to_dict(),
         training=dict(training or {}),
         metrics=dict(metrics or {}),
+        storage_dtype=storage_dtype,
     )
     if name:
         card.name = name
@@ -115,6 +164,7 @@ def read_model_card(weights_path: str | os.PathLike) -> ModelCard:
         card = ModelCard(**{"postprocessing": {}, **values})  # a missing block is reported by its settings
         card.model_config  # validates the architecture block
         card.postprocess_options
+        check_storage_dtype(card.storage_dtype)
     except (ValueError, TypeError) as error:
         raise WeightsError(f"model card {card_path} is not valid: {error}") from error
     if card.format_version != FORMAT_VERSION:
@@ -144,7 +194,12 @@ def load_model(weights_path: str | os.PathLike, device: str | torch.device = "cp
     mismatch = state_dict_mismatch(model.state_dict(), state)
     if mismatch:
         raise WeightsError(f"weights {weights_path} do not match the architecture in its model card: {mismatch}")
-    model.load_state_dict(state, strict=True)
+    foreign = sorted({str(value.dtype).replace("torch.", "") for value in state.values() if value.is_floating_point()}
+                     - {card.storage_dtype})
+    if foreign:
+        raise WeightsError(f"weights {weights_path} hold {', '.join(foreign)} tensors, but its model card says "
+                           f"they are stored in {card.storage_dtype}")
+    model.load_state_dict(computed_state(state), strict=True)
     return model.to(device).eval(), card
 
 
