@@ -12,7 +12,7 @@ from BreastUSSegmentLib.inference import LesionSegmenter
 from BreastUSSegmentLib.metrics import dice_score, hausdorff95, iou_score
 from BreastUSSegmentLib.model import AttentionUNet, ModelConfig
 from BreastUSSegmentLib.postprocessing import UNTUNED_POSTPROCESSING, postprocess_mask
-from BreastUSSegmentLib.weights import WeightsError, load_model, read_model_card, save_model
+from BreastUSSegmentLib.weights import WeightsError, card_path_for, load_model, read_model_card, save_model
 from breastus_training import evaluate, export, figures, sweep
 
 INPUT_SIZE = (32, 32)
@@ -336,6 +336,69 @@ def test_post_processing_chosen_at_evaluation_is_what_export_ships(busi, tmp_pat
     assert cli.main(["export", "--weights", str(busi["full"]), "--report", str(output / "report.json"),
                      "--output", str(target)]) == 0
     assert read_model_card(target).postprocessing == evaluated
+
+
+def export_arguments(busi, weights, report_dir, target, *extra):
+    return ["export", "--weights", str(weights), "--report", str(report_dir / "report.json"), "--output", str(target),
+            "--no-progress", *extra]
+
+
+def half_precision_check(busi, storage_dtype="float16"):
+    return ["--storage-dtype", storage_dtype, "--data", str(busi["data"]), "--split", str(busi["split"])]
+
+
+def test_half_precision_export_checks_the_val_agreement_and_records_it(busi, full_report, tmp_path, capsys):
+    float32, half = tmp_path / "float32.safetensors", tmp_path / "float16.safetensors"
+    assert cli.main(export_arguments(busi, busi["full"], full_report[0], float32)) == 0
+    assert cli.main(export_arguments(busi, busi["full"], full_report[0], half, *half_precision_check(busi))) == 0
+    val = load_manifest(busi["split"]).cases_for("val")
+    assert f"processed-mask Dice float16 vs float32 on {len(val)} val images: mean 1.0000, min 1.0000, 0 below 0.99" \
+        in capsys.readouterr().out
+    card, float32_card = read_model_card(half), read_model_card(float32)
+    assert card.storage_dtype == "float16" and float32_card.storage_dtype == "float32"
+    assert half.stat().st_size < 0.75 * float32.stat().st_size  # the tiny model's header is a large part of it
+    agreement = card.training["storage_agreement"]
+    assert agreement == {"storage_dtype": "float16", "subset": "val", "split_sha256": load_manifest(busi["split"]).sha256,
+                         "test_time_flip": False, "images": len(val), "processed_dice_mean": 1.0,
+                         "processed_dice_min": 1.0, "images_below": 0, "required_mean": export.AGREEMENT_DICE}
+    assert card.metrics == float32_card.metrics and card.postprocessing == float32_card.postprocessing
+    load_model(half)  # its checksum verified
+
+
+def test_half_precision_export_is_refused_when_the_stored_copy_changes_the_masks(busi, tmp_path, capsys):
+    """A constant logit just below the threshold's in float32 rounds to one above it in float16 and bfloat16:
+    the float32 model leaves every image empty, the stored copy marks every pixel."""
+    threshold_logit = math.log(0.6 / 0.4)  # 0.405465...; nearest float16 values 0.405273 and 0.405518
+    weights = tmp_path / "edge" / "best.safetensors"
+    save_model(tiny_model(head_bias=0.40543), weights, input_size=INPUT_SIZE,
+               postprocessing=UNTUNED_POSTPROCESSING.with_overrides(threshold=0.6))
+    assert torch.tensor(0.40543) < threshold_logit < torch.tensor(0.40543).half().float()
+    report_dir = tmp_path / "edge_report"
+    assert cli.main(["evaluate", "--data", str(busi["data"]), "--split", str(busi["split"]), "--weights", str(weights),
+                     "--subset", "test", "--output", str(report_dir), "--device", "cpu", "--no-progress"]) == 0
+    val = len(load_manifest(busi["split"]).cases_for("val"))
+    for storage_dtype in ("float16", "bfloat16"):
+        target = tmp_path / f"{storage_dtype}.safetensors"
+        code = cli.main(export_arguments(busi, weights, report_dir, target, *half_precision_check(busi, storage_dtype)))
+        assert code == 2
+        assert (f"{storage_dtype} storage changes the processed masks: processed-mask Dice {storage_dtype} vs "
+                f"float32 on {val} val images: mean 0.0000, min 0.0000, {val} below 0.99") in capsys.readouterr().err
+        assert not target.exists() and not card_path_for(target).exists()
+    assert cli.main(export_arguments(busi, weights, report_dir, tmp_path / "float32.safetensors")) == 0
+
+
+def test_half_precision_export_needs_the_reports_split_and_its_data(busi, full_report, tmp_path, capsys):
+    target = tmp_path / "model.safetensors"
+    assert cli.main(export_arguments(busi, busi["full"], full_report[0], target, "--storage-dtype", "bfloat16")) == 2
+    assert "storing in bfloat16 needs --data and --split" in capsys.readouterr().err
+    assert cli.main(export_arguments(busi, busi["full"], full_report[0], target, "--split", str(busi["split"]))) == 2
+    assert "only used to check a half-precision --storage-dtype" in capsys.readouterr().err
+    other = tmp_path / "other_split.json"
+    write_manifest(build_manifest(busi["data"], seed=5), other)
+    code = cli.main(export_arguments(busi, busi["full"], full_report[0], target, "--storage-dtype", "float16",
+                                     "--data", str(busi["data"]), "--split", str(other)))
+    assert code == 2 and f"--split {other} is not the split the report was computed on" in capsys.readouterr().err
+    assert not target.exists()
 
 
 def run_sweep(busi, weights, name, *extra):

@@ -8,7 +8,9 @@ import torch
 
 from BreastUSSegmentLib.model import AttentionUNet, ModelConfig
 from BreastUSSegmentLib.postprocessing import UNTUNED_POSTPROCESSING
-from BreastUSSegmentLib.weights import WeightsError, card_path_for, load_model, read_model_card, save_model, sha256_of_file
+from BreastUSSegmentLib.weights import (
+    WeightsError, card_path_for, load_model, read_model_card, save_model, sha256_of_file, stored_copy,
+)
 
 
 @pytest.fixture
@@ -124,3 +126,106 @@ def test_a_card_without_its_complete_postprocessing_is_refused(saved):
     card_path_for(path).write_text(json.dumps(card))
     with pytest.raises(WeightsError, match="lacks threshold, min_area_fraction"):
         load_model(path)
+
+
+# Half-precision storage: floating-point tensors in float16 or bfloat16, computed in float32 after loading.
+
+def half_saved(tmp_path, storage_dtype):
+    """A model large enough for the tensors to dominate the file, saved in float32 and in ``storage_dtype``."""
+    torch.manual_seed(1)
+    model = AttentionUNet(ModelConfig(base_channels=16, depth=3, dropout=0.0))
+    with torch.no_grad():  # BatchNorm statistics and counters that are not their defaults
+        for name, buffer in model.named_buffers():
+            buffer.copy_(torch.full_like(buffer, 7) if "num_batches" in name else torch.rand_like(buffer) + 0.5)
+    full, half = tmp_path / "full.safetensors", tmp_path / "half.safetensors"
+    save_model(model, full, postprocessing=UNTUNED_POSTPROCESSING)
+    card = save_model(model, half, postprocessing=UNTUNED_POSTPROCESSING, storage_dtype=storage_dtype)
+    return model, full, half, card
+
+
+# Rounding to nearest: half a unit in the last place, relative, and absolute for float16's subnormals.
+@pytest.mark.parametrize("storage_dtype, relative, absolute", [("float16", 2 ** -11, 2 ** -25), ("bfloat16", 2 ** -8, 0)])
+def test_half_precision_round_trip(tmp_path, storage_dtype, relative, absolute):
+    model, full, half, card = half_saved(tmp_path, storage_dtype)
+    assert card.storage_dtype == storage_dtype
+    assert json.loads(card_path_for(half).read_text())["storage_dtype"] == storage_dtype
+    assert card.sha256 == sha256_of_file(half)  # the checksum covers the file as written
+    assert 0.45 < half.stat().st_size / full.stat().st_size < 0.55
+    stored = safe_open_dtypes(half)
+    assert stored["head.weight"] == getattr(torch, storage_dtype)
+    assert stored["bottleneck.1.num_batches_tracked"] == torch.int64  # integer tensors keep their dtype
+
+    loaded, loaded_card = load_model(half)
+    assert loaded_card == read_model_card(half) == card
+    for key, value in model.state_dict().items():
+        restored = loaded.state_dict()[key]
+        assert restored.dtype == value.dtype, key  # computed in float32 (integers as integers)
+        if value.is_floating_point():
+            assert torch.allclose(restored, value, rtol=relative, atol=absolute), key
+        else:
+            assert torch.equal(restored, value), key
+    assert not all(torch.equal(loaded.state_dict()[key], value) for key, value in model.state_dict().items())
+
+
+def safe_open_dtypes(path):
+    """The dtype of each tensor as stored in a safetensors file."""
+    from safetensors.torch import load_file
+
+    return {key: value.dtype for key, value in load_file(str(path)).items()}
+
+
+def test_stored_copy_computes_with_exactly_the_weights_that_loading_gives(tmp_path):
+    model, _, half, _ = half_saved(tmp_path, "float16")
+    loaded, _ = load_model(half)
+    copy = stored_copy(model, "float16")
+    for key, value in loaded.state_dict().items():
+        assert torch.equal(copy.state_dict()[key], value), key
+
+
+def test_a_tampered_half_precision_file_is_refused(tmp_path):
+    _, _, half, _ = half_saved(tmp_path, "float16")
+    data = bytearray(half.read_bytes())
+    data[-10] ^= 0xFF
+    half.write_bytes(bytes(data))
+    with pytest.raises(WeightsError, match="checksum mismatch"):
+        load_model(half)
+
+
+def test_float32_storage_is_the_format_as_before(tmp_path):
+    """float32 writes every tensor in float32 (counters included), and a card without the field is float32."""
+    model, full, _, _ = half_saved(tmp_path, "float16")
+    assert set(safe_open_dtypes(full).values()) == {torch.float32}
+    card = json.loads(card_path_for(full).read_text())
+    assert card["storage_dtype"] == "float32"
+    del card["storage_dtype"]  # a card written before storage dtypes existed
+    card_path_for(full).write_text(json.dumps(card))
+    loaded, loaded_card = load_model(full)
+    assert loaded_card.storage_dtype == "float32"
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+
+
+def test_a_card_whose_storage_dtype_is_not_the_files_is_refused(tmp_path):
+    _, full, half, _ = half_saved(tmp_path, "float16")
+    card = json.loads(card_path_for(half).read_text())
+    card["storage_dtype"] = "float32"
+    card_path_for(half).write_text(json.dumps(card))
+    with pytest.raises(WeightsError, match="hold float16 tensors, but its model card says they are stored in float32"):
+        load_model(half)
+    card = json.loads(card_path_for(full).read_text())
+    card["storage_dtype"] = "int8"
+    card_path_for(full).write_text(json.dumps(card))
+    with pytest.raises(WeightsError, match="storage dtype must be one of float32, float16, bfloat16, got 'int8'"):
+        read_model_card(full)
+
+
+def test_an_unknown_storage_dtype_or_a_value_out_of_its_range_is_not_written(tmp_path):
+    model = AttentionUNet(ModelConfig(base_channels=2, depth=1))
+    with pytest.raises(ValueError, match="storage dtype must be one of"):
+        save_model(model, tmp_path / "m.safetensors", postprocessing=UNTUNED_POSTPROCESSING, storage_dtype="float64")
+    with torch.no_grad():
+        model.head.bias.fill_(1e6)  # beyond float16's largest value, 65504
+    with pytest.raises(ValueError, match="head.bias has values beyond the range of float16"):
+        save_model(model, tmp_path / "m.safetensors", postprocessing=UNTUNED_POSTPROCESSING, storage_dtype="float16")
+    assert not (tmp_path / "m.safetensors").exists()
+    save_model(model, tmp_path / "m.safetensors", postprocessing=UNTUNED_POSTPROCESSING, storage_dtype="bfloat16")

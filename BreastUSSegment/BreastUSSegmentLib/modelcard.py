@@ -17,6 +17,7 @@ from pathlib import Path
 from .postprocessing import PostprocessOptions
 
 FORMAT_VERSION = 1
+STORAGE_DTYPES = ("float32", "float16", "bfloat16")  # names of torch dtypes, as written in the card
 # How frames are scaled before the network (the card records it; preprocessing applies it).
 NORMALIZATION_NAME = "luma-bt601 + per-frame min-max to [0,1]"
 UPSAMPLE_MODES = ("bilinear", "transposed")
@@ -86,6 +87,7 @@ class ModelCard:
     normalization: str = NORMALIZATION_NAME
     training: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
+    storage_dtype: str = "float32"  # how the floating-point tensors are stored in the file (STORAGE_DTYPES)
 
     @property
     def model_config(self) -> ModelConfig:
@@ -97,6 +99,13 @@ class ModelCard:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+
+
+def check_storage_dtype(storage_dtype: str) -> str:
+    """``storage_dtype`` if it is one of ``STORAGE_DTYPES``; ValueError naming the choices otherwise."""
+    if storage_dtype not in STORAGE_DTYPES:
+        raise ValueError(f"storage dtype must be one of {', '.join(STORAGE_DTYPES)}, got {storage_dtype!r}")
+    return storage_dtype
 
 
 def card_path_for(weights_path: str | os.PathLike) -> Path:
@@ -114,6 +123,7 @@ def read_model_card(weights_path: str | os.PathLike) -> ModelCard:
         card = ModelCard(**{"postprocessing": {}, **values})  # a missing block is reported by its settings
         card.model_config  # validates the architecture block
         card.postprocess_options
+        check_storage_dtype(card.storage_dtype)
     except (ValueError, TypeError) as error:
         raise WeightsError(f"model card {card_path} is not valid: {error}") from error
     if card.format_version != FORMAT_VERSION:

@@ -1,18 +1,23 @@
 """Saving and loading model weights with their JSON model card.
 
-Format (version 1): ``<name>.safetensors`` holds the state dict (float32
-tensors only, never pickled code) and ``<name>.json`` beside it is the model
-card: architecture, input size, normalisation, threshold, post-processing,
-training provenance, metrics and the sha256 of the weights file. Loading
-verifies that checksum and refuses a file that does not match.
+Format (version 1): ``<name>.safetensors`` holds the state dict (tensors only,
+never pickled code) and ``<name>.json`` beside it is the model card:
+architecture, input size, normalisation, threshold, post-processing, training
+provenance, metrics, the storage dtype and the sha256 of the weights file.
+Loading verifies that checksum and refuses a file that does not match.
+
+Storage dtype: ``float32`` (the default, and every card written before the
+field existed) stores every tensor in float32. ``float16`` or ``bfloat16``
+stores the floating-point tensors in that half precision (integer tensors such
+as BatchNorm's ``num_batches_tracked`` keep their own dtype), which halves the
+file; loading converts them back to float32, so the network always computes in
+float32.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -21,7 +26,9 @@ from safetensors.torch import load_file, save_file
 
 from .fileio import write_atomically, write_text_atomically
 from .model import AttentionUNet
-from .modelcard import FORMAT_VERSION, ModelCard, WeightsError, card_path_for, read_model_card  # noqa: F401
+from .modelcard import (  # noqa: F401
+    FORMAT_VERSION, STORAGE_DTYPES, ModelCard, WeightsError, card_path_for, check_storage_dtype, read_model_card,
+)
 from .postprocessing import PostprocessOptions
 
 
@@ -33,6 +40,36 @@ def sha256_of_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def stored_state(model: AttentionUNet, storage_dtype: str = "float32") -> dict:
+    """The tensors ``save_model`` writes for ``model``: on the CPU, contiguous, in ``storage_dtype``.
+
+    float32 storage converts every tensor to float32 (as format version 1 always did); half-precision
+    storage converts the floating-point tensors only. ValueError if a value does not fit the dtype.
+    """
+    dtype = getattr(torch, check_storage_dtype(storage_dtype))
+    state = {}
+    for key, value in model.state_dict().items():
+        value = value.detach().to("cpu")
+        stored = value.to(dtype) if dtype == torch.float32 or value.is_floating_point() else value
+        if stored.is_floating_point() and bool(torch.isfinite(value).all()) and not bool(torch.isfinite(stored).all()):
+            raise ValueError(f"tensor {key} has values beyond the range of {storage_dtype}; store it in float32")
+        state[key] = stored.contiguous()
+    return state
+
+
+def computed_state(state: dict) -> dict:
+    """Tensors read from a weights file, ready for the network: half-precision ones converted to float32."""
+    return {key: value.float() if value.dtype in (torch.float16, torch.bfloat16) else value
+            for key, value in state.items()}
+
+
+def stored_copy(model: AttentionUNet, storage_dtype: str) -> AttentionUNet:
+    """A new model with the weights that saving ``model`` in ``storage_dtype`` and loading it back gives."""
+    copy = AttentionUNet(model.config)
+    copy.load_state_dict(computed_state(stored_state(model, storage_dtype)), strict=True)
+    return copy.eval()
+
+
 def save_model(
     model: AttentionUNet,
     weights_path: str | os.PathLike,
@@ -42,15 +79,17 @@ def save_model(
     training: dict | None = None,
     metrics: dict | None = None,
     name: str | None = None,
+    storage_dtype: str = "float32",
 ) -> ModelCard:
     """Write ``weights_path`` (.safetensors) and its model card; return the card.
 
     ``postprocessing`` is required: a card always carries the model's complete post-processing.
+    ``storage_dtype`` (one of ``STORAGE_DTYPES``) is how the floating-point tensors are written.
     """
     weights_path = Path(weights_path)
     if weights_path.suffix != ".safetensors":
         raise ValueError(f"weights must be saved as .safetensors, got {weights_path.name}")
-    state = {key: value.detach().to("cpu", torch.float32).contiguous() for key, value in model.state_dict().items()}
+    state = stored_state(model, storage_dtype)
     write_atomically(weights_path, lambda temporary: save_file(state, temporary, metadata={"format": "pt"}))
     card = ModelCard(
         model=model.config.to_dict(),
@@ -60,6 +99,7 @@ def save_model(
         postprocessing=postprocessing.to_dict(),
         training=dict(training or {}),
         metrics=dict(metrics or {}),
+        storage_dtype=storage_dtype,
     )
     if name:
         card.name = name
@@ -89,7 +129,12 @@ def load_model(weights_path: str | os.PathLike, device: str | torch.device = "cp
     mismatch = state_dict_mismatch(model.state_dict(), state)
     if mismatch:
         raise WeightsError(f"weights {weights_path} do not match the architecture in its model card: {mismatch}")
-    model.load_state_dict(state, strict=True)
+    foreign = sorted({str(value.dtype).replace("torch.", "") for value in state.values() if value.is_floating_point()}
+                     - {card.storage_dtype})
+    if foreign:
+        raise WeightsError(f"weights {weights_path} hold {', '.join(foreign)} tensors, but its model card says "
+                           f"they are stored in {card.storage_dtype}")
+    model.load_state_dict(computed_state(state), strict=True)
     return model.to(device).eval(), card
 
 

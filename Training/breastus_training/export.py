@@ -4,6 +4,13 @@ The weights are loaded (their sha256 verified), re-saved through the core's
 ``save_model`` and given a model card whose ``metrics`` are the numbers of an
 evaluation report made with these very weights, and whose ``training`` block
 is the training provenance plus the split's and the report's sha256.
+
+With ``--storage-dtype float16`` (or ``bfloat16``) the floating-point tensors
+are stored in half precision, which halves the file, but only if the processed
+masks do not change: before writing, every val image of the report's split is
+segmented by the float32 model and by its stored copy, and the export is refused
+unless their mean processed-mask Dice is at least ``AGREEMENT_DICE``. The
+measured agreement goes into the card's ``training`` block.
 """
 
 from __future__ import annotations
@@ -13,9 +20,21 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
+from tqdm import tqdm
+
 from BreastUSSegmentLib import BUNDLED_WEIGHTS
+from BreastUSSegmentLib.inference import LesionSegmenter
+from BreastUSSegmentLib.metrics import dice_score
+from BreastUSSegmentLib.model import AttentionUNet
 from BreastUSSegmentLib.postprocessing import PostprocessOptions
-from BreastUSSegmentLib.weights import ModelCard, WeightsError, card_path_for, load_model, save_model, sha256_of_file
+from BreastUSSegmentLib.weights import (
+    STORAGE_DTYPES, ModelCard, WeightsError, card_path_for, check_storage_dtype, load_model, save_model, sha256_of_file,
+    stored_copy,
+)
+
+from .busi import load_case, load_manifest
+from .datasets import DataRoots
 
 REQUIRED_REPORT_KEYS = (
     ("subset",),
@@ -27,6 +46,10 @@ REQUIRED_REPORT_KEYS = (
     ("options", "test_time_flip"),
     ("options", "postprocessing", "threshold"),
 )
+# Half-precision storage is allowed when the stored copy's processed masks agree with the float32 model's
+# by at least this mean Dice over the val images (issue 15).
+AGREEMENT_DICE = 0.99
+AGREEMENT_SUBSET = "val"
 SUMMARY_KEYS = ("dice_mean", "dice_std", "iou_mean", "iou_std", "pooled_iou", "hd95_px_mean", "hd95_px_median", "hd95_undefined")
 
 
@@ -85,17 +108,79 @@ def summary_metrics(summary: dict) -> dict:
     return metrics
 
 
+def storage_agreement(
+    model: AttentionUNet,
+    input_size: tuple[int, int],
+    postprocessing: PostprocessOptions,
+    storage_dtype: str,
+    data_roots,
+    split_path: str | os.PathLike,
+    test_time_flip: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Processed-mask Dice between ``model`` (float32) and its copy stored in ``storage_dtype``, per val image.
+
+    Both run on the CPU with the same post-processing; two empty masks agree (Dice 1). Returns the subset,
+    the split's sha256, the image count, the mean and minimum Dice and how many images are below
+    ``AGREEMENT_DICE``.
+    """
+    roots, manifest = DataRoots.from_paths(data_roots), load_manifest(split_path)
+    cases = manifest.cases_for(AGREEMENT_SUBSET)
+    if not cases:
+        raise ExportError(f"the split {split_path} has no {AGREEMENT_SUBSET} case to check the storage dtype on")
+    reference = LesionSegmenter(model, input_size, postprocessing, device="cpu")
+    stored = LesionSegmenter(stored_copy(model, storage_dtype), input_size, postprocessing, device="cpu")
+    dice = []
+    for case in tqdm(cases, desc=f"{storage_dtype} vs float32", unit="image", disable=not progress):
+        image, _ = load_case(roots, case)
+        masks = [segmenter.segment(image, test_time_flip=test_time_flip).processed_mask[0]
+                 for segmenter in (reference, stored)]
+        dice.append(dice_score(*masks))
+    return {
+        "storage_dtype": storage_dtype,
+        "subset": AGREEMENT_SUBSET,
+        "split_sha256": manifest.sha256,
+        "test_time_flip": bool(test_time_flip),
+        "images": len(dice),
+        "processed_dice_mean": float(np.mean(dice)),
+        "processed_dice_min": float(np.min(dice)),
+        "images_below": sum(1 for value in dice if value < AGREEMENT_DICE),
+        "required_mean": AGREEMENT_DICE,
+    }
+
+
+def describe_agreement(agreement: dict) -> str:
+    """One line: the measured agreement of a stored copy with the float32 model."""
+    return (f"processed-mask Dice {agreement['storage_dtype']} vs float32 on {agreement['images']} "
+            f"{agreement['subset']} images: mean {agreement['processed_dice_mean']:.4f}, "
+            f"min {agreement['processed_dice_min']:.4f}, {agreement['images_below']} below {AGREEMENT_DICE}")
+
+
 def export_model(
     weights: str | os.PathLike,
     report_path: str | os.PathLike,
     output: str | os.PathLike = BUNDLED_WEIGHTS,
     threshold: float | None = None,
     force: bool = False,
+    storage_dtype: str = "float32",
+    data_roots=None,
+    split_path: str | os.PathLike | None = None,
+    progress: bool = True,
 ) -> ModelCard:
-    """Write ``output`` (.safetensors) and its model card; return the new card."""
+    """Write ``output`` (.safetensors) and its model card; return the new card.
+
+    A half-precision ``storage_dtype`` needs ``data_roots`` and ``split_path`` (the report's split) for the
+    agreement check; the export is refused if the stored copy's mean val Dice is below ``AGREEMENT_DICE``.
+    """
     weights, report_path, output = Path(weights), Path(report_path), Path(output)
     if output.suffix != ".safetensors":
         raise ExportError(f"the output must be a .safetensors file, got {output}")
+    half = check_storage_dtype(storage_dtype) != "float32"
+    if half and (not data_roots or split_path is None):
+        raise ExportError(f"storing in {storage_dtype} needs --data and --split: the {AGREEMENT_SUBSET} images "
+                          "on which the stored copy must agree with the float32 model")
+    if not half and (data_roots or split_path is not None):
+        raise ExportError("--data and --split are only used to check a half-precision --storage-dtype")
     existing = [path for path in (output, card_path_for(output)) if path.exists()]
     if existing and not force:
         raise ExportError(f"{existing[0]} already exists; pass --force to replace it")
@@ -123,10 +208,28 @@ def export_model(
         "split_sha256": report["split"]["sha256"],
         "evaluation_report": {"path": str(report_path), "sha256": sha256_of_file(report_path)},
     })
+    if half:
+        training["storage_agreement"] = checked_agreement(
+            model, card, options, storage_dtype, data_roots, split_path, report, progress)
     return save_model(
         model, output, input_size=tuple(card.input_size), postprocessing=options,
-        training=training, metrics=card_metrics(report), name=card.name,
+        training=training, metrics=card_metrics(report), name=card.name, storage_dtype=storage_dtype,
     )
+
+
+def checked_agreement(model, card, options, storage_dtype, data_roots, split_path, report, progress) -> dict:
+    """The storage agreement on the report's split; ExportError if that split is not the one given or the
+    agreement misses ``AGREEMENT_DICE``."""
+    manifest = load_manifest(split_path)
+    if manifest.sha256 != report["split"]["sha256"]:
+        raise ExportError(f"--split {split_path} is not the split the report was computed on "
+                          f"(cases sha256 {manifest.sha256}, the report's {report['split']['sha256']})")
+    agreement = storage_agreement(model, tuple(card.input_size), options, storage_dtype, data_roots, split_path,
+                                  report["options"]["test_time_flip"], progress)
+    if agreement["processed_dice_mean"] < AGREEMENT_DICE:
+        raise ExportError(f"{storage_dtype} storage changes the processed masks: {describe_agreement(agreement)}; "
+                          f"the mean must be at least {AGREEMENT_DICE}. Export in float32 instead")
+    return agreement
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -135,13 +238,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", type=Path, default=BUNDLED_WEIGHTS, help=f"default: {BUNDLED_WEIGHTS}")
     parser.add_argument("--threshold", type=float, help="must equal the threshold the report was computed at")
     parser.add_argument("--force", action="store_true", help="replace an existing output file")
+    parser.add_argument("--storage-dtype", choices=STORAGE_DTYPES, default="float32",
+                        help="how the weights are stored (default float32); float16 or bfloat16 halves the file "
+                             f"and needs --data and --split: refused unless the stored copy's processed masks "
+                             f"agree with float32 by mean Dice >= {AGREEMENT_DICE} on the {AGREEMENT_SUBSET} images")
+    parser.add_argument("--data", type=Path, action="append",
+                        help="with a half-precision --storage-dtype: a dataset folder of the split; repeat for each")
+    parser.add_argument("--split", type=Path, help="with a half-precision --storage-dtype: the report's split file")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar during the agreement check")
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        card = export_model(args.weights, args.report, args.output, args.threshold, args.force)
+        card = export_model(args.weights, args.report, args.output, args.threshold, args.force,
+                            args.storage_dtype, args.data, args.split, progress=not args.no_progress)
     except WeightsError as error:  # reported by the command line like any other bad input
         raise ExportError(str(error)) from error
-    print(f"wrote {args.output} and {card_path_for(args.output)}")
+    if "storage_agreement" in card.training:
+        print(describe_agreement(card.training["storage_agreement"]))
+    print(f"wrote {args.output} and {card_path_for(args.output)} (stored in {card.storage_dtype})")
     print(f"sha256 {card.sha256}")
     return 0

@@ -23,7 +23,6 @@ import argparse
 import hashlib
 import json
 import random
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
