@@ -25,8 +25,32 @@ def test_bundled_weights_match_their_card_and_size_budget():
     assert sha256_of_file(BUNDLED_WEIGHTS) == card.sha256
     assert BUNDLED_WEIGHTS.stat().st_size <= MAX_WEIGHTS_BYTES
     raw = json.loads(card_path_for(BUNDLED_WEIGHTS).read_text())
-    assert raw["training"]["dataset"] == "BUSI" and raw["training"]["split_sha256"]
+    assert raw["training"]["dataset"] == "BUSI + BrEaST" and raw["training"]["split_sha256"]
+    assert {item["name"] for item in raw["training"]["datasets"]} == {"BUSI", "BrEaST"}
+    assert "CC BY 4.0" in next(item["licence"] for item in raw["training"]["datasets"] if item["name"] == "BrEaST")
     assert raw["metrics"]["subset"] == "test"  # evaluation numbers of the committed test split
+    assert set(raw["metrics"]["per_dataset"]) == {"BUSI", "BrEaST"}
+    assert card.model_config.upsample == "bilinear"
+
+
+@pytest.mark.parametrize("name", ["benign", "malignant"])
+def test_bundled_model_attention_has_no_lattice(name):
+    """The combined attention map on the 256x256 network grid passes the lattice measure (see metrics)."""
+    import torch
+
+    from BreastUSSegmentLib.metrics import LATTICE_MAX_FRACTION, high_frequency_fraction
+    from BreastUSSegmentLib.preprocessing import prepare_input, resize_frames
+    from BreastUSSegmentLib.weights import load_model
+
+    model, card = load_model(BUNDLED_WEIGHTS)
+    size = tuple(card.input_size)
+    image = np.array(Image.open(SAMPLES_DIR / f"breastus_sample_{name}.png"))
+    with torch.no_grad():
+        _, attention = model(prepare_input(image, size), return_attention=True)
+    combined = torch.stack([resize_frames(level, size) for level in attention]).mean(0)[0, 0].numpy()
+    fraction = high_frequency_fraction(combined)
+    print(f"breastus_sample_{name}: lattice measure {fraction:.4f}")
+    assert fraction <= LATTICE_MAX_FRACTION
 
 
 @pytest.mark.parametrize("name", ["benign"])

@@ -422,6 +422,13 @@ def render_panel(path):
     for name in ("segmentButton", "segmentInBoxButton", "addBoxButton"):
         panel.findChild(QPushButton, name).setEnabled(True)
     panel.findChild(QProgressBar, "progressBar").hide()
+    # The parameter node fills the advanced options from the bundled model's card, as in Slicer.
+    card = module.BreastUSSegmentLogic().postprocessingParameters()
+    panel.findChild(ctkSliderWidget, "thresholdSliderWidget").setValue(card["threshold"])
+    panel.findChild(ctkSliderWidget, "minConfidenceSliderWidget").setValue(card["minConfidence"])
+    for name, key in (("keepLargestCheckBox", "keepLargest"), ("fillHolesCheckBox", "fillHoles"),
+                      ("smoothingCheckBox", "smoothing")):
+        panel.findChild(QCheckBox, name).setChecked(card[key])
     panel.findChild(ctkCollapsibleButton, "advancedCollapsibleButton").setCollapsed(False)
     panel.resize(QSize(400, panel.sizeHint().height()))
     panel.layout().activate()
