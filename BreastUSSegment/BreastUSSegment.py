@@ -191,8 +191,10 @@ Data in Brief 28 (2020) 104863, doi:10.1016/j.dib.2019.104863.</p>
         )
         self.parent.acknowledgementText = _(
             """
-Built on 3D Slicer and PyTorch. The model is trained on the BUSI dataset (Al-Dhabyani et al., 2020, CC0 1.0);
-please cite the dataset and the method above when you use this module.
+Built on 3D Slicer and PyTorch. The model is trained on two public datasets: BUSI (Al-Dhabyani et al., Data in
+Brief 2020, CC0 1.0) and BrEaST-Lesions_USG (Pawlowska et al., Scientific Data 2024, doi:10.1038/s41597-024-02984-z;
+The Cancer Imaging Archive, doi:10.7937/9WKK-Q141; CC BY 4.0, https://creativecommons.org/licenses/by/4.0/).
+Please cite both datasets and the method above when you use this module.
 """
         )
         if hasattr(slicer, "app"):

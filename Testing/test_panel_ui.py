@@ -422,6 +422,7 @@ def render_panel(path):
     for name in ("segmentButton", "segmentInBoxButton", "addBoxButton"):
         panel.findChild(QPushButton, name).setEnabled(True)
     panel.findChild(QProgressBar, "progressBar").hide()
+    panel.findChild(QPushButton, "cancelButton").hide()  # shown only while a run is going
     # The parameter node fills the advanced options from the bundled model's card, as in Slicer.
     card = module.BreastUSSegmentLogic().postprocessingParameters()
     panel.findChild(ctkSliderWidget, "thresholdSliderWidget").setValue(card["threshold"])
