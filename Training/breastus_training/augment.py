@@ -42,7 +42,7 @@ from typing import Optional, Tuple
 import torch
 from torch.nn import functional as F
 
-from .scanner_augment import SCANNER_RANGES, TRANSFORMS, chance, crop_pair, crop_window, scanner_look
+from .scanner_augment import SCANNER_RANGES, TRANSFORMS, chance, crop_pair, crop_window, scanner_look, uniform
 
 
 @dataclass(frozen=True)
@@ -67,10 +67,6 @@ AUGMENTATIONS = ("none", *RANGES)
 SOURCE_CROP_BELOW = 0.5
 
 
-def _uniform(generator: torch.Generator, low: float, high: float) -> float:
-    return low + (high - low) * float(torch.rand((), generator=generator))
-
-
 def affine_pair(image: torch.Tensor, mask: torch.Tensor, angle_degrees: float, scale: float,
                 shift: tuple[float, float] = (0.0, 0.0)) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotate by ``angle_degrees``, zoom by ``scale`` (>1 enlarges) and move by ``shift``
@@ -91,16 +87,16 @@ def affine_pair(image: torch.Tensor, mask: torch.Tensor, angle_degrees: float, s
 
 def jitter_intensity(image: torch.Tensor, generator: torch.Generator, ranges: AugmentRanges = STANDARD) -> torch.Tensor:
     """Brightness, contrast and gamma jitter, clamped to [0, 1]."""
-    image = image + _uniform(generator, -ranges.max_brightness, ranges.max_brightness)
+    image = image + uniform(generator, -ranges.max_brightness, ranges.max_brightness)
     mean = image.mean()
-    image = (image - mean) * _uniform(generator, *ranges.contrast) + mean
-    gamma = math.exp(_uniform(generator, math.log(ranges.gamma[0]), math.log(ranges.gamma[1])))
+    image = (image - mean) * uniform(generator, *ranges.contrast) + mean
+    gamma = math.exp(uniform(generator, math.log(ranges.gamma[0]), math.log(ranges.gamma[1])))
     return image.clamp(0.0, 1.0) ** gamma
 
 
 def speckle_noise(image: torch.Tensor, generator: torch.Generator, max_sigma: float = 0.1) -> torch.Tensor:
     """Multiplicative Gaussian noise, a simple stand-in for ultrasound speckle."""
-    sigma = _uniform(generator, 0.0, max_sigma)
+    sigma = uniform(generator, 0.0, max_sigma)
     noise = torch.randn(image.shape, generator=generator, dtype=image.dtype)
     return (image * (1.0 + sigma * noise)).clamp(0.0, 1.0)
 
@@ -108,17 +104,17 @@ def speckle_noise(image: torch.Tensor, generator: torch.Generator, max_sigma: fl
 def random_augment(image: torch.Tensor, mask: torch.Tensor, generator: torch.Generator,
                    ranges: AugmentRanges) -> tuple[torch.Tensor, torch.Tensor]:
     """Flip, affine, intensity jitter and speckle within ``ranges`` (see the module docstring)."""
-    if float(torch.rand((), generator=generator)) < 0.5:
+    if chance(generator, 0.5):
         image, mask = image.flip(-1), mask.flip(-1)
-    angle = _uniform(generator, -ranges.max_rotation_degrees, ranges.max_rotation_degrees)
-    scale = _uniform(generator, *ranges.scale)
+    angle = uniform(generator, -ranges.max_rotation_degrees, ranges.max_rotation_degrees)
+    scale = uniform(generator, *ranges.scale)
     shift = (0.0, 0.0)
     if ranges.max_shift_fraction > 0:  # no draw otherwise, so "standard" keeps its random stream
         limit = ranges.max_shift_fraction
-        shift = (_uniform(generator, -limit, limit), _uniform(generator, -limit, limit))
+        shift = (uniform(generator, -limit, limit), uniform(generator, -limit, limit))
     image, mask = affine_pair(image, mask, angle, scale, shift)
     image = jitter_intensity(image, generator, ranges)
-    if float(torch.rand((), generator=generator)) < 0.5:
+    if chance(generator, 0.5):
         image = speckle_noise(image, generator, ranges.max_speckle_sigma)
     return image.contiguous(), mask.contiguous()
 

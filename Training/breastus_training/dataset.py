@@ -41,12 +41,6 @@ class PreparedCases:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def subset(self, dataset: str) -> "PreparedCases":
-        """The cases of one dataset."""
-        keep = [index for index, name in enumerate(self.datasets or []) if name == dataset]
-        return PreparedCases([self.ids[index] for index in keep], self.images[keep], self.masks[keep],
-                             [dataset] * len(keep))
-
 
 def prepare_mask(mask, input_size: tuple[int, int]) -> torch.Tensor:
     """A bool ``(H, W)`` mask resized to ``input_size`` as a ``(1, h, w)`` float tensor of 0/1."""

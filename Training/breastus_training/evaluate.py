@@ -53,7 +53,7 @@ from BreastUSSegmentLib.inference import LesionSegmenter
 from BreastUSSegmentLib.metrics import dice_score, hausdorff95, iou_score, nan_summary, overlap_counts, pooled_iou_from_counts
 from BreastUSSegmentLib.weights import WeightsError
 
-from .busi import LESION_CLASSES, NORMAL_CLASS, SPLITS, load_case, load_manifest
+from .busi import LEGACY_DATASET, LESION_CLASSES, NORMAL_CLASS, SPLITS, load_case, load_manifest
 from .datasets import DataRoots
 from .figures import CaseFigure, plot_case_grid, plot_training_curves
 
@@ -207,9 +207,9 @@ def summarize(rows: list[dict]) -> dict:
     """Summary per mode (lesion images, each lesion class, normal images), pooled over every dataset,
     and the same for each dataset under ``per_dataset`` when the rows come from more than one."""
     summary = summarize_rows(rows)
-    datasets = list(dict.fromkeys(row.get("dataset", "BUSI") for row in rows))
+    datasets = list(dict.fromkeys(row.get("dataset", LEGACY_DATASET) for row in rows))
     if len(datasets) > 1:
-        summary["per_dataset"] = {name: summarize_rows([row for row in rows if row.get("dataset", "BUSI") == name])
+        summary["per_dataset"] = {name: summarize_rows([row for row in rows if row.get("dataset", LEGACY_DATASET) == name])
                                   for name in datasets}
     return summary
 

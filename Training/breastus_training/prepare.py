@@ -261,12 +261,12 @@ def write_manifest(manifest: dict, path: Path) -> None:
 def summary_table(manifest: dict) -> str:
     """Counts per dataset, class and split as an aligned text table."""
     labels = sorted({case["label"] for case in manifest["cases"]})
-    datasets = list(dict.fromkeys(case.get("dataset", "BUSI") for case in manifest["cases"]))
+    datasets = list(dict.fromkeys(case["dataset"] for case in manifest["cases"]))
     rows = [["dataset", "class", *SPLITS, "total"]]
     for dataset in [*datasets, "all"]:
         for label in [*labels, "all"]:
             counts = [sum(1 for case in manifest["cases"] if case["split"] == split and label in ("all", case["label"])
-                          and dataset in ("all", case.get("dataset", "BUSI"))) for split in SPLITS]
+                          and dataset in ("all", case["dataset"])) for split in SPLITS]
             rows.append([dataset, label, *map(str, counts), str(sum(counts))])
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
     return "\n".join("  ".join(cell.rjust(width) if column else cell.ljust(width) for column, (cell, width) in enumerate(zip(row, widths))) for row in rows)
