@@ -176,7 +176,33 @@ def test_stack_with_one_box_per_frame(brightness_segmenter):
     for index, lesion in enumerate(lesions):
         assert iou(result.processed_mask[index], rectangle((60, 70), *lesion)) > 0.9
     assert [outcome.frame for outcome in result.boxes] == [0, 1, 2]
-    assert calls == [(2, 3), (3, 3)]
+    assert calls == [(2, 6), (3, 6), (5, 6), (6, 6)]  # the three whole frames, then the three boxes
+    calls.clear()
+    brightness_segmenter.segment(stack, frame_boxes=boxes, frame_weight=0.0, batch_size=2,
+                                 progress=lambda d, t: calls.append((d, t)))
+    assert calls == [(2, 3), (3, 3)]  # the crops alone
+
+
+@pytest.mark.parametrize("weight", [0.25, 0.6, 1.0])
+def test_inside_the_box_the_crop_is_blended_with_the_whole_frame(brightness_segmenter, weight):
+    # A bright spot outside the box makes the whole frame's scaling differ from the crop's, so the two differ.
+    frame = frame_with_lesions((80, 90), (30, 30, 50, 50), value=150)
+    frame[0:6, 80:90] = 255
+    box = (24, 24, 56, 56)
+    whole = brightness_segmenter.segment(frame).probability[0][24:56, 24:56]
+    crop = brightness_segmenter.segment(frame, box=box, frame_weight=0.0).probability[0][24:56, 24:56]
+    assert np.abs(whole - crop).max() > 0.1
+    blended = brightness_segmenter.segment(frame, box=box, frame_weight=weight)
+    np.testing.assert_allclose(blended.probability[0][24:56, 24:56], weight * whole + (1 - weight) * crop, atol=1e-6)
+    threshold = brightness_segmenter.postprocessing.threshold
+    np.testing.assert_array_equal(blended.raw_mask[0][24:56, 24:56], blended.probability[0][24:56, 24:56] >= threshold)
+    assert not blended.processed_mask[0][~rectangle((80, 90), *box)].any()
+
+
+@pytest.mark.parametrize("weight", [-0.1, 1.5])
+def test_a_frame_weight_outside_zero_to_one_is_refused(brightness_segmenter, weight):
+    with pytest.raises(BoxError, match="frame weight"):
+        brightness_segmenter.segment(np.zeros((20, 20), np.uint8), box=(2, 2, 10, 10), frame_weight=weight)
 
 
 def test_several_boxes_number_their_lesions_and_the_rest_stays_empty(brightness_segmenter):

@@ -495,7 +495,7 @@ def test_evaluate_with_box_prompt_scores_lesion_images_inside_their_boxes(busi):
     assert prompt["automatic_dice_mean"] == pytest.approx(np.mean(automatic))
     assert prompt["worse_than_automatic"] == 0 and prompt["box_empty"] == 0 and prompt["boxes_without_lesion"] == 0
     assert report["options"]["box_prompt"] == {"margin": 0.0, "jitter": 0.0, "context_margin": 0.5,
-                                               "seed": evaluate.BOX_SEED}
+                                               "frame_weight": evaluate.FRAME_WEIGHT, "seed": evaluate.BOX_SEED}
     assert report["summary"]["processed"]["normal"]["images"] == 0
     assert "Box prompt: each lesion's bounding box grown by 0" in evaluate.markdown_report(report)
     with pytest.raises(export.ExportError, match="box prompts"):

@@ -19,6 +19,9 @@ import numpy as np
 # The crop the network sees is the box grown by this fraction of its width (height) on each side;
 # chosen on BUSI val (Training/EXPERIMENTS.md, "Box prompt").
 CONTEXT_MARGIN = 0.5
+# Inside a box the probability is this weight times the whole frame's plus the rest times the crop's, so the
+# network's view of the lesion at the frame's scale tempers the enlarged crop (Training/EXPERIMENTS.md, "Box prompt").
+FRAME_WEIGHT = 0.25
 # The components kept in a box are those touching its centre region: the box shrunk to this fraction.
 CENTRE_FRACTION = 0.5
 # A box whose highest probability is below this holds no lesion the network can see.
@@ -102,6 +105,13 @@ def grow_box(box: Box, margin: float, frame_size: tuple[int, int]) -> Box:
         raise BoxError(f"the margin must be >= 0, got {margin}")
     dx, dy = int(round(margin * box.width)), int(round(margin * box.height))
     return clip_box(Box(box.x0 - dx, box.y0 - dy, box.x1 + dx, box.y1 + dy), frame_size)
+
+
+def check_frame_weight(weight: float) -> float:
+    """``weight`` if it is a weight in [0, 1]; raises :class:`BoxError` otherwise."""
+    if not 0.0 <= weight <= 1.0:
+        raise BoxError(f"the frame weight must be in [0, 1], got {weight}")
+    return float(weight)
 
 
 def centre_region(box: Box) -> Box:

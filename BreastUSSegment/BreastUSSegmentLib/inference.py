@@ -14,7 +14,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .boxes import CONTEXT_MARGIN, NO_LESION_PROBABILITY, Box, boxes_for_frames, grow_box
+from .boxes import (
+    CONTEXT_MARGIN, FRAME_WEIGHT, NO_LESION_PROBABILITY, Box, boxes_for_frames, check_frame_weight, grow_box,
+)
 from .device import select_device
 from .model import AttentionUNet
 from .postprocessing import PostprocessOptions, postprocess_box, postprocess_frames
@@ -183,6 +185,7 @@ class LesionSegmenter:
         box=None,
         frame_boxes=None,
         context_margin: float = CONTEXT_MARGIN,
+        frame_weight: float = FRAME_WEIGHT,
         color: bool | None = None,
         test_time_flip: bool = False,
         postprocessing: PostprocessOptions | None = None,
@@ -197,14 +200,17 @@ class LesionSegmenter:
         a list of boxes or None) per frame instead. Each box is grown by
         ``context_margin`` of its size on each side, that crop segmented at the
         network's input size and the lesion kept inside the box; outside all boxes
-        the mask is empty. ``progress(done, total)`` is called after every batch of
-        frames (of boxes, with box prompts). A network output that is not finite
-        raises :class:`~.weights.WeightsError`.
+        the mask is empty. Inside a box the crop's probability is blended with the
+        whole frame's (``frame_weight`` of the latter; 0 uses the crop alone).
+        ``progress(done, total)`` is called after every batch of frames (with box
+        prompts: of the frames holding boxes, then of the boxes). A network output
+        that is not finite raises :class:`~.weights.WeightsError`.
         """
         options = postprocessing or self.postprocessing
         if box is not None or frame_boxes is not None:
             return self._segment_boxes(
-                image, box, frame_boxes, context_margin, color, test_time_flip, options, batch_size, progress
+                image, box, frame_boxes, context_margin, check_frame_weight(frame_weight), color, test_time_flip,
+                options, batch_size, progress,
             )
         network_input, original_size = prepare_frames(image, self.input_size, color=color)
         outputs = _OutputFrames(network_input.shape[0], original_size)
@@ -220,7 +226,8 @@ class LesionSegmenter:
         )
 
     def _segment_boxes(
-        self, image, box, frame_boxes, context_margin, color, test_time_flip, options, batch_size, progress
+        self, image, box, frame_boxes, context_margin, frame_weight, color, test_time_flip, options, batch_size,
+        progress,
     ) -> SegmentationResult:
         """:meth:`segment` with box prompts: one crop per box, pasted back onto the frame grid."""
         frames = to_grayscale_frames(image, color=color)
@@ -231,6 +238,10 @@ class LesionSegmenter:
             for frame, boxes in enumerate(per_frame)
             for index, item in enumerate(boxes)
         ]
+        boxed_frames = sorted({crop.frame for crop in crops}) if frame_weight > 0 else []
+        total = len(boxed_frames) + len(crops)
+        whole = self._whole_frame_probability(frames[boxed_frames], test_time_flip, batch_size, progress, total)
+        row_of = {frame: row for row, frame in enumerate(boxed_frames)}
 
         def network_input(first: int, last: int) -> torch.Tensor:
             pieces = [normalize_intensity(frames[crop.frame][crop.window.slices][np.newaxis]) for crop in crops[first:last]]
@@ -242,15 +253,24 @@ class LesionSegmenter:
 
         def store(first, last, probability, attention) -> None:
             for offset, crop in enumerate(crops[first:last]):
+                box_region = outputs.probability[crop.frame][crop.box.slices]
+                earlier = None if whole is None else box_region.copy()  # what boxes before this one left there
                 in_box = outputs.paste(crop, probability[offset:offset + 1], [a[offset:offset + 1] for a in attention])
+                if whole is not None:
+                    in_box = frame_weight * whole[row_of[crop.frame]][crop.box.slices] + (1.0 - frame_weight) * in_box
+                    np.maximum(earlier, in_box, out=box_region)
                 mask = postprocess_box(in_box, options)
                 target = labels[crop.frame][crop.box.slices]
                 target[mask & (target == 0)] = crop.index + 1  # where boxes overlap, the earlier box keeps the pixel
                 peak = float(in_box.max())
                 outcomes.append(BoxOutcome(crop.frame, crop.index, crop.box, peak, bool(mask.any())))
 
+        def crop_progress(done: int, _crops: int) -> None:
+            progress(len(boxed_frames) + done, total)
+
         if crops:
-            self._run(len(crops), network_input, test_time_flip, batch_size, progress, store)
+            self._run(len(crops), network_input, test_time_flip, batch_size,
+                      None if progress is None else crop_progress, store)
         raw_mask = np.zeros_like(labels, dtype=bool)
         for crop in crops:
             raw_mask[crop.frame][crop.box.slices] = outputs.probability[crop.frame][crop.box.slices] >= options.threshold
@@ -267,6 +287,20 @@ class LesionSegmenter:
             box_labels=labels,
             boxes=outcomes,
         )
+
+    def _whole_frame_probability(self, frames, test_time_flip, batch_size, progress, total) -> np.ndarray | None:
+        """The probability of whole grey ``frames`` ``(F, H, W)`` on their grid (None for no frame)."""
+        if frames.shape[0] == 0:
+            return None
+        network_input, size = prepare_frames(frames, self.input_size, color=False)
+        outputs = _OutputFrames(frames.shape[0], size, with_attention=False)
+
+        def frame_progress(done: int, _frames: int) -> None:
+            progress(done, total)
+
+        self._run(frames.shape[0], lambda first, last: network_input[first:last], test_time_flip, batch_size,
+                  None if progress is None else frame_progress, outputs.store)
+        return outputs.probability
 
 
 @dataclass(frozen=True)
@@ -287,9 +321,10 @@ class _OutputFrames:
     attention levels to average).
     """
 
-    def __init__(self, frame_count: int, size: tuple[int, int], fill: float | None = None):
+    def __init__(self, frame_count: int, size: tuple[int, int], fill: float | None = None, with_attention: bool = True):
         self.size = size
         self.fill = fill  # None: every pixel gets written; a number: the value of pixels no crop covers
+        self.with_attention = with_attention  # False: keep the probability only
         self.probability = self._new_map(frame_count)
         self.attention_maps: list[np.ndarray] = []
 
@@ -300,7 +335,8 @@ class _OutputFrames:
 
     def store(self, first: int, last: int, probability: torch.Tensor, attention: list[torch.Tensor]) -> None:
         """Resize ``(n, 1, h, w)`` network outputs to the input grid, clip to [0, 1] and keep them."""
-        self._allocate_attention(len(attention))
+        if self.with_attention:
+            self._allocate_attention(len(attention))
         for target, source in zip([self.probability, *self.attention_maps], [probability, *attention]):
             rows = torch.from_numpy(target[first:last])
             rows.copy_(resize_frames(source.float().cpu(), self.size).squeeze(1))

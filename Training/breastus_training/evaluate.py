@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from BreastUSSegmentLib.boxes import CONTEXT_MARGIN, Box
+from BreastUSSegmentLib.boxes import CONTEXT_MARGIN, FRAME_WEIGHT, Box
 from BreastUSSegmentLib.device import DEVICE_CHOICES, select_device
 from BreastUSSegmentLib.fileio import write_text_atomically
 from BreastUSSegmentLib.inference import LesionSegmenter
@@ -73,10 +73,13 @@ class BoxPrompt:
     margin: float  # fraction of the bounding box's width (height) added on each side
     jitter: float = 0.0  # each edge moves by up to this fraction of the bounding box's width (height)
     context_margin: float = CONTEXT_MARGIN  # the segmenter's own context around the box
+    frame_weight: float = FRAME_WEIGHT  # the segmenter's weight of the whole frame's probability in the box
 
     def __post_init__(self) -> None:
-        if self.margin < 0 or not 0 <= self.jitter < 0.5 or self.context_margin < 0:
-            raise ValueError(f"box margin and context must be >= 0 and jitter in [0, 0.5); got {self}")
+        if self.margin < 0 or not 0 <= self.jitter < 0.5 or self.context_margin < 0 or not 0 <= self.frame_weight <= 1:
+            raise ValueError(
+                f"box margin and context must be >= 0, jitter in [0, 0.5) and frame weight in [0, 1]; got {self}"
+            )
 
     def box_for(self, case_id: str, target: np.ndarray) -> Box:
         """The simulated box around ``target``'s lesion pixels (may reach past the frame; the core clips it)."""
@@ -91,7 +94,8 @@ class BoxPrompt:
         return Box(left, top, max(right, left + 1), max(bottom, top + 1))
 
     def to_dict(self) -> dict:
-        return {"margin": self.margin, "jitter": self.jitter, "context_margin": self.context_margin, "seed": BOX_SEED}
+        return {"margin": self.margin, "jitter": self.jitter, "context_margin": self.context_margin,
+                "frame_weight": self.frame_weight, "seed": BOX_SEED}
 
 
 @dataclass
@@ -125,7 +129,8 @@ def segment_sample(segmenter: LesionSegmenter, sample: Sample, test_time_flip: b
         return segmenter.segment(sample.image, test_time_flip=test_time_flip)
     box = prompt.box_for(sample.case_id, np.asarray(sample.target, dtype=bool))
     return segmenter.segment(
-        sample.image, box=box.as_tuple(), context_margin=prompt.context_margin, test_time_flip=test_time_flip
+        sample.image, box=box.as_tuple(), context_margin=prompt.context_margin, frame_weight=prompt.frame_weight,
+        test_time_flip=test_time_flip,
     )
 
 
@@ -347,7 +352,8 @@ def box_prompt_lines(report: dict) -> list[str]:
     return [
         f"- Box prompt: each lesion's bounding box grown by {prompt['margin']:g} of its size on each side, edges "
         f"jittered by up to {prompt['jitter']:g} (seed {prompt['seed']}), segmented with a context margin of "
-        f"{prompt['context_margin']:g}; normal images get no box and are not scored",
+        f"{prompt['context_margin']:g} and a frame weight of {prompt.get('frame_weight', 0):g}; normal images get no box "
+        "and are not scored",
         f"- Box vs automatic (processed): Dice {_number(report['summary']['processed']['lesion']['dice_mean'])} vs "
         f"{_number(stats['automatic_dice_mean'])}; empty predictions {stats['box_empty']} vs {stats['automatic_empty']} "
         f"of {stats['images']}; box worse by more than {WORSE_THAN_AUTOMATIC_BY} Dice on {stats['worse_than_automatic']} "
@@ -487,6 +493,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--box-context", type=float, default=CONTEXT_MARGIN, metavar="C",
                         help=f"with --box-margin: the segmenter's context margin around the box (default {CONTEXT_MARGIN}, "
                              "chosen on BUSI val; for choosing it again)")
+    parser.add_argument("--box-frame-weight", type=float, default=FRAME_WEIGHT, metavar="W",
+                        help=f"with --box-margin: the segmenter's weight of the whole frame's probability inside the box "
+                             f"(default {FRAME_WEIGHT}, chosen on val; 0: the crop alone)")
     parser.add_argument("--run-dir", type=Path, help="training run folder; its metrics.csv gives training curves")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -497,9 +506,13 @@ def run(args: argparse.Namespace) -> int:
         device = select_device(args.device)
     except RuntimeError as error:
         raise ValueError(str(error)) from error
-    if args.box_margin is None and (args.box_jitter or args.box_context != CONTEXT_MARGIN):
-        raise ValueError("--box-jitter and --box-context apply with --box-margin only")
-    prompt = None if args.box_margin is None else BoxPrompt(args.box_margin, args.box_jitter, args.box_context)
+    if args.box_margin is None and (
+        args.box_jitter or args.box_context != CONTEXT_MARGIN or args.box_frame_weight != FRAME_WEIGHT
+    ):
+        raise ValueError("--box-jitter, --box-context and --box-frame-weight apply with --box-margin only")
+    prompt = None if args.box_margin is None else BoxPrompt(
+        args.box_margin, args.box_jitter, args.box_context, args.box_frame_weight
+    )
     try:
         report = evaluate_split(
             args.data, args.split, args.weights, args.subset, args.output,
