@@ -30,8 +30,9 @@ from breastus_training.busi import load_case, load_manifest  # noqa: E402
 from breastus_training.evaluate import BoxPrompt  # noqa: E402
 
 OUTPUT = ROOT / "Resources" / "Screenshots" / "box_prompt.png"
-# From the BUSI test report at --box-margin 0.15: automatic empty, much improved, and one the box made worse.
-CASES = ("benign (417)", "malignant (189)", "benign (351)")
+# From the BUSI test report at --box-margin 0.15 with model v2 (Training/reports/v2_s0_box_blend_test):
+# automatic empty, automatic on the wrong region, and the image the box made worse by the most.
+CASES = ("benign (394)", "malignant (189)", "malignant (67)")
 
 
 def overlay(ax, image, mask, colour, title):
