@@ -184,22 +184,35 @@ def test_stack_with_one_box_per_frame(brightness_segmenter):
 
 
 @pytest.mark.parametrize("weight", [0.25, 0.6, 1.0])
-def test_inside_the_box_the_crop_is_blended_with_the_whole_frame(brightness_segmenter, weight):
-    # A bright spot outside the box makes the whole frame's scaling differ from the crop's, so the two differ.
-    frame = frame_with_lesions((80, 90), (30, 30, 50, 50), value=150)
+def test_inside_the_crop_window_the_crop_is_blended_with_the_whole_frame(brightness_segmenter, weight):
+    # A bright spot outside the box makes the whole frame's scaling differ from the crop's, so the two differ;
+    # the lesion reaches past the box's right edge into the window's context ring.
+    frame = frame_with_lesions((80, 90), (30, 30, 62, 50), value=150)
     frame[0:6, 80:90] = 255
     box = (24, 24, 56, 56)
-    whole = brightness_segmenter.segment(frame).probability[0][24:56, 24:56]
-    crop = brightness_segmenter.segment(frame, box=box, frame_weight=0.0).probability[0][24:56, 24:56]
+    window = grow_box(as_box(box), 0.5, (80, 90)).slices  # the default context margin, 0.5
+    whole = brightness_segmenter.segment(frame).probability[0][window]
+    crop = brightness_segmenter.segment(frame, box=box, frame_weight=0.0).probability[0][window]
     assert np.abs(whole - crop).max() > 0.1
     blended = brightness_segmenter.segment(frame, box=box, frame_weight=weight)
-    np.testing.assert_allclose(blended.probability[0][24:56, 24:56], weight * whole + (1 - weight) * crop, atol=1e-6)
+    np.testing.assert_allclose(blended.probability[0][window], weight * whole + (1 - weight) * crop, atol=1e-6)
     threshold = brightness_segmenter.postprocessing.threshold
     np.testing.assert_array_equal(blended.raw_mask[0][24:56, 24:56], blended.probability[0][24:56, 24:56] >= threshold)
     assert not blended.processed_mask[0][~rectangle((80, 90), *box)].any()
 
 
-@pytest.mark.parametrize("weight", [-0.1, 1.5])
+def test_overlapping_windows_keep_the_higher_blend_and_each_box_its_own_mask(brightness_segmenter):
+    frame = frame_with_lesions((80, 100), (20, 30, 40, 50), (58, 30, 78, 50), value=150)
+    frame[0:6, 90:100] = 255
+    boxes = [(15, 25, 45, 55), (53, 25, 83, 55)]  # their crop windows overlap
+    alone = [brightness_segmenter.segment(frame, box=box) for box in boxes]
+    both = brightness_segmenter.segment(frame, box=boxes)
+    np.testing.assert_allclose(both.probability, np.maximum(alone[0].probability, alone[1].probability), atol=1e-6)
+    for index, result in enumerate(alone):
+        np.testing.assert_array_equal(both.box_labels[0] == index + 1, result.processed_mask[0])
+
+
+@pytest.mark.parametrize("weight", [-0.1, 1.5, float("nan"), "half", None])
 def test_a_frame_weight_outside_zero_to_one_is_refused(brightness_segmenter, weight):
     with pytest.raises(BoxError, match="frame weight"):
         brightness_segmenter.segment(np.zeros((20, 20), np.uint8), box=(2, 2, 10, 10), frame_weight=weight)

@@ -108,10 +108,14 @@ def grow_box(box: Box, margin: float, frame_size: tuple[int, int]) -> Box:
 
 
 def check_frame_weight(weight: float) -> float:
-    """``weight`` if it is a weight in [0, 1]; raises :class:`BoxError` otherwise."""
-    if not 0.0 <= weight <= 1.0:
-        raise BoxError(f"the frame weight must be in [0, 1], got {weight}")
-    return float(weight)
+    """``weight`` as a float if it is a number in [0, 1]; raises :class:`BoxError` otherwise."""
+    try:
+        value = float(weight)
+    except (TypeError, ValueError):
+        raise BoxError(f"the frame weight must be a number in [0, 1], got {weight!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise BoxError(f"the frame weight must be in [0, 1], got {weight!r}")
+    return value
 
 
 def centre_region(box: Box) -> Box:

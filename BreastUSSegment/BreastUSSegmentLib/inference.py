@@ -50,7 +50,9 @@ class SegmentationResult:
 
     With box prompts, ``box_labels`` numbers each frame's lesions by box (1 for its
     first box, 0 elsewhere), ``boxes`` says what each box gave, and the probability
-    and attention maps are zero outside the boxes' crop windows.
+    and attention maps are zero outside the boxes' crop windows (inside a window the
+    probability is the crop's blended with the whole frame's; where windows overlap,
+    the maximum).
     """
 
     probability: np.ndarray  # float32 in [0, 1]
@@ -200,10 +202,11 @@ class LesionSegmenter:
         a list of boxes or None) per frame instead. Each box is grown by
         ``context_margin`` of its size on each side, that crop segmented at the
         network's input size and the lesion kept inside the box; outside all boxes
-        the mask is empty. Inside a box the crop's probability is blended with the
-        whole frame's (``frame_weight`` of the latter; 0 uses the crop alone).
+        the mask is empty. The crop's probability is blended with the whole frame's
+        (``frame_weight`` of the latter); with a weight above 0 the frames holding a
+        box are first segmented whole, with 0 the crop is used alone.
         ``progress(done, total)`` is called after every batch of frames (with box
-        prompts: of the frames holding boxes, then of the boxes). A network output
+        prompts: of the frames segmented whole, then of the boxes). A network output
         that is not finite raises :class:`~.weights.WeightsError`.
         """
         options = postprocessing or self.postprocessing
@@ -238,10 +241,11 @@ class LesionSegmenter:
             for frame, boxes in enumerate(per_frame)
             for index, item in enumerate(boxes)
         ]
-        boxed_frames = sorted({crop.frame for crop in crops}) if frame_weight > 0 else []
-        total = len(boxed_frames) + len(crops)
-        whole = self._whole_frame_probability(frames[boxed_frames], test_time_flip, batch_size, progress, total)
-        row_of = {frame: row for row, frame in enumerate(boxed_frames)}
+        whole_frames = sorted({crop.frame for crop in crops}) if frame_weight > 0 else []
+        total = len(whole_frames) + len(crops)
+        frame_windows = self._frame_probability_in_windows(
+            frames, crops, whole_frames, test_time_flip, batch_size, progress, total
+        )
 
         def network_input(first: int, last: int) -> torch.Tensor:
             pieces = [normalize_intensity(frames[crop.frame][crop.window.slices][np.newaxis]) for crop in crops[first:last]]
@@ -253,12 +257,10 @@ class LesionSegmenter:
 
         def store(first, last, probability, attention) -> None:
             for offset, crop in enumerate(crops[first:last]):
-                box_region = outputs.probability[crop.frame][crop.box.slices]
-                earlier = None if whole is None else box_region.copy()  # what boxes before this one left there
-                in_box = outputs.paste(crop, probability[offset:offset + 1], [a[offset:offset + 1] for a in attention])
-                if whole is not None:
-                    in_box = frame_weight * whole[row_of[crop.frame]][crop.box.slices] + (1.0 - frame_weight) * in_box
-                    np.maximum(earlier, in_box, out=box_region)
+                in_box = outputs.paste(
+                    crop, probability[offset:offset + 1], [a[offset:offset + 1] for a in attention],
+                    frame_windows[first + offset], frame_weight,
+                )
                 mask = postprocess_box(in_box, options)
                 target = labels[crop.frame][crop.box.slices]
                 target[mask & (target == 0)] = crop.index + 1  # where boxes overlap, the earlier box keeps the pixel
@@ -266,7 +268,7 @@ class LesionSegmenter:
                 outcomes.append(BoxOutcome(crop.frame, crop.index, crop.box, peak, bool(mask.any())))
 
         def crop_progress(done: int, _crops: int) -> None:
-            progress(len(boxed_frames) + done, total)
+            progress(len(whole_frames) + done, total)
 
         if crops:
             self._run(len(crops), network_input, test_time_flip, batch_size,
@@ -288,19 +290,38 @@ class LesionSegmenter:
             boxes=outcomes,
         )
 
-    def _whole_frame_probability(self, frames, test_time_flip, batch_size, progress, total) -> np.ndarray | None:
-        """The probability of whole grey ``frames`` ``(F, H, W)`` on their grid (None for no frame)."""
-        if frames.shape[0] == 0:
-            return None
-        network_input, size = prepare_frames(frames, self.input_size, color=False)
-        outputs = _OutputFrames(frames.shape[0], size, with_attention=False)
+    def _frame_probability_in_windows(
+        self, frames, crops, whole_frames, test_time_flip, batch_size, progress, total
+    ) -> list:
+        """Per crop, the whole frame's probability inside its window (None for each when ``whole_frames`` is empty).
+
+        ``frames`` are the grey ``(F, H, W)`` frames; only ``whole_frames`` are segmented,
+        batch by batch, and only the windows are kept, so a long clip is not held twice.
+        """
+        windows = [None] * len(crops)
+        if not whole_frames:
+            return windows
+        size = (int(frames.shape[-2]), int(frames.shape[-1]))
+        crops_of = {frame: [] for frame in whole_frames}
+        for position, crop in enumerate(crops):
+            crops_of[crop.frame].append(position)
+
+        def network_input(first: int, last: int) -> torch.Tensor:
+            batch = normalize_intensity(frames[whole_frames[first:last]])
+            return resize_frames(torch.from_numpy(batch).unsqueeze(1), self.input_size)
+
+        def store(first, last, probability, _attention) -> None:
+            resized = resize_frames(probability.float().cpu(), size)[:, 0].clamp_(0.0, 1.0).numpy()
+            for row, frame in enumerate(whole_frames[first:last]):
+                for position in crops_of[frame]:
+                    windows[position] = resized[row][crops[position].window.slices].copy()
 
         def frame_progress(done: int, _frames: int) -> None:
             progress(done, total)
 
-        self._run(frames.shape[0], lambda first, last: network_input[first:last], test_time_flip, batch_size,
-                  None if progress is None else frame_progress, outputs.store)
-        return outputs.probability
+        self._run(len(whole_frames), network_input, test_time_flip, batch_size,
+                  None if progress is None else frame_progress, store)
+        return windows
 
 
 @dataclass(frozen=True)
@@ -321,10 +342,9 @@ class _OutputFrames:
     attention levels to average).
     """
 
-    def __init__(self, frame_count: int, size: tuple[int, int], fill: float | None = None, with_attention: bool = True):
+    def __init__(self, frame_count: int, size: tuple[int, int], fill: float | None = None):
         self.size = size
         self.fill = fill  # None: every pixel gets written; a number: the value of pixels no crop covers
-        self.with_attention = with_attention  # False: keep the probability only
         self.probability = self._new_map(frame_count)
         self.attention_maps: list[np.ndarray] = []
 
@@ -335,8 +355,7 @@ class _OutputFrames:
 
     def store(self, first: int, last: int, probability: torch.Tensor, attention: list[torch.Tensor]) -> None:
         """Resize ``(n, 1, h, w)`` network outputs to the input grid, clip to [0, 1] and keep them."""
-        if self.with_attention:
-            self._allocate_attention(len(attention))
+        self._allocate_attention(len(attention))
         for target, source in zip([self.probability, *self.attention_maps], [probability, *attention]):
             rows = torch.from_numpy(target[first:last])
             rows.copy_(resize_frames(source.float().cpu(), self.size).squeeze(1))
@@ -346,20 +365,28 @@ class _OutputFrames:
         if not self.attention_maps:
             self.attention_maps = [self._new_map(self.probability.shape[0]) for _ in range(levels)]
 
-    def paste(self, crop: "_Crop", probability: torch.Tensor, attention: list[torch.Tensor]) -> np.ndarray:
+    def paste(
+        self, crop: "_Crop", probability: torch.Tensor, attention: list[torch.Tensor],
+        frame_probability: np.ndarray | None = None, frame_weight: float = 0.0,
+    ) -> np.ndarray:
         """Resize one crop's ``(1, 1, h, w)`` outputs to its window and paste them (the maximum where windows overlap).
 
-        Returns the crop's own probability inside its box.
+        With ``frame_probability`` (the whole frame's probability in the window), the
+        crop's probability is first blended with it, ``frame_weight`` of the frame's.
+        Returns the crop's (blended) probability inside its box.
         """
         self._allocate_attention(len(attention))
         window = crop.window
-        crop_probability = None
-        for target, source in zip([self.probability, *self.attention_maps], [probability, *attention]):
-            resized = resize_frames(source.float().cpu(), (window.height, window.width))[0, 0].clamp_(0.0, 1.0).numpy()
+
+        def to_window(source: torch.Tensor) -> np.ndarray:
+            return resize_frames(source.float().cpu(), (window.height, window.width))[0, 0].clamp_(0.0, 1.0).numpy()
+
+        crop_probability = to_window(probability)
+        if frame_probability is not None:
+            crop_probability = frame_weight * frame_probability + (1.0 - frame_weight) * crop_probability
+        for target, values in zip([self.probability, *self.attention_maps], [crop_probability, *map(to_window, attention)]):
             region = target[crop.frame][window.slices]
-            np.maximum(region, resized, out=region)
-            if crop_probability is None:
-                crop_probability = resized
+            np.maximum(region, values, out=region)
         return crop_probability[crop.box.inside(window).slices]
 
     def combined_attention(self) -> np.ndarray:
