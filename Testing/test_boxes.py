@@ -218,6 +218,14 @@ def test_a_frame_weight_outside_zero_to_one_is_refused(brightness_segmenter, wei
         brightness_segmenter.segment(np.zeros((20, 20), np.uint8), box=(2, 2, 10, 10), frame_weight=weight)
 
 
+def test_a_stack_with_no_box_on_any_frame_gives_empty_results(brightness_segmenter):
+    stack = np.stack([frame_with_lesions((30, 40), (5, 5, 20, 20))] * 2)
+    result = brightness_segmenter.segment(stack, frame_boxes=[None, []])
+    assert result.boxes == [] and not result.processed_mask.any() and not result.raw_mask.any()
+    assert result.probability.max() == 0.0 and result.combined_attention.shape == (2, 30, 40)
+    assert len(result.attention_maps) == brightness_segmenter.model.config.depth
+
+
 def test_several_boxes_number_their_lesions_and_the_rest_stays_empty(brightness_segmenter):
     lesions = [(10, 10, 30, 30), (60, 50, 85, 75), (5, 60, 20, 80)]  # the third has no box
     frame = frame_with_lesions((90, 100), *lesions)

@@ -251,7 +251,7 @@ class LesionSegmenter:
             pieces = [normalize_intensity(frames[crop.frame][crop.window.slices][np.newaxis]) for crop in crops[first:last]]
             return torch.cat([resize_frames(torch.from_numpy(piece).unsqueeze(1), self.input_size) for piece in pieces])
 
-        outputs = _OutputFrames(frames.shape[0], size, fill=0.0)
+        outputs = _OutputFrames(frames.shape[0], size, fill=0.0, attention_levels=self.model.config.depth)
         labels = np.zeros((frames.shape[0], *size), dtype=np.uint16)
         outcomes = []
 
@@ -342,11 +342,15 @@ class _OutputFrames:
     attention levels to average).
     """
 
-    def __init__(self, frame_count: int, size: tuple[int, int], fill: float | None = None):
+    def __init__(
+        self, frame_count: int, size: tuple[int, int], fill: float | None = None, attention_levels: int | None = None
+    ):
         self.size = size
         self.fill = fill  # None: every pixel gets written; a number: the value of pixels no crop covers
         self.probability = self._new_map(frame_count)
         self.attention_maps: list[np.ndarray] = []
+        if attention_levels is not None:  # known up front: maps exist even if nothing gets pasted
+            self._allocate_attention(attention_levels)
 
     def _new_map(self, frame_count: int) -> np.ndarray:
         if self.fill is None:
