@@ -216,7 +216,7 @@ class LesionSegmenter:
                 options, batch_size, progress,
             )
         network_input, original_size = prepare_frames(image, self.input_size, color=color)
-        outputs = _OutputFrames(network_input.shape[0], original_size)
+        outputs = _OutputFrames(network_input.shape[0], original_size, self.model.config.depth)
         self._run(network_input.shape[0], lambda first, last: network_input[first:last],
                   test_time_flip, batch_size, progress, outputs.store)
         raw_mask = outputs.probability >= options.threshold
@@ -251,7 +251,7 @@ class LesionSegmenter:
             pieces = [normalize_intensity(frames[crop.frame][crop.window.slices][np.newaxis]) for crop in crops[first:last]]
             return torch.cat([resize_frames(torch.from_numpy(piece).unsqueeze(1), self.input_size) for piece in pieces])
 
-        outputs = _OutputFrames(frames.shape[0], size, fill=0.0, attention_levels=self.model.config.depth)
+        outputs = _OutputFrames(frames.shape[0], size, self.model.config.depth, fill=0.0)
         labels = np.zeros((frames.shape[0], *size), dtype=np.uint16)
         outcomes = []
 
@@ -267,12 +267,9 @@ class LesionSegmenter:
                 peak = float(in_box.max())
                 outcomes.append(BoxOutcome(crop.frame, crop.index, crop.box, peak, bool(mask.any())))
 
-        def crop_progress(done: int, _crops: int) -> None:
-            progress(len(whole_frames) + done, total)
-
         if crops:
             self._run(len(crops), network_input, test_time_flip, batch_size,
-                      None if progress is None else crop_progress, store)
+                      _progress_of_part(progress, len(whole_frames), total), store)
         raw_mask = np.zeros_like(labels, dtype=bool)
         for crop in crops:
             raw_mask[crop.frame][crop.box.slices] = outputs.probability[crop.frame][crop.box.slices] >= options.threshold
@@ -316,12 +313,16 @@ class LesionSegmenter:
                 for position in crops_of[frame]:
                     windows[position] = resized[row][crops[position].window.slices].copy()
 
-        def frame_progress(done: int, _frames: int) -> None:
-            progress(done, total)
-
         self._run(len(whole_frames), network_input, test_time_flip, batch_size,
-                  None if progress is None else frame_progress, store)
+                  _progress_of_part(progress, 0, total), store)
         return windows
+
+
+def _progress_of_part(progress: ProgressCallback | None, done_before: int, total: int) -> ProgressCallback | None:
+    """``progress`` for one of several passes: its ``done`` is counted after ``done_before`` items, out of ``total``."""
+    if progress is None:
+        return None
+    return lambda done, _part_total: progress(done_before + done, total)
 
 
 @dataclass(frozen=True)
@@ -342,15 +343,11 @@ class _OutputFrames:
     attention levels to average).
     """
 
-    def __init__(
-        self, frame_count: int, size: tuple[int, int], fill: float | None = None, attention_levels: int | None = None
-    ):
+    def __init__(self, frame_count: int, size: tuple[int, int], attention_levels: int, fill: float | None = None):
         self.size = size
         self.fill = fill  # None: every pixel gets written; a number: the value of pixels no crop covers
         self.probability = self._new_map(frame_count)
-        self.attention_maps: list[np.ndarray] = []
-        if attention_levels is not None:  # known up front: maps exist even if nothing gets pasted
-            self._allocate_attention(attention_levels)
+        self.attention_maps = [self._new_map(frame_count) for _ in range(attention_levels)]  # one per gate
 
     def _new_map(self, frame_count: int) -> np.ndarray:
         if self.fill is None:
@@ -359,15 +356,10 @@ class _OutputFrames:
 
     def store(self, first: int, last: int, probability: torch.Tensor, attention: list[torch.Tensor]) -> None:
         """Resize ``(n, 1, h, w)`` network outputs to the input grid, clip to [0, 1] and keep them."""
-        self._allocate_attention(len(attention))
         for target, source in zip([self.probability, *self.attention_maps], [probability, *attention]):
             rows = torch.from_numpy(target[first:last])
             rows.copy_(resize_frames(source.float().cpu(), self.size).squeeze(1))
             rows.clamp_(0.0, 1.0)
-
-    def _allocate_attention(self, levels: int) -> None:
-        if not self.attention_maps:
-            self.attention_maps = [self._new_map(self.probability.shape[0]) for _ in range(levels)]
 
     def paste(
         self, crop: "_Crop", probability: torch.Tensor, attention: list[torch.Tensor],
@@ -379,7 +371,6 @@ class _OutputFrames:
         crop's probability is first blended with it, ``frame_weight`` of the frame's.
         Returns the crop's (blended) probability inside its box.
         """
-        self._allocate_attention(len(attention))
         window = crop.window
 
         def to_window(source: torch.Tensor) -> np.ndarray:

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from BreastUSSegmentLib.boxes import CONTEXT_MARGIN, FRAME_WEIGHT, Box
+from BreastUSSegmentLib.boxes import CONTEXT_MARGIN, FRAME_WEIGHT, Box, check_frame_weight
 from BreastUSSegmentLib.device import DEVICE_CHOICES, select_device
 from BreastUSSegmentLib.fileio import write_text_atomically
 from BreastUSSegmentLib.inference import LesionSegmenter
@@ -76,10 +76,9 @@ class BoxPrompt:
     frame_weight: float = FRAME_WEIGHT  # the segmenter's weight of the whole frame's probability in the box
 
     def __post_init__(self) -> None:
-        if self.margin < 0 or not 0 <= self.jitter < 0.5 or self.context_margin < 0 or not 0 <= self.frame_weight <= 1:
-            raise ValueError(
-                f"box margin and context must be >= 0, jitter in [0, 0.5) and frame weight in [0, 1]; got {self}"
-            )
+        if self.margin < 0 or not 0 <= self.jitter < 0.5 or self.context_margin < 0:
+            raise ValueError(f"box margin and context must be >= 0 and jitter in [0, 0.5); got {self}")
+        check_frame_weight(self.frame_weight)  # the core's own check (a BoxError, which is a ValueError)
 
     def box_for(self, case_id: str, target: np.ndarray) -> Box:
         """The simulated box around ``target``'s lesion pixels (may reach past the frame; the core clips it)."""
