@@ -15,6 +15,12 @@ Image Segmentation of Breast Cancer":
   ``torch.sigmoid`` for probabilities (training uses ``BCEWithLogitsLoss``,
   which is the paper's sigmoid + BCE computed in a numerically stable way).
 
+Beyond the paper, ``ModelConfig(lesion_head=True)`` adds an image-level
+"lesion present" logit: the bottleneck features are pooled over the frame
+(mean and maximum per channel) and a linear layer maps them to one number.
+Post-processing can then empty the mask of a frame the network judges
+lesion-free as a whole (``PostprocessOptions.min_lesion_probability``).
+
 Models trained before the up-sampling change used a stride-2 transposed
 convolution (``upsample="transposed"``): its 2x2 kernel imprints a
 checkerboard on the gating signal and so a lattice on every attention map.
@@ -110,13 +116,27 @@ class DecoderLevel(nn.Module):
         return self.conv(torch.cat([gated_skip, upsampled], dim=1)), coefficients
 
 
+class LesionPresenceHead(nn.Module):
+    """Image-level "lesion present" logit from bottleneck features: mean and max pooling, then one linear layer."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.linear = nn.Linear(2 * channels, 1)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        pooled = torch.cat([features.mean(dim=(2, 3)), features.amax(dim=(2, 3))], dim=1)
+        return self.linear(pooled)[:, 0]
+
+
 class AttentionUNet(nn.Module):
     """Deeper Attention U-Net with one output channel (logits).
 
-    ``forward(x)`` returns logits of shape ``(N, 1, H, W)``; with
+    ``forward(x)`` returns logits of shape ``(N, 1, H, W)``. With
     ``return_attention=True`` it also returns the attention coefficients of
     every gate, ordered from the coarsest to the finest level, each of shape
-    ``(N, 1, h, w)`` at that level's resolution.
+    ``(N, 1, h, w)`` at that level's resolution; with ``return_lesion_logit=True``
+    (models built with ``lesion_head``) the image-level lesion logits, shape
+    ``(N,)``. The outputs come in that order: logits, attention, lesion logits.
     """
 
     def __init__(self, config: ModelConfig | None = None):
@@ -137,6 +157,7 @@ class AttentionUNet(nn.Module):
             for level in reversed(range(self.config.depth))
         )
         self.head = nn.Conv2d(channels[0], 1, kernel_size=1)
+        self.lesion_head = LesionPresenceHead(channels[-1]) if self.config.lesion_head else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -150,7 +171,9 @@ class AttentionUNet(nn.Module):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
 
-    def forward(self, x: torch.Tensor, return_attention: bool = False):
+    def forward(self, x: torch.Tensor, return_attention: bool = False, return_lesion_logit: bool = False):
+        if return_lesion_logit and self.lesion_head is None:
+            raise ValueError("this model has no lesion head (ModelConfig.lesion_head is False)")
         multiple = self.config.size_multiple
         if x.ndim != 4 or x.shape[1] != self.config.in_channels:
             raise ValueError(f"expected input of shape (N, {self.config.in_channels}, H, W), got {tuple(x.shape)}")
@@ -163,13 +186,15 @@ class AttentionUNet(nn.Module):
             skips.append(x)
             x = self.pool(x)
         x = self.bottleneck(x)
+        lesion_logit = self.lesion_head(x) if return_lesion_logit else None
 
         attention = []
         for decoder, skip in zip(self.decoders, reversed(skips)):
             x, coefficients = decoder(x, skip)
             attention.append(coefficients)
         logits = self.head(x)
-        return (logits, attention) if return_attention else logits
+        outputs = (logits,) + ((attention,) if return_attention else ()) + ((lesion_logit,) if return_lesion_logit else ())
+        return outputs if len(outputs) > 1 else logits
 
 
 def count_parameters(model: nn.Module) -> int:

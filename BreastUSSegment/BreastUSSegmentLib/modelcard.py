@@ -33,6 +33,7 @@ class ModelConfig:
     dropout: float = 0.1
     batch_norm: bool = True
     upsample: str = "bilinear"  # "bilinear" (+ 3x3 conv) or "transposed" (stride-2 2x2 kernel, older models)
+    lesion_head: bool = False  # an image-level "lesion present" output from the bottleneck (see model.py)
 
     def __post_init__(self) -> None:
         if self.in_channels < 1:

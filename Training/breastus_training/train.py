@@ -34,13 +34,14 @@ import random
 import subprocess
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import distributed as dist
 from torch import nn
+from torch.nn import functional as F
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
@@ -69,7 +70,7 @@ METRIC_COLUMNS = ("epoch", "train_loss", "val_loss", "val_dice", "val_iou", "lr"
 RESUMABLE_CHANGES = {"data", "run_dir", "num_workers", "threads", "no_progress", "device", "epochs", "patience"}
 # Options added after runs were already made: a stored run without one used this value.
 LATER_OPTION_DEFAULTS = {"normal_repeat": 1, "swa_start": 0, "precision": "fp32", "augment_off": [],
-                         "upsample": "transposed"}
+                         "upsample": "transposed", "lesion_head_weight": 0.0}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -101,6 +102,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dropout", type=float, default=ModelConfig.dropout, help="dropout probability")
     parser.add_argument("--upsample", choices=("bilinear", "transposed"), default=ModelConfig.upsample,
                         help="decoder up-sampling: bilinear + 3x3 conv (default), or the older transposed conv")
+    parser.add_argument("--lesion-head-weight", type=float, default=0.0, metavar="W",
+                        help="add the image-level lesion-present head and train it with BCE on whether the image "
+                             "holds a lesion, weighted W against the segmentation loss; 0 = no head (default)")
     parser.add_argument("--init-weights", type=Path, default=None, metavar="SAFETENSORS",
                         help="start from these weights (e.g. an earlier run's best.safetensors, same architecture) "
                              "with a fresh optimizer and schedule; default: random initialisation")
@@ -156,6 +160,8 @@ def config_from_args(args: argparse.Namespace) -> dict:
     if not 0 <= config["swa_start"] <= config["epochs"]:
         raise ValueError(f"--swa-start must be between 1 and --epochs {config['epochs']} (or 0 for off), "
                          f"got {config['swa_start']}")
+    if config["lesion_head_weight"] < 0:
+        raise ValueError(f"--lesion-head-weight must be >= 0, got {config['lesion_head_weight']}")
     if config["lr"] <= 0:
         raise ValueError(f"--lr must be positive, got {config['lr']}")
     if config["limit"] is not None and config["limit"] < 1:
@@ -206,7 +212,8 @@ def setup_process(config: dict) -> ProcessContext:
 def model_config_of(config: dict) -> ModelConfig:
     """The architecture a run configuration builds."""
     return ModelConfig(base_channels=config["base_channels"], depth=config["depth"], dropout=config["dropout"],
-                       upsample=config.get("upsample", LATER_OPTION_DEFAULTS["upsample"]))
+                       upsample=config.get("upsample", LATER_OPTION_DEFAULTS["upsample"]),
+                       lesion_head=config.get("lesion_head_weight", 0.0) > 0)
 
 
 def seed_everything(seed: int) -> None:
@@ -240,16 +247,30 @@ class SoftDiceBCELoss(nn.Module):
         return self.bce(logits, target) + (1 - dice).mean()
 
 
+def lesion_presence(masks: torch.Tensor) -> torch.Tensor:
+    """Per image of an ``(N, 1, H, W)`` mask batch, 1.0 when it holds a lesion pixel, else 0.0."""
+    return (masks.flatten(1).amax(1) >= 0.5).float()
+
+
 def initialise_from(model: AttentionUNet, weights_path: str, verbose: bool) -> None:
-    """Copy the weights of an exported model (checksum-verified) into ``model``; the architectures must match."""
+    """Copy the weights of an exported model (checksum-verified) into ``model``; the architectures must match.
+
+    A model without a lesion head may start one that has it: the head alone keeps its fresh initialisation.
+    """
     source, card = load_model(weights_path)
-    if card.model_config != model.config:
+    adds_head = model.config.lesion_head and not card.model_config.lesion_head
+    if replace(card.model_config, lesion_head=model.config.lesion_head) != model.config or (
+            card.model_config.lesion_head and not model.config.lesion_head):
         raise ValueError(f"--init-weights {weights_path} has architecture {card.model_config}, "
-                         f"but this run builds {model.config}; pass the matching --base-channels/--depth/--dropout/--upsample "
-                         f"(weights from before the bilinear up-sampling need --upsample transposed)")
-    model.load_state_dict(source.state_dict())
+                         f"but this run builds {model.config}; pass the matching --base-channels/--depth/--dropout/"
+                         f"--upsample/--lesion-head-weight (weights from before the bilinear up-sampling need "
+                         f"--upsample transposed)")
+    missing, _unexpected = model.load_state_dict(source.state_dict(), strict=not adds_head)
+    if adds_head and any(not key.startswith("lesion_head.") for key in missing):
+        raise ValueError(f"--init-weights {weights_path} lacks tensors of this architecture: {missing}")
     if verbose:
-        print(f"initialised from {weights_path} (sha256 {card.sha256[:12]}…)")
+        print(f"initialised from {weights_path} (sha256 {card.sha256[:12]}…)"
+              + ("; the lesion head starts fresh" if adds_head else ""))
 
 
 def init_weights_sha256(path: str, checkpoint: dict | None) -> str:
@@ -279,13 +300,16 @@ def validate(model: nn.Module, cases: PreparedCases, loss_fn: nn.Module, device:
     """Validation loss and mean per-image Dice and IoU at threshold 0.5 (empty vs empty counts 1.0), pooled and
     per dataset (``val_dice_<name>``, ``val_iou_<name>``), and the selection score ``val_score``."""
     model.eval()
-    total_loss, dice, iou = 0.0, [], []
+    with_head = model.config.lesion_head
+    total_loss, dice, iou, presence_right = 0.0, [], [], []
     for start in range(0, len(cases), batch_size):
         images = cases.images[start:start + batch_size].to(device)
         masks = cases.masks[start:start + batch_size].to(device)
         with autocast(device, precision):
-            logits = model(images)
+            logits, *lesion_logit = model(images, return_lesion_logit=True) if with_head else (model(images),)
         logits = logits.float()
+        if with_head:
+            presence_right.extend(((lesion_logit[0].float() >= 0) == (lesion_presence(masks) > 0)).tolist())
         total_loss += float(loss_fn(logits, masks)) * len(images)
         predictions = (logits >= 0).cpu().numpy()  # sigmoid(logit) >= 0.5
         targets = masks.cpu().numpy() >= 0.5
@@ -293,6 +317,8 @@ def validate(model: nn.Module, cases: PreparedCases, loss_fn: nn.Module, device:
             dice.append(dice_score(prediction[0], target[0]))
             iou.append(iou_score(prediction[0], target[0]))
     scores = {"val_loss": total_loss / len(cases), "val_dice": float(np.mean(dice)), "val_iou": float(np.mean(iou))}
+    if with_head:
+        scores["val_presence_accuracy"] = float(np.mean(presence_right))  # lesion head at probability 0.5
     names = cases.datasets or []
     for name in dict.fromkeys(names):
         chosen = [index for index, case_dataset in enumerate(names) if case_dataset == name]
@@ -569,8 +595,9 @@ def save_epoch(run: Run, row: dict, improved: bool, writer, progress: bool) -> N
     per_dataset = "".join(f"  {key[len('val_iou_'):]} {value:.4f}" for key, value in row.items()
                           if key.startswith("val_iou_"))
     summary = (f"epoch {epoch}/{config['epochs']}: train_loss {row['train_loss']:.4f}  val_loss {row['val_loss']:.4f}  "
-               f"val_dice {row['val_dice']:.4f}  val_iou {row['val_iou']:.4f}{per_dataset}  "
-               f"score {row['val_score']:.4f}  lr {row['lr']:.2e}  {row['seconds']:.1f}s" + ("  (best)" if improved else ""))
+               f"val_dice {row['val_dice']:.4f}  val_iou {row['val_iou']:.4f}{per_dataset}"
+               + (f"  presence {row['val_presence_accuracy']:.3f}" if "val_presence_accuracy" in row else "")
+               + f"  score {row['val_score']:.4f}  lr {row['lr']:.2e}  {row['seconds']:.1f}s" + ("  (best)" if improved else ""))
     tqdm.write(summary) if progress else print(summary, flush=True)
 
 
@@ -595,9 +622,14 @@ def train_one_epoch(run: Run, progress: bool, description: str) -> float:
     for images, masks in tqdm(run.loader, desc=description, unit="batch", leave=False, disable=not progress):
         images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
         masks = masks.to(device, non_blocking=True)
+        head_weight = run.config.get("lesion_head_weight", 0.0)
         with autocast(device, run.precision):
-            logits = run.trained_model(images)
+            logits, *lesion_logit = (run.trained_model(images, return_lesion_logit=True) if head_weight
+                                     else (run.trained_model(images),))
         loss = run.loss_fn(logits.float(), masks)  # the loss in fp32 whatever the forward pass ran in
+        if head_weight:
+            loss = loss + head_weight * F.binary_cross_entropy_with_logits(lesion_logit[0].float(),
+                                                                          lesion_presence(masks))
         run.optimizer.zero_grad(set_to_none=True)
         run.scaler.scale(loss).backward()
         run.scaler.step(run.optimizer)
