@@ -77,7 +77,7 @@ def test_postprocessing_override_and_progress(segmenter):
     result = segmenter.segment(
         np.random.default_rng(8).random((5, 40, 40)),
         postprocessing=PostprocessOptions(threshold=0.01, min_area_fraction=0, min_mean_probability=0, keep_largest=False,
-                                          fill_holes=False, smoothing_sigma=0),
+                                          fill_holes=False, smoothing_sigma=0, min_lesion_probability=0),
         batch_size=2,
         progress=lambda done, total: calls.append((done, total)),
     )
@@ -121,11 +121,11 @@ class _OutOfMemoryOnce(torch.nn.Module):
         super().__init__()
         self.inner, self.config, self.failed = model, model.config, False
 
-    def forward(self, x, return_attention=False):
+    def forward(self, x, return_attention=False, return_lesion_logit=False):
         if not self.failed:
             self.failed = True
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return self.inner(x, return_attention=return_attention)
+        return self.inner(x, return_attention=return_attention, return_lesion_logit=return_lesion_logit)
 
 
 def test_out_of_memory_falls_back_to_cpu_with_warning(caplog):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -19,7 +19,7 @@ from .boxes import (
 )
 from .device import select_device
 from .model import AttentionUNet
-from .postprocessing import PostprocessOptions, postprocess_box, postprocess_frames
+from .postprocessing import PostprocessOptions, check_lesion_head, postprocess_box, postprocess_frames
 from .preprocessing import normalize_intensity, prepare_frames, resize_frames, to_grayscale_frames
 from .weights import ModelCard, WeightsError, load_model
 
@@ -62,6 +62,7 @@ class SegmentationResult:
     combined_attention: np.ndarray  # float32 in [0, 1], mean of the gates
     box_labels: np.ndarray | None = None  # uint16, with box prompts only
     boxes: list[BoxOutcome] | None = None  # with box prompts only
+    lesion_probability: np.ndarray | None = None  # (F,) float32, the lesion head's; models with one, no boxes
 
     @property
     def empty_boxes(self) -> list[BoxOutcome]:
@@ -71,6 +72,14 @@ class SegmentationResult:
     @property
     def frame_count(self) -> int:
         return self.probability.shape[0]
+
+
+class NetworkOutput(NamedTuple):
+    """One batch through the network: ``(n, 1, h, w)`` probability, one map per gate, and the lesion head's ``(n,)``."""
+
+    probability: torch.Tensor
+    attention: list[torch.Tensor]
+    lesion_probability: torch.Tensor | None  # None for a model without a lesion head
 
 
 class LesionSegmenter:
@@ -87,6 +96,7 @@ class LesionSegmenter:
         self.model = model.to(self.device).eval()
         self._set_memory_format()
         self.input_size = (int(input_size[0]), int(input_size[1]))
+        check_lesion_head(postprocessing, model.config.lesion_head)
         self.postprocessing = postprocessing
         self.card: ModelCard | None = None  # the model card, when built by from_weights
         self.weights_path: str | None = None  # the weights file, when built by from_weights
@@ -121,16 +131,26 @@ class LesionSegmenter:
         """Frames per forward pass: on the CPU at most ``CPU_FRAMES_PER_FORWARD`` (see its comment)."""
         return min(batch_size, CPU_FRAMES_PER_FORWARD) if self.device.type == "cpu" else batch_size
 
-    def _forward(self, batch: torch.Tensor, test_time_flip: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        logits, attention = self.model(batch, return_attention=True)
-        probability = torch.sigmoid(logits)
-        if test_time_flip:
-            flipped_logits, flipped_attention = self.model(batch.flip(-1), return_attention=True)
-            probability = 0.5 * (probability + torch.sigmoid(flipped_logits).flip(-1))
-            attention = [0.5 * (a + b.flip(-1)) for a, b in zip(attention, flipped_attention)]
-        return probability, attention
+    @property
+    def has_lesion_head(self) -> bool:
+        """Whether the model gives an image-level lesion probability (``ModelConfig.lesion_head``)."""
+        return self.model.config.lesion_head
 
-    def _predict_batch(self, batch: torch.Tensor, test_time_flip: bool):
+    def _forward(self, batch: torch.Tensor, test_time_flip: bool) -> NetworkOutput:
+        with_head = self.has_lesion_head
+        logits, attention, *lesion = self.model(batch, return_attention=True, return_lesion_logit=with_head)
+        probability = torch.sigmoid(logits)
+        lesion_probability = torch.sigmoid(lesion[0]) if with_head else None
+        if test_time_flip:
+            logits, flipped_attention, *lesion = self.model(batch.flip(-1), return_attention=True,
+                                                            return_lesion_logit=with_head)
+            probability = 0.5 * (probability + torch.sigmoid(logits).flip(-1))
+            attention = [0.5 * (a + b.flip(-1)) for a, b in zip(attention, flipped_attention)]
+            if with_head:
+                lesion_probability = 0.5 * (lesion_probability + torch.sigmoid(lesion[0]))
+        return NetworkOutput(probability, attention, lesion_probability)
+
+    def _predict_batch(self, batch: torch.Tensor, test_time_flip: bool) -> NetworkOutput:
         """Forward one batch; on CUDA out-of-memory move to the CPU with a warning and retry."""
         try:
             return self._forward(self._to_device(batch), test_time_flip)
@@ -151,9 +171,12 @@ class LesionSegmenter:
             batch = batch.contiguous(memory_format=torch.channels_last)
         return batch
 
-    def _check_finite(self, probability: torch.Tensor, attention: list[torch.Tensor]) -> None:
+    def _check_finite(self, output: NetworkOutput) -> None:
         """Raise :class:`WeightsError` naming the model when the network output holds NaN or infinite values."""
-        if all(bool(torch.isfinite(values).all()) for values in (probability, *attention)):
+        values = [output.probability, *output.attention]
+        if output.lesion_probability is not None:
+            values.append(output.lesion_probability)
+        if all(bool(torch.isfinite(value).all()) for value in values):
             return
         model = f"the model {self.weights_path}" if self.weights_path else "the model"
         raise WeightsError(
@@ -162,7 +185,7 @@ class LesionSegmenter:
         )
 
     def _run(self, total: int, network_input, test_time_flip: bool, batch_size: int, progress, store) -> None:
-        """Forward ``total`` items batch by batch and hand each result to ``store(first, last, probability, attention)``.
+        """Forward ``total`` items batch by batch and hand each :class:`NetworkOutput` to ``store(first, last, output)``.
 
         ``network_input(first, last)`` gives the ``(n, 1, h, w)`` tensor of items
         ``first:last``; ``progress(done, total)`` is called after every batch.
@@ -173,9 +196,9 @@ class LesionSegmenter:
             chunk = self._frames_per_forward(step)
             for first in range(start, stop, chunk):
                 last = min(first + chunk, stop)
-                probability, attention = self._predict_batch(network_input(first, last), test_time_flip)
-                self._check_finite(probability, attention)
-                store(first, last, probability, attention)
+                output = self._predict_batch(network_input(first, last), test_time_flip)
+                self._check_finite(output)
+                store(first, last, output)
             if progress is not None:
                 progress(stop, total)
 
@@ -216,16 +239,18 @@ class LesionSegmenter:
                 options, batch_size, progress,
             )
         network_input, original_size = prepare_frames(image, self.input_size, color=color)
-        outputs = _OutputFrames(network_input.shape[0], original_size, self.model.config.depth)
+        outputs = _OutputFrames(network_input.shape[0], original_size, self.model.config.depth,
+                                lesion_head=self.has_lesion_head)
         self._run(network_input.shape[0], lambda first, last: network_input[first:last],
                   test_time_flip, batch_size, progress, outputs.store)
         raw_mask = outputs.probability >= options.threshold
         return SegmentationResult(
             probability=outputs.probability,
             raw_mask=raw_mask,
-            processed_mask=postprocess_frames(outputs.probability, options),
+            processed_mask=postprocess_frames(outputs.probability, options, outputs.lesion_probability),
             attention_maps=outputs.attention_maps,
             combined_attention=outputs.combined_attention(),
+            lesion_probability=outputs.lesion_probability,
         )
 
     def _segment_boxes(
@@ -255,10 +280,10 @@ class LesionSegmenter:
         labels = np.zeros((frames.shape[0], *size), dtype=np.uint16)
         outcomes = []
 
-        def store(first, last, probability, attention) -> None:
+        def store(first, last, output: NetworkOutput) -> None:
             for offset, crop in enumerate(crops[first:last]):
                 in_box = outputs.paste(
-                    crop, probability[offset:offset + 1], [a[offset:offset + 1] for a in attention],
+                    crop, output.probability[offset:offset + 1], [a[offset:offset + 1] for a in output.attention],
                     frame_windows[first + offset], frame_weight,
                 )
                 mask = postprocess_box(in_box, options)
@@ -307,8 +332,8 @@ class LesionSegmenter:
             batch = normalize_intensity(frames[whole_frames[first:last]])
             return resize_frames(torch.from_numpy(batch).unsqueeze(1), self.input_size)
 
-        def store(first, last, probability, _attention) -> None:
-            resized = resize_frames(probability.float().cpu(), size)[:, 0].clamp_(0.0, 1.0).numpy()
+        def store(first, last, output: NetworkOutput) -> None:
+            resized = resize_frames(output.probability.float().cpu(), size)[:, 0].clamp_(0.0, 1.0).numpy()
             for row, frame in enumerate(whole_frames[first:last]):
                 for position in crops_of[frame]:
                     windows[position] = resized[row][crops[position].window.slices].copy()
@@ -343,23 +368,27 @@ class _OutputFrames:
     attention levels to average).
     """
 
-    def __init__(self, frame_count: int, size: tuple[int, int], attention_levels: int, fill: float | None = None):
+    def __init__(self, frame_count: int, size: tuple[int, int], attention_levels: int, fill: float | None = None,
+                 lesion_head: bool = False):
         self.size = size
         self.fill = fill  # None: every pixel gets written; a number: the value of pixels no crop covers
         self.probability = self._new_map(frame_count)
         self.attention_maps = [self._new_map(frame_count) for _ in range(attention_levels)]  # one per gate
+        self.lesion_probability = np.zeros(frame_count, dtype=np.float32) if lesion_head else None
 
     def _new_map(self, frame_count: int) -> np.ndarray:
         if self.fill is None:
             return np.empty((frame_count, *self.size), dtype=np.float32)
         return np.full((frame_count, *self.size), self.fill, dtype=np.float32)
 
-    def store(self, first: int, last: int, probability: torch.Tensor, attention: list[torch.Tensor]) -> None:
-        """Resize ``(n, 1, h, w)`` network outputs to the input grid, clip to [0, 1] and keep them."""
-        for target, source in zip([self.probability, *self.attention_maps], [probability, *attention]):
+    def store(self, first: int, last: int, output: NetworkOutput) -> None:
+        """Resize the ``(n, 1, h, w)`` network outputs to the input grid, clip to [0, 1] and keep them."""
+        for target, source in zip([self.probability, *self.attention_maps], [output.probability, *output.attention]):
             rows = torch.from_numpy(target[first:last])
             rows.copy_(resize_frames(source.float().cpu(), self.size).squeeze(1))
             rows.clamp_(0.0, 1.0)
+        if self.lesion_probability is not None:
+            self.lesion_probability[first:last] = output.lesion_probability.float().cpu().numpy()
 
     def paste(
         self, crop: "_Crop", probability: torch.Tensor, attention: list[torch.Tensor],

@@ -3,7 +3,9 @@
 Steps, each optional: threshold, remove connected components smaller than a
 fraction of the frame, remove components the network is unsure of (low mean
 probability), keep only the largest lesion, fill holes, and smooth the
-boundary (Gaussian blur of the mask, re-thresholded at one half).
+boundary (Gaussian blur of the mask, re-thresholded at one half). With a model
+that has a lesion head, a frame whose image-level lesion probability is below
+``min_lesion_probability`` gets an empty mask.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ class PostprocessOptions:
     keep_largest: bool  # keep only the largest component
     fill_holes: bool
     smoothing_sigma: float  # Gaussian sigma in pixels of a 256-pixel frame; 0 disables
+    # frames whose lesion-head probability is below this get an empty mask; 0 keeps all (needs a lesion head)
+    min_lesion_probability: float
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold < 1.0:
@@ -37,6 +41,8 @@ class PostprocessOptions:
             raise ValueError(f"min_area_fraction must be in [0, 1), got {self.min_area_fraction}")
         if not 0.0 <= self.min_mean_probability < 1.0:
             raise ValueError(f"min_mean_probability must be in [0, 1), got {self.min_mean_probability}")
+        if not 0.0 <= self.min_lesion_probability < 1.0:
+            raise ValueError(f"min_lesion_probability must be in [0, 1), got {self.min_lesion_probability}")
         if self.smoothing_sigma < 0:
             raise ValueError(f"smoothing_sigma must be >= 0, got {self.smoothing_sigma}")
 
@@ -49,13 +55,18 @@ class PostprocessOptions:
 
     @classmethod
     def from_dict(cls, values: dict) -> "PostprocessOptions":
-        """Options from a model card's ``postprocessing`` block; every setting must be there (unknown keys are ignored)."""
+        """Options from a model card's ``postprocessing`` block; every setting must be there (unknown keys are ignored),
+        except those added later (``LATER_SETTINGS``), which cards written before them mean as their value there."""
+        values = {**LATER_SETTINGS, **values}
         names = [f.name for f in fields(cls)]
         missing = [name for name in names if name not in values]
         if missing:
             raise ValueError(f"the post-processing block lacks {', '.join(missing)}")
         return cls(**{name: values[name] for name in names})
 
+
+# Settings added after the first model cards, with the value that gives the behaviour before them.
+LATER_SETTINGS = {"min_lesion_probability": 0.0}
 
 # What ``train`` writes into the card of a new model, until ``sweep`` on val and ``export`` choose its own.
 UNTUNED_POSTPROCESSING = PostprocessOptions(
@@ -65,6 +76,7 @@ UNTUNED_POSTPROCESSING = PostprocessOptions(
     keep_largest=True,
     fill_holes=True,
     smoothing_sigma=1.5,
+    min_lesion_probability=0.0,
 )
 
 
@@ -180,9 +192,26 @@ def postprocess_mask(probability: np.ndarray, options: PostprocessOptions) -> np
     return mask.astype(bool)
 
 
-def postprocess_frames(probabilities: np.ndarray, options: PostprocessOptions) -> np.ndarray:
-    """Processed masks of a ``(F, H, W)`` stack, frame by frame."""
-    return np.stack([postprocess_mask(frame, options) for frame in probabilities])
+def check_lesion_head(options: PostprocessOptions, has_lesion_head: bool) -> None:
+    """ValueError when ``options`` ask for the lesion head's probability and the model has no lesion head."""
+    if options.min_lesion_probability > 0 and not has_lesion_head:
+        raise ValueError(f"min_lesion_probability {options.min_lesion_probability} needs a model with a lesion head; "
+                         "this model has none (use 0)")
+
+
+def postprocess_frames(
+    probabilities: np.ndarray, options: PostprocessOptions, lesion_probability: np.ndarray | None = None
+) -> np.ndarray:
+    """Processed masks of a ``(F, H, W)`` stack, frame by frame.
+
+    ``lesion_probability`` (``(F,)``, from a model's lesion head) empties the frames
+    below ``options.min_lesion_probability``.
+    """
+    check_lesion_head(options, lesion_probability is not None)
+    masks = np.stack([postprocess_mask(frame, options) for frame in probabilities])
+    if options.min_lesion_probability > 0:
+        masks[np.asarray(lesion_probability) < options.min_lesion_probability] = False
+    return masks
 
 
 def _component_at_peak(probability: np.ndarray, level: float) -> np.ndarray:

@@ -153,6 +153,8 @@ def evaluate_sample(
         "raw": score_masks(result.raw_mask[0], target),
         "processed": score_masks(result.processed_mask[0], target),
     }
+    if result.lesion_probability is not None:
+        row["lesion_probability"] = float(result.lesion_probability[0])
     if prompt is not None:
         automatic = segmenter.segment(sample.image, test_time_flip=test_time_flip)
         row["automatic"] = score_masks(automatic.processed_mask[0], target)
@@ -284,7 +286,8 @@ def markdown_report(report: dict) -> str:
         f"- Threshold {options['postprocessing']['threshold']}, minimum component area "
         f"{options['postprocessing']['min_area_fraction']} of the frame, minimum component mean probability "
         f"{options['postprocessing'].get('min_mean_probability', 0.0)}, keep largest component only: "
-        f"{'yes' if options['postprocessing']['keep_largest'] else 'no'}, "
+        f"{'yes' if options['postprocessing']['keep_largest'] else 'no'}, minimum lesion probability "
+        f"{options['postprocessing'].get('min_lesion_probability', 0.0)}, "
         f"test-time flip: {'yes' if options['test_time_flip'] else 'no'}",
         *box_prompt_lines(report),
         "",
@@ -400,6 +403,7 @@ def evaluate_split(
     min_area_fraction: float | None = None,
     min_mean_probability: float | None = None,
     keep_largest: bool | None = None,
+    min_lesion_probability: float | None = None,
     box_prompt: BoxPrompt | None = None,
     run_dir: str | os.PathLike | None = None,
     progress: bool = True,
@@ -417,6 +421,7 @@ def evaluate_split(
     segmenter = LesionSegmenter.from_weights(
         weights, device, threshold=threshold, min_area_fraction=min_area_fraction,
         min_mean_probability=min_mean_probability, keep_largest=keep_largest,
+        min_lesion_probability=min_lesion_probability,
     )
     card = segmenter.card
 
@@ -485,6 +490,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="drop predicted components whose mean probability is below P (default: the model card's)")
     parser.add_argument("--keep-largest", choices=("yes", "no"),
                         help="keep only the largest predicted component (default: the model card's)")
+    parser.add_argument("--min-lesion-probability", type=float, metavar="P",
+                        help="empty the mask of an image whose lesion-head probability is below P; models with a "
+                             "lesion head only (default: the model card's)")
     parser.add_argument("--box-margin", type=float, metavar="M",
                         help="prompt each lesion image with its mask's bounding box grown by M of its size on each side")
     parser.add_argument("--box-jitter", type=float, default=0.0, metavar="J",
@@ -518,7 +526,7 @@ def run(args: argparse.Namespace) -> int:
             test_time_flip=args.test_time_flip, device=device, threshold=args.threshold,
             min_area_fraction=args.min_area_fraction, min_mean_probability=args.min_confidence,
             keep_largest=None if args.keep_largest is None else args.keep_largest == "yes",
-            box_prompt=prompt, run_dir=args.run_dir, progress=not args.no_progress,
+            min_lesion_probability=args.min_lesion_probability, box_prompt=prompt, run_dir=args.run_dir, progress=not args.no_progress,
         )
     except WeightsError as error:
         raise ValueError(str(error)) from error

@@ -3,7 +3,8 @@
 Each image is segmented once (optionally with the test-time flip) at its
 original resolution, exactly as ``evaluate`` does, and its probability map is
 post-processed with every combination of threshold, minimum component area,
-minimum component mean probability and keep-largest on/off. For each combination the sweep reports the
+minimum component mean probability, keep-largest on/off and (models with a
+lesion head) minimum lesion probability. For each combination the sweep reports the
 mean lesion Dice and IoU (benign + malignant), how many normal images get a
 false lesion, and one number that weighs both by their share of the subset:
 the mean Dice over all images, where a normal image scores 1 when nothing is
@@ -30,18 +31,19 @@ from BreastUSSegmentLib.device import DEVICE_CHOICES, select_device
 from BreastUSSegmentLib.fileio import write_text_atomically
 from BreastUSSegmentLib.inference import LesionSegmenter
 from BreastUSSegmentLib.metrics import dice_score, iou_score
-from BreastUSSegmentLib.postprocessing import PostprocessOptions, postprocess_mask
+from BreastUSSegmentLib.postprocessing import PostprocessOptions, check_lesion_head, postprocess_frames
 from BreastUSSegmentLib.weights import WeightsError
 
 from .busi import LESION_CLASSES, NORMAL_CLASS, load_case, load_manifest
 from .datasets import DataRoots
 
 SWEEP_SUBSETS = ("train", "val")
-SWEPT_SETTINGS = ("threshold", "min_area_fraction", "min_mean_probability", "keep_largest")
+SWEPT_SETTINGS = ("threshold", "min_area_fraction", "min_mean_probability", "keep_largest", "min_lesion_probability")
 
 
 def option_grid(
-    base: PostprocessOptions, thresholds=None, min_area_fractions=None, min_mean_probabilities=None, keep_largest=None
+    base: PostprocessOptions, thresholds=None, min_area_fractions=None, min_mean_probabilities=None, keep_largest=None,
+    min_lesion_probabilities=None,
 ) -> list[PostprocessOptions]:
     """Every combination of the listed settings on top of ``base`` (the model card's options).
 
@@ -51,10 +53,12 @@ def option_grid(
         return [own] if listed is None else list(listed)
 
     return [
-        replace(base, threshold=threshold, min_area_fraction=area, min_mean_probability=confidence, keep_largest=largest)
-        for threshold, area, confidence, largest in itertools.product(
+        replace(base, threshold=threshold, min_area_fraction=area, min_mean_probability=confidence, keep_largest=largest,
+                min_lesion_probability=lesion)
+        for threshold, area, confidence, largest, lesion in itertools.product(
             values(thresholds, base.threshold), values(min_area_fractions, base.min_area_fraction),
-            values(min_mean_probabilities, base.min_mean_probability), values(keep_largest, base.keep_largest))
+            values(min_mean_probabilities, base.min_mean_probability), values(keep_largest, base.keep_largest),
+            values(min_lesion_probabilities, base.min_lesion_probability))
     ]
 
 
@@ -90,6 +94,7 @@ class SweepTally:
                 "min_area_fraction": options.min_area_fraction,
                 "min_mean_probability": options.min_mean_probability,
                 "keep_largest": options.keep_largest,
+                "min_lesion_probability": options.min_lesion_probability,
                 "all_image_dice": float((self.dice[i] + normals - self.false_positives[i]) / images),
                 "lesion_dice": float(self.dice[i] / lesions),
                 "lesion_iou": float(self.iou[i] / lesions),
@@ -116,14 +121,16 @@ def sweep_split(
     segmenter = LesionSegmenter.from_weights(weights, device)
     card = segmenter.card
     grid = option_grid(segmenter.postprocessing, **grid_values)
+    for options in grid:  # a lesion-probability bar on a model without the head: refused before any image
+        check_lesion_head(options, segmenter.has_lesion_head)
     roots = DataRoots.from_paths(data_roots)
     tally = SweepTally(len(grid))
     per_dataset = {name: SweepTally(len(grid)) for name in dict.fromkeys(case.dataset for case in cases)}
     started = time.perf_counter()
     for case in tqdm(cases, desc="sweeping", unit="image", disable=not progress):
         image, target = load_case(roots, case)
-        probability = segmenter.segment(image, test_time_flip=test_time_flip).probability[0]
-        masks = [postprocess_mask(probability, options) for options in grid]
+        result = segmenter.segment(image, test_time_flip=test_time_flip)
+        masks = [postprocess_frames(result.probability, options, result.lesion_probability)[0] for options in grid]
         tally.add(case.label, masks, target)
         per_dataset[case.dataset].add(case.label, masks, target)
     return {
@@ -161,14 +168,15 @@ def markdown_table(record: dict) -> str:
 def setting_rows(record: dict) -> list[str]:
     """One table of a sweep record (or of one dataset's part of it)."""
     lines = [
-        "| threshold | min area | min mean prob. | keep largest | all-image Dice | lesion Dice | lesion IoU "
-        "| lesions missed | normal FP |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| threshold | min area | min mean prob. | keep largest | min lesion prob. | all-image Dice | lesion Dice "
+        "| lesion IoU | lesions missed | normal FP |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in record["rows"]:
         lines.append(
             f"| {row['threshold']} | {row['min_area_fraction']} | {row['min_mean_probability']} | "
-            f"{'yes' if row['keep_largest'] else 'no'} | {row['all_image_dice']:.4f} | "
+            f"{'yes' if row['keep_largest'] else 'no'} | {row.get('min_lesion_probability', 0.0)} | "
+            f"{row['all_image_dice']:.4f} | "
             f"{row['lesion_dice']:.4f} | {row['lesion_iou']:.4f} | {row['lesions_missed']}/{record['lesion_images']} | "
             f"{row['normal_false_positives']}/{record['normal_images']} |"
         )
@@ -187,6 +195,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="minimum mean probability of a kept region (default: the model card's)")
     parser.add_argument("--keep-largest", nargs="+", choices=("yes", "no"),
                         help="keep only the largest region: yes, no, or both to compare (default: the model card's)")
+    parser.add_argument("--min-lesion-probabilities", type=float, nargs="+", metavar="P",
+                        help="minimum image-level lesion probability, models with a lesion head only "
+                             "(default: the model card's)")
     parser.add_argument("--test-time-flip", action="store_true", help="average with a horizontally flipped pass")
     parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="where the network runs (default: auto)")
     parser.add_argument("--output", type=Path, help="write sweep.json and sweep.md into this folder")
@@ -196,6 +207,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     grid_values = {"thresholds": args.thresholds, "min_area_fractions": args.min_area_fractions,
                    "min_mean_probabilities": args.min_confidences,
+                   "min_lesion_probabilities": args.min_lesion_probabilities,
                    "keep_largest": None if args.keep_largest is None else [choice == "yes" for choice in args.keep_largest]}
     # Bad weights and an unavailable device are input errors: the command line reports them without a traceback.
     try:
