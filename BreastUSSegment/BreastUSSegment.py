@@ -146,6 +146,7 @@ DEFAULT_ATTENTION_OPACITY = 0.4
 # The panel's slider ranges (the .ui sliders use the same limits; a test checks them).
 THRESHOLD_RANGE = (0.05, 0.95)
 MIN_CONFIDENCE_RANGE = (0.0, 0.95)
+MIN_LESION_PROBABILITY_RANGE = (0.0, 0.95)
 LABELMAP_SUFFIXES = (".nrrd", ".nii", ".nii.gz")
 SAMPLES_DIR = Path(__file__).resolve().parent / "Resources" / "Samples"
 SAMPLE_NAMES = ("breastus_sample_benign", "breastus_sample_malignant")
@@ -261,6 +262,7 @@ class BreastUSSegmentParameterNode:
     outputSegmentation - receives the "Lesion" segment (created when empty).
     threshold - probability above which a pixel is lesion.
     minConfidence - regions whose mean probability is below this are discarded (0 keeps all).
+    minLesionProbability - models with a lesion head: frames it judges below this get no lesion (0 keeps all).
     keepLargest, fillHoles, smoothing - post-processing steps.
     testTimeFlip - also segment the mirrored image and average.
     device - where the network runs.
@@ -276,6 +278,7 @@ class BreastUSSegmentParameterNode:
     outputSegmentation: vtkMRMLSegmentationNode
     threshold: Annotated[float, WithinRange(*THRESHOLD_RANGE)] = THRESHOLD_RANGE[0]
     minConfidence: Annotated[float, WithinRange(*MIN_CONFIDENCE_RANGE)] = MIN_CONFIDENCE_RANGE[0]
+    minLesionProbability: Annotated[float, WithinRange(*MIN_LESION_PROBABILITY_RANGE)] = MIN_LESION_PROBABILITY_RANGE[0]
     keepLargest: bool = False
     fillHoles: bool = False
     smoothing: bool = False
@@ -464,7 +467,8 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         slicer.util.resetSliceViews()
         status = self.logic.measurementSummary(
             output.measurements, self.logic.volumeSpacing(inputVolume), output.hiddenConfidence,
-            output.postprocessing.min_mean_probability)
+            output.postprocessing.min_mean_probability, output.rejectedLesionProbability,
+            output.postprocessing.min_lesion_probability)
         if output.tableNode is not None:
             status += _(" Per-frame measurements: table '{name}'.").format(name=output.tableNode.GetName())
         self._setStatus(status)
@@ -539,13 +543,16 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """
         parameterNode = self._parameterNode.parameterNode
         source = str(self._modelPath() or BUNDLED_WEIGHTS)
-        if not force and parameterNode.GetParameter(POSTPROCESSING_SOURCE_PARAMETER) == source:
-            return True
         try:
-            values = self.logic.postprocessingParameters(self._modelPath())
+            hasLesionHead = self.logic.hasLesionHead(self._modelPath())
+            values = (None if not force and parameterNode.GetParameter(POSTPROCESSING_SOURCE_PARAMETER) == source
+                      else self.logic.postprocessingParameters(self._modelPath()))
         except BreastUSSegmentError as error:
             self._setStatus(str(error), error=True)
             return False
+        self._setLesionHeadAvailable(hasLesionHead)
+        if values is None:
+            return True
         for name, value in values.items():
             setattr(self._parameterNode, name, value)
         parameterNode.SetParameter(POSTPROCESSING_SOURCE_PARAMETER, source)
@@ -553,6 +560,11 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._setStatus(_("Post-processing options set from the model card of {model}.").format(
                 model=Path(source).name))
         return True
+
+    def _setLesionHeadAvailable(self, available: bool) -> None:
+        """Min. lesion probability only means something for a model with a lesion head (its tooltip says so)."""
+        self.ui.minLesionProbabilitySliderWidget.enabled = available
+        self.ui.minLesionProbabilityLabel.enabled = available
 
     def onMeasureButton(self) -> None:
         """Measure the Lesion segment again, e.g. after editing it in Segment Editor."""
@@ -738,6 +750,7 @@ class SegmentationOptions:
     device: str = "auto"  # one of the core's device names
     threshold: Optional[float] = None
     minConfidence: Optional[float] = None
+    minLesionProbability: Optional[float] = None
     keepLargest: Optional[bool] = None
     fillHoles: Optional[bool] = None
     smoothing: Optional[bool] = None  # on: the card's smoothing strength (the untuned one when the card has none)
@@ -763,6 +776,7 @@ class SegmentationOptions:
             return card.with_overrides(
                 threshold=_optional(float, self.threshold),
                 min_mean_probability=_optional(float, self.minConfidence),
+                min_lesion_probability=_optional(float, self.minLesionProbability),
                 keep_largest=_optional(bool, self.keepLargest),
                 fill_holes=_optional(bool, self.fillHoles),
                 smoothing_sigma=smoothingSigma,
@@ -788,6 +802,7 @@ class SegmentationOutput:
     pipelineResult: Any = None  # BreastUSSegmentLib.inference.SegmentationResult
     postprocessing: Any = None  # BreastUSSegmentLib.postprocessing.PostprocessOptions used
     hiddenConfidence: Optional[float] = None  # when nothing was found: best mean probability Min. confidence hid
+    rejectedLesionProbability: Optional[float] = None  # when the lesion head emptied every frame: its highest probability
     tableNode: Any = None  # a clip's per-frame measurements (vtkMRMLTableNode)
     sequenceNode: Any = None  # a Sequence's segmentation Sequence (one item per frame; the output node is its proxy)
 
@@ -897,22 +912,31 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
 
     # --- Model ---
 
-    def postprocessingParameters(self, weightsPath=None) -> dict:
-        """The panel's post-processing values that match a model's card (the bundled model by default).
-
-        Keys are parameter-node fields; values are clamped to the panel's ranges.
-        """
+    @staticmethod
+    def modelCard(weightsPath=None):
+        """The core's ``ModelCard`` of a weights file (the bundled model by default); needs no PyTorch."""
         path = Path(weightsPath) if weightsPath else Path(BUNDLED_WEIGHTS)
-        try:  # the card reader needs no PyTorch
+        try:
             from BreastUSSegmentLib.modelcard import WeightsError, read_model_card
         except ImportError as error:
             raise BreastUSSegmentError(
                 _("A Python package the model needs is missing ({error}).").format(error=error)) from error
         try:
-            options = read_model_card(path).postprocess_options
+            return read_model_card(path)
         except WeightsError as error:
             raise BreastUSSegmentError(_("Cannot read the model card of {path}: {error}").format(
                 path=path, error=error)) from error
+
+    def hasLesionHead(self, weightsPath=None) -> bool:
+        """Whether the model gives an image-level lesion probability (what Min. lesion probability needs)."""
+        return self.modelCard(weightsPath).model_config.lesion_head
+
+    def postprocessingParameters(self, weightsPath=None) -> dict:
+        """The panel's post-processing values that match a model's card (the bundled model by default).
+
+        Keys are parameter-node fields; values are clamped to the panel's ranges.
+        """
+        options = self.modelCard(weightsPath).postprocess_options
 
         def clamp(value, limits):
             return min(max(value, limits[0]), limits[1])
@@ -920,6 +944,7 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
         return {
             "threshold": clamp(options.threshold, THRESHOLD_RANGE),
             "minConfidence": clamp(options.min_mean_probability, MIN_CONFIDENCE_RANGE),
+            "minLesionProbability": clamp(options.min_lesion_probability, MIN_LESION_PROBABILITY_RANGE),
             "keepLargest": options.keep_largest,
             "fillHoles": options.fill_holes,
             "smoothing": options.smoothing_sigma > 0,
@@ -1070,7 +1095,7 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
                 inputVolumeNode) -> SegmentationOutput:
         """What :meth:`segment` returns: the nodes, the lesion's measurements and, for an empty result,
         the strongest candidate Min. confidence hid."""
-        from BreastUSSegmentLib.postprocessing import strongest_hidden_confidence
+        from BreastUSSegmentLib.postprocessing import strongest_hidden_confidence, strongest_rejected_lesion_probability
 
         return SegmentationOutput(
             segmentationNode=segmentationNode,
@@ -1083,6 +1108,7 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
             # Only an empty result needs it (for the status line); a long clip is not labelled twice otherwise.
             hiddenConfidence=(None if result.processed_mask.any()
                               else strongest_hidden_confidence(result.probability, postprocessing)),
+            rejectedLesionProbability=strongest_rejected_lesion_probability(result.lesion_probability, postprocessing),
         )
 
     # --- Cine clips loaded as Sequences ---
@@ -1594,14 +1620,22 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def measurementSummary(
-        measurements: List[LesionMeasurement], spacing=(1.0, 1.0), hiddenConfidence=None, minConfidence=None
+        measurements: List[LesionMeasurement], spacing=(1.0, 1.0), hiddenConfidence=None, minConfidence=None,
+        rejectedLesionProbability=None, minLesionProbability=None,
     ) -> str:
         """One line for the status label: the lesion's size (in the frame where it is largest for a clip).
 
-        When nothing was found but Min. confidence hid a candidate region (``hiddenConfidence``, its
-        mean probability, below ``minConfidence``), say so and how to show it.
+        When nothing was found because the lesion head judged every frame below ``minLesionProbability``
+        (``rejectedLesionProbability``, its highest probability), or Min. confidence hid a candidate region
+        (``hiddenConfidence``, its mean probability, below ``minConfidence``), say so and how to show it.
         """
         if not measurements or all(m.pixel_count == 0 for m in measurements):
+            if rejectedLesionProbability is not None and minLesionProbability is not None:
+                return _(
+                    "No lesion shown: the highest image-level lesion probability the model gave is {found:.2f}, below "
+                    "Min. lesion probability {bar:.2f}. Lower Min. lesion probability under Advanced to show "
+                    "what it found, or draw the lesion in Segment Editor."
+                ).format(found=rejectedLesionProbability, bar=minLesionProbability)
             if hiddenConfidence is not None and minConfidence is not None:
                 return _(
                     "No lesion shown: the strongest candidate region has mean probability {found:.2f}, below "

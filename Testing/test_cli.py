@@ -1,5 +1,8 @@
 """The command line: outputs per input, formats, clips, no silent overwrite, clear errors."""
 
+import math
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -7,6 +10,7 @@ import torch
 from PIL import Image
 
 from BreastUSSegmentLib.cli import main
+from BreastUSSegmentLib.model import AttentionUNet
 from BreastUSSegmentLib.postprocessing import UNTUNED_POSTPROCESSING
 from BreastUSSegmentLib.weights import load_model, save_model
 from conftest import brightness_model
@@ -118,6 +122,30 @@ def test_min_confidence_drops_a_lukewarm_region_and_rejects_bad_values(tmp_path,
     assert main([str(tmp_path / "two.png"), "-o", str(tmp_path / "bad"), "--weights", str(weights),
                  "--min-confidence", "1.5"]) == 2
     assert "min_mean_probability must be in [0, 1)" in capsys.readouterr().err
+
+
+def test_min_lesion_probability_empties_frames_the_head_rejects_and_needs_a_head(tmp_path, weights, capsys):
+    plain = brightness_model()
+    model = AttentionUNet(replace(plain.config, lesion_head=True))
+    model.load_state_dict(plain.state_dict(), strict=False)
+    with torch.no_grad():  # the hand-set bottleneck is all zeros, so the head gives its bias: probability 0.4
+        model.lesion_head.linear.weight.zero_()
+        model.lesion_head.linear.bias.fill_(math.log(0.4 / 0.6))
+    head_weights = tmp_path / "head.safetensors"
+    save_model(model, head_weights, input_size=(64, 64), postprocessing=UNTUNED_POSTPROCESSING)
+    bright_square_png(tmp_path / "f.png")
+    found = {}
+    for bar in ("0.3", "0.5"):
+        capsys.readouterr()
+        assert run([tmp_path / "f.png"], tmp_path / bar, head_weights, "--format", "png", "--no-figure",
+                   "--min-lesion-probability", bar) == 0
+        found[bar] = (np.array(Image.open(tmp_path / bar / "f_mask.png")) > 0).any(), capsys.readouterr().out
+    assert found["0.3"][0] and "lesion in 1/1 frame(s)" in found["0.3"][1]
+    assert not found["0.5"][0]
+    assert ("f.png: no lesion found (the lesion head's probability, 0.40 at most, is below "
+            "--min-lesion-probability 0.50)") in found["0.5"][1]
+    assert run([tmp_path / "f.png"], tmp_path / "plain", weights, "--min-lesion-probability", "0.5") == 2
+    assert "needs a model with a lesion head" in capsys.readouterr().err
 
 
 def run(inputs, out, weights, *options):

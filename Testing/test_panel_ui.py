@@ -341,7 +341,8 @@ def test_segment_button_is_prominent_and_advanced_options_start_collapsed(app):
     advanced = widgets["advancedCollapsibleButton"]
     inside = {element.get("name") for element in advanced.iter("widget")}
     assert {"deviceComboBox", "thresholdSliderWidget", "keepLargestCheckBox", "fillHolesCheckBox",
-            "smoothingCheckBox", "testTimeFlipCheckBox", "minConfidenceSliderWidget"} <= inside
+            "smoothingCheckBox", "testTimeFlipCheckBox", "minConfidenceSliderWidget",
+            "minLesionProbabilitySliderWidget"} <= inside
     assert "Research use only" in ui_property(widgets["disclaimerLabel"], "text")
 
 
@@ -427,6 +428,10 @@ def render_panel(path):
     card = module.BreastUSSegmentLogic().postprocessingParameters()
     panel.findChild(ctkSliderWidget, "thresholdSliderWidget").setValue(card["threshold"])
     panel.findChild(ctkSliderWidget, "minConfidenceSliderWidget").setValue(card["minConfidence"])
+    panel.findChild(ctkSliderWidget, "minLesionProbabilitySliderWidget").setValue(card["minLesionProbability"])
+    hasLesionHead = module.BreastUSSegmentLogic().hasLesionHead()  # the widget enables the slider only then
+    for name in ("minLesionProbabilitySliderWidget", "minLesionProbabilityLabel"):
+        panel.findChild(QWidget, name).setEnabled(hasLesionHead)
     for name, key in (("keepLargestCheckBox", "keepLargest"), ("fillHolesCheckBox", "fillHoles"),
                       ("smoothingCheckBox", "smoothing")):
         panel.findChild(QCheckBox, name).setChecked(card[key])

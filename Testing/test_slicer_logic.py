@@ -121,6 +121,33 @@ def test_minimum_confidence_discards_lukewarm_regions(scene, logic, weights, ref
     assert f"mean probability {dropped.hiddenConfidence:.2f}" in summary and f"{above:.2f}" in summary
 
 
+def test_min_lesion_probability_empties_the_frame_and_says_why(scene, logic, weights, tmp_path):
+    """A lesion-head model's Min. lesion probability reaches the core; the status line names the head's verdict."""
+    torch.manual_seed(0)
+    path = tmp_path / "head.safetensors"
+    save_model(AttentionUNet(ModelConfig(base_channels=4, depth=2, lesion_head=True)), path, input_size=(64, 64),
+               postprocessing=UNTUNED_POSTPROCESSING.with_overrides(min_mean_probability=0.0))
+    volume = add_volume(scene, frame()[np.newaxis])
+    threshold = split_threshold(LesionSegmenter.from_weights(path, device="cpu"), frame())
+    kept = logic.segment(volume, options=BUS.SegmentationOptions(weightsPath=str(path), device="cpu",
+                                                                 threshold=threshold, minLesionProbability=0.0))
+    assert kept.pipelineResult.processed_mask.any() and kept.rejectedLesionProbability is None
+    head = float(kept.pipelineResult.lesion_probability[0])
+    bar = min(head + 0.02, 0.99)
+    dropped = logic.segment(volume, options=BUS.SegmentationOptions(weightsPath=str(path), device="cpu",
+                                                                    threshold=threshold, minLesionProbability=bar))
+    assert not logic.arrayFromSegment(dropped.segmentationNode, dropped.segmentId, volume).any()
+    assert dropped.rejectedLesionProbability == pytest.approx(head)
+    summary = logic.measurementSummary(
+        dropped.measurements, (1.0, 1.0), dropped.hiddenConfidence, dropped.postprocessing.min_mean_probability,
+        dropped.rejectedLesionProbability, dropped.postprocessing.min_lesion_probability)
+    assert f"lesion probability the model gave is {head:.2f}" in summary and f"{bar:.2f}" in summary
+    # A model without the head refuses the setting instead of ignoring it.
+    with pytest.raises(BUS.BreastUSSegmentError, match="lesion head"):
+        logic.segment(volume, options=BUS.SegmentationOptions(weightsPath=weights, device="cpu",
+                                                              minLesionProbability=bar))
+
+
 def test_postprocessing_parameters_follow_the_chosen_models_card(logic, tmp_path):
     """Choosing a model file sets the panel's post-processing to that model's card (fields the panel binds)."""
     from BreastUSSegmentLib.weights import read_model_card
@@ -137,7 +164,14 @@ def test_postprocessing_parameters_follow_the_chosen_models_card(logic, tmp_path
                                                    fill_holes=False, smoothing_sigma=0.0)
     save_model(AttentionUNet(ModelConfig(base_channels=4, depth=2)), custom, input_size=(64, 64), postprocessing=options)
     assert logic.postprocessingParameters(str(custom)) == {
-        "threshold": 0.3, "minConfidence": 0.5, "keepLargest": True, "fillHoles": False, "smoothing": False}
+        "threshold": 0.3, "minConfidence": 0.5, "minLesionProbability": 0.0, "keepLargest": True, "fillHoles": False,
+        "smoothing": False}
+    assert not logic.hasLesionHead(str(custom))
+    head_card = options.with_overrides(min_lesion_probability=0.4)
+    save_model(AttentionUNet(ModelConfig(base_channels=4, depth=2, lesion_head=True)), custom, input_size=(64, 64),
+               postprocessing=head_card)
+    assert logic.hasLesionHead(str(custom))
+    assert logic.postprocessingParameters(str(custom))["minLesionProbability"] == pytest.approx(0.4)
 
     # A card outside the sliders' ranges starts the sliders at their ends.
     save_model(AttentionUNet(ModelConfig(base_channels=4, depth=2)), custom, input_size=(64, 64),
@@ -518,7 +552,8 @@ def test_module_classes_and_parameter_node_fields():
         assert hasattr(BUS, "BreastUSSegment" + suffix)
     fields = BUS.BreastUSSegmentParameterNode.__annotations__
     assert set(fields) == {
-        "inputVolume", "outputSegmentation", "threshold", "minConfidence", "keepLargest", "fillHoles", "smoothing",
+        "inputVolume", "outputSegmentation", "threshold", "minConfidence", "minLesionProbability", "keepLargest",
+        "fillHoles", "smoothing",
         "testTimeFlip", "device", "showAttention", "attentionOpacity", "createProbabilityVolume", "boxAllFrames",
     }
     from BreastUSSegmentLib.device import DEVICE_CHOICES
@@ -531,17 +566,19 @@ def test_segmentation_options_are_the_parameter_nodes_fields_mapped_once_to_the_
 
     names = {field.name for field in dataclasses.fields(BUS.SegmentationOptions)} - {"weightsPath"}
     assert names <= set(BUS.BreastUSSegmentParameterNode.__annotations__)
-    parameters = SimpleNamespace(threshold=0.3, minConfidence=0.6, keepLargest=True, fillHoles=False, smoothing=True,
+    parameters = SimpleNamespace(threshold=0.3, minConfidence=0.6, minLesionProbability=0.4, keepLargest=True,
+                                 fillHoles=False, smoothing=True,
                                  testTimeFlip=True, device=BUS.DeviceChoice.GPU, showAttention=False,
                                  attentionOpacity=0.2, createProbabilityVolume=True)
     options = BUS.SegmentationOptions.fromParameterNode(parameters, "model.safetensors")
     assert options == BUS.SegmentationOptions(
-        weightsPath="model.safetensors", device="cuda", threshold=0.3, minConfidence=0.6, keepLargest=True,
-        fillHoles=False, smoothing=True, testTimeFlip=True, showAttention=False, attentionOpacity=0.2,
-        createProbabilityVolume=True)
+        weightsPath="model.safetensors", device="cuda", threshold=0.3, minConfidence=0.6, minLesionProbability=0.4,
+        keepLargest=True, fillHoles=False, smoothing=True, testTimeFlip=True, showAttention=False,
+        attentionOpacity=0.2, createProbabilityVolume=True)
     card = UNTUNED_POSTPROCESSING.with_overrides(smoothing_sigma=0.0, min_area_fraction=0.01)
     assert options.postprocessing(card) == UNTUNED_POSTPROCESSING.with_overrides(
-        threshold=0.3, min_mean_probability=0.6, keep_largest=True, fill_holes=False, min_area_fraction=0.01)
+        threshold=0.3, min_mean_probability=0.6, min_lesion_probability=0.4, keep_largest=True, fill_holes=False,
+        min_area_fraction=0.01)
     assert BUS.SegmentationOptions().postprocessing(card) == card  # nothing chosen: the card's own
     assert BUS.SegmentationOptions(smoothing=False).postprocessing(UNTUNED_POSTPROCESSING).smoothing_sigma == 0.0
 
@@ -554,11 +591,15 @@ def test_panel_post_processing_follows_the_chosen_models_card_one_way(logic, tmp
     save_model(AttentionUNet(ModelConfig(base_channels=4, depth=2)), custom, input_size=(64, 64),
                postprocessing=UNTUNED_POSTPROCESSING.with_overrides(threshold=0.3))
     parameters = SimpleNamespace(parameterNode=slicer.vtkMRMLScriptedModuleNode(), threshold=None, minConfidence=None,
-                                 keepLargest=None, fillHoles=None, smoothing=None)
+                                 minLesionProbability=None, keepLargest=None, fillHoles=None, smoothing=None)
+    slider, label = SimpleNamespace(enabled=True), SimpleNamespace(enabled=True)
     panel = SimpleNamespace(_parameterNode=parameters, logic=logic, statuses=[],
                             _setStatus=lambda text, error=False: panel.statuses.append((text, error)),
-                            ui=SimpleNamespace(modelPathLineEdit=SimpleNamespace(currentPath="")))
+                            ui=SimpleNamespace(modelPathLineEdit=SimpleNamespace(currentPath=""),
+                                               minLesionProbabilitySliderWidget=slider,
+                                               minLesionProbabilityLabel=label))
     panel._modelPath = lambda: BUS.BreastUSSegmentWidget._modelPath(panel)
+    panel._setLesionHeadAvailable = lambda available: BUS.BreastUSSegmentWidget._setLesionHeadAvailable(panel, available)
     follow = BUS.BreastUSSegmentWidget.followModelCard
 
     assert follow(panel)  # a new parameter node: the bundled model's card
@@ -566,13 +607,19 @@ def test_panel_post_processing_follows_the_chosen_models_card_one_way(logic, tmp
     assert {name: getattr(parameters, name) for name in bundled} == bundled
     parameters.threshold = 0.61  # the user's choice survives re-entering the module
     assert follow(panel) and parameters.threshold == 0.61
+    assert slider.enabled is label.enabled is BUS.BreastUSSegmentLogic.hasLesionHead(logic)
     panel.ui.modelPathLineEdit.currentPath = str(custom)  # another model: its card
     assert follow(panel) and parameters.threshold == pytest.approx(0.3)
+    assert slider.enabled is False and label.enabled is False  # no lesion head: nothing for the slider to do
     parameters.threshold = 0.61
     assert follow(panel, force=True) and parameters.threshold == pytest.approx(0.3)  # chosen again: its card again
     custom.with_suffix(".json").unlink()
     panel.ui.modelPathLineEdit.currentPath = str(tmp_path / "other.safetensors")
     assert not follow(panel) and "model card not found" in panel.statuses[-1][0]
+    save_model(AttentionUNet(ModelConfig(base_channels=4, depth=2, lesion_head=True)), tmp_path / "head.safetensors",
+               input_size=(64, 64), postprocessing=UNTUNED_POSTPROCESSING)
+    panel.ui.modelPathLineEdit.currentPath = str(tmp_path / "head.safetensors")
+    assert follow(panel) and slider.enabled is True and label.enabled is True
 
 
 def test_python_requirements_come_from_the_cores_dependency_list():

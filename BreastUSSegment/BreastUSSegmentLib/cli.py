@@ -37,7 +37,7 @@ from .fileio import split_extension, write_atomically
 from .imageio import read_image, write_image
 from .imagetypes import MAX_INPUT_PIXELS, ImageReadError
 from .measure import measure_lesion
-from .postprocessing import strongest_hidden_confidence
+from .postprocessing import strongest_hidden_confidence, strongest_rejected_lesion_probability
 from .preprocessing import InvalidImageError
 from .visualize import FIGURE_MAX_SIDE, overlay_figure
 from .weights import WeightsError
@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threshold", type=float, help="probability threshold (default: the model card's)")
     parser.add_argument("--min-confidence", type=float, metavar="P",
                         help="drop found regions whose mean probability is below P, 0 keeps all (default: the model card's)")
+    parser.add_argument("--min-lesion-probability", type=float, metavar="P",
+                        help="models with a lesion head: no lesion on a frame whose image-level lesion probability "
+                             "is below P, 0 keeps all (default: the model card's)")
     parser.add_argument("--no-postprocess", action="store_true", help="write the raw thresholded mask")
     parser.add_argument("--test-time-flip", action="store_true", help="average with a horizontally flipped pass")
     parser.add_argument("--no-figure", action="store_true", help="do not write the overlay PNG")
@@ -231,6 +234,10 @@ def lesion_summary(image_path: Path, image, mask: np.ndarray, result, options) -
     if frames_with_lesion == 0 and result.boxes is not None:
         return f"{image_path.name}: no lesion found"
     if frames_with_lesion == 0:
+        rejected = None if options is None else strongest_rejected_lesion_probability(result.lesion_probability, options)
+        if rejected is not None:
+            return (f"{image_path.name}: no lesion found (the lesion head's probability, {rejected:.2f} at most, "
+                    f"is below --min-lesion-probability {options.min_lesion_probability:.2f})")
         hidden = None if options is None else strongest_hidden_confidence(result.probability, options)
         return f"{image_path.name}: no lesion found" + (
             "" if hidden is None else
@@ -286,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         segmenter = LesionSegmenter.from_weights(
-            args.weights, device=args.device, threshold=args.threshold, min_mean_probability=args.min_confidence
+            args.weights, device=args.device, threshold=args.threshold, min_mean_probability=args.min_confidence,
+            min_lesion_probability=args.min_lesion_probability,
         )
     except (WeightsError, RuntimeError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -214,6 +214,17 @@ def postprocess_frames(
     return masks
 
 
+def strongest_rejected_lesion_probability(
+    lesion_probability: np.ndarray | None, options: PostprocessOptions
+) -> float | None:
+    """The lesion head's highest probability when it is below ``options.min_lesion_probability`` on every
+    frame (the head emptied them all), else None. Tells a user why a frame came out empty."""
+    if lesion_probability is None or options.min_lesion_probability <= 0:
+        return None
+    strongest = float(np.max(lesion_probability))
+    return strongest if strongest < options.min_lesion_probability else None
+
+
 def _component_at_peak(probability: np.ndarray, level: float) -> np.ndarray:
     """The 8-connected component of ``probability >= level`` that holds the highest probability."""
     labels, _ = ndimage.label(probability >= level, structure=np.ones((3, 3), dtype=bool))
