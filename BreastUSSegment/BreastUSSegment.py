@@ -264,7 +264,7 @@ class BreastUSSegmentParameterNode:
     minConfidence - regions whose mean probability is below this are discarded (0 keeps all).
     minLesionProbability - models with a lesion head: frames it judges below this get no lesion (0 keeps all).
     keepLargest, fillHoles, smoothing - post-processing steps.
-    testTimeFlip - also segment the mirrored image and average.
+    testTimeFlip - also segment the mirrored image and average (on when the model card chose it).
     device - where the network runs.
     showAttention, attentionOpacity - the attention overlay in the slice views.
     createProbabilityVolume - also write the probability map as a volume.
@@ -754,7 +754,7 @@ class SegmentationOptions:
     keepLargest: Optional[bool] = None
     fillHoles: Optional[bool] = None
     smoothing: Optional[bool] = None  # on: the card's smoothing strength (the untuned one when the card has none)
-    testTimeFlip: bool = False
+    testTimeFlip: Optional[bool] = None
     showAttention: bool = True
     attentionOpacity: float = DEFAULT_ATTENTION_OPACITY
     createProbabilityVolume: bool = False
@@ -780,6 +780,7 @@ class SegmentationOptions:
                 keep_largest=_optional(bool, self.keepLargest),
                 fill_holes=_optional(bool, self.fillHoles),
                 smoothing_sigma=smoothingSigma,
+                test_time_flip=_optional(bool, self.testTimeFlip),
             )
         except ValueError as error:
             raise BreastUSSegmentError(_("Invalid post-processing option: {error}").format(error=error)) from error
@@ -948,6 +949,7 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
             "keepLargest": options.keep_largest,
             "fillHoles": options.fill_holes,
             "smoothing": options.smoothing_sigma > 0,
+            "testTimeFlip": options.test_time_flip,
         }
 
     def segmenter(self, weightsPath=None, device: str = "auto"):
@@ -1012,8 +1014,8 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
         segmenter = self.segmenter(options.weightsPath, options.device)
         postprocessing = options.postprocessing(segmenter.postprocessing)
         logging.info(f"BreastUSSegment: segmenting {inputVolumeNode.GetName()} {frames.shape} on {segmenter.device}")
-        result = self._runSegmenter(segmenter, frames, color=color, test_time_flip=options.testTimeFlip,
-                                    postprocessing=postprocessing, progress=progressCallback)
+        result = self._runSegmenter(segmenter, frames, color=color, postprocessing=postprocessing,
+                                    progress=progressCallback)
         self._checkStillInScene(inputVolumeNode, outputSegmentationNode, *usedNodes)
         return result, postprocessing
 
@@ -1352,8 +1354,7 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
         segmenter = self.segmenter(options.weightsPath, options.device)
         postprocessing = options.postprocessing(segmenter.postprocessing)
         result = self._runSegmenter(segmenter, frames, frame_boxes=frameBoxes, color=color,
-                                    test_time_flip=options.testTimeFlip, postprocessing=postprocessing,
-                                    progress=progressCallback)
+                                    postprocessing=postprocessing, progress=progressCallback)
         self._checkStillInScene(inputVolumeNode, outputSegmentationNode, *roiNodes)
         with nodesRemovedOnFailure(inputVolumeNode.GetScene()):
             outputSegmentationNode = self._outputSegmentation(inputVolumeNode, outputSegmentationNode)

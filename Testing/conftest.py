@@ -9,6 +9,15 @@ from BreastUSSegmentLib.postprocessing import UNTUNED_POSTPROCESSING
 from BreastUSSegmentLib.weights import save_model
 
 
+@pytest.fixture(scope="session", autouse=True)
+def float32_inference():
+    """Segmenters compute in float32 in every test, whatever the CPU, so expected values do not depend on the
+    machine; the tests of bf16 inference (test_inference.py) switch it on themselves."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("BreastUSSegmentLib.inference.cpu_has_native_bf16", lambda: False)
+        yield
+
+
 def brightness_model() -> AttentionUNet:
     """A hand-set network (depth 1, no batch norm) that calls every pixel brighter than mid grey a lesion.
 

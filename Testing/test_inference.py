@@ -77,7 +77,8 @@ def test_postprocessing_override_and_progress(segmenter):
     result = segmenter.segment(
         np.random.default_rng(8).random((5, 40, 40)),
         postprocessing=PostprocessOptions(threshold=0.01, min_area_fraction=0, min_mean_probability=0, keep_largest=False,
-                                          fill_holes=False, smoothing_sigma=0, min_lesion_probability=0),
+                                          fill_holes=False, smoothing_sigma=0, min_lesion_probability=0,
+                                          test_time_flip=False),
         batch_size=2,
         progress=lambda done, total: calls.append((done, total)),
     )

@@ -165,13 +165,14 @@ def test_postprocessing_parameters_follow_the_chosen_models_card(logic, tmp_path
     save_model(AttentionUNet(ModelConfig(base_channels=4, depth=2)), custom, input_size=(64, 64), postprocessing=options)
     assert logic.postprocessingParameters(str(custom)) == {
         "threshold": 0.3, "minConfidence": 0.5, "minLesionProbability": 0.0, "keepLargest": True, "fillHoles": False,
-        "smoothing": False}
+        "smoothing": False, "testTimeFlip": False}
     assert not logic.hasLesionHead(str(custom))
-    head_card = options.with_overrides(min_lesion_probability=0.4)
+    head_card = options.with_overrides(min_lesion_probability=0.4, test_time_flip=True)
     save_model(AttentionUNet(ModelConfig(base_channels=4, depth=2, lesion_head=True)), custom, input_size=(64, 64),
                postprocessing=head_card)
     assert logic.hasLesionHead(str(custom))
-    assert logic.postprocessingParameters(str(custom))["minLesionProbability"] == pytest.approx(0.4)
+    values = logic.postprocessingParameters(str(custom))
+    assert values["minLesionProbability"] == pytest.approx(0.4) and values["testTimeFlip"] is True
 
     # A card outside the sliders' ranges starts the sliders at their ends.
     save_model(AttentionUNet(ModelConfig(base_channels=4, depth=2)), custom, input_size=(64, 64),
@@ -578,7 +579,7 @@ def test_segmentation_options_are_the_parameter_nodes_fields_mapped_once_to_the_
     card = UNTUNED_POSTPROCESSING.with_overrides(smoothing_sigma=0.0, min_area_fraction=0.01)
     assert options.postprocessing(card) == UNTUNED_POSTPROCESSING.with_overrides(
         threshold=0.3, min_mean_probability=0.6, min_lesion_probability=0.4, keep_largest=True, fill_holes=False,
-        min_area_fraction=0.01)
+        min_area_fraction=0.01, test_time_flip=True)
     assert BUS.SegmentationOptions().postprocessing(card) == card  # nothing chosen: the card's own
     assert BUS.SegmentationOptions(smoothing=False).postprocessing(UNTUNED_POSTPROCESSING).smoothing_sigma == 0.0
 

@@ -3,8 +3,9 @@
     python benchmarks/inference_bf16.py --weights MODEL.safetensors --data ../shared/data/BUSI \
         --data ../shared/data/BrEaST --split Training/splits/busi_breast_split.json --subset val
 
-Every image is segmented by the same ``LesionSegmenter`` twice, once in fp32 and once under
-``torch.autocast("cpu", dtype=torch.bfloat16)``, in alternating order; the processed masks are compared
+Every image is segmented by the same ``LesionSegmenter`` twice, once in fp32 and once in bf16 (its
+``cpu_bf16`` switch, which inference sets on CPUs that compute in bf16 natively), in alternating order, with
+the model card's test-time flip unless ``--test-time-flip``/``--no-test-time-flip`` says otherwise; the processed masks are compared
 by Dice (two empty masks agree: 1.0). Prints the median time per image of each, the speed-up, and the
 agreement (mean and minimum Dice, images below 0.99). The rule of Training v2: bf16 becomes the CPU
 default only if it is faster and the mean agreement is at least 0.99.
@@ -18,7 +19,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from BreastUSSegmentLib.inference import LesionSegmenter
 from BreastUSSegmentLib.metrics import dice_score
@@ -30,12 +30,9 @@ AGREEMENT = 0.99
 
 def timed(segmenter: LesionSegmenter, image: np.ndarray, bf16: bool):
     """The processed mask of ``image`` and the seconds it took."""
+    segmenter.cpu_bf16 = bf16
     started = time.perf_counter()
-    if bf16:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            result = segmenter.segment(image)
-    else:
-        result = segmenter.segment(image)
+    result = segmenter.segment(image)
     return result.processed_mask[0], time.perf_counter() - started
 
 
@@ -46,8 +43,10 @@ def main(argv=None) -> int:
     parser.add_argument("--split", type=Path, required=True)
     parser.add_argument("--subset", default="val", choices=("train", "val"))
     parser.add_argument("--limit", type=int, default=None, help="only the first N images")
+    parser.add_argument("--test-time-flip", action=argparse.BooleanOptionalAction, default=None,
+                        help="average with a horizontally flipped pass (default: the model card's)")
     args = parser.parse_args(argv)
-    segmenter = LesionSegmenter.from_weights(args.weights, device="cpu")
+    segmenter = LesionSegmenter.from_weights(args.weights, device="cpu", test_time_flip=args.test_time_flip)
     roots = DataRoots.from_paths(args.data)
     cases = load_manifest(args.split).cases_for(args.subset)[: args.limit]
     seconds = {"fp32": [], "bf16": []}
@@ -62,7 +61,8 @@ def main(argv=None) -> int:
         agreement.append(dice_score(masks[True], masks[False]))
     fp32, bf16 = statistics.median(seconds["fp32"]), statistics.median(seconds["bf16"])
     below = sum(value < AGREEMENT for value in agreement)
-    print(f"{len(cases)} {args.subset} images, weights {args.weights}")
+    flip = "with" if segmenter.postprocessing.test_time_flip else "without"
+    print(f"{len(cases)} {args.subset} images, weights {args.weights}, {flip} test-time flip")
     print(f"fp32: {1000 * fp32:.1f} ms median per image; bf16: {1000 * bf16:.1f} ms")
     print(f"processed-mask Dice bf16 vs fp32: mean {np.mean(agreement):.4f}, min {min(agreement):.4f}, "
           f"{below} images below {AGREEMENT}")

@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="models with a lesion head: no lesion on a frame whose image-level lesion probability "
                              "is below P, 0 keeps all (default: the model card's)")
     parser.add_argument("--no-postprocess", action="store_true", help="write the raw thresholded mask")
-    parser.add_argument("--test-time-flip", action="store_true", help="average with a horizontally flipped pass")
+    parser.add_argument("--test-time-flip", action=argparse.BooleanOptionalAction, default=None,
+                        help="average with a horizontally flipped pass (default: the model card's)")
     parser.add_argument("--no-figure", action="store_true", help="do not write the overlay PNG")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     parser.add_argument("--batch-size", type=int, default=8, help="frames per forward pass for clips")
@@ -180,10 +181,7 @@ def segment_file(segmenter, job: Job, args) -> str:
     image = read_image(job.image_path)
     if job.boxes is not None and not job.boxes:
         raise BoxError(f"no box for it in {args.boxes}")
-    result = segmenter.segment(
-        image.pixels, box=job.boxes or None, color=image.color, test_time_flip=args.test_time_flip,
-        batch_size=args.batch_size,
-    )
+    result = segmenter.segment(image.pixels, box=job.boxes or None, color=image.color, batch_size=args.batch_size)
     mask = result.raw_mask if args.no_postprocess else result.processed_mask
     if args.format == "png" and result.frame_count > 1:
         raise InvalidImageError(f"a clip of {result.frame_count} frames cannot be written as PNG; use --format nrrd")
@@ -294,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         segmenter = LesionSegmenter.from_weights(
             args.weights, device=args.device, threshold=args.threshold, min_mean_probability=args.min_confidence,
-            min_lesion_probability=args.min_lesion_probability,
+            min_lesion_probability=args.min_lesion_probability, test_time_flip=args.test_time_flip,
         )
     except (WeightsError, RuntimeError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -33,3 +33,15 @@ def select_device(preference: str = "auto") -> torch.device:
 def mps_available() -> bool:
     backend = getattr(torch.backends, "mps", None)
     return bool(backend is not None and backend.is_available())
+
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes in bfloat16 natively (oneDNN's own check: AVX512-BF16 or AMX on x86).
+
+    Inference and training then run in bf16 on the CPU; elsewhere bf16 would be emulated and slower.
+    """
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False

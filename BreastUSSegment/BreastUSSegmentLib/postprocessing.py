@@ -5,7 +5,9 @@ fraction of the frame, remove components the network is unsure of (low mean
 probability), keep only the largest lesion, fill holes, and smooth the
 boundary (Gaussian blur of the mask, re-thresholded at one half). With a model
 that has a lesion head, a frame whose image-level lesion probability is below
-``min_lesion_probability`` gets an empty mask.
+``min_lesion_probability`` gets an empty mask. One setting acts before all
+this, in the network's pass: ``test_time_flip`` averages the probability with
+that of the mirrored frame.
 """
 
 from __future__ import annotations
@@ -23,7 +25,10 @@ REFERENCE_SIZE = 256
 
 @dataclass(frozen=True)
 class PostprocessOptions:
-    """The post-processing settings. No defaults here: a model's own come from its model card."""
+    """The settings that turn the network's output into a mask, chosen on val for each model.
+
+    No defaults here: a model's own come from its model card.
+    """
 
     threshold: float  # a pixel is lesion when its probability is at least this
     min_area_fraction: float  # components below this fraction of the frame are dropped; 0 keeps all
@@ -33,8 +38,11 @@ class PostprocessOptions:
     smoothing_sigma: float  # Gaussian sigma in pixels of a 256-pixel frame; 0 disables
     # frames whose lesion-head probability is below this get an empty mask; 0 keeps all (needs a lesion head)
     min_lesion_probability: float
+    test_time_flip: bool  # average the network's output with that of the horizontally mirrored frame
 
     def __post_init__(self) -> None:
+        if not isinstance(self.test_time_flip, bool):
+            raise ValueError(f"test_time_flip must be true or false, got {self.test_time_flip!r}")
         if not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must be strictly between 0 and 1, got {self.threshold}")
         if not 0.0 <= self.min_area_fraction < 1.0:
@@ -66,7 +74,7 @@ class PostprocessOptions:
 
 
 # Settings added after the first model cards, with the value that gives the behaviour before them.
-LATER_SETTINGS = {"min_lesion_probability": 0.0}
+LATER_SETTINGS = {"min_lesion_probability": 0.0, "test_time_flip": False}
 
 # What ``train`` writes into the card of a new model, until ``sweep`` on val and ``export`` choose its own.
 UNTUNED_POSTPROCESSING = PostprocessOptions(
@@ -77,6 +85,7 @@ UNTUNED_POSTPROCESSING = PostprocessOptions(
     fill_holes=True,
     smoothing_sigma=1.5,
     min_lesion_probability=0.0,
+    test_time_flip=False,
 )
 
 

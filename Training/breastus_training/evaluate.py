@@ -122,23 +122,21 @@ def score_masks(prediction: np.ndarray, target: np.ndarray) -> dict:
     }
 
 
-def segment_sample(segmenter: LesionSegmenter, sample: Sample, test_time_flip: bool, prompt: BoxPrompt | None):
-    """The segmentation of one sample: automatic, or inside the simulated box when ``prompt`` is given."""
+def segment_sample(segmenter: LesionSegmenter, sample: Sample, prompt: BoxPrompt | None):
+    """The segmentation of one sample with the segmenter's settings (test-time flip included): automatic, or
+    inside the simulated box when ``prompt`` is given."""
     if prompt is None:
-        return segmenter.segment(sample.image, test_time_flip=test_time_flip)
+        return segmenter.segment(sample.image)
     box = prompt.box_for(sample.case_id, np.asarray(sample.target, dtype=bool))
     return segmenter.segment(
         sample.image, box=box.as_tuple(), context_margin=prompt.context_margin, frame_weight=prompt.frame_weight,
-        test_time_flip=test_time_flip,
     )
 
 
-def evaluate_sample(
-    segmenter: LesionSegmenter, sample: Sample, test_time_flip: bool = False, prompt: BoxPrompt | None = None
-):
+def evaluate_sample(segmenter: LesionSegmenter, sample: Sample, prompt: BoxPrompt | None = None):
     """Segment one image; return its per-case row and the segmentation result."""
     target = np.asarray(sample.target, dtype=bool)
-    result = segment_sample(segmenter, sample, test_time_flip, prompt)
+    result = segment_sample(segmenter, sample, prompt)
     if result.processed_mask.shape[1:] != target.shape:
         raise ValueError(
             f"case {sample.case_id}: prediction size {result.processed_mask.shape[1:]} differs from its mask {target.shape}"
@@ -156,7 +154,7 @@ def evaluate_sample(
     if result.lesion_probability is not None:
         row["lesion_probability"] = float(result.lesion_probability[0])
     if prompt is not None:
-        automatic = segmenter.segment(sample.image, test_time_flip=test_time_flip)
+        automatic = segmenter.segment(sample.image)
         row["automatic"] = score_masks(automatic.processed_mask[0], target)
         row["box"] = list(result.boxes[0].box.as_tuple())
         row["box_found"] = result.boxes[0].found
@@ -166,7 +164,6 @@ def evaluate_sample(
 def evaluate_samples(
     segmenter: LesionSegmenter,
     samples: Iterable[Sample],
-    test_time_flip: bool = False,
     total: int | None = None,
     progress: bool = True,
     prompt: BoxPrompt | None = None,
@@ -175,7 +172,7 @@ def evaluate_samples(
     rows = []
     for sample in tqdm(samples, total=total, desc="evaluating", unit="image", disable=not progress):
         if prompt is None or sample.label in LESION_CLASSES:
-            rows.append(evaluate_sample(segmenter, sample, test_time_flip, prompt)[0])
+            rows.append(evaluate_sample(segmenter, sample, prompt)[0])
     return rows
 
 
@@ -288,7 +285,8 @@ def markdown_report(report: dict) -> str:
         f"{options['postprocessing'].get('min_mean_probability', 0.0)}, keep largest component only: "
         f"{'yes' if options['postprocessing']['keep_largest'] else 'no'}, minimum lesion probability "
         f"{options['postprocessing'].get('min_lesion_probability', 0.0)}, "
-        f"test-time flip: {'yes' if options['test_time_flip'] else 'no'}",
+        f"test-time flip: {'yes' if options['test_time_flip'] else 'no'}, "
+        f"bfloat16 on the CPU: {'yes' if options.get('cpu_bf16') else 'no'}",
         *box_prompt_lines(report),
         "",
         "## Lesion images (benign + malignant) and normal images" + (", all datasets" if per_dataset else ""),
@@ -373,14 +371,13 @@ def write_report(output_dir: str | os.PathLike, report: dict) -> tuple[Path, Pat
 
 
 def case_figures(
-    segmenter: LesionSegmenter, samples: list[Sample], rows: list[dict], test_time_flip: bool = False,
-    prompt: BoxPrompt | None = None,
+    segmenter: LesionSegmenter, samples: list[Sample], rows: list[dict], prompt: BoxPrompt | None = None,
 ) -> list[CaseFigure]:
     """Segment the given samples again (inference is deterministic) and build grid rows."""
     by_id = {row["id"]: row for row in rows}
     figures = []
     for sample in samples:
-        result = segment_sample(segmenter, sample, test_time_flip, prompt)
+        result = segment_sample(segmenter, sample, prompt)
         figures.append(CaseFigure(
             case_id=sample.case_id, label=sample.label, image=sample.image,
             target=np.asarray(sample.target, dtype=bool), raw_mask=result.raw_mask[0],
@@ -397,7 +394,7 @@ def evaluate_split(
     subset: str,
     output_dir: str | os.PathLike,
     *,
-    test_time_flip: bool = False,
+    test_time_flip: bool | None = None,
     device: str | torch.device = "auto",
     threshold: float | None = None,
     min_area_fraction: float | None = None,
@@ -412,6 +409,7 @@ def evaluate_split(
     """Evaluate ``weights`` on ``subset`` of the split, write the report and figures, return the report.
 
     With ``box_prompt``, each lesion image is segmented inside its simulated box (see the module's docstring).
+    A setting given as None (the test-time flip and post-processing) is the model card's.
     """
     roots, output_dir = DataRoots.from_paths(data_roots), Path(output_dir)
     manifest = load_manifest(split_path)
@@ -421,7 +419,7 @@ def evaluate_split(
     segmenter = LesionSegmenter.from_weights(
         weights, device, threshold=threshold, min_area_fraction=min_area_fraction,
         min_mean_probability=min_mean_probability, keep_largest=keep_largest,
-        min_lesion_probability=min_lesion_probability,
+        min_lesion_probability=min_lesion_probability, test_time_flip=test_time_flip,
     )
     card = segmenter.card
 
@@ -431,7 +429,7 @@ def evaluate_split(
 
     started = time.perf_counter()
     rows = evaluate_samples(
-        segmenter, (sample_of(case) for case in cases), test_time_flip, len(cases), progress, box_prompt
+        segmenter, (sample_of(case) for case in cases), len(cases), progress, box_prompt
     )
     seconds = time.perf_counter() - started
     report = {
@@ -442,8 +440,9 @@ def evaluate_split(
         "split": {"path": str(split_path), "sha256": manifest.sha256},
         "weights": {"path": str(weights), "sha256": card.sha256, "name": card.name, "input_size": card.input_size},
         "options": {
-            "test_time_flip": bool(test_time_flip),
+            "test_time_flip": segmenter.postprocessing.test_time_flip,
             "device": str(segmenter.device),
+            "cpu_bf16": segmenter.cpu_bf16,
             "postprocessing": segmenter.postprocessing.to_dict(),
             "box_prompt": None if box_prompt is None else box_prompt.to_dict(),
         },
@@ -464,7 +463,7 @@ def evaluate_split(
         chosen = [sample_of(by_id[(row["dataset"], row["id"])]) for row in best + worst]
         name = "cases.png" if len(datasets) == 1 else f"cases_{dataset}.png"
         grid = plot_case_grid(
-            case_figures(segmenter, chosen, dataset_rows, test_time_flip, box_prompt), output_dir / name,
+            case_figures(segmenter, chosen, dataset_rows, box_prompt), output_dir / name,
             title=f"{dataset}: {len(best)} best and {len(worst)} worst {subset} cases by processed Dice",
         )
         log(f"wrote {grid}")
@@ -481,7 +480,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", type=Path, required=True, help="model .safetensors (model card beside it)")
     parser.add_argument("--subset", default="test", choices=SPLITS, help="which part of the split to evaluate (default: test)")
     parser.add_argument("--output", type=Path, required=True, help="report folder, e.g. reports/NAME")
-    parser.add_argument("--test-time-flip", action="store_true", help="average with a horizontally flipped pass")
+    parser.add_argument("--test-time-flip", action=argparse.BooleanOptionalAction, default=None,
+                        help="average with a horizontally flipped pass (default: the model card's)")
     parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="where the network runs (default: auto)")
     parser.add_argument("--threshold", type=float, help="probability threshold (default: the model card's)")
     parser.add_argument("--min-area-fraction", type=float,

@@ -115,7 +115,6 @@ def storage_agreement(
     storage_dtype: str,
     data_roots,
     split_path: str | os.PathLike,
-    test_time_flip: bool = False,
     progress: bool = True,
 ) -> dict:
     """Processed-mask Dice between ``model`` (float32) and its copy stored in ``storage_dtype``, per val image.
@@ -133,14 +132,13 @@ def storage_agreement(
     dice = []
     for case in tqdm(cases, desc=f"{storage_dtype} vs float32", unit="image", disable=not progress):
         image, _ = load_case(roots, case)
-        masks = [segmenter.segment(image, test_time_flip=test_time_flip).processed_mask[0]
-                 for segmenter in (reference, stored)]
+        masks = [segmenter.segment(image).processed_mask[0] for segmenter in (reference, stored)]
         dice.append(dice_score(*masks))
     return {
         "storage_dtype": storage_dtype,
         "subset": AGREEMENT_SUBSET,
         "split_sha256": manifest.sha256,
-        "test_time_flip": bool(test_time_flip),
+        "test_time_flip": postprocessing.test_time_flip,
         "images": len(dice),
         "processed_dice_mean": float(np.mean(dice)),
         "processed_dice_min": float(np.min(dice)),
@@ -201,7 +199,8 @@ def export_model(
             f"{report_path} was computed at threshold {evaluated['threshold']}, not {threshold}; "
             f"run 'breastus-train evaluate --threshold {threshold}' and export that report"
         )
-    options = PostprocessOptions.from_dict(evaluated)  # exactly what was evaluated
+    # exactly what was evaluated (reports written before the flip was a card setting give it beside the block)
+    options = PostprocessOptions.from_dict({**evaluated, "test_time_flip": report["options"]["test_time_flip"]})
     training = dict(card.training)
     training.update({
         "source_weights_sha256": card.sha256,
@@ -225,7 +224,7 @@ def checked_agreement(model, card, options, storage_dtype, data_roots, split_pat
         raise ExportError(f"--split {split_path} is not the split the report was computed on "
                           f"(cases sha256 {manifest.sha256}, the report's {report['split']['sha256']})")
     agreement = storage_agreement(model, tuple(card.input_size), options, storage_dtype, data_roots, split_path,
-                                  report["options"]["test_time_flip"], progress)
+                                  progress)
     if agreement["processed_dice_mean"] < AGREEMENT_DICE:
         raise ExportError(f"{storage_dtype} storage changes the processed masks: {describe_agreement(agreement)}; "
                           f"the mean must be at least {AGREEMENT_DICE}. Export in float32 instead")

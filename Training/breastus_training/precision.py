@@ -7,16 +7,10 @@ from typing import Optional
 
 import torch
 
+from BreastUSSegmentLib.device import cpu_has_native_bf16
+
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (oneDNN's own check: AVX512-BF16 or AMX on x86)."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def resolve_precision(requested: str, device: torch.device) -> str:

@@ -108,9 +108,11 @@ class SweepTally:
 
 def sweep_split(
     data_roots, split_path, weights, subset: str, grid_values: dict, *,
-    test_time_flip: bool = False, device="auto", progress: bool = True,
+    test_time_flip: bool | None = None, device="auto", progress: bool = True,
 ) -> dict:
-    """Score every post-processing combination of ``grid_values`` on ``subset``; return the sweep record."""
+    """Score every post-processing combination of ``grid_values`` on ``subset``; return the sweep record.
+
+    ``test_time_flip`` None is the model card's."""
     if subset not in SWEEP_SUBSETS:
         raise ValueError(f"sweep chooses settings, so it runs on {' or '.join(SWEEP_SUBSETS)}, not {subset!r}; "
                          "score the chosen settings on test once with 'evaluate'")
@@ -118,7 +120,7 @@ def sweep_split(
     cases = list(manifest.cases_for(subset))
     if not cases:
         raise ValueError(f"the split {split_path} has no case in subset {subset!r}")
-    segmenter = LesionSegmenter.from_weights(weights, device)
+    segmenter = LesionSegmenter.from_weights(weights, device, test_time_flip=test_time_flip)
     card = segmenter.card
     grid = option_grid(segmenter.postprocessing, **grid_values)
     for options in grid:  # a lesion-probability bar on a model without the head: refused before any image
@@ -129,7 +131,7 @@ def sweep_split(
     started = time.perf_counter()
     for case in tqdm(cases, desc="sweeping", unit="image", disable=not progress):
         image, target = load_case(roots, case)
-        result = segmenter.segment(image, test_time_flip=test_time_flip)
+        result = segmenter.segment(image)
         masks = [postprocess_frames(result.probability, options, result.lesion_probability)[0] for options in grid]
         tally.add(case.label, masks, target)
         per_dataset[case.dataset].add(case.label, masks, target)
@@ -137,7 +139,8 @@ def sweep_split(
         "subset": subset,
         "weights": {"path": str(weights), "sha256": card.sha256},
         "split": {"path": str(split_path), "sha256": manifest.sha256},
-        "test_time_flip": bool(test_time_flip),
+        "test_time_flip": segmenter.postprocessing.test_time_flip,
+        "cpu_bf16": segmenter.cpu_bf16,
         "fixed_postprocessing": {key: value for key, value in segmenter.postprocessing.to_dict().items()
                                  if key not in SWEPT_SETTINGS},
         "lesion_images": tally.lesion_images,
@@ -155,7 +158,7 @@ def markdown_table(record: dict) -> str:
     lines = [
         f"Sweep on {record['subset']} ({record['lesion_images']} lesion, {record['normal_images']} normal images), "
         f"weights sha256 `{record['weights']['sha256'][:12]}…`, test-time flip: "
-        f"{'yes' if record['test_time_flip'] else 'no'}",
+        f"{'yes' if record['test_time_flip'] else 'no'}, bfloat16 on the CPU: {'yes' if record.get('cpu_bf16') else 'no'}",
         "",
         *setting_rows(record),
     ]
@@ -198,7 +201,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-lesion-probabilities", type=float, nargs="+", metavar="P",
                         help="minimum image-level lesion probability, models with a lesion head only "
                              "(default: the model card's)")
-    parser.add_argument("--test-time-flip", action="store_true", help="average with a horizontally flipped pass")
+    parser.add_argument("--test-time-flip", action=argparse.BooleanOptionalAction, default=None,
+                        help="average with a horizontally flipped pass (default: the model card's)")
     parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="where the network runs (default: auto)")
     parser.add_argument("--output", type=Path, help="write sweep.json and sweep.md into this folder")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
