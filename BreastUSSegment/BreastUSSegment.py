@@ -270,7 +270,7 @@ class BreastUSSegmentParameterNode:
     createProbabilityVolume - also write the probability map as a volume.
     boxAllFrames - "Segment in box" uses each box on every frame of a clip, not only the frame it was drawn on.
 
-    The post-processing fields (threshold to smoothing) come from the model card of the chosen
+    The post-processing fields (threshold to testTimeFlip) come from the model card of the chosen
     model (see ``BreastUSSegmentWidget.followModelCard``); the values below only hold their place.
     """
 
@@ -538,24 +538,26 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def followModelCard(self, force: bool = False) -> bool:
         """Give the parameter node the chosen model's post-processing, from its card, unless it already has it.
 
-        The card is the one source of these values: a new parameter node, or one set from another model,
-        is filled from it; ``force`` fills it again. Returns False when the card cannot be read.
+        The card is the one source of these values: a new parameter node, one set from another model, or
+        one saved by a version of this module with other post-processing fields is filled from it; ``force``
+        fills it again. Returns False when the card cannot be read.
         """
         parameterNode = self._parameterNode.parameterNode
         source = str(self._modelPath() or BUNDLED_WEIGHTS)
         try:
             hasLesionHead = self.logic.hasLesionHead(self._modelPath())
-            values = (None if not force and parameterNode.GetParameter(POSTPROCESSING_SOURCE_PARAMETER) == source
-                      else self.logic.postprocessingParameters(self._modelPath()))
+            values = self.logic.postprocessingParameters(self._modelPath())
         except BreastUSSegmentError as error:
+            self._setLesionHeadAvailable(False)
             self._setStatus(str(error), error=True)
             return False
         self._setLesionHeadAvailable(hasLesionHead)
-        if values is None:
+        stamp = f"{source} | {' '.join(values)}"  # the model, and the fields this version fills from its card
+        if not force and parameterNode.GetParameter(POSTPROCESSING_SOURCE_PARAMETER) == stamp:
             return True
         for name, value in values.items():
             setattr(self._parameterNode, name, value)
-        parameterNode.SetParameter(POSTPROCESSING_SOURCE_PARAMETER, source)
+        parameterNode.SetParameter(POSTPROCESSING_SOURCE_PARAMETER, stamp)
         if force:
             self._setStatus(_("Post-processing options set from the model card of {model}.").format(
                 model=Path(source).name))

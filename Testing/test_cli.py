@@ -145,7 +145,7 @@ def test_min_lesion_probability_empties_frames_the_head_rejects_and_needs_a_head
     assert ("f.png: no lesion found (the lesion head's probability, 0.40 at most, is below "
             "--min-lesion-probability 0.50)") in found["0.5"][1]
     assert run([tmp_path / "f.png"], tmp_path / "plain", weights, "--min-lesion-probability", "0.5") == 2
-    assert "needs a model with a lesion head" in capsys.readouterr().err
+    assert f"{weights}: min_lesion_probability 0.5 needs a model with a lesion head" in capsys.readouterr().err
 
 
 def run(inputs, out, weights, *options):

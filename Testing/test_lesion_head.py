@@ -106,6 +106,18 @@ def test_a_bar_on_a_model_without_the_head_is_refused_up_front():
     plain = LesionSegmenter(AttentionUNet(ModelConfig(base_channels=4, depth=2, dropout=0.0)), (32, 32),
                             UNTUNED_POSTPROCESSING, device="cpu")
     assert plain.segment(np.zeros((20, 20), np.float32)).lesion_probability is None
+    passes = []
+    plain.model.register_forward_hook(lambda *_: passes.append(1))
+    with pytest.raises(ValueError, match="the model: min_lesion_probability 0.5 needs a model with a lesion head"):
+        plain.segment(np.zeros((4, 20, 20), np.float32), postprocessing=options)
+    assert passes == []  # refused before any frame ran through the network
+
+
+def test_a_bar_from_the_command_line_on_a_weights_file_without_the_head_names_the_file(tmp_path):
+    path = tmp_path / "plain.safetensors"
+    save_model(AttentionUNet(ModelConfig(base_channels=4, depth=2)), path, postprocessing=UNTUNED_POSTPROCESSING)
+    with pytest.raises(ValueError, match=f"{path}: min_lesion_probability 0.5 needs a model with a lesion head"):
+        LesionSegmenter.from_weights(path, device="cpu", min_lesion_probability=0.5)
 
 
 @pytest.fixture(scope="module")

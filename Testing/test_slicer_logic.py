@@ -608,6 +608,11 @@ def test_panel_post_processing_follows_the_chosen_models_card_one_way(logic, tmp
     assert {name: getattr(parameters, name) for name in bundled} == bundled
     parameters.threshold = 0.61  # the user's choice survives re-entering the module
     assert follow(panel) and parameters.threshold == 0.61
+    # A scene saved by an earlier version (the bundled model, but fewer post-processing fields): filled again.
+    parameters.parameterNode.SetParameter(BUS.POSTPROCESSING_SOURCE_PARAMETER, str(BUS.BUNDLED_WEIGHTS))
+    assert follow(panel) and parameters.threshold == bundled["threshold"]
+    parameters.threshold = 0.61
+    assert follow(panel) and parameters.threshold == 0.61
     assert slider.enabled is label.enabled is BUS.BreastUSSegmentLogic.hasLesionHead(logic)
     panel.ui.modelPathLineEdit.currentPath = str(custom)  # another model: its card
     assert follow(panel) and parameters.threshold == pytest.approx(0.3)
@@ -617,6 +622,7 @@ def test_panel_post_processing_follows_the_chosen_models_card_one_way(logic, tmp
     custom.with_suffix(".json").unlink()
     panel.ui.modelPathLineEdit.currentPath = str(tmp_path / "other.safetensors")
     assert not follow(panel) and "model card not found" in panel.statuses[-1][0]
+    assert slider.enabled is False  # an unreadable card promises no lesion head
     save_model(AttentionUNet(ModelConfig(base_channels=4, depth=2, lesion_head=True)), tmp_path / "head.safetensors",
                input_size=(64, 64), postprocessing=UNTUNED_POSTPROCESSING)
     panel.ui.modelPathLineEdit.currentPath = str(tmp_path / "head.safetensors")

@@ -365,6 +365,23 @@ def test_half_precision_export_checks_the_val_agreement_and_records_it(busi, ful
     load_model(half)  # its checksum verified
 
 
+def test_the_storage_check_compares_in_float32_compute_even_on_a_bf16_cpu(busi, monkeypatch):
+    """Only the storage dtype may differ between the two copies, not the precision they compute in."""
+    monkeypatch.setattr("BreastUSSegmentLib.inference.cpu_has_native_bf16", lambda: True)
+    computed_in_bf16 = []
+    real_segment = LesionSegmenter.segment
+
+    def recording(self, *args, **kwargs):
+        computed_in_bf16.append(self.cpu_bf16)
+        return real_segment(self, *args, **kwargs)
+
+    monkeypatch.setattr(LesionSegmenter, "segment", recording)
+    model, card = load_model(busi["full"])
+    export.storage_agreement(model, tuple(card.input_size), card.postprocess_options, "float16", [busi["data"]],
+                             busi["split"], progress=False)
+    assert computed_in_bf16 and not any(computed_in_bf16)
+
+
 def test_half_precision_export_is_refused_when_the_stored_copy_changes_the_masks(busi, tmp_path, capsys):
     """A constant logit just below the threshold's in float32 rounds to one above it in float16 and bfloat16:
     the float32 model leaves every image empty, the stored copy marks every pixel."""

@@ -86,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
             f"baseline {args.baseline}": baseline.LesionSegmenter.from_weights(weights, device="cpu"),
             "working tree": LesionSegmenter.from_weights(weights, device="cpu"),
         }
+        for segmenter in versions.values():  # the same float32 compute on both sides (older revisions lack bf16)
+            segmenter.cpu_bf16 = False
         frame, source = benchmark_frame()
         clip = cine_clip(frame, args.frames)
         outputs = {name: segmenter.segment(clip[:2]) for name, segmenter in versions.items()}  # warm-up

@@ -35,7 +35,6 @@ def mps_available() -> bool:
     return bool(backend is not None and backend.is_available())
 
 
-
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes in bfloat16 natively (oneDNN's own check: AVX512-BF16 or AMX on x86).
 

@@ -114,7 +114,10 @@ class LesionSegmenter:
         (``PostprocessOptions`` field names) changed; an override of None keeps the card's value.
         """
         model, card = load_model(weights_path, device="cpu")
-        segmenter = cls(model, tuple(card.input_size), card.postprocess_options.with_overrides(**overrides), device)
+        try:
+            segmenter = cls(model, tuple(card.input_size), card.postprocess_options.with_overrides(**overrides), device)
+        except ValueError as error:
+            raise ValueError(f"{weights_path}: {error}") from None
         segmenter.card = card
         segmenter.weights_path = str(weights_path)
         return segmenter
@@ -242,6 +245,11 @@ class LesionSegmenter:
         None is the post-processing options' own (a model card's choice).
         """
         options = postprocessing or self.postprocessing
+        if postprocessing is not None:  # refused before the network runs, naming the model
+            try:
+                check_lesion_head(options, self.has_lesion_head)
+            except ValueError as error:
+                raise ValueError(f"{self.weights_path or 'the model'}: {error}") from None
         test_time_flip = options.test_time_flip if test_time_flip is None else bool(test_time_flip)
         if box is not None or frame_boxes is not None:
             return self._segment_boxes(

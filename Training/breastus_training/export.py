@@ -119,7 +119,8 @@ def storage_agreement(
 ) -> dict:
     """Processed-mask Dice between ``model`` (float32) and its copy stored in ``storage_dtype``, per val image.
 
-    Both run on the CPU with the same post-processing; two empty masks agree (Dice 1). Returns the subset,
+    Both run on the CPU in float32 compute (so only the storage differs) with the same post-processing; two
+    empty masks agree (Dice 1). Returns the subset,
     the split's sha256, the image count, the mean and minimum Dice and how many images are below
     ``AGREEMENT_DICE``.
     """
@@ -129,6 +130,7 @@ def storage_agreement(
         raise ExportError(f"the split {split_path} has no {AGREEMENT_SUBSET} case to check the storage dtype on")
     reference = LesionSegmenter(model, input_size, postprocessing, device="cpu")
     stored = LesionSegmenter(stored_copy(model, storage_dtype), input_size, postprocessing, device="cpu")
+    reference.cpu_bf16 = stored.cpu_bf16 = False
     dice = []
     for case in tqdm(cases, desc=f"{storage_dtype} vs float32", unit="image", disable=not progress):
         image, _ = load_case(roots, case)
