@@ -97,6 +97,9 @@ def test_evaluate_and_sweep_follow_the_cards_flip_unless_told_and_export_carries
     assert [row["raw"] for row in on["cases"]] != [row["raw"] for row in off["cases"]]
     assert cli.main(training_command(busi, "sweep", "sweep", "--subset", "val", "--thresholds", "0.5")) == 0
     assert json.loads((busi["root"] / "sweep" / "sweep.json").read_text())["test_time_flip"] is True
+    assert cli.main(training_command(busi, "sweep", "sweep_off", "--subset", "val", "--thresholds", "0.5",
+                                     "--no-test-time-flip")) == 0
+    assert json.loads((busi["root"] / "sweep_off" / "sweep.json").read_text())["test_time_flip"] is False
 
     exported = busi["root"] / "exported.safetensors"
     export.export_model(busi["weights"], busi["root"] / "off" / "report.json", exported)
