@@ -179,6 +179,9 @@ def test_postprocessing_parameters_follow_the_chosen_models_card(logic, tmp_path
                postprocessing=UNTUNED_POSTPROCESSING.with_overrides(threshold=0.98, min_mean_probability=0.99))
     values = logic.postprocessingParameters(str(custom))
     assert (values["threshold"], values["minConfidence"]) == (BUS.THRESHOLD_RANGE[1], BUS.MIN_CONFIDENCE_RANGE[1])
+    save_model(AttentionUNet(ModelConfig(base_channels=4, depth=2, lesion_head=True)), custom, input_size=(64, 64),
+               postprocessing=UNTUNED_POSTPROCESSING.with_overrides(min_lesion_probability=0.99))
+    assert logic.postprocessingParameters(str(custom))["minLesionProbability"] == BUS.MIN_LESION_PROBABILITY_RANGE[1]
 
     custom.with_suffix(".json").unlink()
     with pytest.raises(BUS.BreastUSSegmentError, match="model card not found"):
