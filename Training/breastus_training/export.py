@@ -120,9 +120,8 @@ def storage_agreement(
     """Processed-mask Dice between ``model`` (float32) and its copy stored in ``storage_dtype``, per val image.
 
     Both run on the CPU in float32 compute (so only the storage differs) with the same post-processing; two
-    empty masks agree (Dice 1). Returns the subset,
-    the split's sha256, the image count, the mean and minimum Dice and how many images are below
-    ``AGREEMENT_DICE``.
+    empty masks agree (Dice 1). Returns the subset, the split's sha256, the image count, the mean and
+    minimum Dice and how many images are below ``AGREEMENT_DICE``.
     """
     roots, manifest = DataRoots.from_paths(data_roots), load_manifest(split_path)
     cases = manifest.cases_for(AGREEMENT_SUBSET)
