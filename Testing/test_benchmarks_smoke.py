@@ -89,6 +89,34 @@ def test_report_header_names_threads_and_weights(report):
     assert "Weights for the end-to-end rows:" in report and "Quick mode" in report
 
 
+def test_weights_and_cpu_bf16_options_measure_the_given_model_in_bf16(tmp_path):
+    import torch
+
+    from BreastUSSegmentLib.model import AttentionUNet, ModelConfig
+    from BreastUSSegmentLib.postprocessing import UNTUNED_POSTPROCESSING
+    from BreastUSSegmentLib.weights import save_model
+
+    torch.manual_seed(0)
+    small = AttentionUNet(ModelConfig(base_channels=4, depth=3))
+    weights = tmp_path / "small.safetensors"
+    save_model(small, weights, postprocessing=UNTUNED_POSTPROCESSING)
+    output = tmp_path / "results.md"
+    arguments = ["--quick", "--passive-omp", "--models", "ours", "--no-pipeline", "--cpu-bf16"]
+    assert benchmark.main([*arguments, "--weights", str(weights), "--output", str(output)]) == 0
+    report = output.read_text()
+    ours = table_after(report, "## Networks on the CPU")[0]
+    assert number(ours["Parameters"]) == sum(parameter.numel() for parameter in small.parameters())
+    assert "CPU precision of the network rows: bfloat16 autocast (--cpu-bf16)" in report
+    assert f"{weights} (--weights)" in report
+
+
+def test_missing_weights_file_is_refused_by_name(tmp_path, capsys):
+    missing = tmp_path / "absent.safetensors"
+    with pytest.raises(SystemExit):
+        benchmark.main(["--weights", str(missing)])
+    assert f"--weights: no such file: {missing}" in capsys.readouterr().err
+
+
 def fake_cpu_result(latency_s: float, fps: float) -> dict:
     return {
         "parameters": 10, "flops": 2e9, "weights_bytes": 2**20, "base_rss_mib": 100.0,

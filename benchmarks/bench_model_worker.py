@@ -61,16 +61,20 @@ def measure_cpu_memory(model: torch.nn.Module, settings: Settings, channels_last
     return {"peak_rss_batch1_mib": peak_single, "peak_rss_batch_mib": peak_batch}
 
 
-def measure_cpu_speed(keys: list[str], settings: Settings, threads: int, channels_last: bool) -> dict:
-    """Batch-1 latency and batch throughput of every network, timed round-robin in this process."""
+def measure_cpu_speed(keys: list[str], settings: Settings, threads: int, channels_last: bool,
+                      weights: Path | None = None, bf16: bool = False) -> dict:
+    """Batch-1 latency and batch throughput of every network, timed round-robin in this process.
+
+    With ``bf16`` every forward pass runs under ``torch.autocast("cpu", dtype=torch.bfloat16)``.
+    """
     torch.set_num_threads(threads)
     models = {}
     for key in keys:
-        model, _source = build_model(key)
+        model, _source = build_model(key, weights)
         models[key] = model.to(memory_format=torch.channels_last) if channels_last else model
     size = settings.input_size
     single, batch = _input(1, size, channels_last), _input(settings.cpu_batch, size, channels_last)
-    with torch.inference_mode():
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         latency = time_interleaved(
             {key: (lambda m=model: m(single)) for key, model in models.items()}, settings.latency_runs, settings.warmup
         )
@@ -79,6 +83,7 @@ def measure_cpu_speed(keys: list[str], settings: Settings, threads: int, channel
         )
     return {
         "threads": torch.get_num_threads(),
+        "bf16": bf16,
         "models": {
             key: {
                 "latency": latency[key].to_dict(),
@@ -120,11 +125,11 @@ def measure_gpu(model: torch.nn.Module, settings: Settings, channels_last: bool)
     return results
 
 
-def measure_model(key: str, settings: Settings, threads: int, channels_last: bool) -> dict:
+def measure_model(key: str, settings: Settings, threads: int, channels_last: bool, weights: Path | None = None) -> dict:
     """Size, FLOPs, CPU memory and GPU speed of one model; memory readings come before anything else allocates."""
     torch.set_num_threads(threads)
     base_rss = peak_rss_mib()
-    model, source = build_model(key)
+    model, source = build_model(key, weights)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     result = {"model": key, "source": source, "threads": torch.get_num_threads(), "base_rss_mib": base_rss}

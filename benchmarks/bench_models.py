@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass
+from pathlib import Path
 
 from torch import nn
 
@@ -41,12 +42,16 @@ def monai_available() -> bool:
     return importlib.util.find_spec("monai") is not None
 
 
-def build_model(key: str) -> tuple[nn.Module, str]:
-    """The network for ``key`` in eval mode, and a note on where its architecture came from."""
+def build_model(key: str, weights: Path | None = None) -> tuple[nn.Module, str]:
+    """The network for ``key`` in eval mode, and a note on where its architecture came from.
+
+    Ours loads ``weights`` if given, else the bundled weights, else is the default ``ModelConfig``.
+    """
     if key == OURS:
-        if BUNDLED_WEIGHTS.is_file():
-            model, card = load_model(BUNDLED_WEIGHTS)
-            return model, f"bundled weights' card: {card.model_config.to_dict()}"
+        path = weights if weights is not None else BUNDLED_WEIGHTS
+        if path.is_file():
+            model, card = load_model(path)
+            return model, f"{path.name}'s card: {card.model_config.to_dict()}"
         config = ModelConfig()
         return AttentionUNet(config).eval(), f"default ModelConfig: {config.to_dict()}"
 

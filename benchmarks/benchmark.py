@@ -2,7 +2,7 @@
 
 Usage::
 
-    .venv/bin/python benchmarks/benchmark.py [--quick] [--output benchmarks/results.md]
+    .venv/bin/python benchmarks/benchmark.py [--quick] [--output benchmarks/results.md] [--weights W] [--cpu-bf16]
 
 Each model and each end-to-end task is measured in a fresh subprocess (this
 script re-run with ``--worker``), so peak memory readings do not mix. The
@@ -47,14 +47,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--channels-last", action="store_true", help="run every network in channels-last memory format")
     parser.add_argument("--passive-omp", action="store_true",
                         help="set OMP_WAIT_POLICY=PASSIVE in the workers (idle OpenMP threads sleep instead of spinning)")
+    parser.add_argument("--weights", type=Path,
+                        help="weights file for 'ours' and the end-to-end rows (default: the bundled model)")
+    parser.add_argument("--cpu-bf16", action="store_true",
+                        help="time the CPU forward passes under bfloat16 autocast, as inference runs on CPUs with native bf16")
     # Internal: one measurement in this process, printed as JSON.
     parser.add_argument("--worker", choices=("model", "speed", "pipeline"), help=argparse.SUPPRESS)
     parser.add_argument("--model", choices=MODEL_KEYS, help=argparse.SUPPRESS)
     parser.add_argument("--task", choices=PIPELINE_TASKS, help=argparse.SUPPRESS)
-    parser.add_argument("--weights", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.threads < 1:
         parser.error(f"--threads must be >= 1, got {args.threads}")
+    if args.weights is not None and not args.weights.is_file():
+        parser.error(f"--weights: no such file: {args.weights}")
     if args.worker == "model" and not args.model:
         parser.error("--worker model needs --model")
     if args.worker == "pipeline" and not (args.task and args.weights):
@@ -68,11 +73,11 @@ def run_worker(args: argparse.Namespace) -> int:
     if args.worker == "model":
         from bench_model_worker import measure_model
 
-        result = measure_model(args.model, settings, args.threads, args.channels_last)
+        result = measure_model(args.model, settings, args.threads, args.channels_last, args.weights)
     elif args.worker == "speed":
         from bench_model_worker import measure_cpu_speed
 
-        result = measure_cpu_speed(args.models, settings, args.threads, args.channels_last)
+        result = measure_cpu_speed(args.models, settings, args.threads, args.channels_last, args.weights, args.cpu_bf16)
     else:
         from bench_pipeline_worker import measure_pipeline
 
@@ -128,17 +133,20 @@ def environment(args: argparse.Namespace, weights_note: str, load_before: str) -
                        f"{'PASSIVE (--passive-omp)' if args.passive_omp else os.environ.get('OMP_WAIT_POLICY', 'unset')}",
         "Load average (1 min) at start / end": f"{load_before} / {load_average()} (above the CPU count means a busy machine)",
         "Memory format of the networks": "channels-last" if args.channels_last else "contiguous (NCHW, PyTorch default)",
+        "CPU precision of the network rows": "bfloat16 autocast (--cpu-bf16)" if args.cpu_bf16 else "float32",
         "Weights for the end-to-end rows": weights_note,
     }
 
 
-def pipeline_weights(folder: Path) -> tuple[Path, str]:
-    """The bundled weights if installed, else untrained weights saved with ``save_model`` in ``folder``."""
+def pipeline_weights(folder: Path, chosen: Path | None) -> tuple[Path, str]:
+    """``chosen``, else the bundled weights if installed, else untrained weights saved in ``folder``."""
     from BreastUSSegmentLib import BUNDLED_WEIGHTS
     from BreastUSSegmentLib.model import AttentionUNet, ModelConfig
     from BreastUSSegmentLib.postprocessing import UNTUNED_POSTPROCESSING
     from BreastUSSegmentLib.weights import save_model
 
+    if chosen is not None:
+        return chosen, f"{chosen} (--weights)"
     if BUNDLED_WEIGHTS.is_file():
         return BUNDLED_WEIGHTS, f"bundled {BUNDLED_WEIGHTS.name}"
     torch.manual_seed(0)
@@ -162,6 +170,7 @@ def run_benchmarks(args: argparse.Namespace) -> str:
     env = worker_environment(args.passive_omp)
     common = ["--threads", str(args.threads)] + (["--quick"] if args.quick else [])
     model_common = common + (["--channels-last"] if args.channels_last else [])
+    model_common += (["--weights", str(args.weights)] if args.weights else []) + (["--cpu-bf16"] if args.cpu_bf16 else [])
     results = {}
     for key in args.models:
         if spec_for(key).needs_monai and not monai_available():
@@ -179,7 +188,7 @@ def run_benchmarks(args: argparse.Namespace) -> str:
 
     pipeline = {}
     with tempfile.TemporaryDirectory(prefix="breastus-bench-") as folder:
-        weights, weights_note = pipeline_weights(Path(folder))
+        weights, weights_note = pipeline_weights(Path(folder), args.weights)
         if not args.no_pipeline:
             for task in PIPELINE_TASKS:
                 pipeline[task] = spawn(["--worker", "pipeline", "--task", task, "--weights", str(weights)], common, env)
