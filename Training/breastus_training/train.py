@@ -15,7 +15,9 @@ otherwise; the weights, the loss and the optimizer state stay fp32.
 The run folder holds ``config.json``, ``metrics.csv``, TensorBoard scalars,
 ``checkpoint_last.pt`` (written atomically every epoch) and ``best.safetensors``
 with its model card; with ``--swa-start`` also ``swa.safetensors``, the average
-of the weights of the later epochs (see ``weight_average``). Running the same
+of the weights of the later epochs (see ``weight_average``). ``--deep-supervision``
+trains extra masks from the coarser decoder levels (see ``deep_supervision``);
+their heads live in the checkpoint only. Running the same
 command again resumes from the checkpoint and gives the same result as an
 uninterrupted run.
 
@@ -58,6 +60,7 @@ from .busi import NORMAL_CLASS, load_manifest
 from .checkpoint import ResumeError, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from .dataset import PreparedCases, SegmentationDataset, preload_cases
 from .datasets import ADAPTER_BY_NAME, DataRoots
+from .deep_supervision import DeeplySupervisedUNet, deep_supervision_loss
 from .precision import PRECISIONS, autocast, resolve_precision
 from .scanner_augment import TRANSFORMS
 from .weight_average import SWA_NAME, averaged_epochs, recompute_batch_norm
@@ -70,7 +73,7 @@ METRIC_COLUMNS = ("epoch", "train_loss", "val_loss", "val_dice", "val_iou", "lr"
 RESUMABLE_CHANGES = {"data", "run_dir", "num_workers", "threads", "no_progress", "device", "epochs", "patience"}
 # Options added after runs were already made: a stored run without one used this value.
 LATER_OPTION_DEFAULTS = {"normal_repeat": 1, "swa_start": 0, "precision": "fp32", "augment_off": [],
-                         "upsample": "transposed", "lesion_head_weight": 0.0}
+                         "upsample": "transposed", "lesion_head_weight": 0.0, "deep_supervision": 0.0}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -105,6 +108,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lesion-head-weight", type=float, default=0.0, metavar="W",
                         help="add the image-level lesion-present head and train it with BCE on whether the image "
                              "holds a lesion, weighted W against the segmentation loss; 0 = no head (default)")
+    parser.add_argument("--deep-supervision", type=float, default=0.0, metavar="W",
+                        help="also train a mask from every coarser decoder level (training-only 1x1 convolutions), "
+                             "weighted W against the output's loss, each coarser level half the one above; the "
+                             "exported model is unchanged; 0 = off (default)")
     parser.add_argument("--init-weights", type=Path, default=None, metavar="SAFETENSORS",
                         help="start from these weights (e.g. an earlier run's best.safetensors, same architecture) "
                              "with a fresh optimizer and schedule; default: random initialisation")
@@ -162,6 +169,10 @@ def config_from_args(args: argparse.Namespace) -> dict:
                          f"got {config['swa_start']}")
     if config["lesion_head_weight"] < 0:
         raise ValueError(f"--lesion-head-weight must be >= 0, got {config['lesion_head_weight']}")
+    if config["deep_supervision"] < 0:
+        raise ValueError(f"--deep-supervision must be >= 0, got {config['deep_supervision']}")
+    if config["deep_supervision"] and config["depth"] < 2:
+        raise ValueError(f"--deep-supervision needs --depth 2 or more (coarser decoder levels), got {config['depth']}")
     if config["lr"] <= 0:
         raise ValueError(f"--lr must be positive, got {config['lr']}")
     if config["limit"] is not None and config["limit"] < 1:
@@ -394,7 +405,8 @@ class Run:
     train_data: PreparedCases
     val_data: PreparedCases
     model: AttentionUNet
-    trained_model: nn.Module  # the model, or its DistributedDataParallel wrapper
+    supervised: DeeplySupervisedUNet | None  # the model with its auxiliary heads, under --deep-supervision
+    trained_model: nn.Module  # the model (or ``supervised``), or its DistributedDataParallel wrapper
     average: AveragedModel | None
     optimizer: torch.optim.Optimizer
     scheduler: object
@@ -485,20 +497,22 @@ def build_run(config: dict, context: ProcessContext, manifest, checkpoint: dict 
         initialise_from(model, config["init_weights"], context.is_main)
     # channels-last halves the CPU training step time of this network (measured on 2 cores) and suits GPU tensor cores.
     model = model.to(device, memory_format=torch.channels_last)
-    average = AveragedModel(model) if config["swa_start"] else None
-    optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"])
+    average = AveragedModel(model) if config["swa_start"] else None  # copies the model before any hook is added
+    supervised = DeeplySupervisedUNet(model).to(device, memory_format=torch.channels_last) \
+        if config.get("deep_supervision") else None
+    optimizer = torch.optim.Adam((model if supervised is None else supervised).parameters(), lr=config["lr"])
     scheduler = make_scheduler(config["scheduler"], optimizer, config["epochs"])
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
     state = {"epoch": 0, "best_score": -1.0, "best_epoch": 0, "epochs_without_improvement": 0,
              "stopped": False, "history": []}
     if checkpoint is not None:
-        state = restore(checkpoint, config, model, optimizer, scheduler, scaler, average)
+        state = restore(checkpoint, config, model, optimizer, scheduler, scaler, average, supervised)
         if context.is_main:
             print(f"resuming {config['run_dir']} after epoch {state['epoch']}")
-    trained_model = model
+    trained_model = model if supervised is None else supervised
     if context.distributed:
         trained_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+            trained_model, device_ids=[device.index] if device.type == "cuda" else None)
 
     dataset = SegmentationDataset(train_data, augment, seed=config["seed"])
     sampler = DistributedSampler(dataset, num_replicas=context.world_size, rank=context.rank,
@@ -507,13 +521,17 @@ def build_run(config: dict, context: ProcessContext, manifest, checkpoint: dict 
     per_process = -(-len(dataset) // context.world_size)
     loader = DataLoader(dataset, batch_size=config["batch_size"], sampler=sampler, num_workers=workers,
                         pin_memory=device.type == "cuda", drop_last=per_process > config["batch_size"])
-    return Run(config, context, precision, train_cases, val_cases, train_data, val_data, model, trained_model,
-               average, optimizer, scheduler, scaler, make_loss(config["loss"]), dataset, sampler, loader, state)
+    return Run(config, context, precision, train_cases, val_cases, train_data, val_data, model, supervised,
+               trained_model, average, optimizer, scheduler, scaler, make_loss(config["loss"]), dataset, sampler,
+               loader, state)
 
 
-def restore(checkpoint: dict, config: dict, model, optimizer, scheduler, scaler, average) -> dict:
-    """Load a checkpoint's model, optimizer, schedule, scaler, average and random state; return its run state."""
+def restore(checkpoint: dict, config: dict, model, optimizer, scheduler, scaler, average, supervised=None) -> dict:
+    """Load a checkpoint's model (and auxiliary heads), optimizer, schedule, scaler, average and random state;
+    return its run state."""
     model.load_state_dict(checkpoint["model"])
+    if supervised is not None:
+        supervised.auxiliary_heads.load_state_dict(checkpoint["auxiliary_heads"])
     optimizer.load_state_dict(checkpoint["optimizer"])
     if scheduler is not None:
         scheduler.load_state_dict(checkpoint["scheduler"])
@@ -584,6 +602,7 @@ def save_epoch(run: Run, row: dict, improved: bool, writer, progress: bool) -> N
                   "scheduler": run.scheduler.state_dict() if run.scheduler is not None else None,
                   "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else None,
                   "swa_model": run.average.state_dict() if run.average is not None else None,
+                  "auxiliary_heads": None if run.supervised is None else run.supervised.auxiliary_heads.state_dict(),
                   "rng": capture_rng_state(), **run.state}
     save_checkpoint(checkpoint, run.run_dir / CHECKPOINT_NAME)
     write_metrics_csv(run.run_dir / "metrics.csv", run.state["history"])
@@ -624,11 +643,13 @@ def train_one_epoch(run: Run, progress: bool, description: str) -> float:
         masks = masks.to(device, non_blocking=True)
         head_weight = run.config.get("lesion_head_weight", 0.0)
         with autocast(device, run.precision):
-            logits, *lesion_logit = (run.trained_model(images, return_lesion_logit=True) if head_weight
-                                     else (run.trained_model(images),))
+            outputs = run.trained_model(images, return_lesion_logit=True) if head_weight else run.trained_model(images)
+        logits, auxiliary, lesion_logit = split_outputs(outputs, run.supervised is not None, bool(head_weight))
         loss = run.loss_fn(logits.float(), masks)  # the loss in fp32 whatever the forward pass ran in
+        if auxiliary:
+            loss = loss + deep_supervision_loss(run.loss_fn, auxiliary, masks, run.config["deep_supervision"])
         if head_weight:
-            loss = loss + head_weight * F.binary_cross_entropy_with_logits(lesion_logit[0].float(),
+            loss = loss + head_weight * F.binary_cross_entropy_with_logits(lesion_logit.float(),
                                                                           lesion_presence(masks))
         run.optimizer.zero_grad(set_to_none=True)
         run.scaler.scale(loss).backward()
@@ -639,6 +660,15 @@ def train_one_epoch(run: Run, progress: bool, description: str) -> float:
     if run.context.distributed:
         dist.all_reduce(total)
     return float(total[0] / total[1])
+
+
+def split_outputs(outputs, supervised: bool, with_head: bool) -> tuple:
+    """(logits, auxiliary logits or [], lesion logits or None) from what the trained model returned."""
+    if not supervised and not with_head:
+        return outputs, [], None
+    if not supervised:
+        return outputs[0], [], outputs[1]
+    return outputs[0], outputs[1], outputs[2] if with_head else None
 
 
 def dataset_credits(config: dict) -> list[dict]:
