@@ -106,8 +106,29 @@ def test_weights_and_cpu_bf16_options_measure_the_given_model_in_bf16(tmp_path):
     report = output.read_text()
     ours = table_after(report, "## Networks on the CPU")[0]
     assert number(ours["Parameters"]) == sum(parameter.numel() for parameter in small.parameters())
-    assert "CPU precision of the network rows: bfloat16 autocast (--cpu-bf16)" in report
+    assert "CPU timings of the network rows: bfloat16 autocast (--cpu-bf16; native bf16 on this CPU:" in report
     assert f"{weights} (--weights)" in report
+
+
+def test_weights_and_cpu_bf16_reach_every_worker(tmp_path, monkeypatch):
+    weights = tmp_path / "any.safetensors"
+    weights.write_bytes(b"")  # only passed on: the workers are not run
+    calls = []
+
+    def record(worker_args, common, _environment):
+        calls.append(worker_args + common)
+        return {"memory": {}} if worker_args[1] == "model" else {"error": "not run"}
+
+    monkeypatch.setattr(benchmark, "spawn", record)
+    monkeypatch.setattr(benchmark, "build_report", lambda *parts: "")
+    benchmark.run_benchmarks(benchmark.parse_args(["--quick", "--models", "ours", "--cpu-bf16",
+                                                   "--weights", str(weights)]))
+    kinds = {call[1]: call for call in calls}
+    assert set(kinds) == {"model", "speed", "pipeline"}
+    for kind in ("model", "speed"):
+        assert kinds[kind][kinds[kind].index("--weights") + 1] == str(weights) and "--cpu-bf16" in kinds[kind]
+    pipeline = [call for call in calls if call[1] == "pipeline"]
+    assert pipeline and all(call[call.index("--weights") + 1] == str(weights) for call in pipeline)
 
 
 def test_missing_weights_file_is_refused_by_name(tmp_path, capsys):

@@ -49,7 +49,6 @@ def test_one_auxiliary_mask_per_coarser_level_at_the_input_size_and_the_output_u
         expected = torch.nn.functional.interpolate(supervised.auxiliary_heads[-1](finest_features["x"]),
                                                    size=(32, 32), mode="bilinear", align_corners=False)
     assert torch.allclose(auxiliary[0], expected)
-    assert supervised._features is None  # the plain model's calls keep no features
 
 
 def test_lesion_logits_pass_through_the_wrapper():
@@ -91,7 +90,9 @@ def test_training_with_deep_supervision_changes_the_model_exports_it_plain_and_r
 
 def test_deep_supervision_settings_are_checked(dataset, tmp_path, capsys):
     assert train(dataset, tmp_path / "negative", "--epochs", "1", "--deep-supervision", "-1") == 2
-    assert "--deep-supervision must be >= 0" in capsys.readouterr().err
+    assert "--deep-supervision must be a number >= 0, got -1.0" in capsys.readouterr().err
+    assert train(dataset, tmp_path / "nan", "--epochs", "1", "--deep-supervision", "nan") == 2
+    assert "--deep-supervision must be a number >= 0, got nan" in capsys.readouterr().err
     assert train(dataset, tmp_path / "shallow", "--epochs", "1", "--deep-supervision", "1", "--depth", "1") == 2
     assert "--deep-supervision needs --depth 2 or more" in capsys.readouterr().err
     assert train(dataset, tmp_path / "changed", "--epochs", "1") == 0

@@ -205,4 +205,4 @@ def test_training_with_the_head_trains_it_and_records_its_val_accuracy(busi, tmp
     assert 0.0 <= accuracy <= 1.0
     capsys.readouterr()
     assert train("negative", "0.01", "-1")[0] == 2
-    assert "--lesion-head-weight must be >= 0" in capsys.readouterr().err
+    assert "--lesion-head-weight must be a number >= 0" in capsys.readouterr().err

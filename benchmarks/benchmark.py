@@ -119,6 +119,8 @@ def load_average() -> str:
 def environment(args: argparse.Namespace, weights_note: str, load_before: str) -> dict:
     """What the numbers were measured on."""
     monai_version = "not installed"
+    from BreastUSSegmentLib.device import cpu_has_native_bf16
+
     if monai_available():
         import monai
 
@@ -133,7 +135,9 @@ def environment(args: argparse.Namespace, weights_note: str, load_before: str) -
                        f"{'PASSIVE (--passive-omp)' if args.passive_omp else os.environ.get('OMP_WAIT_POLICY', 'unset')}",
         "Load average (1 min) at start / end": f"{load_before} / {load_average()} (above the CPU count means a busy machine)",
         "Memory format of the networks": "channels-last" if args.channels_last else "contiguous (NCHW, PyTorch default)",
-        "CPU precision of the network rows": "bfloat16 autocast (--cpu-bf16)" if args.cpu_bf16 else "float32",
+        "CPU timings of the network rows": (f"bfloat16 autocast (--cpu-bf16; native bf16 on this CPU: "
+                                            f"{'yes' if cpu_has_native_bf16() else 'no, emulated'})"
+                                            if args.cpu_bf16 else "float32") + "; memory columns in float32",
         "Weights for the end-to-end rows": weights_note,
     }
 

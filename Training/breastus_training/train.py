@@ -30,6 +30,7 @@ import argparse
 import csv
 import io
 import json
+import math
 import os
 import platform
 import random
@@ -109,9 +110,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="add the image-level lesion-present head and train it with BCE on whether the image "
                              "holds a lesion, weighted W against the segmentation loss; 0 = no head (default)")
     parser.add_argument("--deep-supervision", type=float, default=0.0, metavar="W",
-                        help="also train a mask from every coarser decoder level (training-only 1x1 convolutions), "
-                             "weighted W against the output's loss, each coarser level half the one above; the "
-                             "exported model is unchanged; 0 = off (default)")
+                        help="also train a mask from every decoder level above the output (training-only 1x1 "
+                             "convolutions): the loss adds W x (1/2 loss of the level above the output + 1/4 of the "
+                             "next + ...), train_loss includes it, val_loss does not; the exported model is "
+                             "unchanged; 0 = off (default)")
     parser.add_argument("--init-weights", type=Path, default=None, metavar="SAFETENSORS",
                         help="start from these weights (e.g. an earlier run's best.safetensors, same architecture) "
                              "with a fresh optimizer and schedule; default: random initialisation")
@@ -167,10 +169,9 @@ def config_from_args(args: argparse.Namespace) -> dict:
     if not 0 <= config["swa_start"] <= config["epochs"]:
         raise ValueError(f"--swa-start must be between 1 and --epochs {config['epochs']} (or 0 for off), "
                          f"got {config['swa_start']}")
-    if config["lesion_head_weight"] < 0:
-        raise ValueError(f"--lesion-head-weight must be >= 0, got {config['lesion_head_weight']}")
-    if config["deep_supervision"] < 0:
-        raise ValueError(f"--deep-supervision must be >= 0, got {config['deep_supervision']}")
+    for key in ("lesion_head_weight", "deep_supervision"):
+        if not math.isfinite(config[key]) or config[key] < 0:
+            raise ValueError(f"--{key.replace('_', '-')} must be a number >= 0, got {config[key]}")
     if config["deep_supervision"] and config["depth"] < 2:
         raise ValueError(f"--deep-supervision needs --depth 2 or more (coarser decoder levels), got {config['depth']}")
     if config["lr"] <= 0:
