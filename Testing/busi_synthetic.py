@@ -176,3 +176,17 @@ def write_synthetic_busi(root, counts: dict[str, int] | None = None, seed: int =
     Image.fromarray(noisy).save(info.image_path(copy))
     shutil.copyfile(root / info.labels[original] / f"{original}_mask.png", root / info.labels[copy] / f"{copy}_mask.png")
     return info
+
+
+def write_synthetic_split(root) -> tuple[Path, Path]:
+    """Write a fake BUSI tree as ``<root>/BUSI`` and the split ``prepare`` makes of it as ``<root>/split.json``.
+
+    Returns ``(dataset folder, split file)``.
+    """
+    from breastus_training import cli  # the Training package, on the path in the tests that train
+
+    data, split = Path(root) / "BUSI", Path(root) / "split.json"
+    write_synthetic_busi(data)
+    if cli.main(["prepare", "--data", str(data), "--output", str(split)]) != 0:
+        raise RuntimeError(f"prepare failed on the synthetic dataset {data}")
+    return data, split

@@ -8,7 +8,7 @@ from BreastUSSegmentLib.weights import load_model
 from breastus_training import cli
 from breastus_training.deep_supervision import DeeplySupervisedUNet, deep_supervision_loss
 
-from busi_synthetic import write_synthetic_busi
+from busi_synthetic import write_synthetic_split
 
 CONFIG = ModelConfig(base_channels=4, depth=3, dropout=0.0)
 TINY = ["--input-size", "64", "--base-channels", "4", "--depth", "2", "--batch-size", "4", "--no-progress",
@@ -17,11 +17,7 @@ TINY = ["--input-size", "64", "--base-channels", "4", "--depth", "2", "--batch-s
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("deep_supervision")
-    info = write_synthetic_busi(root / "BUSI")
-    split = root / "split.json"
-    assert cli.main(["prepare", "--data", str(info.root), "--output", str(split)]) == 0
-    return info.root, split
+    return write_synthetic_split(tmp_path_factory.mktemp("deep_supervision"))
 
 
 def train(dataset, run_dir, *extra):

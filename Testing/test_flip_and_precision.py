@@ -15,7 +15,7 @@ from BreastUSSegmentLib.postprocessing import UNTUNED_POSTPROCESSING
 from BreastUSSegmentLib.weights import load_model, save_model
 from breastus_training import cli, export
 
-from busi_synthetic import write_synthetic_busi
+from busi_synthetic import write_synthetic_split
 
 CONFIG = ModelConfig(base_channels=4, depth=2, dropout=0.0)
 
@@ -76,10 +76,8 @@ def test_bf16_runs_where_the_cpu_has_it_and_gives_float32_outputs_close_to_float
 @pytest.fixture(scope="module")
 def busi(tmp_path_factory):
     root = tmp_path_factory.mktemp("busi_flip")
-    write_synthetic_busi(root / "BUSI")
-    split = root / "split.json"
-    assert cli.main(["prepare", "--data", str(root / "BUSI"), "--output", str(split)]) == 0
-    return {"root": root, "data": root / "BUSI", "split": split, "weights": flip_card_model(root)}
+    data, split = write_synthetic_split(root)
+    return {"root": root, "data": data, "split": split, "weights": flip_card_model(root)}
 
 
 def training_command(busi, command, name, *extra):

@@ -9,13 +9,13 @@ import torch
 
 from BreastUSSegmentLib.inference import LesionSegmenter
 from BreastUSSegmentLib.model import AttentionUNet, ModelConfig
-from BreastUSSegmentLib.postprocessing import UNTUNED_POSTPROCESSING, PostprocessOptions, postprocess_frames
+from BreastUSSegmentLib.postprocessing import UNTUNED_POSTPROCESSING, postprocess_frames
 from BreastUSSegmentLib.preprocessing import prepare_frames
 from BreastUSSegmentLib.weights import load_model, save_model
 from breastus_training import cli
 from breastus_training.train import initialise_from, lesion_presence
 
-from busi_synthetic import write_synthetic_busi
+from busi_synthetic import write_synthetic_split
 
 HEAD = ModelConfig(base_channels=4, depth=2, dropout=0.0, lesion_head=True)
 
@@ -123,16 +123,14 @@ def test_a_bar_from_the_command_line_on_a_weights_file_without_the_head_names_th
 @pytest.fixture(scope="module")
 def busi(tmp_path_factory):
     root = tmp_path_factory.mktemp("busi_head")
-    write_synthetic_busi(root / "BUSI")
-    split = root / "split.json"
-    assert cli.main(["prepare", "--data", str(root / "BUSI"), "--output", str(split)]) == 0
+    data, split = write_synthetic_split(root)
     full = root / "full.safetensors"  # lesion everywhere, head probability 0.4 on every image
     save_model(head_model(segmentation_bias=30.0, lesion_probability=0.4), full, input_size=(64, 64),
                postprocessing=UNTUNED_POSTPROCESSING)
     plain = root / "plain.safetensors"
     save_model(AttentionUNet(ModelConfig(base_channels=4, depth=2, dropout=0.0)), plain, input_size=(64, 64),
                postprocessing=UNTUNED_POSTPROCESSING)
-    return {"root": root, "data": root / "BUSI", "split": split, "full": full, "plain": plain}
+    return {"root": root, "data": data, "split": split, "full": full, "plain": plain}
 
 
 def command(busi, name, weights, *extra):

@@ -1,11 +1,9 @@
 """The Slicer module's Logic on real MRML scenes (slicer-core), with a tiny model saved by the tests."""
 
-import ast
 import dataclasses
 import hashlib
 import math
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -21,18 +21,14 @@ from breastus_training.train import train as train_run
 from breastus_training.train import ProcessContext, config_from_args, make_loss, training_cases, validate
 from breastus_training.cli import build_parser
 
-from busi_synthetic import write_synthetic_busi
+from busi_synthetic import write_synthetic_split
 
 TINY = ["--input-size", "64", "--base-channels", "4", "--depth", "2", "--batch-size", "4", "--no-progress"]
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("busi_train")
-    info = write_synthetic_busi(root / "BUSI")
-    split = root / "split.json"
-    assert cli.main(["prepare", "--data", str(info.root), "--output", str(split)]) == 0
-    return info.root, split
+    return write_synthetic_split(tmp_path_factory.mktemp("busi_train"))
 
 
 def train_args(dataset, run_dir, *extra):

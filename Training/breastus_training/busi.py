@@ -23,7 +23,7 @@ from PIL import Image
 
 from BreastUSSegmentLib.imageio import ImageReadError, read_image
 
-from .datasets import CLASSES, DataRoots, DatasetError
+from .datasets import DataRoots, DatasetError
 
 LESION_CLASSES = ("benign", "malignant")
 NORMAL_CLASS = "normal"
