@@ -21,6 +21,12 @@ Beyond the paper, ``ModelConfig(lesion_head=True)`` adds an image-level
 Post-processing can then empty the mask of a frame the network judges
 lesion-free as a whole (``PostprocessOptions.min_lesion_probability``).
 
+``ModelConfig(members=N)`` describes an ensemble: N networks of the same
+architecture, trained apart, run side by side on every frame
+(:class:`AttentionUNetEnsemble`); their probabilities, attention maps and
+lesion probabilities are averaged. :func:`build_model` builds either kind from
+a model card's configuration.
+
 Models trained before the up-sampling change used a stride-2 transposed
 convolution (``upsample="transposed"``): its 2x2 kernel imprints a
 checkerboard on the gating signal and so a lattice on every attention map.
@@ -28,6 +34,8 @@ Their model cards carry no ``upsample`` key and still load as they were.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -142,6 +150,8 @@ class AttentionUNet(nn.Module):
     def __init__(self, config: ModelConfig | None = None):
         super().__init__()
         self.config = config or ModelConfig()
+        if self.config.members != 1:
+            raise ValueError(f"an AttentionUNet is one network; build {self.config.members} members with build_model")
         channels = self.config.channels
         dropout, batch_norm = self.config.dropout, self.config.batch_norm
 
@@ -195,6 +205,43 @@ class AttentionUNet(nn.Module):
         logits = self.head(x)
         outputs = (logits,) + ((attention,) if return_attention else ()) + ((lesion_logit,) if return_lesion_logit else ())
         return outputs if len(outputs) > 1 else logits
+
+
+class AttentionUNetEnsemble(nn.Module):
+    """``config.members`` Attention U-Nets of one architecture whose outputs are averaged.
+
+    ``forward`` takes and returns what :class:`AttentionUNet`'s does. The members'
+    probabilities are averaged and returned as logits (the logit of the mean
+    probability, so that ``torch.sigmoid`` gives the mean back); each gate's
+    attention map and the lesion probability are averaged alike.
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        if config.members < 2:
+            raise ValueError(f"an ensemble needs at least 2 members, got {config.members}")
+        self.config = config
+        self.members = nn.ModuleList(AttentionUNet(replace(config, members=1)) for _ in range(config.members))
+
+    def forward(self, x: torch.Tensor, return_attention: bool = False, return_lesion_logit: bool = False):
+        runs = [member(x, return_attention=True, return_lesion_logit=return_lesion_logit) for member in self.members]
+        logits = _logit_of_mean([run[0] for run in runs])
+        attention = [torch.stack([run[1][level].float() for run in runs]).mean(0) for level in range(len(runs[0][1]))]
+        outputs = ((logits,) + ((attention,) if return_attention else ())
+                   + ((_logit_of_mean([run[2] for run in runs]),) if return_lesion_logit else ()))
+        return outputs if len(outputs) > 1 else logits
+
+
+def _logit_of_mean(logits: list[torch.Tensor]) -> torch.Tensor:
+    """The logit of the members' mean probability, in float32 (finite where the mean is 0 or 1)."""
+    probability = torch.stack([torch.sigmoid(value.float()) for value in logits]).mean(0)
+    return torch.logit(probability, eps=1e-7)
+
+
+def build_model(config: ModelConfig | None = None) -> nn.Module:
+    """The network a model card describes: an :class:`AttentionUNet`, or an ensemble of ``config.members`` of them."""
+    config = config or ModelConfig()
+    return AttentionUNet(config) if config.members == 1 else AttentionUNetEnsemble(config)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -21,6 +21,7 @@ STORAGE_DTYPES = ("float32", "float16", "bfloat16")  # names of torch dtypes, as
 # How frames are scaled before the network (the card records it; preprocessing applies it).
 NORMALIZATION_NAME = "luma-bt601 + per-frame min-max to [0,1]"
 UPSAMPLE_MODES = ("bilinear", "transposed")
+MAX_MEMBERS = 8  # networks in one ensemble file; each one is a full forward pass per frame
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class ModelConfig:
     batch_norm: bool = True
     upsample: str = "bilinear"  # "bilinear" (+ 3x3 conv) or "transposed" (stride-2 2x2 kernel, older models)
     lesion_head: bool = False  # an image-level "lesion present" output from the bottleneck (see model.py)
+    members: int = 1  # networks of this architecture averaged as one model (an ensemble; see model.py)
 
     def __post_init__(self) -> None:
         if self.in_channels < 1:
@@ -44,6 +46,8 @@ class ModelConfig:
             raise ValueError(f"depth must be between 1 and 8, got {self.depth}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not 1 <= self.members <= MAX_MEMBERS:
+            raise ValueError(f"members must be between 1 and {MAX_MEMBERS}, got {self.members}")
         if self.upsample not in UPSAMPLE_MODES:
             raise ValueError(f"upsample must be one of {', '.join(UPSAMPLE_MODES)}, got {self.upsample!r}")
 

@@ -21,11 +21,12 @@ import os
 from pathlib import Path
 
 import torch
+from torch import nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .fileio import write_atomically, write_text_atomically
-from .model import AttentionUNet
+from .model import build_model
 from .modelcard import (  # noqa: F401
     FORMAT_VERSION, STORAGE_DTYPES, ModelCard, WeightsError, card_path_for, check_storage_dtype, read_model_card,
 )
@@ -40,7 +41,7 @@ def sha256_of_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def stored_state(model: AttentionUNet, storage_dtype: str = "float32") -> dict:
+def stored_state(model: nn.Module, storage_dtype: str = "float32") -> dict:
     """The tensors ``save_model`` writes for ``model``: on the CPU, contiguous, in ``storage_dtype``.
 
     float32 storage converts every tensor to float32 (as format version 1 always did); half-precision
@@ -63,15 +64,15 @@ def computed_state(state: dict) -> dict:
             for key, value in state.items()}
 
 
-def stored_copy(model: AttentionUNet, storage_dtype: str) -> AttentionUNet:
+def stored_copy(model: nn.Module, storage_dtype: str) -> nn.Module:
     """A new model with the weights that saving ``model`` in ``storage_dtype`` and loading it back gives."""
-    copy = AttentionUNet(model.config)
+    copy = build_model(model.config)
     copy.load_state_dict(computed_state(stored_state(model, storage_dtype)), strict=True)
     return copy.eval()
 
 
 def save_model(
-    model: AttentionUNet,
+    model: nn.Module,
     weights_path: str | os.PathLike,
     *,
     input_size: tuple[int, int] = (256, 256),
@@ -107,7 +108,7 @@ def save_model(
     return card
 
 
-def load_model(weights_path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[AttentionUNet, ModelCard]:
+def load_model(weights_path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelCard]:
     """Load weights after verifying their sha256 against the model card; returns the model in eval mode."""
     weights_path = Path(weights_path)
     if not weights_path.is_file():
@@ -125,7 +126,7 @@ def load_model(weights_path: str | os.PathLike, device: str | torch.device = "cp
         state = load_file(str(weights_path))
     except (SafetensorError, OSError) as error:
         raise WeightsError(f"cannot read weights {weights_path}: {error}") from error
-    model = AttentionUNet(card.model_config)
+    model = build_model(card.model_config)
     mismatch = state_dict_mismatch(model.state_dict(), state)
     if mismatch:
         raise WeightsError(f"weights {weights_path} do not match the architecture in its model card: {mismatch}")

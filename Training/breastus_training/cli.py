@@ -10,11 +10,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import evaluate, export, prepare, sweep, train
+from . import ensemble, evaluate, export, prepare, sweep, train
 
 SUBCOMMANDS = {
     "prepare": (prepare, "index BUSI, group duplicates and write the train/val/test split manifest"),
     "train": (train, "train the Attention U-Net on a split manifest (resumes an existing run folder)"),
+    "ensemble": (ensemble, "join trained models of one architecture into one ensemble weights file (probabilities averaged)"),
     "sweep": (sweep, "score a grid of post-processing settings on val from one inference pass, to choose them"),
     "evaluate": (evaluate, "score saved weights on a subset of the split; write report.json, report.md and figures"),
     "export": (export, "write evaluated weights as the bundled model, with the evaluation in its model card"),
