@@ -65,13 +65,33 @@ def test_forward_averages_the_members_probabilities_attention_and_lesion_head():
                                atol=1e-6, rtol=0)
 
 
-def test_logits_stay_finite_where_every_member_is_certain():
+@pytest.mark.parametrize("biases,expected", [((1e4, 1e4), 1.0), ((-1e4, -1e4), 0.0), ((1e4, -1e4), 0.5)])
+def test_logits_are_finite_and_exact_where_the_members_are_certain(biases, expected):
     ensemble = build_model(ModelConfig(base_channels=2, depth=1, dropout=0.0, members=2)).eval()
     with torch.no_grad():
-        for member in ensemble.members:
-            member.head.bias.fill_(1e4)
+        for member, bias in zip(ensemble.members, biases):
+            member.head.bias.fill_(bias)
         logits = ensemble(torch.randn(1, 1, 8, 8))
-    assert torch.isfinite(logits).all() and float(torch.sigmoid(logits).min()) > 0.999
+    assert torch.isfinite(logits).all()
+    torch.testing.assert_close(torch.sigmoid(logits), torch.full_like(logits, expected))
+
+
+def test_bf16_autocast_gives_float32_outputs_close_to_float32():
+    torch.manual_seed(0)
+    ensemble = build_model(ModelConfig(base_channels=4, depth=2, dropout=0.0, members=2)).eval()
+    x = torch.randn(1, 1, 32, 32)
+    with torch.no_grad():
+        reference, reference_attention = ensemble(x, return_attention=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits, attention = ensemble(x, return_attention=True)
+    assert logits.dtype == torch.float32 and all(gate.dtype == torch.float32 for gate in attention)
+    torch.testing.assert_close(torch.sigmoid(logits), torch.sigmoid(reference), atol=0.05, rtol=0)
+    torch.testing.assert_close(attention[-1], reference_attention[-1], atol=0.05, rtol=0)
+
+
+def test_card_names_members_only_for_an_ensemble():
+    assert "members" not in CONFIG.to_dict()  # single-model cards stay readable by versions before ensembles
+    assert ModelConfig.from_dict(ModelConfig(members=2).to_dict()).members == 2
 
 
 def test_joined_file_segments_like_the_mean_of_its_members(tmp_path, frame):
@@ -100,8 +120,35 @@ def test_joined_file_round_trips_and_stores_in_half_precision(tmp_path):
     original, _ = load_model(tmp_path / "member1.safetensors")
     for key, value in original.state_dict().items():
         assert torch.equal(model.state_dict()[f"members.1.{key}"], value), key
-    half = stored_copy(model, "float16")
-    assert isinstance(half, AttentionUNetEnsemble) and len(half.members) == 2
+    half_path = tmp_path / "half.safetensors"
+    save_model(model, half_path, input_size=(64, 64), postprocessing=UNTUNED_POSTPROCESSING, storage_dtype="float16")
+    half, half_card = load_model(half_path)
+    assert isinstance(half, AttentionUNetEnsemble) and half_card.model_config.members == 2
+    for key, value in stored_copy(model, "float16").state_dict().items():
+        assert torch.equal(half.state_dict()[key], value), key
+
+
+def test_lesion_head_of_an_ensemble_reaches_the_segmenter(tmp_path, frame):
+    config = ModelConfig(base_channels=4, depth=2, dropout=0.0, lesion_head=True)
+    members = [saved_member(tmp_path, seed, config=config) for seed in (0, 1)]
+    join_models(members, tmp_path / "ensemble.safetensors")
+    joined = LesionSegmenter.from_weights(tmp_path / "ensemble.safetensors", device="cpu")
+    assert joined.has_lesion_head
+    heads = [float(LesionSegmenter.from_weights(path, device="cpu").segment(frame).lesion_probability[0])
+             for path in members]
+    result = joined.segment(frame)
+    assert float(result.lesion_probability[0]) == pytest.approx(sum(heads) / 2, abs=1e-5)
+    bar = joined.postprocessing.with_overrides(min_lesion_probability=0.999, min_mean_probability=0.0,
+                                               min_area_fraction=0.0, threshold=0.01)
+    assert result.raw_mask.any() and not joined.segment(frame, postprocessing=bar).processed_mask.any()
+
+
+def test_an_ensemble_cannot_start_a_training_run(tmp_path):
+    from breastus_training.train import initialise_from
+
+    join_models([saved_member(tmp_path, seed) for seed in (0, 1)], tmp_path / "ensemble.safetensors")
+    with pytest.raises(ValueError, match="ensemble of 2 networks; start from one of its members"):
+        initialise_from(build_model(CONFIG), str(tmp_path / "ensemble.safetensors"), verbose=False)
 
 
 def test_join_refuses_what_cannot_be_averaged(tmp_path):
@@ -116,12 +163,21 @@ def test_join_refuses_what_cannot_be_averaged(tmp_path):
     with pytest.raises(EnsembleError, match="input size"):
         join_models([first, larger], output)
     other_split = saved_member(tmp_path, 3, training={**SHARED, "split_sha256": "cd" * 32})
-    with pytest.raises(EnsembleError, match="split_sha256"):
+    with pytest.raises(EnsembleError, match="split sha256"):
         join_models([first, other_split], output)
+    other_data = saved_member(tmp_path, 5, training={**SHARED, "datasets": [{"name": "BUSI"}]})
+    with pytest.raises(EnsembleError, match="datasets"):
+        join_models([first, other_data], output)
+    with pytest.raises(EnsembleError, match="same weights"):
+        join_models([first, first], output)
+    with pytest.raises(EnsembleError, match="one of the --weights files"):
+        join_models([first, saved_member(tmp_path, 6)], first, force=True)
     nested = saved_member(tmp_path, 4, config=ModelConfig(base_channels=4, depth=2, dropout=0.0, members=2))
     with pytest.raises(EnsembleError, match="already an ensemble"):
         join_models([first, nested], output)
     assert not output.exists()
+    same_split_other_path = saved_member(tmp_path, 7, training={**SHARED, "split": "/elsewhere/s.json"})
+    assert join_models([first, same_split_other_path], output).training["split"] == SHARED["split"]
 
 
 def test_command_line_writes_once_and_names_the_problem(tmp_path, capsys):

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import save_file
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench_models import build_model
+from bench_models import benchmark_model
 from bench_settings import Settings
 from bench_timing import peak_rss_mib, time_calls, time_interleaved
 
@@ -70,7 +70,7 @@ def measure_cpu_speed(keys: list[str], settings: Settings, threads: int, channel
     torch.set_num_threads(threads)
     models = {}
     for key in keys:
-        model, _source = build_model(key, weights)
+        model, _source = benchmark_model(key, weights)
         models[key] = model.to(memory_format=torch.channels_last) if channels_last else model
     size = settings.input_size
     single, batch = _input(1, size, channels_last), _input(settings.cpu_batch, size, channels_last)
@@ -129,7 +129,7 @@ def measure_model(key: str, settings: Settings, threads: int, channels_last: boo
     """Size, FLOPs, CPU memory and GPU speed of one model; memory readings come before anything else allocates."""
     torch.set_num_threads(threads)
     base_rss = peak_rss_mib()
-    model, source = build_model(key, weights)
+    model, source = benchmark_model(key, weights)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     result = {"model": key, "source": source, "threads": torch.get_num_threads(), "base_rss_mib": base_rss}

@@ -42,7 +42,7 @@ def monai_available() -> bool:
     return importlib.util.find_spec("monai") is not None
 
 
-def build_model(key: str, weights: Path | None = None) -> tuple[nn.Module, str]:
+def benchmark_model(key: str, weights: Path | None = None) -> tuple[nn.Module, str]:
     """The network for ``key`` in eval mode, and a note on where its architecture came from.
 
     Ours loads ``weights`` if given, else the bundled weights, else is the default ``ModelConfig``.

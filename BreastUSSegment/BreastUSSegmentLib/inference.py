@@ -18,7 +18,7 @@ from .boxes import (
     CONTEXT_MARGIN, FRAME_WEIGHT, NO_LESION_PROBABILITY, Box, boxes_for_frames, check_frame_weight, grow_box,
 )
 from .device import cpu_has_native_bf16, select_device
-from .model import AttentionUNet
+from .model import AttentionUNet, AttentionUNetEnsemble
 from .postprocessing import PostprocessOptions, check_lesion_head, postprocess_box, postprocess_frames
 from .preprocessing import normalize_intensity, prepare_frames, resize_frames, to_grayscale_frames
 from .weights import ModelCard, WeightsError, load_model
@@ -83,11 +83,12 @@ class NetworkOutput(NamedTuple):
 
 
 class LesionSegmenter:
-    """Runs an :class:`AttentionUNet` on frames of any size, dtype and colour layout."""
+    """Runs an :class:`AttentionUNet` (or an ensemble of them, :class:`AttentionUNetEnsemble`) on frames of any
+    size, dtype and colour layout."""
 
     def __init__(
         self,
-        model: AttentionUNet,
+        model: AttentionUNet | AttentionUNetEnsemble,
         input_size: tuple[int, int],
         postprocessing: PostprocessOptions,
         device: str | torch.device = "auto",

@@ -233,9 +233,12 @@ class AttentionUNetEnsemble(nn.Module):
 
 
 def _logit_of_mean(logits: list[torch.Tensor]) -> torch.Tensor:
-    """The logit of the members' mean probability, in float32 (finite where the mean is 0 or 1)."""
-    probability = torch.stack([torch.sigmoid(value.float()) for value in logits]).mean(0)
-    return torch.logit(probability, eps=1e-7)
+    """The logit of the members' mean probability, in float32, exactly and finite for any finite logits.
+
+    logit(mean p) = log(sum p) - log(sum (1 - p)), with log p = logsigmoid(z) and log(1 - p) = logsigmoid(-z).
+    """
+    stacked = torch.stack([value.float() for value in logits])
+    return torch.logsumexp(F.logsigmoid(stacked), 0) - torch.logsumexp(F.logsigmoid(-stacked), 0)
 
 
 def build_model(config: ModelConfig | None = None) -> nn.Module:

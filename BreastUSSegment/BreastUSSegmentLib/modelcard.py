@@ -62,7 +62,12 @@ class ModelConfig:
         return 2**self.depth
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The card's architecture block; ``members`` only for an ensemble, so single-model cards stay readable
+        by versions from before ensembles."""
+        values = asdict(self)
+        if self.members == 1:
+            del values["members"]
+        return values
 
     @classmethod
     def from_dict(cls, values: dict) -> "ModelConfig":

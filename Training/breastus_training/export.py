@@ -26,7 +26,7 @@ from tqdm import tqdm
 from BreastUSSegmentLib import BUNDLED_WEIGHTS
 from BreastUSSegmentLib.inference import LesionSegmenter
 from BreastUSSegmentLib.metrics import dice_score
-from BreastUSSegmentLib.model import AttentionUNet
+from BreastUSSegmentLib.model import AttentionUNet, AttentionUNetEnsemble
 from BreastUSSegmentLib.postprocessing import PostprocessOptions
 from BreastUSSegmentLib.weights import (
     STORAGE_DTYPES, ModelCard, WeightsError, card_path_for, check_storage_dtype, load_model, save_model, sha256_of_file,
@@ -109,7 +109,7 @@ def summary_metrics(summary: dict) -> dict:
 
 
 def storage_agreement(
-    model: AttentionUNet,
+    model: AttentionUNet | AttentionUNetEnsemble,
     input_size: tuple[int, int],
     postprocessing: PostprocessOptions,
     storage_dtype: str,

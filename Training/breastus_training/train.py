@@ -270,6 +270,9 @@ def initialise_from(model: AttentionUNet, weights_path: str, verbose: bool) -> N
     A model without a lesion head may start one that has it: the head alone keeps its fresh initialisation.
     """
     source, card = load_model(weights_path)
+    if card.model_config.members != 1:
+        raise ValueError(f"--init-weights {weights_path} is an ensemble of {card.model_config.members} networks; "
+                         "start from one of its members (the files named in its card's training.members)")
     adds_head = model.config.lesion_head and not card.model_config.lesion_head
     if replace(card.model_config, lesion_head=model.config.lesion_head) != model.config or (
             card.model_config.lesion_head and not model.config.lesion_head):
