@@ -524,3 +524,49 @@ def test_evaluate_box_options_need_a_box_margin(busi, capsys):
     code = cli.main(["evaluate", "--data", str(busi["data"]), "--split", str(busi["split"]), "--weights",
                      str(busi["full"]), "--output", str(busi["root"] / "x"), "--box-jitter", "0.1", "--no-progress"])
     assert code != 0 and "--box-margin" in capsys.readouterr().err
+
+
+def sweep_row(threshold, confidence, all_image_dice, area=0.005, largest=False):
+    return {"threshold": threshold, "min_area_fraction": area, "min_mean_probability": confidence,
+            "keep_largest": largest, "min_lesion_probability": 0.0, "all_image_dice": all_image_dice}
+
+
+def test_sweep_rule_takes_the_best_row_and_breaks_ties_by_confidence_then_threshold():
+    rows = [sweep_row(0.5, 0.8, 0.7536), sweep_row(0.6, 0.8, 0.7527), sweep_row(0.4, 0.75, 0.7400),
+            sweep_row(0.6, 0.85, 0.7500)]
+    assert sweep.choose_row({"rows": rows}) == 1  # 0.7527 ties with 0.7536: same confidence, higher threshold
+    rows[2]["all_image_dice"] = 0.7520
+    assert sweep.choose_row({"rows": rows}) == 2  # now in the tie, with the lower minimum confidence
+    rows[0]["all_image_dice"] = 0.7600
+    assert sweep.choose_row({"rows": rows}) == 0  # the others fall out of the tie
+
+
+def test_sweep_rule_keeps_each_dataset_above_its_floor():
+    rows = [sweep_row(0.5, 0.8, 0.77), sweep_row(0.6, 0.85, 0.76), sweep_row(0.4, 0.0, 0.70)]
+    part = {"rows": [{"lesion_dice": dice} for dice in (0.70, 0.72, 0.80)]}
+    record = {"rows": rows, "per_dataset": {"BrEaST": part, "BUSI": {"rows": [{"lesion_dice": 0.9}] * 3}}}
+    assert sweep.choose_row(record) == 0
+    assert sweep.choose_row(record, {"BrEaST": 0.715}) == 1
+    assert sweep.choose_row(record, {"BrEaST": 0.9}) is None
+    with pytest.raises(ValueError, match="no dataset Other"):
+        sweep.choose_row(record, {"Other": 0.5})
+
+
+def test_sweep_records_and_prints_the_rules_choice(busi, capsys):
+    record = run_sweep(busi, busi["full"], "chosen", "--subset", "train", "--thresholds", "0.4", "0.6",
+                       "--min-confidences", "0", "0.7")
+    assert record["chosen"]["index"] == sweep.choose_row(record) is not None
+    assert record["chosen"]["min_dataset_lesion_dice"] == {}
+    chosen = record["rows"][record["chosen"]["index"]]
+    assert f"Chosen by the rule (highest all-image Dice; ties within {sweep.TIE_ALL_IMAGE_DICE}" in capsys.readouterr().out
+    assert f"threshold {chosen['threshold']}," in (busi["root"] / "sweeps" / "chosen" / "sweep.md").read_text()
+
+
+def test_sweep_refuses_a_floor_it_cannot_apply_before_segmenting(busi, capsys):
+    arguments = ["sweep", "--data", str(busi["data"]), "--split", str(busi["split"]), "--weights", str(busi["full"]),
+                 "--subset", "train", "--no-progress"]
+    assert cli.main(arguments + ["--min-dataset-lesion-dice", "BUSI=0.5"]) == 2
+    assert "a single dataset (no per-dataset rows)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(arguments + ["--min-dataset-lesion-dice", "BrEaST"])
+    assert "expected NAME=DICE" in capsys.readouterr().err

@@ -10,6 +10,12 @@ false lesion, and one number that weighs both by their share of the subset:
 the mean Dice over all images, where a normal image scores 1 when nothing is
 predicted on it and 0 otherwise. A setting not listed keeps the model card's value.
 
+The sweep also names the setting the project's rule chooses (``choose_row``):
+the highest all-image Dice among the rows that keep every dataset's lesion Dice
+at or above its floor (``--min-dataset-lesion-dice``); rows within
+``TIE_ALL_IMAGE_DICE`` of the best tie, and a tie goes to the lower minimum
+mean probability, then the higher threshold.
+
 The test split is refused: settings chosen on it would make its numbers
 optimistic.
 """
@@ -38,6 +44,7 @@ from .busi import LESION_CLASSES, NORMAL_CLASS, load_case, load_manifest
 from .datasets import DataRoots
 
 SWEEP_SUBSETS = ("train", "val")
+TIE_ALL_IMAGE_DICE = 0.002  # all-image Dice differences below this are ties (about a quarter of one image of 103)
 SWEPT_SETTINGS = ("threshold", "min_area_fraction", "min_mean_probability", "keep_largest", "min_lesion_probability")
 
 
@@ -153,6 +160,43 @@ def sweep_split(
     }
 
 
+def choose_row(record: dict, min_dataset_lesion_dice: dict | None = None) -> int | None:
+    """Index of the row the rule chooses (module docstring), or None when no row meets the floors.
+
+    ``min_dataset_lesion_dice`` maps a dataset name of ``record["per_dataset"]`` to its lowest allowed lesion Dice.
+    """
+    rows = record["rows"]
+    floors = min_dataset_lesion_dice or {}
+    parts = record.get("per_dataset") or {}
+    unknown = sorted(set(floors) - set(parts))
+    if unknown:
+        raise ValueError(f"no dataset {', '.join(unknown)} in this sweep (it has: {', '.join(parts) or 'one, unnamed'})")
+    allowed = [index for index in range(len(rows))
+               if all(parts[name]["rows"][index]["lesion_dice"] >= floor for name, floor in floors.items())]
+    if not allowed:
+        return None
+    best = max(rows[index]["all_image_dice"] for index in allowed)
+    tied = [index for index in allowed if rows[index]["all_image_dice"] >= best - TIE_ALL_IMAGE_DICE]
+    return min(tied, key=lambda index: (rows[index]["min_mean_probability"], -rows[index]["threshold"],
+                                        -rows[index]["all_image_dice"], index))
+
+
+def describe_choice(record: dict) -> str:
+    """One line: the setting the rule chose and its scores, or why none was."""
+    choice = record["chosen"]
+    floors = ", ".join(f"{name} lesion Dice >= {floor}" for name, floor in choice["min_dataset_lesion_dice"].items())
+    if choice["index"] is None:
+        return f"Chosen by the rule: none (no setting keeps {floors})"
+    row = record["rows"][choice["index"]]
+    return (f"Chosen by the rule (highest all-image Dice{'; ' + floors if floors else ''}; ties within "
+            f"{TIE_ALL_IMAGE_DICE}: lower min mean prob., then higher threshold): threshold {row['threshold']}, "
+            f"min area {row['min_area_fraction']}, min mean prob. {row['min_mean_probability']}, keep largest "
+            f"{'yes' if row['keep_largest'] else 'no'}, min lesion prob. {row['min_lesion_probability']}: "
+            f"all-image Dice {row['all_image_dice']:.4f}, lesion Dice {row['lesion_dice']:.4f}, "
+            f"{row['lesions_missed']}/{record['lesion_images']} lesions missed, "
+            f"{row['normal_false_positives']}/{record['normal_images']} normal FP")
+
+
 def markdown_table(record: dict) -> str:
     """The sweep as Markdown tables, one row per setting: all datasets together, then each dataset."""
     lines = [
@@ -160,6 +204,7 @@ def markdown_table(record: dict) -> str:
         f"weights sha256 `{record['weights']['sha256'][:12]}…`, test-time flip: "
         f"{'yes' if record['test_time_flip'] else 'no'}, bfloat16 on the CPU: {'yes' if record.get('cpu_bf16') else 'no'}",
         "",
+        *([describe_choice(record), ""] if "chosen" in record else []),
         *setting_rows(record),
     ]
     for name, part in record.get("per_dataset", {}).items():
@@ -203,9 +248,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: the model card's)")
     parser.add_argument("--test-time-flip", action=argparse.BooleanOptionalAction, default=None,
                         help="average with a horizontally flipped pass (default: the model card's)")
+    parser.add_argument("--min-dataset-lesion-dice", action="append", default=[], metavar="NAME=DICE",
+                        type=dataset_floor,
+                        help="the rule's choice keeps this dataset's lesion Dice at or above DICE, e.g. BrEaST=0.715; "
+                             "repeat for each dataset")
     parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="where the network runs (default: auto)")
     parser.add_argument("--output", type=Path, help="write sweep.json and sweep.md into this folder")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def check_floors(floors: dict, manifest, subset: str) -> None:
+    """ValueError unless every dataset named in ``floors`` has its own rows in a sweep of ``subset``."""
+    names = sorted(dict.fromkeys(case.dataset for case in manifest.cases_for(subset)))
+    unknown = sorted(set(floors) - set(names)) if len(names) > 1 else sorted(floors)
+    if unknown:
+        raise ValueError(f"--min-dataset-lesion-dice names {', '.join(unknown)}, but the {subset} subset has "
+                         f"{'the datasets ' + ', '.join(names) if len(names) > 1 else 'a single dataset (no per-dataset rows)'}")
+
+
+def dataset_floor(text: str) -> tuple[str, float]:
+    """``NAME=DICE`` of ``--min-dataset-lesion-dice`` as (name, floor)."""
+    name, separator, value = text.partition("=")
+    try:
+        floor = float(value)
+    except ValueError:
+        floor = float("nan")
+    if not separator or not name or not 0.0 <= floor <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected NAME=DICE with DICE in [0, 1], e.g. BrEaST=0.715, got {text!r}")
+    return name, floor
 
 
 def run(args: argparse.Namespace) -> int:
@@ -213,6 +283,8 @@ def run(args: argparse.Namespace) -> int:
                    "min_mean_probabilities": args.min_confidences,
                    "min_lesion_probabilities": args.min_lesion_probabilities,
                    "keep_largest": None if args.keep_largest is None else [choice == "yes" for choice in args.keep_largest]}
+    floors = dict(args.min_dataset_lesion_dice)
+    check_floors(floors, load_manifest(args.split), args.subset)  # before the slow part
     # Bad weights and an unavailable device are input errors: the command line reports them without a traceback.
     try:
         device = select_device(args.device)
@@ -223,6 +295,8 @@ def run(args: argparse.Namespace) -> int:
                             test_time_flip=args.test_time_flip, device=device, progress=not args.no_progress)
     except WeightsError as error:
         raise ValueError(str(error)) from error
+    record["chosen"] = {"index": choose_row(record, floors), "min_dataset_lesion_dice": floors,
+                        "tie_all_image_dice": TIE_ALL_IMAGE_DICE}
     table = markdown_table(record)
     if args.output is not None:
         write_sweep(args.output, record, table)
