@@ -539,6 +539,18 @@ def test_sweep_rule_takes_the_best_row_and_breaks_ties_by_confidence_then_thresh
     assert sweep.choose_row({"rows": rows}) == 2  # now in the tie, with the lower minimum confidence
     rows[0]["all_image_dice"] = 0.7600
     assert sweep.choose_row({"rows": rows}) == 0  # the others fall out of the tie
+    rows.append(sweep_row(0.4, 0.0, 0.7600 - 0.0025))  # lower confidence, just outside the tie
+    assert sweep.choose_row({"rows": rows}) == 0
+    rows.append(sweep_row(0.4, 0.0, 0.7600 - 0.002))  # exactly at the tie's edge: inside
+    assert sweep.choose_row({"rows": rows}) == len(rows) - 1
+
+
+def test_sweep_rule_breaks_exact_ties_toward_the_model_cards_settings():
+    rows = [sweep_row(0.6, 0.8, 0.75, area=0.001), sweep_row(0.6, 0.8, 0.75, area=0.005),
+            sweep_row(0.6, 0.8, 0.75, area=0.01)]
+    assert sweep.choose_row({"rows": rows}) == 0  # no card in the record: the first listed
+    card = {"threshold": 0.5, "min_area_fraction": 0.005, "min_mean_probability": 0.0, "keep_largest": True}
+    assert sweep.choose_row({"rows": rows, "card_postprocessing": card}) == 1
 
 
 def test_sweep_rule_keeps_each_dataset_above_its_floor():
@@ -547,8 +559,10 @@ def test_sweep_rule_keeps_each_dataset_above_its_floor():
     record = {"rows": rows, "per_dataset": {"BrEaST": part, "BUSI": {"rows": [{"lesion_dice": 0.9}] * 3}}}
     assert sweep.choose_row(record) == 0
     assert sweep.choose_row(record, {"BrEaST": 0.715}) == 1
+    assert sweep.choose_row(record, {"BrEaST": 0.72}) == 1  # a row exactly at its floor is allowed
     assert sweep.choose_row(record, {"BrEaST": 0.9}) is None
-    with pytest.raises(ValueError, match="no dataset Other"):
+    assert sweep.choose_row(record, {"BrEaST": 0.715, "BUSI": 0.95}) is None  # every floor must hold
+    with pytest.raises(ValueError, match="no per-dataset rows for Other"):
         sweep.choose_row(record, {"Other": 0.5})
 
 
@@ -562,11 +576,17 @@ def test_sweep_records_and_prints_the_rules_choice(busi, capsys):
     assert f"threshold {chosen['threshold']}," in (busi["root"] / "sweeps" / "chosen" / "sweep.md").read_text()
 
 
-def test_sweep_refuses_a_floor_it_cannot_apply_before_segmenting(busi, capsys):
+def test_sweep_refuses_a_floor_it_cannot_apply_before_segmenting(busi, capsys, monkeypatch):
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the sweep started before its floors were checked")
+
+    monkeypatch.setattr(sweep, "sweep_split", must_not_run)
     arguments = ["sweep", "--data", str(busi["data"]), "--split", str(busi["split"]), "--weights", str(busi["full"]),
                  "--subset", "train", "--no-progress"]
     assert cli.main(arguments + ["--min-dataset-lesion-dice", "BUSI=0.5"]) == 2
-    assert "a single dataset (no per-dataset rows)" in capsys.readouterr().err
+    assert "one dataset, so no per-dataset rows" in capsys.readouterr().err
+    assert cli.main(arguments + ["--min-dataset-lesion-dice", "BUSI=0.5", "--min-dataset-lesion-dice", "BUSI=0.4"]) == 2
+    assert "gives BUSI more than once" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(arguments + ["--min-dataset-lesion-dice", "BrEaST"])
     assert "expected NAME=DICE" in capsys.readouterr().err

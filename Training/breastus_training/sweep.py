@@ -14,7 +14,8 @@ The sweep also names the setting the project's rule chooses (``choose_row``):
 the highest all-image Dice among the rows that keep every dataset's lesion Dice
 at or above its floor (``--min-dataset-lesion-dice``); rows within
 ``TIE_ALL_IMAGE_DICE`` of the best tie, and a tie goes to the lower minimum
-mean probability, then the higher threshold.
+mean probability, then the higher threshold, then the higher all-image Dice,
+then the row with the most settings equal to the model card's.
 
 The test split is refused: settings chosen on it would make its numbers
 optimistic.
@@ -44,7 +45,7 @@ from .busi import LESION_CLASSES, NORMAL_CLASS, load_case, load_manifest
 from .datasets import DataRoots
 
 SWEEP_SUBSETS = ("train", "val")
-TIE_ALL_IMAGE_DICE = 0.002  # all-image Dice differences below this are ties (about a quarter of one image of 103)
+TIE_ALL_IMAGE_DICE = 0.002  # rows this close to the best all-image Dice (or closer) tie with it
 SWEPT_SETTINGS = ("threshold", "min_area_fraction", "min_mean_probability", "keep_largest", "min_lesion_probability")
 
 
@@ -148,6 +149,7 @@ def sweep_split(
         "split": {"path": str(split_path), "sha256": manifest.sha256},
         "test_time_flip": segmenter.postprocessing.test_time_flip,
         "cpu_bf16": segmenter.cpu_bf16,
+        "card_postprocessing": card.postprocess_options.to_dict(),
         "fixed_postprocessing": {key: value for key, value in segmenter.postprocessing.to_dict().items()
                                  if key not in SWEPT_SETTINGS},
         "lesion_images": tally.lesion_images,
@@ -170,15 +172,21 @@ def choose_row(record: dict, min_dataset_lesion_dice: dict | None = None) -> int
     parts = record.get("per_dataset") or {}
     unknown = sorted(set(floors) - set(parts))
     if unknown:
-        raise ValueError(f"no dataset {', '.join(unknown)} in this sweep (it has: {', '.join(parts) or 'one, unnamed'})")
+        raise ValueError(f"this sweep has no per-dataset rows for {', '.join(unknown)} "
+                         f"({'it has ' + ', '.join(parts) if parts else 'it covers a single dataset'})")
     allowed = [index for index in range(len(rows))
                if all(parts[name]["rows"][index]["lesion_dice"] >= floor for name, floor in floors.items())]
     if not allowed:
         return None
     best = max(rows[index]["all_image_dice"] for index in allowed)
     tied = [index for index in allowed if rows[index]["all_image_dice"] >= best - TIE_ALL_IMAGE_DICE]
+    card = record.get("card_postprocessing", {})
+
+    def settings_unlike_the_card(row: dict) -> int:
+        return sum(1 for key in SWEPT_SETTINGS if key in card and row.get(key) != card[key])
+
     return min(tied, key=lambda index: (rows[index]["min_mean_probability"], -rows[index]["threshold"],
-                                        -rows[index]["all_image_dice"], index))
+                                        -rows[index]["all_image_dice"], settings_unlike_the_card(rows[index]), index))
 
 
 def describe_choice(record: dict) -> str:
@@ -257,23 +265,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def check_floors(floors: dict, manifest, subset: str) -> None:
-    """ValueError unless every dataset named in ``floors`` has its own rows in a sweep of ``subset``."""
-    names = sorted(dict.fromkeys(case.dataset for case in manifest.cases_for(subset)))
-    unknown = sorted(set(floors) - set(names)) if len(names) > 1 else sorted(floors)
+def check_floors(floors: list[tuple[str, float]], manifest, subset: str) -> dict:
+    """The floors as a dict; ValueError for a name given twice or a dataset without its own rows in a sweep of
+    ``subset`` (a sweep has per-dataset rows only when the subset holds two datasets or more)."""
+    names = sorted({case.dataset for case in manifest.cases_for(subset)})
+    given = [name for name, _ in floors]
+    repeated = sorted({name for name in given if given.count(name) > 1})
+    if repeated:
+        raise ValueError(f"--min-dataset-lesion-dice gives {', '.join(repeated)} more than once")
+    unknown = sorted(set(given) - set(names)) if len(names) > 1 else sorted(given)
     if unknown:
-        raise ValueError(f"--min-dataset-lesion-dice names {', '.join(unknown)}, but the {subset} subset has "
-                         f"{'the datasets ' + ', '.join(names) if len(names) > 1 else 'a single dataset (no per-dataset rows)'}")
+        has = f"the datasets {', '.join(names)}" if len(names) > 1 else "one dataset, so no per-dataset rows"
+        raise ValueError(f"--min-dataset-lesion-dice names {', '.join(unknown)}, but the {subset} subset has {has}")
+    return dict(floors)
 
 
 def dataset_floor(text: str) -> tuple[str, float]:
     """``NAME=DICE`` of ``--min-dataset-lesion-dice`` as (name, floor)."""
-    name, separator, value = text.partition("=")
+    name, separator, value = (part.strip() for part in text.partition("="))
     try:
-        floor = float(value)
+        floor = float(value) if separator and name else None
     except ValueError:
-        floor = float("nan")
-    if not separator or not name or not 0.0 <= floor <= 1.0:
+        floor = None
+    if floor is None or not 0.0 <= floor <= 1.0:
         raise argparse.ArgumentTypeError(f"expected NAME=DICE with DICE in [0, 1], e.g. BrEaST=0.715, got {text!r}")
     return name, floor
 
@@ -283,8 +297,7 @@ def run(args: argparse.Namespace) -> int:
                    "min_mean_probabilities": args.min_confidences,
                    "min_lesion_probabilities": args.min_lesion_probabilities,
                    "keep_largest": None if args.keep_largest is None else [choice == "yes" for choice in args.keep_largest]}
-    floors = dict(args.min_dataset_lesion_dice)
-    check_floors(floors, load_manifest(args.split), args.subset)  # before the slow part
+    floors = check_floors(args.min_dataset_lesion_dice, load_manifest(args.split), args.subset)  # before the slow part
     # Bad weights and an unavailable device are input errors: the command line reports them without a traceback.
     try:
         device = select_device(args.device)
