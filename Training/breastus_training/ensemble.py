@@ -19,7 +19,9 @@ from pathlib import Path
 
 from BreastUSSegmentLib.model import AttentionUNetEnsemble
 from BreastUSSegmentLib.postprocessing import UNTUNED_POSTPROCESSING
-from BreastUSSegmentLib.weights import ModelCard, WeightsError, card_path_for, load_model, save_model
+from BreastUSSegmentLib.weights import (
+    ModelCard, WeightsError, card_path_for, load_model, read_model_card, save_model,
+)
 
 # Provenance the members share, kept once in the ensemble's training block (taken from the first member).
 SHARED_TRAINING_KEYS = ("dataset", "datasets", "split", "split_sha256")
@@ -41,8 +43,8 @@ def join_models(weights: list[str | os.PathLike], output: str | os.PathLike, for
         raise EnsembleError(f"{existing[0]} already exists; pass --force to replace it")
     if any(path.resolve() == output.resolve() for path in paths):
         raise EnsembleError(f"the output {output} is one of the --weights files; write the ensemble elsewhere")
+    check_members(paths, [read_model_card(path) for path in paths])  # the small cards first, before any weights
     loaded = [load_model(path, device="cpu") for path in paths]
-    check_members(paths, [card for _, card in loaded])
     first_card = loaded[0][1]
     ensemble = AttentionUNetEnsemble(replace(first_card.model_config, members=len(paths)))
     for member, (model, _) in zip(ensemble.members, loaded):
