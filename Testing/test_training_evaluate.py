@@ -590,3 +590,13 @@ def test_sweep_refuses_a_floor_it_cannot_apply_before_segmenting(busi, capsys, m
     with pytest.raises(SystemExit):
         cli.main(arguments + ["--min-dataset-lesion-dice", "BrEaST"])
     assert "expected NAME=DICE" in capsys.readouterr().err
+
+
+def test_intervals_of_an_evaluate_report_are_centred_on_its_summary(full_report, capsys):
+    output, report = full_report
+    assert cli.main(["intervals", "--report", str(output / "report.json"), "--resamples", "300"]) == 0
+    summary = report["summary"]["processed"]
+    out = capsys.readouterr().out
+    lesions = summary["lesion"]["images"]
+    assert f"| BUSI | lesion Dice | {lesions} | {summary['lesion']['dice_mean']:.3f} |" in out
+    assert f"| BUSI | all-image Dice | {len(report['cases'])} | {summary['all_image_dice']:.3f} |" in out
