@@ -282,3 +282,13 @@ def test_release_snapshot_is_one_commit_of_head_and_a_full_clone_of_it_is_under_
     again = subprocess.run(["bash", str(ROOT / "scripts" / "release_snapshot.sh"), str(snapshot)],
                            capture_output=True, text=True)
     assert again.returncode == 2 and "already exists" in again.stderr
+
+
+if __name__ == "__main__":  # print the sizes the checks above measure: python Testing/test_extension_index.py
+    head_objects = [line.split()[2] for line in git("ls-tree", "-r", "-t", "HEAD").splitlines()]
+    history_objects = [line.split()[0] for line in git("rev-list", "--objects", "HEAD").splitlines()]
+    files, mib = checkout_size(), 2**20
+    print(f"HEAD {git('rev-parse', '--short', 'HEAD').strip()}: tracked files {files / mib:.1f} MiB; "
+          f"one commit {(files + packed_size(head_objects)) / mib:.1f} MiB "
+          f"(git objects {packed_size(head_objects) / mib:.1f} MiB); "
+          f"full clone {(files + packed_size(history_objects)) / mib:.1f} MiB; limit {SIZE_LIMIT_BYTES / mib:.0f} MiB")
