@@ -9,17 +9,26 @@ from breastus_training import cli, intervals
 from breastus_training.evaluate import REPORT_FORMAT_VERSION, summarize_rows
 
 
-def row(dataset, label, dice, predicted_pixels=None):
-    """One per-case row as evaluate writes it (processed scores; IoU derived from Dice)."""
+def scores(dice, predicted_pixels):
+    return {"dice": float(dice), "iou": float(dice / (2 - dice)), "hd95_px": None, "intersection": 0, "union": 1,
+            "predicted_pixels": int(predicted_pixels)}
+
+
+def row(dataset, label, dice, predicted_pixels=None, raw_dice=None):
+    """One per-case row as evaluate writes it (IoU derived from Dice; the raw mask scores ``raw_dice``,
+    by default half the processed Dice, so that a mix-up of the two modes shows)."""
     if predicted_pixels is None:
         predicted_pixels = 0 if dice == 0 and label != "normal" else 100
-    scores = {"dice": float(dice), "iou": float(dice / (2 - dice)), "hd95_px": None, "intersection": 0, "union": 1,
-              "predicted_pixels": int(predicted_pixels)}
-    return {"id": f"{label}-{dataset}", "dataset": dataset, "label": label, "raw": scores, "processed": scores}
+    raw_dice = dice / 2 if raw_dice is None else raw_dice
+    return {"id": f"{label}-{dataset}", "dataset": dataset, "label": label,
+            "raw": scores(raw_dice, 0 if raw_dice == 0 and label != "normal" else 100),
+            "processed": scores(dice, predicted_pixels)}
 
 
 def normal(dataset, false_lesion):
-    return row(dataset, "normal", 0.0 if false_lesion else 1.0, 50 if false_lesion else 0)
+    row_ = row(dataset, "normal", 0.0 if false_lesion else 1.0, 50 if false_lesion else 0)
+    row_["raw"] = scores(0.0, 50)  # the raw mask always marks something
+    return row_
 
 
 def random_rows(seed=0):
@@ -34,9 +43,9 @@ def random_rows(seed=0):
 
 def test_values_are_the_reports_own_summary_numbers():
     rows = random_rows()
-    for group in (rows, [r for r in rows if r["dataset"] == "BUSI"]):
-        stats = intervals.bootstrap(group, resamples=50)
-        summary = summarize_rows(group)["processed"]
+    for group, mode in ((rows, "processed"), ([r for r in rows if r["dataset"] == "BUSI"], "processed"), (rows, "raw")):
+        stats = intervals.intervals_of(group, mode, resamples=50)
+        summary = summarize_rows(group)[mode]
         assert stats["lesion_dice"]["value"] == pytest.approx(summary["lesion"]["dice_mean"])
         assert stats["lesion_iou"]["value"] == pytest.approx(summary["lesion"]["iou_mean"])
         assert stats["lesions_empty"]["value"] == pytest.approx(summary["lesion"]["empty"] / summary["lesion"]["images"])
@@ -46,7 +55,7 @@ def test_values_are_the_reports_own_summary_numbers():
 
 def test_interval_of_a_fair_coin_has_the_binomial_width():
     rows = [row("BUSI", "benign", float(i % 2)) for i in range(100)]
-    stats = intervals.bootstrap(rows, resamples=4000, seed=3)["lesion_dice"]
+    stats = intervals.intervals_of(rows, resamples=4000, seed=3)["lesion_dice"]
     # Binomial(100, 0.5) / 100: 95% of the mass within about 0.5 -+ 0.098.
     assert stats["value"] == 0.5
     assert 0.38 < stats["low"] < 0.42 and 0.58 < stats["high"] < 0.62
@@ -55,7 +64,7 @@ def test_interval_of_a_fair_coin_has_the_binomial_width():
 
 def test_more_images_give_a_narrower_interval():
     def width(count):
-        stats = intervals.bootstrap([row("BUSI", "benign", float(i % 2)) for i in range(count)], resamples=3000)
+        stats = intervals.intervals_of([row("BUSI", "benign", float(i % 2)) for i in range(count)], resamples=3000)
         return stats["lesion_dice"]["high"] - stats["lesion_dice"]["low"]
 
     assert width(400) < 0.6 * width(40)
@@ -63,42 +72,62 @@ def test_more_images_give_a_narrower_interval():
 
 def test_datasets_and_kinds_are_resampled_apart():
     """Each dataset keeps its count of lesion and normal images in every resample: when all of one
-    dataset's lesions score 1 and all of the other's 0, the pooled mean cannot move."""
-    rows = [row("A", "benign", 1.0) for _ in range(30)] + [row("B", "benign", 0.0) for _ in range(20)]
+    dataset's lesions score 1 and all of the other's 0, the pooled means cannot move."""
+    rows = [row("A", "benign", 1.0) for _ in range(30)] + [row("B", "benign", 0.0, 100) for _ in range(20)]
     rows += [normal("A", True) for _ in range(12)] + [normal("B", False) for _ in range(12)]
-    stats = intervals.bootstrap(rows, resamples=500)
+    stats = intervals.intervals_of(rows, resamples=500)
     assert stats["lesion_dice"] == {"images": 50, "value": 0.6, "low": pytest.approx(0.6), "high": pytest.approx(0.6)}
-    assert stats["normal_false_positives"]["low"] == pytest.approx(0.5)
-    assert stats["normal_false_positives"]["high"] == pytest.approx(0.5)
     assert stats["all_image_dice"]["low"] == pytest.approx((30 + 12) / 74)
+    assert stats["all_image_dice"]["high"] == pytest.approx((30 + 12) / 74)
+
+
+def test_shares_get_the_exact_binomial_interval_even_for_no_events():
+    rows = [row("BUSI", "benign", 0.8) for _ in range(51)]
+    stats = intervals.intervals_of(rows, resamples=100)["lesions_empty"]
+    # Clopper-Pearson for 0 of 51 at 95%: [0, 1 - 0.025 ** (1 / 51)] = [0, 0.0698]
+    assert stats["value"] == 0.0 and stats["low"] == 0.0
+    assert stats["high"] == pytest.approx(1 - 0.025 ** (1 / 51))
+    rows[0] = row("BUSI", "benign", 0.0)
+    stats = intervals.intervals_of(rows, resamples=100)["lesions_empty"]
+    assert stats["low"] == pytest.approx(1 - 0.975 ** (1 / 51))  # one of 51: the lower end solves P(X >= 1) = 0.025
+    assert 0.10 < stats["high"] < 0.11
+    stats = intervals.intervals_of([normal("BUSI", True)], resamples=100)["normal_false_positives"]
+    assert stats == {"images": 1, "value": 1.0, "low": pytest.approx(0.025), "high": 1.0}
 
 
 def test_same_seed_same_interval_and_another_seed_differs():
     rows = random_rows()
-    first = intervals.bootstrap(rows, resamples=300, seed=1)
-    assert intervals.bootstrap(rows, resamples=300, seed=1) == first
-    assert intervals.bootstrap(rows, resamples=300, seed=2)["lesion_dice"] != first["lesion_dice"]
+    first = intervals.intervals_of(rows, resamples=300, seed=1)
+    assert intervals.intervals_of(rows, resamples=300, seed=1) == first
+    assert intervals.intervals_of(rows, resamples=300, seed=2)["lesion_dice"] != first["lesion_dice"]
 
 
-def test_too_few_images_get_no_interval_and_missing_kinds_no_number():
-    rows = [row("BUSI", "benign", d) for d in np.linspace(0.2, 0.9, 12)] + [normal("BUSI", True)]
-    stats = intervals.bootstrap(rows, resamples=100)
-    assert stats["lesion_dice"]["low"] is not None
-    assert stats["normal_false_positives"] == {"images": 1, "value": 1.0, "low": None, "high": None}
-    lesions_only = intervals.bootstrap(rows[:-1], resamples=100)
-    assert lesions_only["normal_false_positives"] is None
-    table = intervals.markdown_table({"BUSI": {"images": 13, "intervals": stats}}, "processed")
-    assert "| BUSI | normal images with a false lesion | 1 | 1.000 | too few images |" in table
+def test_bootstrap_numbers_need_ten_images_and_missing_kinds_give_no_number():
+    nine = [row("BUSI", "benign", d) for d in np.linspace(0.2, 0.9, 9)]
+    assert intervals.intervals_of(nine, resamples=100)["lesion_dice"]["low"] is None
+    ten = nine + [row("BUSI", "benign", 0.5)]
+    assert intervals.intervals_of(ten, resamples=100)["lesion_dice"]["low"] is not None
+    lesions_only = intervals.intervals_of(ten, resamples=100)
+    assert lesions_only["normal_false_positives"] is None and lesions_only["all_image_dice"] is None
+    normals_only = intervals.intervals_of([normal("BUSI", i < 3) for i in range(12)], resamples=100)
+    assert normals_only["lesion_dice"] is None
+    assert normals_only["all_image_dice"]["value"] == pytest.approx(9 / 12)
+    table = intervals.markdown_table({"BUSI": intervals.intervals_of(nine, resamples=100)}, "processed")
+    assert "| BUSI | lesion Dice | 9 | 0.550 | too few images |" in table
+    assert "all-image" not in table
     with pytest.raises(ValueError, match="at least 2"):
-        intervals.bootstrap(rows, resamples=1)
+        intervals.intervals_of(ten, resamples=1)
 
 
 def test_report_intervals_cover_each_dataset_and_all_pooled():
-    result = intervals.report_intervals({"cases": random_rows()}, resamples=100)
+    rows = random_rows()
+    result = intervals.report_intervals({"cases": rows}, resamples=100)
     assert list(result) == ["BUSI", "BrEaST", "all"]
-    assert result["all"]["images"] == sum(group["images"] for name, group in result.items() if name != "all")
-    single = intervals.report_intervals({"cases": [r for r in random_rows() if r["dataset"] == "BUSI"]}, resamples=100)
-    assert list(single) == ["BUSI"]
+    assert result["all"]["all_image_dice"]["images"] == len(rows)
+    busi = [r for r in rows if r["dataset"] == "BUSI"]
+    assert list(intervals.report_intervals({"cases": busi}, resamples=100)) == ["BUSI"]
+    legacy = [{key: value for key, value in r.items() if key != "dataset"} for r in busi]  # rows before "dataset"
+    assert intervals.report_intervals({"cases": legacy}, resamples=100) == {"BUSI": intervals.intervals_of(busi, resamples=100)}
 
 
 def write_report(path, rows, version=REPORT_FORMAT_VERSION):
@@ -110,10 +139,14 @@ def test_command_line_prints_the_table_for_a_report_folder(tmp_path, capsys):
     write_report(tmp_path / "report", random_rows())
     assert cli.main(["intervals", "--report", str(tmp_path / "report"), "--resamples", "200"]) == 0
     out = capsys.readouterr().out
-    assert "95% bootstrap intervals, processed masks" in out
-    busi_dice = intervals.bootstrap([r for r in random_rows() if r["dataset"] == "BUSI"], resamples=200)["lesion_dice"]
+    assert "95% intervals, processed masks" in out
+    busi_dice = intervals.intervals_of([r for r in random_rows() if r["dataset"] == "BUSI"], resamples=200)["lesion_dice"]
     assert (f"| BUSI | lesion Dice | 64 | {busi_dice['value']:.3f} | "
             f"{busi_dice['low']:.3f} - {busi_dice['high']:.3f} |") in out
+    assert cli.main(["intervals", "--report", str(tmp_path / "report"), "--resamples", "200", "--mode", "raw"]) == 0
+    raw = intervals.intervals_of([r for r in random_rows() if r["dataset"] == "BUSI"], "raw", resamples=200)
+    assert f"| BUSI | lesion Dice | 64 | {raw['lesion_dice']['value']:.3f} |" in capsys.readouterr().out
+    assert raw["lesion_dice"]["value"] != pytest.approx(busi_dice["value"])
 
 
 def test_command_line_names_a_missing_or_foreign_report(tmp_path, capsys):
@@ -125,3 +158,14 @@ def test_command_line_names_a_missing_or_foreign_report(tmp_path, capsys):
     (tmp_path / "broken.json").write_text("{")
     assert cli.main(["intervals", "--report", str(tmp_path / "broken.json")]) == 2
     assert "cannot read the report" in capsys.readouterr().err
+    (tmp_path / "folder").mkdir()
+    assert cli.main(["intervals", "--report", str(tmp_path / "folder")]) == 2
+    assert f"{tmp_path / 'folder' / 'report.json'}: no such report" in capsys.readouterr().err
+    write_report(tmp_path / "none", [])
+    assert cli.main(["intervals", "--report", str(tmp_path / "none")]) == 2
+    assert "the report has no cases" in capsys.readouterr().err
+    rows = random_rows()
+    del rows[3]["processed"]
+    write_report(tmp_path / "partial", rows)
+    assert cli.main(["intervals", "--report", str(tmp_path / "partial")]) == 2
+    assert f"case {rows[3]['id']!r} has no label or no processed dice" in capsys.readouterr().err

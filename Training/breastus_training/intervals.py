@@ -1,17 +1,21 @@
 """``breastus-train intervals``: how much an evaluation's numbers could move with other images of the same kind.
 
-Reads the ``report.json`` that ``evaluate`` wrote and bootstraps its per-case rows:
-within each dataset, the lesion images and the normal images are each resampled
-with replacement (every group keeps its size), the summary numbers are
-recomputed for each resample, and the 2.5th and 97.5th percentiles of the
-resampled values give a 95% interval (the percentile bootstrap). Nothing is
-segmented again and no image is read, so a test report can be examined without
-touching the test split anew.
+Reads the ``report.json`` that ``evaluate`` wrote and gives each summary number a
+95% interval, counting only the variation from which images happened to be in
+the subset (not, for example, the training seed):
 
-The numbers are the report's own: mean lesion Dice and IoU, the share of lesion
-images left empty, the share of normal images with a false lesion, and the
-all-image Dice (a normal image scores 1 when left empty, 0 otherwise). A number
-counted over fewer than ten images gets no interval.
+* mean lesion Dice, mean lesion IoU and all-image Dice (a normal image scores 1
+  when left empty, 0 otherwise): percentile bootstrap. Within each dataset the
+  lesion images and the normal images are resampled with replacement apart (each
+  group keeps its size), every number is recomputed from the same resample, and
+  the 2.5th and 97.5th percentiles give the interval. None below ten images;
+* the share of lesion images left empty and of normal images with a false
+  lesion: the exact (Clopper-Pearson) binomial interval of the count, which
+  stays honest for a few events, where a bootstrap interval is too narrow (and
+  of zero width for none).
+
+Nothing is segmented again and no image is read, so a test report can be
+examined without touching the test split anew.
 """
 
 from __future__ import annotations
@@ -21,13 +25,14 @@ import json
 from pathlib import Path
 
 import numpy as np
+from scipy.stats import beta
 
 from .busi import LEGACY_DATASET, LESION_CLASSES, NORMAL_CLASS
 from .evaluate import MODES, REPORT_FORMAT_VERSION
 
 RESAMPLES = 10000
 CONFIDENCE = 0.95
-MIN_IMAGES = 10  # below this many images a percentile interval says nothing; none is given
+MIN_IMAGES = 10  # below this many images a bootstrap interval says nothing; none is given
 
 # name: (label printed, which images it counts)
 METRICS = {
@@ -39,116 +44,125 @@ METRICS = {
 }
 
 
-class Strata:
-    """Per-image values of one group of rows, split by dataset and kind (lesion / normal)."""
-
-    def __init__(self, rows: list[dict], mode: str):
-        self.lesion, self.normal = [], []  # one dict of value arrays per dataset
-        for dataset in dict.fromkeys(row.get("dataset", LEGACY_DATASET) for row in rows):
-            scores = [row for row in rows if row.get("dataset", LEGACY_DATASET) == dataset]
-            lesion = [row[mode] for row in scores if row["label"] in LESION_CLASSES]
-            normal = [row[mode] for row in scores if row["label"] == NORMAL_CLASS]
-            self.lesion.append({
-                "dice": np.array([s["dice"] for s in lesion], dtype=float),
-                "iou": np.array([s["iou"] for s in lesion], dtype=float),
-                "empty": np.array([s["predicted_pixels"] == 0 for s in lesion], dtype=float),
-            })
-            self.normal.append({"false_positive": np.array([s["predicted_pixels"] > 0 for s in normal], dtype=float)})
-        self.lesion_images = sum(len(s["dice"]) for s in self.lesion)
-        self.normal_images = sum(len(s["false_positive"]) for s in self.normal)
-
-    def sums(self, draw) -> dict:
-        """Sum of each value over the groups, each group drawn by ``draw(values)`` (identity: the sample itself)."""
-        lesion = {key: sum(draw(s[key]) for s in self.lesion) for key in ("dice", "iou", "empty")}
-        lesion["false_positive"] = sum(draw(s["false_positive"]) for s in self.normal)
-        return lesion
-
-    def metrics(self, sums: dict) -> dict:
-        """The report's numbers from summed values (None where the group has no such images)."""
-        lesions, normals = self.lesion_images, self.normal_images
-        return {
-            "lesion_dice": sums["dice"] / lesions if lesions else None,
-            "lesion_iou": sums["iou"] / lesions if lesions else None,
-            "lesions_empty": sums["empty"] / lesions if lesions else None,
-            "normal_false_positives": sums["false_positive"] / normals if normals else None,
-            "all_image_dice": (sums["dice"] + normals - sums["false_positive"]) / (lesions + normals)
-            if lesions + normals else None,
-        }
+def dataset_of(row: dict) -> str:
+    return row.get("dataset", LEGACY_DATASET)
 
 
-def bootstrap(rows: list[dict], mode: str = "processed", resamples: int = RESAMPLES, seed: int = 0) -> dict:
+def exact_share_interval(count: int, total: int) -> tuple[float, float]:
+    """Clopper-Pearson interval of a share ``count / total`` at ``CONFIDENCE``."""
+    tail = (1.0 - CONFIDENCE) / 2.0
+    low = 0.0 if count == 0 else float(beta.ppf(tail, count, total - count + 1))
+    high = 1.0 if count == total else float(beta.ppf(1.0 - tail, count + 1, total - count))
+    return low, high
+
+
+def bootstrap_means(rows: list[dict], mode: str, resamples: int, seed: int) -> dict:
+    """Resampled lesion Dice, lesion IoU and all-image Dice of ``rows`` (arrays of ``resamples`` values):
+    lesion and normal images of each dataset resampled apart, all three numbers from the same draws."""
+    rng = np.random.default_rng(seed)
+    dice_sum, iou_sum, normals_empty = np.zeros(resamples), np.zeros(resamples), np.zeros(resamples)
+    lesions = normals = 0
+    for dataset in dict.fromkeys(dataset_of(row) for row in rows):
+        dataset_rows = [row for row in rows if dataset_of(row) == dataset]
+        lesion = [row[mode] for row in dataset_rows if row["label"] in LESION_CLASSES]
+        normal = [row[mode] for row in dataset_rows if row["label"] == NORMAL_CLASS]
+        if lesion:
+            picks = rng.integers(0, len(lesion), size=(resamples, len(lesion)))
+            dice_sum += np.array([s["dice"] for s in lesion], dtype=float)[picks].sum(axis=1)
+            iou_sum += np.array([s["iou"] for s in lesion], dtype=float)[picks].sum(axis=1)
+        if normal:
+            picks = rng.integers(0, len(normal), size=(resamples, len(normal)))
+            normals_empty += np.array([s["predicted_pixels"] == 0 for s in normal], dtype=float)[picks].sum(axis=1)
+        lesions, normals = lesions + len(lesion), normals + len(normal)
+    return {
+        "lesion_dice": dice_sum / max(lesions, 1),
+        "lesion_iou": iou_sum / max(lesions, 1),
+        "all_image_dice": (dice_sum + normals_empty) / max(lesions + normals, 1),
+    }
+
+
+def intervals_of(rows: list[dict], mode: str = "processed", resamples: int = RESAMPLES, seed: int = 0) -> dict:
     """``{metric: {"images", "value", "low", "high"}}`` for ``rows``: the images the number counts, its value
-    and its interval (low and high None below ``MIN_IMAGES``; the metric None where there are no such images)."""
+    and its interval (low and high None for a bootstrap number below ``MIN_IMAGES``). A metric is None where
+    ``rows`` hold no such images; all-image Dice is None without normal images (it would be lesion Dice again)."""
     if resamples < 2:
         raise ValueError(f"--resamples must be at least 2, got {resamples}")
-    strata = Strata(rows, mode)
-    rng = np.random.default_rng(seed)
-
-    def resampled_sums(values: np.ndarray) -> np.ndarray:
-        if len(values) == 0:
-            return np.zeros(resamples)
-        return values[rng.integers(0, len(values), size=(resamples, len(values)))].sum(axis=1)
-
-    point = strata.metrics(strata.sums(np.sum))
-    drawn = strata.metrics(strata.sums(resampled_sums))
-    counted = {"lesion": strata.lesion_images, "normal": strata.normal_images,
-               "all": strata.lesion_images + strata.normal_images}
+    lesion = [row[mode] for row in rows if row["label"] in LESION_CLASSES]
+    normal = [row[mode] for row in rows if row["label"] == NORMAL_CLASS]
+    empty = sum(1 for s in lesion if s["predicted_pixels"] == 0)
+    false_positives = sum(1 for s in normal if s["predicted_pixels"] > 0)
+    dice_total = float(sum(s["dice"] for s in lesion))
+    values = {  # (images counted, value)
+        "lesion_dice": (len(lesion), dice_total / len(lesion) if lesion else None),
+        "lesion_iou": (len(lesion), float(sum(s["iou"] for s in lesion)) / len(lesion) if lesion else None),
+        "lesions_empty": (len(lesion), empty / len(lesion) if lesion else None),
+        "normal_false_positives": (len(normal), false_positives / len(normal) if normal else None),
+        "all_image_dice": (len(rows), (dice_total + len(normal) - false_positives) / len(rows) if normal else None),
+    }
+    drawn = bootstrap_means(rows, mode, resamples, seed)
+    shares = {"lesions_empty": (empty, len(lesion)), "normal_false_positives": (false_positives, len(normal))}
     tail = (1.0 - CONFIDENCE) / 2.0
     result = {}
-    for name, value in point.items():
+    for name, (images, value) in values.items():
         if value is None:
             result[name] = None
             continue
-        images = counted[METRICS[name][1]]
-        low, high = np.quantile(drawn[name], [tail, 1.0 - tail]) if images >= MIN_IMAGES else (None, None)
-        result[name] = {"images": images, "value": float(value),
-                        "low": None if low is None else float(low), "high": None if high is None else float(high)}
+        if name in shares:
+            low, high = exact_share_interval(*shares[name])
+        elif images >= MIN_IMAGES:
+            low, high = (float(q) for q in np.quantile(drawn[name], [tail, 1.0 - tail]))
+        else:
+            low = high = None
+        result[name] = {"images": images, "value": float(value), "low": low, "high": high}
     return result
 
 
 def report_intervals(report: dict, mode: str = "processed", resamples: int = RESAMPLES, seed: int = 0) -> dict:
-    """Intervals for every dataset of the report and, with more than one, for all of them pooled."""
+    """Intervals for every dataset of the report and, when it has several, for all of them pooled ("all")."""
     rows = report["cases"]
-    datasets = list(dict.fromkeys(row.get("dataset", LEGACY_DATASET) for row in rows))
-    groups = {name: [row for row in rows if row.get("dataset", LEGACY_DATASET) == name] for name in datasets}
-    if len(datasets) > 1:
+    groups = {name: [row for row in rows if dataset_of(row) == name] for name in dict.fromkeys(map(dataset_of, rows))}
+    if len(groups) > 1:
         groups["all"] = rows
-    return {
-        name: {"images": len(group), "intervals": bootstrap(group, mode, resamples, seed)}
-        for name, group in groups.items()
-    }
+    return {name: intervals_of(group, mode, resamples, seed) for name, group in groups.items()}
 
 
-def read_report(path: str | Path) -> dict:
+def read_report(path: str | Path, mode: str = "processed") -> dict:
     """The report.json at ``path`` (a file or the report folder); ValueError naming the file when unusable."""
     path = Path(path)
     if path.is_dir():
         path = path / "report.json"
     try:
-        report = json.loads(path.read_text())
+        report = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ValueError(f"{path}: no such report; pass the report.json (or its folder) that evaluate wrote") from None
-    except (OSError, json.JSONDecodeError) as error:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ValueError(f"{path}: cannot read the report: {error}") from None
-    if not isinstance(report, dict) or report.get("format_version") != REPORT_FORMAT_VERSION or "cases" not in report:
+    if not isinstance(report, dict) or report.get("format_version") != REPORT_FORMAT_VERSION \
+            or not isinstance(report.get("cases"), list):
         raise ValueError(f"{path}: not a report of this version of breastus-train evaluate "
                          f"(format_version {REPORT_FORMAT_VERSION} with per-case rows)")
+    if not report["cases"]:
+        raise ValueError(f"{path}: the report has no cases")
+    for row in report["cases"]:
+        scores = row.get(mode) if isinstance(row, dict) else None
+        if not isinstance(scores, dict) or "label" not in row or not {"dice", "iou", "predicted_pixels"} <= scores.keys():
+            case = row.get("id") if isinstance(row, dict) else row
+            raise ValueError(f"{path}: case {case!r} has no label or no {mode} dice, iou and predicted_pixels")
     return report
 
 
 def markdown_table(intervals: dict, mode: str) -> str:
-    """One row per group and number: value and its 95% interval."""
-    lines = [f"95% bootstrap intervals, {mode} masks",
+    """One row per group and number: images counted, value and its 95% interval."""
+    lines = [f"95% intervals, {mode} masks (Dice and IoU: bootstrap; shares: exact binomial)",
              "",
              "| dataset | number | images counted | value | 95% interval |",
              "| --- | --- | --- | --- | --- |"]
     for name, group in intervals.items():
         for key, (label, _) in METRICS.items():
-            stats = group["intervals"][key]
+            stats = group[key]
             if stats is None:
                 continue
-            interval = ("too few images" if stats["low"] is None
-                        else f"{stats['low']:.3f} - {stats['high']:.3f}")
+            interval = "too few images" if stats["low"] is None else f"{stats['low']:.3f} - {stats['high']:.3f}"
             lines.append(f"| {name} | {label} | {stats['images']} | {stats['value']:.3f} | {interval} |")
     return "\n".join(lines)
 
@@ -161,6 +175,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    report = read_report(args.report)
+    report = read_report(args.report, args.mode)
     print(markdown_table(report_intervals(report, args.mode, args.resamples, args.seed), args.mode))
     return 0
