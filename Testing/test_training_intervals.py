@@ -168,4 +168,15 @@ def test_command_line_names_a_missing_or_foreign_report(tmp_path, capsys):
     del rows[3]["processed"]
     write_report(tmp_path / "partial", rows)
     assert cli.main(["intervals", "--report", str(tmp_path / "partial")]) == 2
-    assert f"case {rows[3]['id']!r} has no label or no processed dice" in capsys.readouterr().err
+    assert f"case {rows[3]['id']!r} needs a label" in capsys.readouterr().err
+    rows = random_rows()
+    rows[5]["label"] = "cyst"
+    write_report(tmp_path / "unknown", rows)
+    assert cli.main(["intervals", "--report", str(tmp_path / "unknown")]) == 2
+    assert f"case {rows[5]['id']!r} needs a label (benign, malignant, normal)" in capsys.readouterr().err
+    write_report(tmp_path / "strings", ["a case"])
+    assert cli.main(["intervals", "--report", str(tmp_path / "strings")]) == 2
+    assert "case 'a case' needs a label" in capsys.readouterr().err
+    (tmp_path / "list.json").write_text("[1, 2]")
+    assert cli.main(["intervals", "--report", str(tmp_path / "list.json")]) == 2
+    assert "not a report of this version" in capsys.readouterr().err

@@ -18,7 +18,7 @@ SUBCOMMANDS = {
     "ensemble": (ensemble, "join trained models of one architecture into one ensemble weights file (probabilities averaged)"),
     "sweep": (sweep, "score a grid of post-processing settings on val from one inference pass, to choose them"),
     "evaluate": (evaluate, "score saved weights on a subset of the split; write report.json, report.md and figures"),
-    "intervals": (intervals, "95% bootstrap intervals of an evaluation's numbers, from its report.json (no images read)"),
+    "intervals": (intervals, "95% intervals of an evaluation's numbers (bootstrap; exact binomial for shares), from its report.json"),
     "export": (export, "write evaluated weights as the bundled model, with the evaluation in its model card"),
 }
 

@@ -143,11 +143,14 @@ def read_report(path: str | Path, mode: str = "processed") -> dict:
                          f"(format_version {REPORT_FORMAT_VERSION} with per-case rows)")
     if not report["cases"]:
         raise ValueError(f"{path}: the report has no cases")
+    labels = (*LESION_CLASSES, NORMAL_CLASS)
     for row in report["cases"]:
         scores = row.get(mode) if isinstance(row, dict) else None
-        if not isinstance(scores, dict) or "label" not in row or not {"dice", "iou", "predicted_pixels"} <= scores.keys():
+        if not isinstance(scores, dict) or row.get("label") not in labels \
+                or not {"dice", "iou", "predicted_pixels"} <= scores.keys():
             case = row.get("id") if isinstance(row, dict) else row
-            raise ValueError(f"{path}: case {case!r} has no label or no {mode} dice, iou and predicted_pixels")
+            raise ValueError(f"{path}: case {case!r} needs a label ({', '.join(labels)}) and {mode} dice, iou "
+                             "and predicted_pixels")
     return report
 
 
