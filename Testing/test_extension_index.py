@@ -137,6 +137,16 @@ def packed_size(object_ids) -> int:
     return sum(int(size) for size in sizes.split())
 
 
+def head_objects() -> list:
+    """Ids of the git objects of HEAD's tree: what a clone of one commit (no history) receives."""
+    return [line.split()[2] for line in git("ls-tree", "-r", "-t", "HEAD").splitlines()]
+
+
+def history_objects() -> list:
+    """Ids of every git object reachable from HEAD: what a full clone receives."""
+    return [line.split()[0] for line in git("rev-list", "--objects", "HEAD").splitlines()]
+
+
 def checkout_size() -> int:
     """Bytes of the tracked files as they are on disk."""
     tracked = (ROOT / name for name in git("ls-files", "-z").split("\0") if name)
@@ -240,8 +250,7 @@ def test_licence_file_at_the_root(tmp_path):
 
 def test_checkout_of_one_commit_is_under_the_size_limit(git_work_tree):
     """Tracked files plus the git objects of HEAD alone: what a clone of one commit (no history) holds."""
-    head_objects = [line.split()[2] for line in git("ls-tree", "-r", "-t", "HEAD").splitlines()]
-    total = checkout_size() + packed_size(head_objects)
+    total = checkout_size() + packed_size(head_objects())
     assert total < SIZE_LIMIT_BYTES, f"{total / 2**20:.1f} MiB checked out with one commit's git objects"
 
 
@@ -253,8 +262,7 @@ def test_full_clone_is_under_the_size_limit(git_work_tree):
     """Tracked files plus every git object reachable from HEAD: what the Index counts after its full clone."""
     if git("rev-parse", "--is-shallow-repository").strip() == "true":
         pytest.skip("shallow clone: the history is not here to measure")
-    history_objects = [line.split()[0] for line in git("rev-list", "--objects", "HEAD").splitlines()]
-    total = checkout_size() + packed_size(history_objects)
+    total = checkout_size() + packed_size(history_objects())
     assert total < SIZE_LIMIT_BYTES, f"{total / 2**20:.1f} MiB checked out with the whole history"
 
 
@@ -285,10 +293,7 @@ def test_release_snapshot_is_one_commit_of_head_and_a_full_clone_of_it_is_under_
 
 
 if __name__ == "__main__":  # print the sizes the checks above measure: python Testing/test_extension_index.py
-    head_objects = [line.split()[2] for line in git("ls-tree", "-r", "-t", "HEAD").splitlines()]
-    history_objects = [line.split()[0] for line in git("rev-list", "--objects", "HEAD").splitlines()]
-    files, mib = checkout_size(), 2**20
+    files, head, history, mib = checkout_size(), packed_size(head_objects()), packed_size(history_objects()), 2**20
     print(f"HEAD {git('rev-parse', '--short', 'HEAD').strip()}: tracked files {files / mib:.1f} MiB; "
-          f"one commit {(files + packed_size(head_objects)) / mib:.1f} MiB "
-          f"(git objects {packed_size(head_objects) / mib:.1f} MiB); "
-          f"full clone {(files + packed_size(history_objects)) / mib:.1f} MiB; limit {SIZE_LIMIT_BYTES / mib:.0f} MiB")
+          f"one commit {(files + head) / mib:.1f} MiB (git objects {head / mib:.1f} MiB); "
+          f"full clone {(files + history) / mib:.1f} MiB; limit {SIZE_LIMIT_BYTES / mib:.0f} MiB")

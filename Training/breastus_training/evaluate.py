@@ -206,13 +206,23 @@ def normal_statistics(rows: list[dict], mode: str) -> dict:
     }
 
 
+def all_image_dice(rows: list[dict], mode: str) -> float | None:
+    """Mean Dice over every row, lesion and normal: a normal image scores 1 when empty, 0 with a false lesion."""
+    return float(np.mean([row[mode]["dice"] for row in rows])) if rows else None
+
+
+def dataset_of(row: dict) -> str:
+    """The dataset of a per-case row (rows written before there were several datasets are BUSI's)."""
+    return row.get("dataset", LEGACY_DATASET)
+
+
 def summarize(rows: list[dict]) -> dict:
     """Summary per mode (lesion images, each lesion class, normal images), pooled over every dataset,
     and the same for each dataset under ``per_dataset`` when the rows come from more than one."""
     summary = summarize_rows(rows)
-    datasets = list(dict.fromkeys(row.get("dataset", LEGACY_DATASET) for row in rows))
+    datasets = list(dict.fromkeys(map(dataset_of, rows)))
     if len(datasets) > 1:
-        summary["per_dataset"] = {name: summarize_rows([row for row in rows if row.get("dataset", LEGACY_DATASET) == name])
+        summary["per_dataset"] = {name: summarize_rows([row for row in rows if dataset_of(row) == name])
                                   for name in datasets}
     return summary
 
@@ -227,8 +237,7 @@ def summarize_rows(rows: list[dict]) -> dict:
         for label in LESION_CLASSES:
             summary[mode][label] = lesion_statistics([row for row in lesion_rows if row["label"] == label], mode)
         summary[mode][NORMAL_CLASS] = normal_statistics(normal_rows, mode)
-        # One number for both kinds of error: a normal image scores Dice 1 when empty, 0 with a false lesion.
-        summary[mode]["all_image_dice"] = float(np.mean([row[mode]["dice"] for row in rows])) if rows else None
+        summary[mode]["all_image_dice"] = all_image_dice(rows, mode)  # one number for both kinds of error
     if any("automatic" in row for row in rows):
         summary["box_prompt"] = box_prompt_statistics(lesion_rows)
     return summary

@@ -27,11 +27,12 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import beta
 
-from .busi import LEGACY_DATASET, LESION_CLASSES, NORMAL_CLASS
-from .evaluate import MODES, REPORT_FORMAT_VERSION
+from .busi import LESION_CLASSES, NORMAL_CLASS
+from .evaluate import MODES, REPORT_FORMAT_VERSION, all_image_dice, dataset_of, lesion_statistics, normal_statistics
 
 RESAMPLES = 10000
 CONFIDENCE = 0.95
+SCORE_KEYS = {"dice", "iou", "hd95_px", "intersection", "union", "predicted_pixels"}  # a row's scores of one mode
 MIN_IMAGES = 10  # below this many images a bootstrap interval says nothing; none is given
 
 # name: (label printed, which images it counts)
@@ -42,10 +43,6 @@ METRICS = {
     "normal_false_positives": ("normal images with a false lesion", "normal"),
     "all_image_dice": ("all-image Dice", "all"),
 }
-
-
-def dataset_of(row: dict) -> str:
-    return row.get("dataset", LEGACY_DATASET)
 
 
 def exact_share_interval(count: int, total: int) -> tuple[float, float]:
@@ -87,20 +84,18 @@ def intervals_of(rows: list[dict], mode: str = "processed", resamples: int = RES
     ``rows`` hold no such images; all-image Dice is None without normal images (it would be lesion Dice again)."""
     if resamples < 2:
         raise ValueError(f"--resamples must be at least 2, got {resamples}")
-    lesion = [row[mode] for row in rows if row["label"] in LESION_CLASSES]
-    normal = [row[mode] for row in rows if row["label"] == NORMAL_CLASS]
-    empty = sum(1 for s in lesion if s["predicted_pixels"] == 0)
-    false_positives = sum(1 for s in normal if s["predicted_pixels"] > 0)
-    dice_total = float(sum(s["dice"] for s in lesion))
-    values = {  # (images counted, value)
-        "lesion_dice": (len(lesion), dice_total / len(lesion) if lesion else None),
-        "lesion_iou": (len(lesion), float(sum(s["iou"] for s in lesion)) / len(lesion) if lesion else None),
-        "lesions_empty": (len(lesion), empty / len(lesion) if lesion else None),
-        "normal_false_positives": (len(normal), false_positives / len(normal) if normal else None),
-        "all_image_dice": (len(rows), (dice_total + len(normal) - false_positives) / len(rows) if normal else None),
+    lesion = lesion_statistics([row for row in rows if row["label"] in LESION_CLASSES], mode)
+    normal = normal_statistics([row for row in rows if row["label"] == NORMAL_CLASS], mode)
+    lesions, normals = lesion["images"], normal["images"]
+    values = {  # (images counted, value): evaluate's own summary numbers
+        "lesion_dice": (lesions, lesion["dice_mean"] if lesions else None),
+        "lesion_iou": (lesions, lesion["iou_mean"] if lesions else None),
+        "lesions_empty": (lesions, lesion["empty"] / lesions if lesions else None),
+        "normal_false_positives": (normals, normal["false_positive_rate"]),
+        "all_image_dice": (len(rows), all_image_dice(rows, mode) if normals else None),
     }
     drawn = bootstrap_means(rows, mode, resamples, seed)
-    shares = {"lesions_empty": (empty, len(lesion)), "normal_false_positives": (false_positives, len(normal))}
+    shares = {"lesions_empty": (lesion["empty"], lesions), "normal_false_positives": (normal["false_positives"], normals)}
     tail = (1.0 - CONFIDENCE) / 2.0
     result = {}
     for name, (images, value) in values.items():
@@ -147,10 +142,10 @@ def read_report(path: str | Path, mode: str = "processed") -> dict:
     for row in report["cases"]:
         scores = row.get(mode) if isinstance(row, dict) else None
         if not isinstance(scores, dict) or row.get("label") not in labels \
-                or not {"dice", "iou", "predicted_pixels"} <= scores.keys():
+                or not SCORE_KEYS <= scores.keys():
             case = row.get("id") if isinstance(row, dict) else row
-            raise ValueError(f"{path}: case {case!r} needs a label ({', '.join(labels)}) and {mode} dice, iou "
-                             "and predicted_pixels")
+            raise ValueError(f"{path}: case {case!r} needs a label ({', '.join(labels)}) and {mode} scores "
+                             f"({', '.join(sorted(SCORE_KEYS))})")
     return report
 
 
