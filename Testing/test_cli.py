@@ -204,7 +204,7 @@ def test_a_failing_overlay_stops_neither_the_batch_nor_leaves_half_the_outputs(t
         "first_overlay.png", "second_mask.nrrd", "second_overlay.png", "second_probability.nrrd"]
     assert (out / "first_overlay.png").is_dir()
 
-    from BreastUSSegmentLib import cli
+    from BreastUSSegmentLib import clipoutputs
 
     figures = iter([MemoryError(), None])
 
@@ -214,8 +214,8 @@ def test_a_failing_overlay_stops_neither_the_batch_nor_leaves_half_the_outputs(t
             raise error
         return overlay_figure(*args)
 
-    overlay_figure = cli.overlay_figure
-    monkeypatch.setattr(cli, "overlay_figure", overlay_out_of_memory)
+    overlay_figure = clipoutputs.overlay_figure
+    monkeypatch.setattr(clipoutputs, "overlay_figure", overlay_out_of_memory)
     out = tmp_path / "oom"
     assert run([tmp_path / "first.png", tmp_path / "second.png"], out, weights) == 1
     captured = capsys.readouterr()
@@ -251,13 +251,13 @@ def test_a_concurrent_run_that_writes_first_is_never_overwritten(tmp_path, weigh
 
     bright_square_png(tmp_path / "f.png")
     out = tmp_path / "out"
-    real_read = cli.read_image
+    real_open = cli.open_clip
 
-    def read_while_another_run_writes(path):
+    def open_while_another_run_writes(path):
         (out / "f_mask.nrrd").write_text("the other run's mask")
-        return real_read(path)
+        return real_open(path)
 
-    monkeypatch.setattr(cli, "read_image", read_while_another_run_writes)
+    monkeypatch.setattr(cli, "open_clip", open_while_another_run_writes)
     assert run([tmp_path / "f.png"], out, weights) == 1
     captured = capsys.readouterr()
     assert f"would overwrite {out / 'f_mask.nrrd'}" in captured.err

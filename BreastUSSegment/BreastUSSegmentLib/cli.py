@@ -28,23 +28,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-import numpy as np
-
 from . import BUNDLED_WEIGHTS, __version__
 from .boxes import BoxError, parse_box, read_box_table
 from .device import DEVICE_CHOICES
-from .fileio import split_extension, write_atomically
-from .imageio import read_image, write_image
+from .fileio import split_extension
 from .imagetypes import MAX_INPUT_PIXELS, ImageReadError
 from .measure import measure_lesion
-from .postprocessing import strongest_hidden_confidence, strongest_rejected_lesion_probability
+from .clipio import open_clip
+from .clipoutputs import ClipOutputs
+from .postprocessing import strongest_rejected_lesion_probability
 from .preprocessing import InvalidImageError
-from .visualize import FIGURE_MAX_SIDE, overlay_figure
+from .stream import CHUNK_FRAMES, ClipSummary, segment_stream
+from .temporal import TemporalRule
+from .visualize import FIGURE_MAX_SIDE
 from .weights import WeightsError
 
 FORMATS = {"nrrd": ".nrrd", "nifti": ".nii.gz", "png": ".png"}
 EPILOG = (
-    f"Inputs larger than {MAX_INPUT_PIXELS:,} pixels (frames x rows x columns) are refused; the overlay shows "
+    f"Frames larger than {MAX_INPUT_PIXELS:,} pixels are refused; so are clips of more pixels (frames x rows x "
+    "columns) unless read from NRRD and written as NRRD, which is done a chunk of frames at a time. The overlay shows "
     f"frames longer than {FIGURE_MAX_SIDE} pixels shrunk. Exit status: 0 all inputs segmented, 1 some failed, "
     "2 the batch did not start or was stopped (bad options, colliding output names, unusable output folder, "
     "broken model)."
@@ -56,6 +58,14 @@ def box_argument(text: str):
     try:
         return parse_box(text)
     except BoxError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def temporal_argument(text: str):
+    """``--temporal K/N`` as a rule (None for off); a bad one is a usage error."""
+    try:
+        return TemporalRule.parse(text)
+    except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
@@ -76,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-postprocess", action="store_true", help="write the raw thresholded mask")
     parser.add_argument("--test-time-flip", action=argparse.BooleanOptionalAction, default=None,
                         help="average with a horizontally flipped pass (default: the model card's)")
+    parser.add_argument("--temporal", type=temporal_argument, default=None, metavar="K/N",
+                        help="clips: show a lesion only where it overlaps one found on K of the N frames before "
+                             "(see README); default off")
     parser.add_argument("--no-figure", action="store_true", help="do not write the overlay PNG")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     parser.add_argument("--batch-size", type=int, default=8, help="frames per forward pass for clips")
@@ -176,33 +189,36 @@ def output_folder_problem(folder: Path) -> str:
 
 
 def segment_file(segmenter, job: Job, args) -> str:
-    """Segment one file with the segmenter's post-processing, write its outputs and return a one-line summary."""
-    options = segmenter.postprocessing
-    image = read_image(job.image_path)
+    """Segment one file with the segmenter's post-processing, write its outputs and return a one-line summary.
+
+    A clip is segmented a chunk of frames at a time (:mod:`.stream`), with a progress bar per frame;
+    as NRRD it is also read (where :mod:`.clipio` can) and written in chunks.
+    """
+    clip = open_clip(job.image_path)
     if job.boxes is not None and not job.boxes:
         raise BoxError(f"no box for it in {args.boxes}")
-    result = segmenter.segment(image.pixels, box=job.boxes or None, color=image.color, batch_size=args.batch_size)
-    mask = result.raw_mask if args.no_postprocess else result.processed_mask
-    if args.format == "png" and result.frame_count > 1:
-        raise InvalidImageError(f"a clip of {result.frame_count} frames cannot be written as PNG; use --format nrrd")
-    squeeze = (lambda array: array[0]) if result.frame_count == 1 else (lambda array: array)
-    # Labelmaps hold 0/1; a PNG mask is written 0/255 (bool) so it can be viewed.
-    mask_pixels = mask if args.format == "png" else mask.astype(np.uint8)
-    exclusive = not args.overwrite
-    writers = {
-        "mask": lambda path: write_image(path, squeeze(mask_pixels), spacing=image.spacing, exclusive=exclusive),
-        "probability": lambda path: write_image(path, squeeze(result.probability), spacing=image.spacing,
-                                                exclusive=exclusive),
-    }
-    if "figure" in job.outputs:
-        first_frame = image.pixels[0] if image.frame_count > 1 else image.pixels
-        figure = overlay_figure(first_frame, mask[0], result.combined_attention[0])
-        writers["figure"] = lambda path: write_atomically(
-            path, lambda temporary: figure.save(temporary, format="PNG"), exclusive=exclusive
-        )
-    write_all(job.outputs, writers)
-    return lesion_summary(job.image_path, image, mask, result, None if args.no_postprocess else options) \
-        + empty_box_note(result)
+    if args.format == "png" and clip.frame_count > 1:
+        raise InvalidImageError(f"a clip of {clip.frame_count} frames cannot be written as PNG; use --format nrrd")
+    outputs = ClipOutputs(job.outputs, clip, FORMATS[args.format], exclusive=not args.overwrite)
+    options = None if args.no_postprocess else segmenter.postprocessing
+    summary = ClipSummary(options, (lambda result: result.raw_mask) if args.no_postprocess else
+                          (lambda result: result.processed_mask))
+    from tqdm import tqdm
+
+    results = segment_stream(
+        segmenter, (frame for chunk in clip.chunks(CHUNK_FRAMES) for frame in chunk),
+        box=job.boxes or None, batch_size=args.batch_size,
+        temporal=args.temporal if clip.frame_count > 1 and not args.no_postprocess else None,
+    )
+    try:
+        for result in tqdm(results, total=clip.frame_count, desc=job.image_path.name, unit="frame", leave=False,
+                           disable=clip.frame_count < 2):
+            summary.add(result)
+            outputs.add(result, summary.mask_of(result))
+        write_all(job.outputs, outputs.writers())
+    finally:
+        outputs.abort()
+    return lesion_summary(job.image_path, clip, summary) + empty_box_note(summary)
 
 
 def write_all(paths: dict[str, Path], writers: dict[str, Callable[[Path], object]]) -> None:
@@ -218,34 +234,35 @@ def write_all(paths: dict[str, Path], writers: dict[str, Callable[[Path], object
         raise
 
 
-def empty_box_note(result) -> str:
+def empty_box_note(summary: ClipSummary) -> str:
     """The summary's note on boxes in which the network saw no lesion ("" when there are none)."""
-    empty = sorted({outcome.index + 1 for outcome in result.empty_boxes}) if result.boxes is not None else []
+    empty = sorted({outcome.index + 1 for outcome in summary.empty_boxes}) if summary.boxes is not None else []
     if not empty:
         return ""
     return f"; no lesion seen in box {', '.join(str(index) for index in empty)}"
 
 
-def lesion_summary(image_path: Path, image, mask: np.ndarray, result, options) -> str:
-    """The line printed for a segmented file; ``options`` is None when post-processing was off."""
-    frames_with_lesion = int(mask.any(axis=(1, 2)).sum())
-    if frames_with_lesion == 0 and result.boxes is not None:
+def lesion_summary(image_path: Path, image, summary: ClipSummary) -> str:
+    """The line printed for a segmented file (``image`` gives the spacing)."""
+    options = summary.options
+    frames_with_lesion = summary.frames_with_lesion
+    if frames_with_lesion == 0 and summary.boxes is not None:
         return f"{image_path.name}: no lesion found"
     if frames_with_lesion == 0:
-        rejected = None if options is None else strongest_rejected_lesion_probability(result.lesion_probability, options)
+        rejected = None if options is None else strongest_rejected_lesion_probability(summary.lesion_probability, options)
         if rejected is not None:
             return (f"{image_path.name}: no lesion found (the lesion head's probability, {rejected:.2f} at most, "
                     f"is below --min-lesion-probability {options.min_lesion_probability:.2f})")
-        hidden = None if options is None else strongest_hidden_confidence(result.probability, options)
+        hidden = summary.hidden_confidence
         return f"{image_path.name}: no lesion found" + (
             "" if hidden is None else
             f" (the strongest candidate region, mean probability {hidden:.2f}, is below --min-confidence "
             f"{options.min_mean_probability:.2f})"
         )
-    size = measure_lesion(mask[0], image.spacing)
+    size = measure_lesion(summary.first_mask, image.spacing)
     unit = "mm" if image.spacing_source != "unknown" else "px"
     return (
-        f"{image_path.name}: lesion in {frames_with_lesion}/{result.frame_count} frame(s); first frame: "
+        f"{image_path.name}: lesion in {frames_with_lesion}/{summary.frame_count} frame(s); first frame: "
         f"area {size.area_mm2:.1f} {unit}², largest diameter {size.largest_diameter_mm:.1f} {unit}"
         + ("" if unit == "mm" else " (pixel spacing unknown)")
     )

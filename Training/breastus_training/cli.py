@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import ensemble, evaluate, export, intervals, prepare, sweep, train
+from . import ensemble, evaluate, export, intervals, prepare, sweep, temporal_sweeps, train
 
 SUBCOMMANDS = {
     "prepare": (prepare, "index BUSI, group duplicates and write the train/val/test split manifest"),
@@ -19,6 +19,7 @@ SUBCOMMANDS = {
     "sweep": (sweep, "score a grid of post-processing settings on val from one inference pass, to choose them"),
     "evaluate": (evaluate, "score saved weights on a subset of the split; write report.json, report.md and figures"),
     "intervals": (intervals, "95% intervals of an evaluation's numbers (bootstrap; exact binomial for shares), from its report.json"),
+    "temporal": (temporal_sweeps, "score the temporal rule (K/N frames) on simulated sweeps across a subset's images"),
     "export": (export, "write evaluated weights as the bundled model, with the evaluation in its model card"),
 }
 
