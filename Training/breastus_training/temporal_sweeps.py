@@ -70,14 +70,17 @@ def dice(prediction: np.ndarray, target: np.ndarray) -> float:
     return 1.0 if total == 0 else 2.0 * int((prediction & target).sum()) / total
 
 
-def score(sweeps: list[dict], rule) -> dict:
-    """False-lesion share on lesion-free frames and mean Dice on lesion frames, with ``rule`` (None: off)."""
+def score(sweeps: list[dict], rule, skip_first: int = 0) -> dict:
+    """False-lesion share on lesion-free frames and mean Dice on lesion frames, with ``rule`` (None: off);
+    the first ``skip_first`` frames of each sweep are run through the rule but not scored."""
     false_frames = free = normal_false = normal_free = 0
     dices = []
     for sweep in sweeps:
         temporal = TemporalFilter(rule)
-        for mask, target in zip(sweep["masks"], sweep["targets"]):
+        for number, (mask, target) in enumerate(zip(sweep["masks"], sweep["targets"])):
             shown = temporal(mask)
+            if number < skip_first:
+                continue
             if target.any():
                 dices.append(dice(shown, target))
             else:
@@ -110,6 +113,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-frames", type=int, default=5, help="largest N of the K/N rules scored (default 5)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--skip-first", type=int, default=0,
+                        help="score each sweep from this frame on (the rule's start-up excluded; default 0)")
     parser.add_argument("--reverse", action="store_true", help="sweep the images last to first (a second run filling the cache)")
     parser.add_argument("--cached-only", action="store_true", help="score only the sweeps already in the cache")
 
@@ -130,8 +135,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"{number}/{len(cases)} {case.dataset} {case.id}", flush=True)
     rules = [None] + [TemporalRule(hits, frames) for frames in range(1, args.max_frames + 1)
                       for hits in range(1, frames + 1)]
-    rows = [score(sweeps, rule) for rule in rules]
-    settings = {name: getattr(args, name) for name in ("subset", "window", "frames", "noise", "seed", "weights")}
+    rows = [score(sweeps, rule, args.skip_first) for rule in rules]
+    settings = {name: getattr(args, name) for name in ("subset", "window", "frames", "noise", "seed", "weights",
+                                                       "skip_first")}
     Path(args.output).write_text(json.dumps({"settings": settings, "sweeps": len(sweeps), "rules": rows}, indent=2) + "\n")
     for row in rows:
         print(f"{row['rule']:>4}  false lesions {row['false_lesion_share']:.3f} of {row['lesion_free_frames']} "
