@@ -94,7 +94,6 @@ SAMPLE_NAMES = ("breastus_sample_benign", "breastus_sample_malignant")
 IMPORT_NAMES = {"pillow": "PIL"}
 
 
-
 #
 # BreastUSSegment
 #
@@ -557,7 +556,6 @@ def pipRequirements() -> list:
     """``(import name, requirement)`` of each of the core's dependencies but PyTorch, which its extension installs."""
     return [(IMPORT_NAMES.get(_requirementName(requirement), _requirementName(requirement)), requirement)
             for requirement in dependencies() if _requirementName(requirement) != "torch"]
-
 
 
 #
