@@ -18,18 +18,19 @@ def measurementSummary(
     (``hiddenConfidence``, its mean probability, below ``minConfidence``), say so and how to show it.
     """
     if not measurements or all(m.pixel_count == 0 for m in measurements):
-        if rejectedLesionProbability is not None and minLesionProbability is not None:
-            return _(
+        reasons = (  # the first that applies: the lesion head's verdict, then Min. confidence
+            (rejectedLesionProbability, minLesionProbability, _(
                 "No lesion shown: the highest image-level lesion probability the model gave is {found:.2f}, below "
                 "Min. lesion probability {bar:.2f}. Lower Min. lesion probability under Advanced to show "
-                "what it found, or draw the lesion in Segment Editor."
-            ).format(found=rejectedLesionProbability, bar=minLesionProbability)
-        if hiddenConfidence is not None and minConfidence is not None:
-            return _(
+                "what it found, or draw the lesion in Segment Editor.")),
+            (hiddenConfidence, minConfidence, _(
                 "No lesion shown: the strongest candidate region has mean probability {found:.2f}, below "
                 "Min. confidence {bar:.2f}. Lower Min. confidence under Advanced to show it, "
-                "or draw the lesion in Segment Editor."
-            ).format(found=hiddenConfidence, bar=minConfidence)
+                "or draw the lesion in Segment Editor.")),
+        )
+        for found, bar, text in reasons:
+            if found is not None and bar is not None:
+                return text.format(found=found, bar=bar)
         return _(
             "No lesion found. Lower the threshold or Min. confidence under Advanced, "
             "or draw the lesion in Segment Editor."
