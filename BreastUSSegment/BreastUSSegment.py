@@ -655,7 +655,7 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
 
         def write(segmentationNode):
             written = writer.writeSequenceResult(segmentationNode, browser, sequence, proxyVolumeNode, result,
-                                          options.createProbabilityVolume)
+                                                 options.createProbabilityVolume)
             output = self._output(segmentationNode, written, result, postprocessing, proxyVolumeNode)
             output.tableNode = results.updateMeasurementTable(segmentationNode, output.measurements, sequence)
             return output
@@ -680,7 +680,7 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
 
         def write(segmentationNode):
             written = writer.writeBoxResult(segmentationNode, inputVolumeNode, roiNodes, prompts, result,
-                                     options.createProbabilityVolume)
+                                            options.createProbabilityVolume)
             spacing, empty = inputs.volumeSpacing(inputVolumeNode), prompts.emptyNumbers(result)
             return BoxSegmentationOutput(
                 segmentationNode, written.segmentIds, [roi for number, roi in enumerate(roiNodes) if number in empty],
@@ -715,7 +715,8 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
         failed write leaves no new node. Then the attention overlay is shown as ``options`` say."""
         with nodes.nodesRemovedOnFailure(inputVolumeNode.GetScene()):
             output = write(nodes.outputSegmentation(inputVolumeNode, outputSegmentationNode))
-        results.showAttentionOverlay(inputVolumeNode, output.attentionVolumeNode, options.showAttention, options.attentionOpacity)
+        results.showAttentionOverlay(inputVolumeNode, output.attentionVolumeNode, options.showAttention,
+                                     options.attentionOpacity)
         return output
 
     @staticmethod

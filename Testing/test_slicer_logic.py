@@ -89,6 +89,11 @@ def card_with(weights, **settings):
     return read_model_card(weights).postprocess_options.with_overrides(**settings)
 
 
+def cpu_options(weights, **settings):
+    """The options the panel gives for ``weights`` on the CPU, with the post-processing ``settings`` changed."""
+    return BUS.SegmentationOptions(weightsPath=weights, device="cpu", postprocessing=card_with(weights, **settings))
+
+
 def expected_result(reference, image, threshold, color=None):
     options = reference.postprocessing.with_overrides(threshold=threshold)
     return reference.segment(image, color=color, postprocessing=options)
@@ -104,14 +109,12 @@ def test_minimum_confidence_discards_lukewarm_regions(scene, logic, weights, ref
     image = frame()
     volume = add_volume(scene, image[np.newaxis])
     threshold = split_threshold(reference, image)
-    kept = logic.segment(volume, options=BUS.SegmentationOptions(
-        weightsPath=weights, device="cpu", postprocessing=card_with(weights, threshold=threshold, min_mean_probability=0.0)))
+    kept = logic.segment(volume, options=cpu_options(weights, threshold=threshold, min_mean_probability=0.0))
     lesion = kept.pipelineResult.processed_mask[0]
     assert lesion.any()
     region_mean = float(kept.pipelineResult.probability[0][lesion].mean())
     above = min(region_mean + 0.02, 0.99)
-    dropped = logic.segment(volume, options=BUS.SegmentationOptions(
-        weightsPath=weights, device="cpu", postprocessing=card_with(weights, threshold=threshold, min_mean_probability=above)))
+    dropped = logic.segment(volume, options=cpu_options(weights, threshold=threshold, min_mean_probability=above))
     assert not dropped.pipelineResult.processed_mask.any()
     assert not segments.arrayFromSegment(dropped.segmentationNode, dropped.segmentId, volume).any()
     # The user is told what was hidden and how far it is from the bar.
@@ -130,11 +133,11 @@ def test_min_lesion_probability_empties_the_frame_and_says_why(scene, logic, wei
                postprocessing=UNTUNED_POSTPROCESSING.with_overrides(min_mean_probability=0.0))
     volume = add_volume(scene, frame()[np.newaxis])
     threshold = split_threshold(LesionSegmenter.from_weights(path, device="cpu"), frame())
-    kept = logic.segment(volume, options=BUS.SegmentationOptions(weightsPath=str(path), device="cpu", postprocessing=card_with(str(path), threshold=threshold, min_lesion_probability=0.0)))
+    kept = logic.segment(volume, options=cpu_options(str(path), threshold=threshold, min_lesion_probability=0.0))
     assert kept.pipelineResult.processed_mask.any() and kept.rejectedLesionProbability is None
     head = float(kept.pipelineResult.lesion_probability[0])
     bar = min(head + 0.02, 0.99)
-    dropped = logic.segment(volume, options=BUS.SegmentationOptions(weightsPath=str(path), device="cpu", postprocessing=card_with(str(path), threshold=threshold, min_lesion_probability=bar)))
+    dropped = logic.segment(volume, options=cpu_options(str(path), threshold=threshold, min_lesion_probability=bar))
     assert not segments.arrayFromSegment(dropped.segmentationNode, dropped.segmentId, volume).any()
     assert dropped.rejectedLesionProbability == pytest.approx(head)
     summary = status.measurementSummary(
@@ -143,7 +146,7 @@ def test_min_lesion_probability_empties_the_frame_and_says_why(scene, logic, wei
     assert f"lesion probability the model gave is {head:.2f}" in summary and f"{bar:.2f}" in summary
     # A model without the head refuses the setting instead of ignoring it.
     with pytest.raises(BUS.BreastUSSegmentError, match="lesion head"):
-        logic.segment(volume, options=BUS.SegmentationOptions(weightsPath=weights, device="cpu", postprocessing=card_with(weights, min_lesion_probability=bar)))
+        logic.segment(volume, options=cpu_options(weights, min_lesion_probability=bar))
 
 
 def test_postprocessing_parameters_follow_the_chosen_models_card(tmp_path):
@@ -203,7 +206,7 @@ def test_lesion_segment_equals_pipeline_mask_on_input_geometry(scene, logic, wei
     expected = expected_result(reference, image, threshold).processed_mask
     assert 0 < expected.sum() < expected.size
 
-    output = logic.segment(volume, options=BUS.SegmentationOptions(weightsPath=weights, device="cpu", postprocessing=card_with(weights, threshold=threshold)))
+    output = logic.segment(volume, options=cpu_options(weights, threshold=threshold))
     segmentation_node = output.segmentationNode
     assert segmentation_node.GetScene() is scene
     np.testing.assert_array_equal(segments.arrayFromSegment(segmentation_node, output.segmentId, volume), expected)
@@ -237,7 +240,7 @@ def test_dicom_algorithm_tags_automatic_then_semiautomatic_after_an_edit(scene, 
     image = frame(2)
     volume = add_volume(scene, image[np.newaxis])
     threshold = split_threshold(reference, image)
-    options = BUS.SegmentationOptions(weightsPath=weights, device="cpu", postprocessing=card_with(weights, threshold=threshold))
+    options = cpu_options(weights, threshold=threshold)
     output = logic.segment(volume, None, options)
     node, segment_id = output.segmentationNode, output.segmentId
     assert segment_tag(node, segment_id, "DICOM.SegmentAlgorithmType") == "AUTOMATIC"
@@ -280,7 +283,7 @@ def test_seg_nrrd_written_and_read_back_identical(scene, logic, weights, referen
     volume = add_volume(scene, image[np.newaxis])
     threshold = split_threshold(reference, image)
     expected = expected_result(reference, image, threshold).processed_mask
-    output = logic.segment(volume, options=BUS.SegmentationOptions(weightsPath=weights, device="cpu", postprocessing=card_with(weights, threshold=threshold)))
+    output = logic.segment(volume, options=cpu_options(weights, threshold=threshold))
 
     path = tmp_path / "lesion.seg.nrrd"
     writer = slicer.vtkMRMLSegmentationStorageNode()
@@ -315,7 +318,7 @@ def test_labelmap_export_nrrd_and_nifti_match_mask_and_geometry(scene, logic, we
     volume = add_volume(scene, image[np.newaxis])
     threshold = split_threshold(reference, image)
     expected = expected_result(reference, image, threshold).processed_mask
-    output = logic.segment(volume, options=BUS.SegmentationOptions(weightsPath=weights, device="cpu", postprocessing=card_with(weights, threshold=threshold)))
+    output = logic.segment(volume, options=cpu_options(weights, threshold=threshold))
 
     for name in ("lesion.nrrd", "lesion.nii.gz"):
         path = tmp_path / name
@@ -348,7 +351,7 @@ def test_rgb_vector_volume_is_converted_by_the_core(scene, logic, weights, refer
     volume = add_volume(scene, rgb[np.newaxis], className="vtkMRMLVectorVolumeNode")
     threshold = split_threshold(reference, rgb)
     expected = expected_result(reference, rgb, threshold).processed_mask  # the 2-D RGB frame as a user would pass it
-    output = logic.segment(volume, options=BUS.SegmentationOptions(weightsPath=weights, device="cpu", postprocessing=card_with(weights, threshold=threshold)))
+    output = logic.segment(volume, options=cpu_options(weights, threshold=threshold))
     np.testing.assert_array_equal(segments.arrayFromSegment(output.segmentationNode, output.segmentId, volume), expected)
 
 
@@ -359,7 +362,7 @@ def test_multi_slice_volume_segments_every_frame(scene, logic, weights, referenc
     expected = expected_result(reference, clip, threshold).processed_mask
     assert not np.array_equal(expected[0], expected[1])
     progress = []
-    output = logic.segment(volume, options=BUS.SegmentationOptions(weightsPath=weights, device="cpu", postprocessing=card_with(weights, threshold=threshold)),
+    output = logic.segment(volume, options=cpu_options(weights, threshold=threshold),
                            progressCallback=lambda done, total: progress.append((done, total)))
     np.testing.assert_array_equal(segments.arrayFromSegment(output.segmentationNode, output.segmentId, volume), expected)
     assert progress[-1] == (3, 3)
@@ -384,12 +387,12 @@ def test_user_segments_preserved_and_lesion_replaced_not_duplicated(scene, logic
     segments.updateSegmentFromArray(segmentation_node, named_id, named_mask, volume)
 
     low = split_threshold(reference, image)
-    first = logic.segment(volume, segmentation_node, BUS.SegmentationOptions(weightsPath=weights, device="cpu", postprocessing=card_with(weights, threshold=low)))
+    first = logic.segment(volume, segmentation_node, cpu_options(weights, threshold=low))
     assert first.segmentId not in (user_id, named_id)
     segmentation.GetSegment(first.segmentId).SetName("Lesion (edited name)")
 
     high = float(np.quantile(reference.segment(image).probability, 0.8))
-    second = logic.segment(volume, segmentation_node, BUS.SegmentationOptions(weightsPath=weights, device="cpu", postprocessing=card_with(weights, threshold=high)))
+    second = logic.segment(volume, segmentation_node, cpu_options(weights, threshold=high))
     assert second.segmentId == first.segmentId
     assert sorted(segment_ids(segmentation_node)) == sorted([user_id, named_id, first.segmentId])
     expected = expected_result(reference, image, high).processed_mask
@@ -407,7 +410,8 @@ def test_attention_volume_geometry_colour_and_slice_views(scene, logic, weights,
     result = expected_result(reference, image, threshold)
 
     output = logic.segment(volume, options=BUS.SegmentationOptions(
-        weightsPath=weights, device="cpu", attentionOpacity=0.3, createProbabilityVolume=True, postprocessing=card_with(weights, threshold=threshold)))
+        weightsPath=weights, device="cpu", postprocessing=card_with(weights, threshold=threshold), attentionOpacity=0.3,
+        createProbabilityVolume=True))
     attention = output.attentionVolumeNode
     np.testing.assert_allclose(ijk_to_ras(attention), ijk_to_ras(volume))
     assert attention.GetImageData().GetDimensions() == volume.GetImageData().GetDimensions()
