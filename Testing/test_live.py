@@ -198,3 +198,24 @@ def test_a_device_name_too_long_for_the_protocol_is_a_usage_error(capsys):
     with pytest.raises(SystemExit):
         main(["--label-device", "A_Device_Name_Of_21_B"])
     assert "1 to 20 bytes" in capsys.readouterr().err
+
+
+def test_the_live_benchmark_runs_and_reports_its_numbers(tmp_path):
+    """The benchmark script end to end (the real breastus-live process) with a tiny model, a short stream."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from BreastUSSegmentLib.postprocessing import UNTUNED_POSTPROCESSING
+    from BreastUSSegmentLib.weights import save_model
+    from conftest import brightness_model
+
+    weights = tmp_path / "bright.safetensors"
+    save_model(brightness_model(), weights, input_size=(64, 64), postprocessing=UNTUNED_POSTPROCESSING)
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "live_benchmark.py"
+    done = subprocess.run([sys.executable, str(script), "--fps", "10", "--seconds", "2", "--warmup", "0.5",
+                           "--weights", str(weights)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "frames sent 20," in done.stdout
+    answered = int(done.stdout.split("answered ")[1].split(",")[0])
+    assert 0 < answered <= 20 and "latency send -> label: median" in done.stdout

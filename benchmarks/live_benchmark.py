@@ -102,20 +102,17 @@ def main() -> int:
         sent = {}
         period = 1.0 / args.fps
         start = time.perf_counter()
-        index = 0
-        total = args.warmup + args.seconds
-        while time.perf_counter() - start < total:
-            due = start + index * period
-            time.sleep(max(0.0, due - time.perf_counter()))
+        warmup_frames = int(round(args.fps * args.warmup))
+        for index in range(warmup_frames + int(round(args.fps * args.seconds))):
+            time.sleep(max(0.0, start + index * period - time.perf_counter()))
             timestamp = 1000.0 + index * period
             message = pyigtl.ImageMessage(frames[index % len(frames)][np.newaxis], ijk_to_world_matrix=matrix,
                                           timestamp=timestamp, device_name="Image_Reference")
             packed = message.pack()
             sent_at = time.perf_counter()
             connection.sendall(packed)
-            if sent_at - start >= args.warmup:
+            if index >= warmup_frames:
                 sent[round(timestamp, 3)] = sent_at
-            index += 1
         time.sleep(2.0)  # the last replies
         stop.set()
     finally:
