@@ -12,8 +12,8 @@ goes through the network in the same batch as it would there).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Iterable, Iterator, Optional, Sequence
+from dataclasses import dataclass, replace
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -98,8 +98,6 @@ class FrameStepper:
 
 
 def _renumbered(outcome, first: int):
-    from dataclasses import replace
-
     return replace(outcome, frame=outcome.frame + first)
 
 
@@ -161,11 +159,6 @@ def is_clip(pixels: np.ndarray, color: Optional[bool]) -> bool:
     return False
 
 
-def frames_of(pixels: np.ndarray, color: Optional[bool]) -> Iterable[np.ndarray]:
-    """The frames of a clip or single frame array, one at a time (views, no copies)."""
-    return iter(pixels if is_clip(pixels, color) else pixels[np.newaxis])
-
-
 class ClipSummary:
     """What a clip gave, gathered frame by frame (for the one-line summary of the command line)."""
 
@@ -177,7 +170,8 @@ class ClipSummary:
         self.first_mask: Optional[np.ndarray] = None
         self.boxes: Optional[list] = None  # every frame's BoxOutcomes, with box prompts
         self.lesion_probabilities: list = []
-        self.hidden_confidence: Optional[float] = None  # see postprocessing.strongest_hidden_confidence
+        # postprocessing.strongest_hidden_confidence over the frames, kept while no frame has a lesion
+        self.hidden_confidence: Optional[float] = None
 
     def add(self, result: FrameResult) -> None:
         from .postprocessing import strongest_hidden_confidence
@@ -191,7 +185,7 @@ class ClipSummary:
             self.boxes = (self.boxes or []) + list(result.boxes)
         if result.lesion_probability is not None:
             self.lesion_probabilities.append(result.lesion_probability)
-        if self.options is not None and result.boxes is None:
+        if self.options is not None and result.boxes is None and not self.frames_with_lesion:  # only read then
             hidden = strongest_hidden_confidence(result.probability, self.options)
             if hidden is not None and (self.hidden_confidence is None or hidden > self.hidden_confidence):
                 self.hidden_confidence = hidden
