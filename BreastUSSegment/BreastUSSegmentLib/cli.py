@@ -259,7 +259,7 @@ def segment_file(segmenter, job: Job, args) -> tuple:
             path, lambda temporary: figure.save(temporary, format="PNG"), exclusive=exclusive
         )
     write_all(job.outputs, writers)
-    return lesion_summary(job.image_path, spacing, record, frames, words, mask, result,
+    return lesion_summary(job.image_path, record, frames, words, result,
                           None if args.no_postprocess else options), record
 
 
@@ -302,8 +302,10 @@ def write_all(paths: dict[str, Path], writers: dict[str, Callable[[Path], object
         raise
 
 
-def lesion_summary(image_path: Path, spacing, record: dict, frames: list, words: list, mask, result, options) -> str:
-    """The line printed for a segmented file; ``options`` is None when post-processing was off."""
+def lesion_summary(image_path: Path, record: dict, frames: list, words: list, result, options) -> str:
+    """The line printed for a segmented file: the lesions of the first frame that has any, each on its own;
+    ``frames`` are its :class:`.measure.LesionMeasurement`, ``words`` each frame's result in words, ``options``
+    None when post-processing was off."""
     frames_with_lesion = sum(1 for frame in frames if frame.lesions)
     name = image_path.name
     if frames_with_lesion == 0:
@@ -327,8 +329,11 @@ def lesion_summary(image_path: Path, spacing, record: dict, frames: list, words:
         f"{lesion.perpendicular_diameter:.1f} {unit}"
         for lesion in frames[first].lesions
     )
-    where = f"frame {first + 1}: {words[first]}" if result.frame_count > 1 else words[first]
-    return (f"{name}: lesion in {frames_with_lesion}/{result.frame_count} frame(s); {where}: {lesions}"
+    where = f"frame {first + 1}: " if result.frame_count > 1 else ""
+    empty = empty_boxes_of(result, first)
+    return (f"{name}: lesion in {frames_with_lesion}/{result.frame_count} frame(s); {where}"
+            f"{result_in_words(frames[first].lesions)}: {lesions}"
+            + (f"; no lesion found in box {', '.join(map(str, empty))}" if empty else "")
             + ("" if unit == "mm" else " (pixel spacing unknown: give --spacing)"))
 
 
