@@ -165,11 +165,11 @@ def test_outputs_are_named_after_the_file_name_without_its_last_extension(tmp_pa
     sitk.WriteImage(scan, str(tmp_path / "scan.nii.gz"))
     out = tmp_path / "out"
     assert run([tmp_path / name for name in names] + [tmp_path / "scan.nii.gz"], out, weights, "--no-figure") == 0
-    assert sorted(p.name for p in out.iterdir()) == sorted([
-        f"{stem}_{kind}.nrrd" for stem in ("1.2.826.0.1.3680043.101", "1.2.826.0.1.3680043.303", "scan")
-        for kind in ("mask", "probability")
-    ) + [f"{stem}_measurements.json" for stem in ("1.2.826.0.1.3680043.101", "1.2.826.0.1.3680043.303", "scan")]
-    + ["measurements.csv"])
+    stems = ("1.2.826.0.1.3680043.101", "1.2.826.0.1.3680043.303", "scan")
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [f"{stem}_{kind}.nrrd" for stem in stems for kind in ("mask", "probability")]
+        + [f"{stem}_measurements.json" for stem in stems] + ["measurements.csv"]
+    )
     assert capsys.readouterr().out.strip().endswith("3 segmented, 0 failed")
 
 
