@@ -1,4 +1,4 @@
-"""Lesion sizes from a binary mask, every lesion (connected region) measured on its own (numpy and scipy only).
+"""Lesion sizes from a binary mask, every lesion (connected region) measured on its own (numpy; scipy when measuring).
 
 Conventions:
 
@@ -31,7 +31,6 @@ from dataclasses import asdict, dataclass, field
 from typing import NamedTuple, Optional
 
 import numpy as np
-from scipy import ndimage
 
 from .imagetypes import check_spacing
 
@@ -229,6 +228,8 @@ def _measure_region(region: np.ndarray, spacing: tuple, frame: int, number: int,
 
 def _regions(mask: np.ndarray) -> list:
     """The 8-connected regions of ``mask``, largest first (ties: top-left first), each as a bool array."""
+    from scipy import ndimage  # here, so the Slicer module imports this module before scipy is installed
+
     labels, count = ndimage.label(mask, structure=EIGHT_CONNECTED)
     if count == 0:
         return []
