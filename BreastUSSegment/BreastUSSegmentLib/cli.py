@@ -226,7 +226,8 @@ def segment_file(segmenter, job: Job, args) -> tuple:
         raise InvalidImageError(f"a clip of {result.frame_count} frames cannot be written as PNG; use --format nrrd")
     labels = box_label_map(result)
     frames = measure_frames(mask, spacing, labels)
-    words = [result_in_words(frame.lesions, empty_boxes_of(result, number)) for number, frame in enumerate(frames)]
+    words = [result_in_words(frame.lesions, empty_boxes_of(result, number, frame.lesions))
+             for number, frame in enumerate(frames)]
     record = sidecar_record(
         input_path=job.image_path, input_sha256=sha256_of_file(job.image_path), frame_shape=image.frame_shape,
         spacing=spacing, source=spacing_source(image.spacing_source, user=job.spacing is not None),
@@ -284,9 +285,10 @@ def box_label_map(result) -> Optional[np.ndarray]:
     return labels
 
 
-def empty_boxes_of(result, frame: int) -> list:
-    """The numbers (1 for the first) of the boxes of ``frame`` in which no lesion was found."""
-    return [outcome.index + 1 for outcome in result.empty_boxes if outcome.frame == frame]
+def empty_boxes_of(result, frame: int, lesions) -> list:
+    """The numbers (1 for the first) of the boxes of ``frame`` that hold none of its ``lesions`` (measured)."""
+    found = {lesion.box for lesion in lesions}
+    return [outcome.index + 1 for outcome in result.boxes or [] if outcome.frame == frame and outcome.index + 1 not in found]
 
 
 def write_all(paths: dict[str, Path], writers: dict[str, Callable[[Path], object]]) -> None:
@@ -330,7 +332,7 @@ def lesion_summary(image_path: Path, record: dict, frames: list, words: list, re
         for lesion in frames[first].lesions
     )
     where = f"frame {first + 1}: " if result.frame_count > 1 else ""
-    empty = empty_boxes_of(result, first)
+    empty = empty_boxes_of(result, first, frames[first].lesions)
     return (f"{name}: lesion in {frames_with_lesion}/{result.frame_count} frame(s); {where}"
             f"{result_in_words(frames[first].lesions)}: {lesions}"
             + (f"; no lesion found in box {', '.join(map(str, empty))}" if empty else "")

@@ -67,9 +67,6 @@ def column_unit(column: Column, calibrated: bool) -> str:
     return column.unit if calibrated else column.unit.replace("mm", "px")
 
 
-Point = tuple  # (x, y) in pixels
-
-
 @dataclass(frozen=True)
 class Lesion:
     """The measurements of one lesion (connected region) in one frame; see the module's docstring."""
