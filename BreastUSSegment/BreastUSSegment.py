@@ -769,7 +769,7 @@ class SegmentationOptions:
 
     def postprocessing(self, card):
         """The model card's ``PostprocessOptions`` with these choices applied (the panel's names mapped to the core's)."""
-        from BreastUSSegmentLib.postprocessing import UNTUNED_POSTPROCESSING
+        from BreastUSSegmentLib.options import UNTUNED_POSTPROCESSING
 
         smoothingSigma = None
         if self.smoothing is not None:
@@ -968,7 +968,7 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
         if key not in self._segmenters:
             try:
                 from BreastUSSegmentLib.inference import LesionSegmenter
-                from BreastUSSegmentLib.weights import WeightsError
+                from BreastUSSegmentLib.modelcard import WeightsError
             except ImportError as error:
                 raise BreastUSSegmentError(
                     _("A Python package the model needs is missing ({error}). Install PyTorch with the PyTorch "
@@ -1099,8 +1099,7 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
                 inputVolumeNode) -> SegmentationOutput:
         """What :meth:`segment` returns: the nodes, the lesion's measurements and, for an empty result,
         the strongest candidate Min. confidence hid."""
-        from BreastUSSegmentLib.postprocessing import strongest_hidden_confidence, strongest_rejected_lesion_probability
-
+        whyEmpty = result.why_empty  # None unless every frame came out empty
         return SegmentationOutput(
             segmentationNode=segmentationNode,
             segmentId=segmentId,
@@ -1109,10 +1108,8 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
             measurements=measure_frames(result.processed_mask, self.volumeSpacing(inputVolumeNode)),
             pipelineResult=result,
             postprocessing=postprocessing,
-            # Only an empty result needs it (for the status line); a long clip is not labelled twice otherwise.
-            hiddenConfidence=(None if result.processed_mask.any()
-                              else strongest_hidden_confidence(result.probability, postprocessing)),
-            rejectedLesionProbability=strongest_rejected_lesion_probability(result.lesion_probability, postprocessing),
+            hiddenConfidence=None if whyEmpty is None else whyEmpty.hidden_confidence,
+            rejectedLesionProbability=None if whyEmpty is None else whyEmpty.rejected_lesion_probability,
         )
 
     # --- Cine clips loaded as Sequences ---
@@ -1805,7 +1802,7 @@ class BreastUSSegmentTest(ScriptedLoadableModuleTest):
 
         from BreastUSSegmentLib.inference import LesionSegmenter
         from BreastUSSegmentLib.model import AttentionUNet, ModelConfig
-        from BreastUSSegmentLib.postprocessing import UNTUNED_POSTPROCESSING
+        from BreastUSSegmentLib.options import UNTUNED_POSTPROCESSING
         from BreastUSSegmentLib.weights import save_model
 
         self.delayDisplay("Segmenting a synthetic frame with a tiny model")

@@ -7,8 +7,9 @@ import torch
 from BreastUSSegmentLib.device import select_device
 from BreastUSSegmentLib.inference import LesionSegmenter
 from BreastUSSegmentLib.model import AttentionUNet, ModelConfig
-from BreastUSSegmentLib.postprocessing import PostprocessOptions, UNTUNED_POSTPROCESSING
-from BreastUSSegmentLib.weights import WeightsError, save_model
+from BreastUSSegmentLib.options import PostprocessOptions, UNTUNED_POSTPROCESSING
+from BreastUSSegmentLib.modelcard import WeightsError
+from BreastUSSegmentLib.weights import save_model
 
 
 @pytest.fixture(scope="module")
@@ -122,11 +123,11 @@ class _OutOfMemoryOnce(torch.nn.Module):
         super().__init__()
         self.inner, self.config, self.failed = model, model.config, False
 
-    def forward(self, x, return_attention=False, return_lesion_logit=False):
+    def forward(self, x):
         if not self.failed:
             self.failed = True
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return self.inner(x, return_attention=return_attention, return_lesion_logit=return_lesion_logit)
+        return self.inner(x)
 
 
 def test_out_of_memory_falls_back_to_cpu_with_warning(caplog, monkeypatch):

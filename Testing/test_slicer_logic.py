@@ -17,7 +17,7 @@ import slicer
 from BreastUSSegmentLib.inference import LesionSegmenter
 from BreastUSSegmentLib.measure import measure_frames
 from BreastUSSegmentLib.model import AttentionUNet, ModelConfig
-from BreastUSSegmentLib.postprocessing import UNTUNED_POSTPROCESSING
+from BreastUSSegmentLib.options import UNTUNED_POSTPROCESSING
 from BreastUSSegmentLib.weights import save_model
 from conftest import brightness_model
 
@@ -148,7 +148,7 @@ def test_min_lesion_probability_empties_the_frame_and_says_why(scene, logic, wei
 
 def test_postprocessing_parameters_follow_the_chosen_models_card(logic, tmp_path):
     """Choosing a model file sets the panel's post-processing to that model's card (fields the panel binds)."""
-    from BreastUSSegmentLib.weights import read_model_card
+    from BreastUSSegmentLib.modelcard import read_model_card
 
     fields = set(BUS.BreastUSSegmentParameterNode.__annotations__)
     bundled = read_model_card(BUS.BUNDLED_WEIGHTS).postprocess_options
