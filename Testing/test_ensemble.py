@@ -11,8 +11,8 @@ from breastus_training.cli import main as train_main
 from breastus_training.ensemble import EnsembleError, join_models
 from BreastUSSegmentLib.inference import LesionSegmenter
 from BreastUSSegmentLib.model import AttentionUNet, AttentionUNetEnsemble, ModelConfig, build_model
-from BreastUSSegmentLib.options import UNTUNED_POSTPROCESSING
 from BreastUSSegmentLib.modelcard import card_path_for, read_model_card
+from BreastUSSegmentLib.options import UNTUNED_POSTPROCESSING
 from BreastUSSegmentLib.weights import load_model, save_model, stored_copy
 
 CONFIG = ModelConfig(base_channels=4, depth=2, dropout=0.0)

@@ -11,9 +11,9 @@ from PIL import Image
 from BreastUSSegmentLib.inference import LesionSegmenter
 from BreastUSSegmentLib.metrics import dice_score, hausdorff95, iou_score
 from BreastUSSegmentLib.model import AttentionUNet, ModelConfig
+from BreastUSSegmentLib.modelcard import WeightsError, card_path_for, read_model_card
 from BreastUSSegmentLib.options import UNTUNED_POSTPROCESSING
 from BreastUSSegmentLib.postprocessing import postprocess_mask
-from BreastUSSegmentLib.modelcard import WeightsError, card_path_for, read_model_card
 from BreastUSSegmentLib.weights import load_model, save_model
 from breastus_training import evaluate, export, figures, sweep
 

@@ -52,8 +52,8 @@ from tqdm import tqdm
 from BreastUSSegmentLib.device import DEVICE_CHOICES, select_device
 from BreastUSSegmentLib.fileio import write_text_atomically
 from BreastUSSegmentLib.metrics import dice_score, iou_score
-from BreastUSSegmentLib.options import UNTUNED_POSTPROCESSING
 from BreastUSSegmentLib.model import AttentionUNet, ModelConfig
+from BreastUSSegmentLib.options import UNTUNED_POSTPROCESSING
 from BreastUSSegmentLib.weights import load_model, save_model, sha256_of_file
 
 from .augment import AUGMENTATIONS, get_augmentation
