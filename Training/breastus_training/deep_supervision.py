@@ -73,7 +73,7 @@ class DeeplySupervisedUNet(nn.Module):
         return SupervisedOutput(*output, auxiliary=tuple(auxiliary))
 
 
-def deep_supervision_loss(loss_fn: nn.Module, auxiliary: list[torch.Tensor], masks: torch.Tensor,
+def deep_supervision_loss(loss_fn: nn.Module, auxiliary: tuple[torch.Tensor, ...], masks: torch.Tensor,
                           weight: float) -> torch.Tensor:
     """``weight * sum_k 2**-k * loss_fn(level k)`` over the auxiliary logits, finest (k = 1) first, in fp32."""
     return weight * sum(0.5 ** k * loss_fn(level.float(), masks) for k, level in enumerate(auxiliary, start=1))
