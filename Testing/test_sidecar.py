@@ -14,7 +14,7 @@ from PIL import Image
 from BreastUSSegmentLib.cli import main
 from BreastUSSegmentLib.fileio import sha256_of_file
 from BreastUSSegmentLib.measure import measure_lesions
-from BreastUSSegmentLib.postprocessing import UNTUNED_POSTPROCESSING
+from BreastUSSegmentLib.options import UNTUNED_POSTPROCESSING
 from BreastUSSegmentLib.sidecar import RUN_TABLE_NAME, TABLE_COLUMNS
 from BreastUSSegmentLib.weights import read_model_card, save_model
 from conftest import brightness_model

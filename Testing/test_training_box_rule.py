@@ -3,7 +3,7 @@
 import numpy as np
 
 from BreastUSSegmentLib.boxes import Box
-from BreastUSSegmentLib.postprocessing import UNTUNED_POSTPROCESSING
+from BreastUSSegmentLib.options import UNTUNED_POSTPROCESSING
 from breastus_training.box_rule import free_box, score
 
 

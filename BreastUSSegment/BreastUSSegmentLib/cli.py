@@ -44,12 +44,12 @@ from .fileio import sha256_of_file, split_extension, write_atomically
 from .imageio import read_image, write_image
 from .imagetypes import MAX_INPUT_PIXELS, ImageReadError, parse_spacing
 from .measure import measure_frames, result_in_words
+from .modelcard import WeightsError
+from .options import add_settings_arguments, settings_from_args
 from .sidecar import (RUN_TABLE_NAME, SIDECAR_SUFFIX, header_fields, provenance, sidecar_record, spacing_source,
                       table_rows, write_sidecar, write_table)
-from .postprocessing import strongest_hidden_confidence, strongest_rejected_lesion_probability
 from .preprocessing import InvalidImageError
 from .visualize import FIGURE_MAX_SIDE, overlay_figure
-from .weights import WeightsError
 
 FORMATS = {"nrrd": ".nrrd", "nifti": ".nii.gz", "png": ".png"}
 EPILOG = (
@@ -84,15 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weights", type=Path, default=BUNDLED_WEIGHTS, help="model .safetensors (model card beside it)")
     parser.add_argument("--format", choices=sorted(FORMATS), default="nrrd", help="file format of mask and probability")
     parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="where the network runs (default: auto)")
-    parser.add_argument("--threshold", type=float, help="probability threshold (default: the model card's)")
-    parser.add_argument("--min-confidence", type=float, metavar="P",
-                        help="drop found regions whose mean probability is below P, 0 keeps all (default: the model card's)")
-    parser.add_argument("--min-lesion-probability", type=float, metavar="P",
-                        help="models with a lesion head: no lesion on a frame whose image-level lesion probability "
-                             "is below P, 0 keeps all (default: the model card's)")
     parser.add_argument("--no-postprocess", action="store_true", help="write the raw thresholded mask")
-    parser.add_argument("--test-time-flip", action=argparse.BooleanOptionalAction, default=None,
-                        help="average with a horizontally flipped pass (default: the model card's)")
     parser.add_argument("--no-figure", action="store_true", help="do not write the overlay PNG")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     parser.add_argument("--batch-size", type=int, default=8, help="frames per forward pass for clips")
@@ -105,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="pixel size in mm of every input, replacing the file's own (PNG and JPEG have none: "
                              "without it their sizes are in pixels)")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    add_settings_arguments(parser)
     return parser
 
 
@@ -313,11 +306,12 @@ def lesion_summary(image_path: Path, record: dict, frames: list, words: list, re
     if frames_with_lesion == 0:
         if result.boxes is not None:
             return f"{name}: {words[0] if result.frame_count == 1 else 'no lesion found in any box'}"
-        rejected = None if options is None else strongest_rejected_lesion_probability(result.lesion_probability, options)
+        why = None if options is None else result.why_empty  # what post-processing hid, found as it ran
+        rejected = None if why is None else why.rejected_lesion_probability
         if rejected is not None:
             return (f"{name}: no lesion found (the lesion head's probability, {rejected:.2f} at most, "
                     f"is below --min-lesion-probability {options.min_lesion_probability:.2f})")
-        hidden = None if options is None else strongest_hidden_confidence(result.probability, options)
+        hidden = None if why is None else why.hidden_confidence
         return f"{name}: no lesion found" + (
             "" if hidden is None else
             f" (the strongest candidate region, mean probability {hidden:.2f}, is below --min-confidence "
@@ -381,10 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     from .inference import LesionSegmenter
 
     try:
-        segmenter = LesionSegmenter.from_weights(
-            args.weights, device=args.device, threshold=args.threshold, min_mean_probability=args.min_confidence,
-            min_lesion_probability=args.min_lesion_probability, test_time_flip=args.test_time_flip,
-        )
+        segmenter = LesionSegmenter.from_weights(args.weights, device=args.device, **settings_from_args(args))
     except (WeightsError, RuntimeError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

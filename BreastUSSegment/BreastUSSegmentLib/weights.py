@@ -26,10 +26,8 @@ from safetensors.torch import load_file, save_file
 
 from .fileio import sha256_of_file, write_atomically, write_text_atomically  # noqa: F401 (sha256_of_file: used here and re-exported)
 from .model import build_model
-from .modelcard import (  # noqa: F401
-    FORMAT_VERSION, STORAGE_DTYPES, ModelCard, WeightsError, card_path_for, check_storage_dtype, read_model_card,
-)
-from .postprocessing import PostprocessOptions
+from .modelcard import STORAGE_DTYPES, ModelCard, WeightsError, card_path_for, check_storage_dtype, read_model_card
+from .options import PostprocessOptions
 
 
 def stored_state(model: nn.Module, storage_dtype: str = "float32") -> dict:
