@@ -206,7 +206,7 @@ def test_the_live_benchmark_runs_and_reports_its_numbers(tmp_path):
     import sys
     from pathlib import Path
 
-    from BreastUSSegmentLib.postprocessing import UNTUNED_POSTPROCESSING
+    from BreastUSSegmentLib.options import UNTUNED_POSTPROCESSING
     from BreastUSSegmentLib.weights import save_model
     from conftest import brightness_model
 

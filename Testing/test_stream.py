@@ -14,7 +14,7 @@ from BreastUSSegmentLib.cli import main
 from BreastUSSegmentLib.clipio import NrrdClipWriter, open_clip
 from BreastUSSegmentLib.imageio import read_image, write_image
 from BreastUSSegmentLib.imagetypes import ImageReadError
-from BreastUSSegmentLib.postprocessing import UNTUNED_POSTPROCESSING
+from BreastUSSegmentLib.options import UNTUNED_POSTPROCESSING
 from BreastUSSegmentLib.stream import FrameStepper, chunk_size, segment_stream
 from BreastUSSegmentLib.temporal import TemporalFilter, TemporalRule
 from BreastUSSegmentLib.weights import save_model

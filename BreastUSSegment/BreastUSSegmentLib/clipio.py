@@ -58,6 +58,13 @@ class Clip:
         """Whether the frames are read from the file a chunk at a time (else the file was read whole)."""
         return self._nrrd is not None
 
+    def frame(self, number: int) -> np.ndarray:
+        """Frame ``number`` (0 is the first), read again from the file when the clip is read in chunks."""
+        for start, chunk in zip(range(0, self.frame_count, 16), self.chunks(16)):
+            if number < start + len(chunk):
+                return chunk[number - start]
+        raise IndexError(f"{self.path}: no frame {number} in a clip of {self.frame_count}")
+
     def chunks(self, size: int) -> Iterator[np.ndarray]:
         """``(n, H, W[, C])`` stacks of at most ``size`` frames, first to last."""
         if self._nrrd is None:
@@ -185,16 +192,22 @@ def _nrrd_spacing(fields: dict) -> Optional[tuple[float, float]]:
     return (1.0, 1.0)
 
 
+def _nrrd_text(value) -> str:
+    """A header value on one line (NRRD key/value pairs end at the line's end)."""
+    return str(value).replace("\\", "\\\\").replace("\n", "\\n")
+
+
 class NrrdClipWriter:
     """Writes an ``(F, H, W)`` clip to a gzip NRRD a chunk of frames at a time, atomically.
 
+    ``metadata`` (text key -> text value) goes into the header as ``key:=value`` lines.
     The file appears at ``path`` only on :meth:`close` after all ``frame_count``
     frames were written; :meth:`abort` (or an error) leaves nothing behind. With
     ``exclusive`` an existing file is never replaced (``FileExistsError``).
     """
 
     def __init__(self, path: str | os.PathLike, frame_count: int, frame_shape: tuple[int, int], dtype,
-                 spacing: tuple[float, float], *, exclusive: bool = False):
+                 spacing: tuple[float, float], *, exclusive: bool = False, metadata: Optional[dict] = None):
         self.path = Path(path)
         self.frame_count = int(frame_count)
         self.frame_shape = (int(frame_shape[0]), int(frame_shape[1]))
@@ -217,7 +230,7 @@ class NrrdClipWriter:
             "endian: little",
             "encoding: gzip",
             "space origin: (0,0,0)",
-        ]) + "\n\n"
+        ] + [f"{key}:={_nrrd_text(value)}" for key, value in (metadata or {}).items()]) + "\n\n"
         self._file.write(header.encode("ascii"))
         self._compressor = zlib.compressobj(6, zlib.DEFLATED, 31)  # 31: a gzip stream
 

@@ -1,4 +1,4 @@
-"""The command line's output files of one input, filled frame by frame as the results of a clip arrive.
+"""The command line's mask and probability files of one input, filled frame by frame as the results of a clip arrive.
 
 A clip's mask and probability written as NRRD are streamed to disk a chunk at a
 time (:class:`~.clipio.NrrdClipWriter`); a single frame, and clips written in other
@@ -9,28 +9,28 @@ stay under the clip limit (:data:`~.imagetypes.MAX_INPUT_PIXELS`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 
 from .clipio import Clip, NrrdClipWriter
-from .fileio import write_atomically
 from .imageio import write_image
 from .imagetypes import size_problem
 from .preprocessing import InvalidImageError
-from .visualize import overlay_figure
 
 IMAGE_KINDS = {"mask": np.uint8, "probability": np.float32}  # a PNG mask is written 0/255 from bool
 
 
 class ClipOutputs:
-    """The outputs ``paths`` (kind -> path: mask, probability, figure) of ``clip``, written in format ``suffix``."""
+    """The mask and probability of ``paths`` (kind -> path) of ``clip``, written in format ``suffix`` with ``spacing``
+    and header ``metadata``. The figure and other outputs are the caller's."""
 
-    def __init__(self, paths: dict, clip: Clip, suffix: str, *, exclusive: bool):
+    def __init__(self, paths: dict, clip: Clip, suffix: str, spacing: tuple, *, exclusive: bool,
+                 metadata: Optional[dict] = None):
         self.clip = clip
+        self.spacing = spacing
         self.exclusive = exclusive
-        self.figure_wanted = "figure" in paths
-        self.first = None  # (mask, attention) of the first frame, for the figure
+        self.metadata = metadata
         self.streamed = {}
         self.gathered = {}
         count, shape = clip.frame_count, clip.frame_shape
@@ -40,7 +40,8 @@ class ClipOutputs:
             if suffix == ".png" and kind == "mask":
                 dtype = bool
             if suffix == ".nrrd" and count > 1:
-                self.streamed[kind] = NrrdClipWriter(paths[kind], count, shape, dtype, clip.spacing, exclusive=exclusive)
+                self.streamed[kind] = NrrdClipWriter(paths[kind], count, shape, dtype, spacing, exclusive=exclusive,
+                                                      metadata=metadata)
                 continue
             problem = size_problem(count, *shape)
             if problem:
@@ -55,8 +56,6 @@ class ClipOutputs:
             writer.write(values[kind][np.newaxis])
         for kind, array in self.gathered.items():
             array[result.index] = values[kind]
-        if self.first is None:
-            self.first = (mask, result.combined_attention)
 
     def writers(self) -> dict:
         """Kind -> function writing that output to the path it is given (for :func:`.cli.write_all`)."""
@@ -65,13 +64,8 @@ class ClipOutputs:
             writers[kind] = lambda path, writer=writer: writer.close()
         squeeze = (lambda array: array[0]) if self.clip.frame_count == 1 else (lambda array: array)
         for kind, array in self.gathered.items():
-            writers[kind] = lambda path, array=array: write_image(path, squeeze(array), spacing=self.clip.spacing,
-                                                                  exclusive=self.exclusive)
-        if self.figure_wanted:
-            first_frame = next(self.clip.chunks(1))[0]
-            figure = overlay_figure(first_frame, *self.first)
-            writers["figure"] = lambda path: write_atomically(
-                path, lambda temporary: figure.save(temporary, format="PNG"), exclusive=self.exclusive)
+            writers[kind] = lambda path, array=array: write_image(path, squeeze(array), spacing=self.spacing,
+                                                                  exclusive=self.exclusive, metadata=self.metadata)
         return writers
 
     def abort(self) -> None:

@@ -36,6 +36,7 @@ class FrameResult:
     lesion_probability: Optional[float] = None  # the lesion head's; models with one, no boxes
     box_labels: Optional[np.ndarray] = None  # uint16, with box prompts only
     boxes: Optional[list] = None  # this frame's BoxOutcomes (frame numbers of the clip), with box prompts only
+    why_empty: Optional[object] = None  # the WhyEmpty of the frame's chunk when all its frames came out empty
 
 
 def check_frame_size(rows: int, columns: int) -> None:
@@ -92,6 +93,7 @@ class FrameStepper:
                 lesion_probability=None if result.lesion_probability is None else float(result.lesion_probability[offset]),
                 box_labels=None if result.box_labels is None else result.box_labels[offset],
                 boxes=None if result.boxes is None else outcomes.get(offset, []),
+                why_empty=result.why_empty,
             )
             for offset in range(result.frame_count)
         ]
@@ -167,33 +169,28 @@ class ClipSummary:
         self.mask_of = mask_of  # which mask counts: processed (default) or raw
         self.frame_count = 0
         self.frames_with_lesion = 0
-        self.first_mask: Optional[np.ndarray] = None
         self.boxes: Optional[list] = None  # every frame's BoxOutcomes, with box prompts
-        self.lesion_probabilities: list = []
-        # postprocessing.strongest_hidden_confidence over the frames, kept while no frame has a lesion
-        self.hidden_confidence: Optional[float] = None
+        self._chunk_reasons: dict = {}  # id -> the WhyEmpty of each chunk whose frames all came out empty
+        self._frames_explained = 0  # frames of those chunks
 
     def add(self, result: FrameResult) -> None:
-        from .postprocessing import strongest_hidden_confidence
-
-        mask = self.mask_of(result)
-        if self.first_mask is None:
-            self.first_mask = mask
         self.frame_count += 1
-        self.frames_with_lesion += bool(mask.any())
+        self.frames_with_lesion += bool(self.mask_of(result).any())
         if result.boxes is not None:
             self.boxes = (self.boxes or []) + list(result.boxes)
-        if result.lesion_probability is not None:
-            self.lesion_probabilities.append(result.lesion_probability)
-        if self.options is not None and result.boxes is None and not self.frames_with_lesion:  # only read then
-            hidden = strongest_hidden_confidence(result.probability, self.options)
-            if hidden is not None and (self.hidden_confidence is None or hidden > self.hidden_confidence):
-                self.hidden_confidence = hidden
+        if result.why_empty is not None:
+            self._chunk_reasons[id(result.why_empty)] = result.why_empty
+            self._frames_explained += 1
 
     @property
-    def lesion_probability(self) -> Optional[np.ndarray]:
-        return np.array(self.lesion_probabilities, dtype=np.float32) if self.lesion_probabilities else None
+    def why_empty(self):
+        """What post-processing hid when no frame has a lesion (:class:`~.postprocessing.WhyEmpty`); else None."""
+        from .postprocessing import WhyEmpty
 
-    @property
-    def empty_boxes(self) -> list:
-        return [outcome for outcome in self.boxes or [] if not outcome.found]
+        reasons = list(self._chunk_reasons.values())
+        if self.frames_with_lesion or self.options is None or self.boxes is not None or not reasons:
+            return None
+        hidden = [reason.hidden_confidence for reason in reasons if reason.hidden_confidence is not None]
+        rejected = [reason.rejected_lesion_probability for reason in reasons]
+        return WhyEmpty(max(hidden) if hidden else None,
+                        None if None in rejected or self._frames_explained < self.frame_count else max(rejected))
