@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import ensemble, evaluate, export, intervals, prepare, sweep, train
+from . import descriptor_check, descriptor_fit, ensemble, evaluate, export, intervals, prepare, sweep, train
 
 SUBCOMMANDS = {
     "prepare": (prepare, "index BUSI, group duplicates and write the train/val/test split manifest"),
@@ -19,6 +19,10 @@ SUBCOMMANDS = {
     "sweep": (sweep, "score a grid of post-processing settings on val from one inference pass, to choose them"),
     "evaluate": (evaluate, "score saved weights on a subset of the split; write report.json, report.md and figures"),
     "intervals": (intervals, "95% intervals of an evaluation's numbers (bootstrap; exact binomial for shares), from its report.json"),
+    "descriptors-fit": (descriptor_fit, "choose the lexicon descriptor rules on train and fit the research-use "
+                                        "malignancy likelihood (train, L2 chosen on val)"),
+    "descriptors": (descriptor_check, "check the lexicon descriptors against radiologists' reads and the malignancy "
+                                      "likelihood's AUC on a subset, with 95% intervals (research use)"),
     "export": (export, "write evaluated weights as the bundled model, with the evaluation in its model card"),
 }
 
