@@ -51,7 +51,7 @@ POSTERIOR_TERMS = ("none", "enhancement", "shadowing", "combined")
 # --- Rules (numbers -> terms), one dict per descriptor. Chosen with ``breastus-train descriptors-fit`` on
 # BrEaST's train split (ground-truth masks): each threshold in turn set to the train quantile (2.5% to 97.5%)
 # of its number that gives the highest Cohen's kappa against the radiologists' reads, three rounds. Kappa
-# on BrEaST train / val (176 / 25 images): shape 0.54 / 0.39, margin 0.52 / 0.36, echo pattern 0.16 / 0.08,
+# on BrEaST train / val (176 / 25 images): shape 0.54 / 0.39, margin 0.52 / 0.36, echo pattern 0.21 / 0.09,
 # posterior features 0.44 / 0.25 (Training/EXPERIMENTS.md, "Lesion descriptors").
 # Shape: irregular below the solidity cut; otherwise round from the axis-ratio cut, else oval.
 SHAPE_RULE = {"irregular_below_solidity": 0.9358, "round_from_axis_ratio": 0.9105}
@@ -63,8 +63,8 @@ MARGIN_RULE = {"not_circumscribed_above_irregularity": 0.0762}
 # Echo pattern, tested in this order: anechoic (median against the surround), complex cystic/solid (share of
 # anechoic-dark pixels), heterogeneous (spread), then hyperechoic / isoechoic / hypoechoic against the fat
 # band above the lesion (against the surround where the image holds no fat band).
-ECHO_RULE = {"anechoic_below_ratio": 0.4638, "complex_from_dark_share": 0.2608, "heterogeneous_above_spread": 0.5922,
-             "hyperechoic_above_ratio": 1.3802, "isoechoic_above_ratio": 0.7727}
+ECHO_RULE = {"anechoic_below_ratio": 0.3796, "complex_from_dark_share": 0.4671, "heterogeneous_above_spread": 0.4192,
+             "hyperechoic_above_ratio": 1.3802, "isoechoic_above_ratio": 0.8603}
 # Posterior features (band below over bands beside): shadowing below, enhancement above; combined when one
 # third of the band is below the shadowing cut and another above the enhancement cut.
 POSTERIOR_RULE = {"shadowing_below_ratio": 0.7717, "enhancement_above_ratio": 1.5002}
