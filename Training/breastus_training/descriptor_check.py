@@ -29,7 +29,7 @@ from BreastUSSegmentLib.descriptors import RESEARCH_USE, RULES
 from BreastUSSegmentLib.device import DEVICE_CHOICES, select_device
 from BreastUSSegmentLib.fileio import write_text_atomically
 from BreastUSSegmentLib.likelihood import MODEL_PATH, load_likelihood_model
-from BreastUSSegmentLib.weights import WeightsError
+from BreastUSSegmentLib.modelcard import WeightsError
 
 from .busi import SPLITS, load_manifest
 from .descriptor_data import BIRADS_ORDER, cohen_kappa, describe_cases, roc_auc
