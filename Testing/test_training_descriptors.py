@@ -39,8 +39,9 @@ def write_breast_with_reads(root, count=len(SPLITS)):
         frame = 120 * rng.uniform(0.85, 1.15, SIZE)
         frame[mask] *= 0.5
         below = np.zeros(SIZE, bool)
-        below[np.nonzero(mask)[0].max() + 1:, 40:73] = True
-        frame[below] *= 0.45 if malignant else 1.6
+        lesion_rows, lesion_cols = np.nonzero(mask)
+        below[lesion_rows.max() + 1:, lesion_cols.min():lesion_cols.max() + 1] = True
+        frame[below] *= 0.45 if malignant else 1.9
         Image.fromarray(np.clip(frame, 0, 255).astype(np.uint8)).save(root / "images" / f"{name}.png")
         Image.fromarray(mask).save(root / "masks" / f"{name}_mask.png")
         rows.append({"Image_filename": f"{name}.png", "Pixel_size": "0.01",
