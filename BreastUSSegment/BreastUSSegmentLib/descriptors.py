@@ -8,7 +8,8 @@ the lexicon term a rule maps it to:
 
 * shape: solidity (area over convex-hull area) and the axis ratio of the
   lesion's moment ellipse (minor over major) -> irregular / round / oval;
-* orientation: depth-to-width ratio (vertical over horizontal extent, in mm)
+* orientation: depth-to-width ratio (vertical over horizontal extent in mm, as
+  :mod:`.measure` defines it)
   and the angle of the ellipse's long axis to the image rows -> parallel /
   not parallel ("taller than wide");
 * margin: boundary irregularity, measured on the outline: the area between the
@@ -36,7 +37,6 @@ from dataclasses import asdict, dataclass
 from typing import Optional
 
 import numpy as np
-from scipy import ndimage
 
 from .imagetypes import check_spacing
 
@@ -77,13 +77,20 @@ MIN_PIXELS = 20  # a reference region with fewer pixels is "not measurable"
 DARK_PIXEL_RATIO = 0.35  # a lesion pixel darker than this share of the surround's median is anechoic-dark
 
 
+def _ndimage():
+    """scipy.ndimage, imported when measuring so the Slicer module can import this module before scipy is installed."""
+    from scipy import ndimage
+
+    return ndimage
+
+
 @dataclass(frozen=True)
 class LesionDescriptors:
     """Numbers and lexicon terms of one lesion (see the module docstring). None: not measurable here."""
 
     solidity: float
     axis_ratio: float
-    depth_to_width: float
+    depth_to_width: Optional[float]
     long_axis_angle_deg: float
     margin_irregularity: float
     echo_ratio_surround: Optional[float]
@@ -113,6 +120,7 @@ def _gray(image: np.ndarray) -> np.ndarray:
 
 
 def _check_region(mask: np.ndarray, shape: tuple) -> np.ndarray:
+    ndimage = _ndimage()
     region = np.asarray(mask, dtype=bool)
     if region.shape != tuple(shape):
         raise ValueError(f"the lesion mask is {region.shape} but the image is {tuple(shape)}")
@@ -145,6 +153,7 @@ def _hull_area(points: np.ndarray) -> float:
 
 def shape_numbers(region: np.ndarray, spacing) -> dict:
     """Solidity, moment-ellipse axis ratio, depth-to-width ratio and long-axis angle (degrees from the rows)."""
+    ndimage = _ndimage()
     row_mm, col_mm = spacing
     rows, cols = np.nonzero(region)
     area = rows.size * row_mm * col_mm
@@ -157,19 +166,21 @@ def shape_numbers(region: np.ndarray, spacing) -> dict:
     values, vectors = np.linalg.eigh(covariance)
     major = vectors[:, 1]
     angle = float(np.degrees(np.arctan2(abs(major[1]), abs(major[0]))))
-    depth = (rows.max() - rows.min() + 1) * row_mm
-    width = (cols.max() - cols.min() + 1) * col_mm
+    depth = (rows.max() - rows.min()) * row_mm  # between the outermost pixel centres, as measure.py
+    width = (cols.max() - cols.min()) * col_mm
     return {"solidity": float(solidity), "axis_ratio": float(np.sqrt(values[0] / values[1])),
-            "depth_to_width": float(depth / width), "long_axis_angle_deg": angle}
+            "depth_to_width": float(depth / width) if width > 0 else None, "long_axis_angle_deg": angle}
 
 
 def _grow(region: np.ndarray, radius: float) -> np.ndarray:
     """Pixels within ``radius`` pixels of ``region`` (dilation by a disk, through the distance transform)."""
+    ndimage = _ndimage()
     return ndimage.distance_transform_edt(~region) <= radius
 
 
 def _shrink(region: np.ndarray, radius: float) -> np.ndarray:
     """Pixels of ``region`` farther than ``radius`` pixels from outside it (erosion by a disk)."""
+    ndimage = _ndimage()
     return ndimage.distance_transform_edt(region) > radius
 
 
@@ -187,6 +198,7 @@ def margin_roughness(region: np.ndarray) -> float:
 
 
 def _ring(region: np.ndarray, width: float) -> np.ndarray:
+    ndimage = _ndimage()
     distance = ndimage.distance_transform_edt(~region)
     return (distance > 1.5) & (distance <= max(2.0, width))
 
@@ -243,7 +255,8 @@ def shape_term(numbers: dict, rule: dict = SHAPE_RULE) -> str:
 
 
 def orientation_term(numbers: dict, rule: dict = ORIENTATION_RULE) -> str:
-    return "not parallel" if numbers["depth_to_width"] > rule["not_parallel_above_depth_to_width"] else "parallel"
+    ratio = numbers["depth_to_width"]  # None: no width, a vertical sliver
+    return "not parallel" if ratio is None or ratio > rule["not_parallel_above_depth_to_width"] else "parallel"
 
 
 def margin_term(numbers: dict, rule: dict = MARGIN_RULE) -> str:
