@@ -224,7 +224,7 @@ def test_a_failing_overlay_stops_neither_the_batch_nor_leaves_half_the_outputs(t
     assert sorted(p.name for p in out.iterdir()) == ["second_mask.nrrd", "second_overlay.png", "second_probability.nrrd"]
 
 
-def test_a_run_killed_while_writing_leaves_no_half_written_output(tmp_path, weights, monkeypatch):
+def test_a_run_killed_while_writing_leaves_no_half_written_output(tmp_path, weights, monkeypatch, capsys):
     """A kill inside the probability write (simulated by an interrupt) leaves nothing a rerun would refuse."""
     bright_square_png(tmp_path / "f.png")
     out = tmp_path / "out"
@@ -238,8 +238,8 @@ def test_a_run_killed_while_writing_leaves_no_half_written_output(tmp_path, weig
         real_write(image, target, *args, **kwargs)
 
     monkeypatch.setattr(sitk, "WriteImage", killed_inside_the_second_write)
-    with pytest.raises(KeyboardInterrupt):
-        run([tmp_path / "f.png"], out, weights)
+    assert run([tmp_path / "f.png"], out, weights) == 130
+    assert capsys.readouterr().err.strip().endswith("interrupted: 0 segmented, 1 not run")
     assert list(out.iterdir()) == []
     monkeypatch.setattr(sitk, "WriteImage", real_write)
     assert run([tmp_path / "f.png"], out, weights) == 0  # no --overwrite needed
@@ -309,3 +309,80 @@ def test_nan_weights_stop_the_batch_with_an_error_naming_the_model(tmp_path, wei
     assert f"the network output is NaN or infinite: the model {broken} is broken" in captured.err
     assert captured.out.strip().endswith("0 segmented, 1 failed, 1 not run (the model is broken)")
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_failed_overwrite_keeps_the_earlier_outputs_of_that_input(tmp_path, weights, monkeypatch, capsys):
+    """A full disk while the probability map is written (simulated inside SimpleITK's write) leaves the three
+    earlier outputs exactly as they were, not a mix of old and new."""
+    bright_square_png(tmp_path / "f.png")
+    out = tmp_path / "out"
+    assert run([tmp_path / "f.png"], out, weights) == 0
+    earlier = {path.name: path.read_bytes() for path in out.iterdir()}
+    assert sorted(earlier) == ["f_mask.nrrd", "f_overlay.png", "f_probability.nrrd"]
+    bright_square_png(tmp_path / "f.png", size=(90, 110))  # new outputs would differ from the earlier ones
+    real_write = sitk.WriteImage
+
+    def disk_full_on_the_probability(image, target, *args, **kwargs):
+        if "probability" in str(target):
+            with open(target, "wb") as stream:
+                stream.write(b"NRRD0004\n")
+            raise RuntimeError("Exception thrown in SimpleITK ImageFileWriter_Execute: No space left on device")
+        real_write(image, target, *args, **kwargs)
+
+    monkeypatch.setattr(sitk, "WriteImage", disk_full_on_the_probability)
+    capsys.readouterr()
+    assert run([tmp_path / "f.png"], out, weights, "--overwrite") == 1
+    captured = capsys.readouterr()
+    assert f"error: {tmp_path / 'f.png'}: Cannot write '{out / 'f_probability.nrrd'}'" in captured.err
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == earlier
+    monkeypatch.setattr(sitk, "WriteImage", real_write)
+    assert run([tmp_path / "f.png"], out, weights, "--overwrite") == 0
+    assert sitk.ReadImage(str(out / "f_mask.nrrd")).GetSize() == (110, 90)
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "two"])
+def test_a_batch_size_below_one_is_a_usage_error(tmp_path, weights, capsys, value):
+    bright_square_png(tmp_path / "f.png")
+    with pytest.raises(SystemExit) as stop:
+        run([tmp_path / "f.png"], tmp_path / "out", weights, "--batch-size", value)
+    assert stop.value.code == 2
+    assert "argument --batch-size:" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def rotation(degrees: float, dimension: int) -> tuple:
+    """Direction cosines of a rotation about the last axis (row by row, as SimpleITK takes them)."""
+    angle = math.radians(degrees)
+    matrix = np.eye(dimension)
+    matrix[:2, :2] = [[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]]
+    return tuple(matrix.ravel())
+
+
+@pytest.mark.parametrize("name, shape, spacing, origin, direction, output_format", [
+    ("clip.nii.gz", (3, 40, 48), (0.2, 0.3, 2.5), (-12.0, 30.5, 7.25), rotation(30, 3), "nrrd"),
+    ("clip.nii.gz", (3, 40, 48), (0.2, 0.3, 2.5), (-12.0, 30.5, 7.25), rotation(30, 3), "nifti"),
+    ("frame.nrrd", (40, 48), (0.15, 0.4), (5.0, -3.0), rotation(-20, 2), "nrrd"),
+    ("slice.nrrd", (1, 40, 48), (0.2, 0.3, 4.0), (1.0, 2.0, 3.0), rotation(45, 3), "nifti"),
+])
+def test_masks_and_probabilities_keep_the_inputs_geometry(tmp_path, weights, name, shape, spacing, origin,
+                                                          direction, output_format):
+    """Origin, direction and every spacing (slices included) of an NRRD or NIfTI input reach both image outputs."""
+    pixels = np.full(shape, 20, np.uint8)
+    pixels[..., 10:30, 10:30] = 200
+    image = sitk.GetImageFromArray(pixels)
+    image.SetSpacing(spacing)
+    image.SetOrigin(origin)
+    image.SetDirection(direction)
+    sitk.WriteImage(image, str(tmp_path / name))
+    source = sitk.ReadImage(str(tmp_path / name))  # as the file holds it (NIfTI stores float32 numbers)
+    assert run([tmp_path / name], tmp_path / "out", weights, "--no-figure", "--format", output_format) == 0
+    suffix = {"nrrd": ".nrrd", "nifti": ".nii.gz"}[output_format]
+    for kind in ("mask", "probability"):
+        written = sitk.ReadImage(str(tmp_path / "out" / f"{name.split('.')[0]}_{kind}{suffix}"))
+        assert written.GetSize() == source.GetSize()
+        assert written.GetSpacing() == pytest.approx(source.GetSpacing(), abs=1e-5)
+        assert written.GetOrigin() == pytest.approx(source.GetOrigin(), abs=1e-5)
+        assert written.GetDirection() == pytest.approx(source.GetDirection(), abs=1e-5)
+        if kind == "mask":  # the lesion is where the bright square is, in physical space too
+            mask = sitk.GetArrayFromImage(written).reshape(shape)
+            assert mask[..., 15, 15].all() and not mask[..., 35, 40].any()

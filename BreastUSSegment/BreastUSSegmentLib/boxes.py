@@ -8,6 +8,7 @@ right, y counts rows down, and ``x1``/``y1`` are exclusive, so the box covers
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 from dataclasses import dataclass
@@ -173,30 +174,47 @@ def parse_box(text: str) -> Box:
 BOX_TABLE_COLUMNS = ("file", "x0", "y0", "x1", "y1")
 
 
-def read_box_table(path: str | os.PathLike) -> dict[Path, list[Box]]:
-    """Boxes per image from a CSV file with columns file, x0, y0, x1, y1 (one row per box).
+def read_box_table(path: str | os.PathLike) -> dict[Path, Union[list[Box], BoxError]]:
+    """Boxes per image from a CSV file (UTF-8) with columns file, x0, y0, x1, y1 (one row per box).
 
     A relative ``file`` is read from the CSV file's own folder; the keys are resolved paths, in file order.
+    An image with an invalid row maps to the :class:`BoxError` of its first such row instead of its boxes, so
+    that image alone fails. A table that cannot be read, lacks columns, has no rows or has a row without a
+    file raises :class:`BoxError`.
     """
     path = Path(path)
     try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            rows = list(csv.DictReader(handle))
-            header = rows[0].keys() if rows else []
+        text = path.read_bytes().decode("utf-8-sig")
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        header = reader.fieldnames or []
+        rows = list(reader)
     except OSError as error:
         raise BoxError(f"{path}: cannot read the box table ({error.strerror or error})") from None
+    except UnicodeDecodeError as error:
+        raise BoxError(f"{path}: the box table is not UTF-8 text (byte {error.start + 1} cannot be decoded); "
+                       "save it as UTF-8 CSV") from None
+    except csv.Error as error:
+        raise BoxError(f"{path}: not a readable CSV file ({error})") from None
     missing = [name for name in BOX_TABLE_COLUMNS if name not in header]
     if missing:
         raise BoxError(f"{path}: the box table needs the columns {', '.join(BOX_TABLE_COLUMNS)}; missing {', '.join(missing)}")
-    table: dict[Path, list[Box]] = {}
+    if not rows:
+        raise BoxError(f"{path}: the box table has no rows")
+    table: dict[Path, Union[list[Box], BoxError]] = {}
     for line, row in enumerate(rows, start=2):
+        file_name = (row["file"] or "").strip()
+        if not file_name:
+            raise BoxError(f"{path} line {line}: the file column is empty")
+        image = Path(file_name)
+        key = (image if image.is_absolute() else path.parent / image).resolve()
         try:
             box = as_box([float(row[name]) for name in BOX_TABLE_COLUMNS[1:]])
         except (TypeError, ValueError) as error:
             message = str(error) if isinstance(error, BoxError) else "x0, y0, x1, y1 must be numbers"
-            raise BoxError(f"{path} line {line}: {message}") from None
-        image = Path(row["file"].strip())
-        table.setdefault((image if image.is_absolute() else path.parent / image).resolve(), []).append(box)
-    if not table:
-        raise BoxError(f"{path}: the box table has no rows")
+            box = BoxError(f"{path} line {line}: {message}")
+        boxes = table.setdefault(key, [])
+        if isinstance(box, BoxError) and not isinstance(boxes, BoxError):
+            table[key] = box
+        elif isinstance(boxes, list):
+            boxes.append(box)
     return table
