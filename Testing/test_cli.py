@@ -1,6 +1,10 @@
 """The command line: outputs per input, formats, clips, no silent overwrite, clear errors."""
 
 import math
+import os
+import signal
+import subprocess
+import sys
 from dataclasses import replace
 
 import numpy as np
@@ -386,3 +390,82 @@ def test_masks_and_probabilities_keep_the_inputs_geometry(tmp_path, weights, nam
         if kind == "mask":  # the lesion is where the bright square is, in physical space too
             mask = sitk.GetArrayFromImage(written).reshape(shape)
             assert mask[..., 15, 15].all() and not mask[..., 35, 40].any()
+
+
+# ---------------------------------------------------------------- signals and odd file names (real processes)
+
+SLOW_DRIVER = '''
+import sys, time
+import SimpleITK as sitk
+from BreastUSSegmentLib import cli
+
+real_write = sitk.WriteImage
+
+def write_then_wait(image, target, *args, **kwargs):
+    real_write(image, target, *args, **kwargs)
+    if "second_mask" in str(target):  # the first of the second input's outputs is written: stop here a while
+        print("WRITING", flush=True)
+        time.sleep(60)
+
+sitk.WriteImage = write_then_wait
+sys.exit(cli.main(sys.argv[1:]))
+'''
+
+
+@pytest.mark.parametrize("number, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_mid_run_keeps_finished_inputs_cleans_the_current_one_and_says_what_was_not_run(
+        tmp_path, weights, number, status):
+    names = ["first", "second", "third"]
+    for name in names:
+        bright_square_png(tmp_path / f"{name}.png")
+    (tmp_path / "driver.py").write_text(SLOW_DRIVER)
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        [sys.executable, str(tmp_path / "driver.py"), *(str(tmp_path / f"{name}.png") for name in names),
+         "-o", str(out), "--weights", str(weights), "--device", "cpu"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        lines = []
+        for line in process.stdout:
+            lines.append(line)
+            if line.startswith("WRITING"):
+                break
+        process.send_signal(number)
+        rest, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == status, err
+    assert "first.png: lesion in 1/1 frame(s)" in "".join(lines)
+    assert err.strip().splitlines()[-1] == "interrupted: 1 segmented, 2 not run"
+    assert "Traceback" not in err
+    assert sorted(path.name for path in out.iterdir()) == ["first_mask.nrrd", "first_overlay.png",
+                                                            "first_probability.nrrd"]
+
+
+def test_file_and_folder_names_that_are_not_utf8_are_segmented(tmp_path, weights):
+    """Linux file names are bytes; SimpleITK used to abort the whole process on a name that is not UTF-8."""
+    folder = os.path.join(os.fsencode(tmp_path), b"caf\xe9")
+    try:
+        os.mkdir(folder)
+    except (OSError, UnicodeError):
+        pytest.skip("this file system refuses names that are not UTF-8")
+    bright_square_png(os.fsdecode(os.path.join(folder, b"frame\xfe.png")))
+    scan = sitk.GetImageFromArray(np.array(Image.open(os.fsdecode(os.path.join(folder, b"frame\xfe.png")))))
+    scan.SetSpacing((0.25, 0.5))
+    sitk.WriteImage(scan, str(tmp_path / "plain.nii.gz"))
+    os.rename(os.fsencode(tmp_path / "plain.nii.gz"), os.path.join(folder, b"scan\xff.nii.gz"))
+    bright_square_png(tmp_path / "last.png")
+    out = os.path.join(os.fsencode(tmp_path), b"out\xe9")
+    inputs = [os.path.join(folder, b"scan\xff.nii.gz"), os.path.join(folder, b"frame\xfe.png"),
+              os.fsencode(tmp_path / "last.png")]
+    result = subprocess.run([sys.executable, "-m", "BreastUSSegmentLib", *inputs, b"-o", out, b"--weights",
+                             os.fsencode(weights), b"--device", b"cpu", b"--format", b"nifti"],
+                            capture_output=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith(b"3 segmented, 0 failed")
+    assert sorted(os.listdir(out)) == sorted(
+        stem + kind for stem in (b"scan\xff", b"frame\xfe", b"last")
+        for kind in (b"_mask.nii.gz", b"_probability.nii.gz", b"_overlay.png"))
+    os.link(os.path.join(out, b"scan\xff_mask.nii.gz"), os.fsencode(tmp_path / "mask.nii.gz"))
+    mask = sitk.ReadImage(str(tmp_path / "mask.nii.gz"))
+    assert mask.GetSpacing() == pytest.approx((0.25, 0.5)) and sitk.GetArrayFromImage(mask).any()
