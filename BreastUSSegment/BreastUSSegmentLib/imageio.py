@@ -22,6 +22,7 @@ stored dtype; ``LoadedImage.color`` tells whether the last axis is colour.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -58,8 +59,10 @@ def read_image(path: str | os.PathLike) -> LoadedImage:
     Images of more than :data:`~.imagetypes.MAX_INPUT_PIXELS` pixels (all frames) are refused.
     """
     path = Path(path)
-    if not path.exists():
-        raise ImageReadError(path, "the file does not exist")
+    try:
+        os.stat(path)
+    except OSError as error:
+        raise ImageReadError(path, missing_file_problem(path, error)) from None
     if path.is_dir():
         raise ImageReadError(path, "it is a directory, not an image file")
     if path.stat().st_size == 0:
@@ -83,6 +86,16 @@ def read_image(path: str | os.PathLike) -> LoadedImage:
     check_pixels(image.pixels, path)
     check_size(path, image.frame_count, *image.frame_shape)
     return image
+
+
+def missing_file_problem(path: Path, error: OSError) -> str:
+    """Why ``path`` cannot be found, from the error of ``os.stat``: missing, a broken link, a link loop..."""
+    if error.errno == errno.ELOOP:
+        return "too many levels of symbolic links (a link loop)"
+    if error.errno == errno.ENOENT:
+        return f"the symbolic link points to {os.readlink(path)}, which does not exist" if path.is_symlink() \
+            else "the file does not exist"
+    return error.strerror or error_line(error)
 
 
 def check_pixels(pixels: np.ndarray, path: Path) -> None:
