@@ -1,5 +1,6 @@
 """The command line: outputs per input, formats, clips, no silent overwrite, clear errors."""
 
+import json
 import math
 import os
 import signal
@@ -300,10 +301,12 @@ def test_an_unusable_output_folder_is_a_clean_error(tmp_path, weights, capsys):
     assert f"error: cannot create the output folder {tmp_path / 'taken' / 'sub'}" in capsys.readouterr().err
 
 
-def test_nan_weights_stop_the_batch_with_an_error_naming_the_model(tmp_path, weights, capsys):
+def test_weights_that_overflow_stop_the_batch_with_an_error_naming_the_model(tmp_path, weights, capsys):
+    """Finite weights (NaN or infinite ones are refused at loading) whose output overflows to NaN."""
     model, card = load_model(weights)
     with torch.no_grad():
-        model.head.bias.fill_(float("nan"))
+        model.encoders[0][0].weight[0, 0, 1, 1] = 3e38
+        model.encoders[0][2].weight[0, 0, 1, 1] = 3e38  # 3e38 x 3e38 is infinite, and infinity x 0 is NaN
     broken = tmp_path / "broken.safetensors"
     save_model(model, broken, input_size=tuple(card.input_size), postprocessing=card.postprocess_options)
     bright_square_png(tmp_path / "a.png")
@@ -312,6 +315,23 @@ def test_nan_weights_stop_the_batch_with_an_error_naming_the_model(tmp_path, wei
     captured = capsys.readouterr()
     assert f"the network output is NaN or infinite: the model {broken} is broken" in captured.err
     assert captured.out.strip().endswith("0 segmented, 1 failed, 1 not run (the model is broken)")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"input_size": [-64, 64]}, "input_size must be two whole numbers >= 1"),
+    ({"normalization": "z-score"}, "normalization 'z-score' is not implemented"),
+])
+def test_a_model_card_the_code_cannot_honour_stops_the_batch_before_it_starts(tmp_path, weights, capsys, change,
+                                                                              message):
+    model, card = load_model(weights)
+    broken = tmp_path / "broken.safetensors"
+    save_model(model, broken, input_size=tuple(card.input_size), postprocessing=card.postprocess_options)
+    card_path = broken.with_suffix(".json")
+    card_path.write_text(json.dumps({**json.loads(card_path.read_text()), **change}))
+    bright_square_png(tmp_path / "a.png")
+    assert run([tmp_path / "a.png"], tmp_path / "out", broken) == 2
+    assert f"error: model card {card_path} is not valid: {message}" in capsys.readouterr().err
     assert list((tmp_path / "out").iterdir()) == []
 
 
