@@ -178,7 +178,8 @@ def test_run_from_before_normal_repeat_resumes_and_other_repeats_are_refused(dat
     run_dir = tmp_path / "older"
     assert cli.main(train_args(dataset, run_dir, "--epochs", "1")) == 0
     checkpoint = torch.load(run_dir / "checkpoint_last.pt", weights_only=True)
-    del checkpoint["config"]["normal_repeat"]  # as written by a version without the option
+    del checkpoint["config"]["normal_repeat"]  # as written by a version without the option (nor the checksum)
+    del checkpoint["checksum"]
     torch.save(checkpoint, run_dir / "checkpoint_last.pt")
     assert cli.main(train_args(dataset, run_dir, "--epochs", "3", "--normal-repeat", "2")) == 2
     assert "normal_repeat: run has 1, requested 2" in capsys.readouterr().err
