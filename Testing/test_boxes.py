@@ -309,7 +309,7 @@ def test_cli_box_table_for_many_images(tmp_path, brightness_weights, capsys):
     assert iou(written_mask(tmp_path / "out", "a"), rectangle((60, 60), 10, 10, 30, 30)) > 0.85
     assert iou(written_mask(tmp_path / "out", "b"), rectangle((60, 60), 30, 30, 50, 50)) > 0.85
     output = capsys.readouterr().out
-    assert "b.png: lesion in 1/1 frame(s)" in output and "b.png" in output.split("no lesion seen in box 2")[0]
+    assert "b.png: lesion in 1/1 frame(s)" in output and "b.png" in output.split("no lesion found in box 2")[0]
 
 
 def test_cli_refuses_bad_box_arguments(tmp_path, brightness_weights, capsys):
@@ -348,4 +348,5 @@ def test_cli_an_invalid_row_fails_its_image_and_the_others_run(tmp_path, brightn
     captured = capsys.readouterr()
     assert f"error: {tmp_path / 'b.png'}: {tmp_path / 'boxes.csv'} line 4: box (9, 9, 9, 9) is empty" in captured.err
     assert captured.out.strip().endswith("1 segmented, 1 failed")
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_mask.nrrd", "a_probability.nrrd"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_mask.nrrd", "a_measurements.json",
+                                                                     "a_probability.nrrd", "measurements.csv"]

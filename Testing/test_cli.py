@@ -56,7 +56,8 @@ def test_png_format_and_no_figure(tmp_path, weights):
     bright_square_png(tmp_path / "a.png")
     out = tmp_path / "out"
     assert main([str(tmp_path / "a.png"), "-o", str(out), "--weights", str(weights), "--format", "png", "--no-figure"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["a_mask.png", "a_probability.png"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "a_mask.png", "a_measurements.json", "a_probability.png", "measurements.csv"]
     assert set(np.unique(np.array(Image.open(out / "a_mask.png")))) <= {0, 255}
 
 
@@ -169,9 +170,10 @@ def test_outputs_are_named_after_the_file_name_without_its_last_extension(tmp_pa
     sitk.WriteImage(scan, str(tmp_path / "scan.nii.gz"))
     out = tmp_path / "out"
     assert run([tmp_path / name for name in names] + [tmp_path / "scan.nii.gz"], out, weights, "--no-figure") == 0
+    stems = ("1.2.826.0.1.3680043.101", "1.2.826.0.1.3680043.303", "scan")
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        f"{stem}_{kind}.nrrd" for stem in ("1.2.826.0.1.3680043.101", "1.2.826.0.1.3680043.303", "scan")
-        for kind in ("mask", "probability")
+        [f"{stem}_{kind}.nrrd" for stem in stems for kind in ("mask", "probability")]
+        + [f"{stem}_measurements.json" for stem in stems] + ["measurements.csv"]
     )
     assert capsys.readouterr().out.strip().endswith("3 segmented, 0 failed")
 
@@ -206,18 +208,19 @@ def test_a_failing_overlay_stops_neither_the_batch_nor_leaves_half_the_outputs(t
     assert f"error: {tmp_path / 'first.png'}: cannot write {out / 'first_overlay.png'}: Is a directory" in captured.err
     assert captured.out.strip().endswith("1 segmented, 1 failed")
     assert sorted(p.name for p in out.iterdir()) == [
-        "first_overlay.png", "second_mask.nrrd", "second_overlay.png", "second_probability.nrrd"]
+        "first_overlay.png", "measurements.csv", "second_mask.nrrd", "second_measurements.json", "second_overlay.png",
+        "second_probability.nrrd"]
     assert (out / "first_overlay.png").is_dir()
 
     from BreastUSSegmentLib import cli
 
     figures = iter([MemoryError(), None])
 
-    def overlay_out_of_memory(*args):
+    def overlay_out_of_memory(*args, **kwargs):
         error = next(figures)
         if error:
             raise error
-        return overlay_figure(*args)
+        return overlay_figure(*args, **kwargs)
 
     overlay_figure = cli.overlay_figure
     monkeypatch.setattr(cli, "overlay_figure", overlay_out_of_memory)
@@ -226,7 +229,9 @@ def test_a_failing_overlay_stops_neither_the_batch_nor_leaves_half_the_outputs(t
     captured = capsys.readouterr()
     assert f"error: {tmp_path / 'first.png'}: out of memory" in captured.err
     assert captured.out.strip().endswith("1 segmented, 1 failed")
-    assert sorted(p.name for p in out.iterdir()) == ["second_mask.nrrd", "second_overlay.png", "second_probability.nrrd"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "measurements.csv", "second_mask.nrrd", "second_measurements.json", "second_overlay.png",
+        "second_probability.nrrd"]
 
 
 def test_a_run_killed_while_writing_leaves_no_half_written_output(tmp_path, weights, monkeypatch, capsys):
@@ -342,7 +347,8 @@ def test_a_failed_overwrite_keeps_the_earlier_outputs_of_that_input(tmp_path, we
     out = tmp_path / "out"
     assert run([tmp_path / "f.png"], out, weights) == 0
     earlier = {path.name: path.read_bytes() for path in out.iterdir()}
-    assert sorted(earlier) == ["f_mask.nrrd", "f_overlay.png", "f_probability.nrrd"]
+    assert sorted(earlier) == ["f_mask.nrrd", "f_measurements.json", "f_overlay.png", "f_probability.nrrd",
+                               "measurements.csv"]
     bright_square_png(tmp_path / "f.png", size=(90, 110))  # new outputs would differ from the earlier ones
     real_write = sitk.WriteImage
 
@@ -458,8 +464,10 @@ def test_a_signal_mid_run_keeps_finished_inputs_cleans_the_current_one_and_says_
     assert "first.png: lesion in 1/1 frame(s)" in "".join(lines)
     assert err.strip().splitlines()[-1] == "interrupted: 1 segmented, 2 not run"
     assert "Traceback" not in err
-    assert sorted(path.name for path in out.iterdir()) == ["first_mask.nrrd", "first_overlay.png",
-                                                            "first_probability.nrrd"]
+    assert sorted(path.name for path in out.iterdir()) == ["first_mask.nrrd", "first_measurements.json",
+                                                            "first_overlay.png", "first_probability.nrrd",
+                                                            "measurements.csv"]
+    assert "second" not in (out / "measurements.csv").read_text()
 
 
 def test_file_and_folder_names_that_are_not_utf8_are_segmented(tmp_path, weights):
@@ -483,9 +491,11 @@ def test_file_and_folder_names_that_are_not_utf8_are_segmented(tmp_path, weights
                             capture_output=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith(b"3 segmented, 0 failed")
-    assert sorted(os.listdir(out)) == sorted(
+    assert sorted(os.listdir(out)) == sorted([b"measurements.csv"] + [
         stem + kind for stem in (b"scan\xff", b"frame\xfe", b"last")
-        for kind in (b"_mask.nii.gz", b"_probability.nii.gz", b"_overlay.png"))
+        for kind in (b"_mask.nii.gz", b"_probability.nii.gz", b"_overlay.png", b"_measurements.json")])
+    with open(os.path.join(out, b"frame\xfe_measurements.json"), encoding="utf-8") as stream:
+        assert os.fsencode(json.load(stream)["input"]["path"]) == os.path.join(folder, b"frame\xfe.png")
     os.link(os.path.join(out, b"scan\xff_mask.nii.gz"), os.fsencode(tmp_path / "mask.nii.gz"))
     mask = sitk.ReadImage(str(tmp_path / "mask.nii.gz"))
     assert mask.GetSpacing() == pytest.approx((0.25, 0.5)) and sitk.GetArrayFromImage(mask).any()

@@ -172,17 +172,11 @@ def parse_box(text: str) -> Box:
 
 
 BOX_TABLE_COLUMNS = ("file", "x0", "y0", "x1", "y1")
+SPACING_COLUMN = "spacing"  # optional: the image's pixel spacing in mm, "MM" or "ROW_MM,COL_MM"
 
 
-def read_box_table(path: str | os.PathLike) -> dict[Path, Union[list[Box], BoxError]]:
-    """Boxes per image from a CSV file (UTF-8) with columns file, x0, y0, x1, y1 (one row per box).
-
-    A relative ``file`` is read from the CSV file's own folder; the keys are resolved paths, in file order.
-    An image with an invalid row maps to the :class:`BoxError` of its first such row instead of its boxes, so
-    that image alone fails. A table that cannot be read, lacks columns, has no rows or has a row without a
-    file raises :class:`BoxError`.
-    """
-    path = Path(path)
+def _table_rows(path: Path) -> list:
+    """The rows of a box table (UTF-8 CSV) as dicts, checked for the required columns."""
     try:
         text = path.read_bytes().decode("utf-8-sig")
         reader = csv.DictReader(io.StringIO(text, newline=""))
@@ -198,15 +192,32 @@ def read_box_table(path: str | os.PathLike) -> dict[Path, Union[list[Box], BoxEr
     missing = [name for name in BOX_TABLE_COLUMNS if name not in header]
     if missing:
         raise BoxError(f"{path}: the box table needs the columns {', '.join(BOX_TABLE_COLUMNS)}; missing {', '.join(missing)}")
+    return rows
+
+
+def _image_path(table: Path, row: dict, line: int) -> Path:
+    name = (row["file"] or "").strip()
+    if not name:
+        raise BoxError(f"{table} line {line}: the file column is empty")
+    image = Path(name)
+    return (image if image.is_absolute() else table.parent / image).resolve()
+
+
+def read_box_table(path: str | os.PathLike) -> dict[Path, Union[list[Box], BoxError]]:
+    """Boxes per image from a CSV file (UTF-8) with columns file, x0, y0, x1, y1 (one row per box).
+
+    A relative ``file`` is read from the CSV file's own folder; the keys are resolved paths, in file order.
+    An image with an invalid row maps to the :class:`BoxError` of its first such row instead of its boxes, so
+    that image alone fails. A table that cannot be read, lacks columns, has no rows or has a row without a
+    file raises :class:`BoxError`.
+    """
+    path = Path(path)
+    rows = _table_rows(path)
     if not rows:
         raise BoxError(f"{path}: the box table has no rows")
     table: dict[Path, Union[list[Box], BoxError]] = {}
     for line, row in enumerate(rows, start=2):
-        file_name = (row["file"] or "").strip()
-        if not file_name:
-            raise BoxError(f"{path} line {line}: the file column is empty")
-        image = Path(file_name)
-        key = (image if image.is_absolute() else path.parent / image).resolve()
+        key = _image_path(path, row, line)
         try:
             box = as_box([float(row[name]) for name in BOX_TABLE_COLUMNS[1:]])
         except (TypeError, ValueError) as error:
@@ -218,3 +229,26 @@ def read_box_table(path: str | os.PathLike) -> dict[Path, Union[list[Box], BoxEr
         elif isinstance(boxes, list):
             boxes.append(box)
     return table
+
+
+def read_table_spacings(path: str | os.PathLike) -> dict[Path, tuple[float, float]]:
+    """The pixel spacing of each image from the box table's optional ``spacing`` column (empty cells: none).
+
+    The rows of one image must agree. Keys are resolved paths, like :func:`read_box_table`'s.
+    """
+    from .imagetypes import parse_spacing
+
+    path = Path(path)
+    spacings: dict[Path, tuple[float, float]] = {}
+    for line, row in enumerate(_table_rows(path), start=2):
+        text = (row.get(SPACING_COLUMN) or "").strip()
+        if not text:
+            continue
+        try:
+            spacing = parse_spacing(text)
+        except ValueError as error:
+            raise BoxError(f"{path} line {line}: {error}") from None
+        image = _image_path(path, row, line)
+        if spacings.setdefault(image, spacing) != spacing:
+            raise BoxError(f"{path} line {line}: spacing {text!r} differs from an earlier row of {row['file'].strip()}")
+    return spacings

@@ -240,7 +240,7 @@ def simpleitk_name(path: str | os.PathLike):
 
 def write_image(
     path: str | os.PathLike, array: np.ndarray, spacing: tuple[float, float] = (1.0, 1.0), *,
-    geometry: Optional[ImageGeometry] = None, exclusive: bool = False
+    geometry: Optional[ImageGeometry] = None, exclusive: bool = False, metadata: dict | None = None
 ) -> Path:
     """Write a frame ``(H, W)`` or a stack ``(F, H, W)`` atomically; the format follows the suffix.
 
@@ -252,9 +252,11 @@ def write_image(
     and uint16 as they are, other integers as 8-bit when they fit 0..255, else 16-bit.
     Missing parent folders are created. With ``exclusive`` an existing file is
     never replaced (``FileExistsError``, see :func:`.fileio.write_atomically`).
+    ``metadata`` (text key -> text value) goes into the header of NRRD and MetaImage files
+    (``key:=value`` fields in NRRD); NIfTI keeps only ``ITK_FileNotes``, as its 80-byte ``descrip``; PNG none.
     Returns the path written.
     """
-    write = image_writer(path, array, spacing, geometry=geometry)
+    write = image_writer(path, array, spacing, geometry=geometry, metadata=metadata)
     try:
         return write_atomically(path, write, exclusive=exclusive)
     except FileExistsError:
@@ -265,7 +267,7 @@ def write_image(
 
 def image_writer(
     path: str | os.PathLike, array: np.ndarray, spacing: tuple[float, float] = (1.0, 1.0), *,
-    geometry: Optional[ImageGeometry] = None
+    geometry: Optional[ImageGeometry] = None, metadata: dict | None = None
 ) -> Callable[[str], None]:
     """A function writing ``array`` as :func:`write_image` would to the (temporary) file name it is given.
 
@@ -291,7 +293,7 @@ def image_writer(
         raise ImageWriteError(f"Cannot write '{path}': {error}") from None
     if suffix == ".png":
         return _png_writer(path, array)
-    return _simpleitk_writer(path, array, geometry or _plain_geometry(array.ndim, (row_mm, column_mm)))
+    return _simpleitk_writer(path, array, geometry or _plain_geometry(array.ndim, (row_mm, column_mm)), metadata)
 
 
 def _png_writer(path: Path, array: np.ndarray):
@@ -323,8 +325,9 @@ def _plain_geometry(dimension: int, spacing: tuple[float, float]) -> ImageGeomet
     return ImageGeometry((column_mm, row_mm, 1.0), (0.0, 0.0, 0.0), (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
 
 
-def _simpleitk_writer(path: Path, array: np.ndarray, geometry: ImageGeometry):
-    """A function writing ``array`` with ``geometry`` to the name it is given (the format follows its suffix).
+def _simpleitk_writer(path: Path, array: np.ndarray, geometry: ImageGeometry, metadata: dict | None = None):
+    """A function writing ``array`` with ``geometry`` and header ``metadata`` to the name it is given (the format
+    follows its suffix).
 
     A frame with a 3-D geometry (an input of one slice) is written as a volume of one slice.
     """
@@ -339,6 +342,8 @@ def _simpleitk_writer(path: Path, array: np.ndarray, geometry: ImageGeometry):
     image.SetSpacing(geometry.spacing)
     image.SetOrigin(geometry.origin)
     image.SetDirection(geometry.direction)
+    for key, value in (metadata or {}).items():
+        image.SetMetaData(str(key), str(value))
 
     def write(temporary: str) -> None:
         try:
