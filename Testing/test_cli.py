@@ -499,3 +499,18 @@ def test_file_and_folder_names_that_are_not_utf8_are_segmented(tmp_path, weights
     os.link(os.path.join(out, b"scan\xff_mask.nii.gz"), os.fsencode(tmp_path / "mask.nii.gz"))
     mask = sitk.ReadImage(str(tmp_path / "mask.nii.gz"))
     assert mask.GetSpacing() == pytest.approx((0.25, 0.5)) and sitk.GetArrayFromImage(mask).any()
+
+
+def test_a_spacing_given_by_the_user_replaces_only_the_spacing_of_the_inputs_geometry(tmp_path, weights):
+    pixels = np.full((40, 48), 20, np.uint8)
+    pixels[10:30, 10:30] = 200
+    image = sitk.GetImageFromArray(pixels)
+    image.SetSpacing((0.15, 0.4))
+    image.SetOrigin((5.0, -3.0))
+    image.SetDirection(rotation(-20, 2))
+    sitk.WriteImage(image, str(tmp_path / "frame.nrrd"))
+    assert run([tmp_path / "frame.nrrd"], tmp_path / "out", weights, "--no-figure", "--spacing", "0.3,0.2") == 0
+    written = sitk.ReadImage(str(tmp_path / "out" / "frame_mask.nrrd"))
+    assert written.GetSpacing() == pytest.approx((0.2, 0.3))  # (column, row) for (row 0.3, column 0.2)
+    assert written.GetOrigin() == pytest.approx((5.0, -3.0))
+    assert written.GetDirection() == pytest.approx(rotation(-20, 2))
