@@ -1,4 +1,4 @@
-"""Evaluate a saved model on one subset of the BUSI split, the way the extension runs it.
+"""Evaluate a saved model on one subset of a split, the way the extension runs it.
 
 Every image goes through the core's :class:`LesionSegmenter` at its original
 resolution (the pipeline resizes to the network and back), and both masks it
@@ -56,6 +56,7 @@ from BreastUSSegmentLib.weights import WeightsError
 from .busi import LEGACY_DATASET, LESION_CLASSES, NORMAL_CLASS, SPLITS, load_case, load_manifest
 from .datasets import DataRoots
 from .figures import CaseFigure, plot_case_grid, plot_training_curves
+from . import runtime
 
 REPORT_FORMAT_VERSION = 1
 MODES = ("raw", "processed")
@@ -294,8 +295,7 @@ def markdown_report(report: dict) -> str:
         f"{options['postprocessing'].get('min_mean_probability', 0.0)}, keep largest component only: "
         f"{'yes' if options['postprocessing']['keep_largest'] else 'no'}, minimum lesion probability "
         f"{options['postprocessing'].get('min_lesion_probability', 0.0)}, "
-        f"test-time flip: {'yes' if options['test_time_flip'] else 'no'}, "
-        f"bfloat16 on the CPU: {'yes' if options.get('cpu_bf16') else 'no'}",
+        f"test-time flip: {'yes' if options['test_time_flip'] else 'no'}, {runtime.describe(options)}",
         *box_prompt_lines(report),
         "",
         "## Lesion images (benign + malignant) and normal images" + (", all datasets" if per_dataset else ""),
@@ -405,6 +405,7 @@ def evaluate_split(
     *,
     test_time_flip: bool | None = None,
     device: str | torch.device = "auto",
+    precision: str = "auto",
     threshold: float | None = None,
     min_area_fraction: float | None = None,
     min_mean_probability: float | None = None,
@@ -426,7 +427,7 @@ def evaluate_split(
     if not cases:
         raise ValueError(f"the split {split_path} has no case in subset {subset!r}")
     segmenter = LesionSegmenter.from_weights(
-        weights, device, threshold=threshold, min_area_fraction=min_area_fraction,
+        weights, device, precision, threshold=threshold, min_area_fraction=min_area_fraction,
         min_mean_probability=min_mean_probability, keep_largest=keep_largest,
         min_lesion_probability=min_lesion_probability, test_time_flip=test_time_flip,
     )
@@ -451,7 +452,7 @@ def evaluate_split(
         "options": {
             "test_time_flip": segmenter.postprocessing.test_time_flip,
             "device": str(segmenter.device),
-            "cpu_bf16": segmenter.cpu_bf16,
+            **runtime.record(segmenter),
             "postprocessing": segmenter.postprocessing.to_dict(),
             "box_prompt": None if box_prompt is None else box_prompt.to_dict(),
         },
@@ -492,6 +493,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-time-flip", action=argparse.BooleanOptionalAction, default=None,
                         help="average with a horizontally flipped pass (default: the model card's)")
     parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="where the network runs (default: auto)")
+    runtime.add_arguments(parser)
     parser.add_argument("--threshold", type=float, help="probability threshold (default: the model card's)")
     parser.add_argument("--min-area-fraction", type=float,
                         help="drop predicted components below this fraction of the frame (default: the model card's)")
@@ -532,7 +534,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         report = evaluate_split(
             args.data, args.split, args.weights, args.subset, args.output,
-            test_time_flip=args.test_time_flip, device=device, threshold=args.threshold,
+            test_time_flip=args.test_time_flip, device=device, **runtime.segmenter_options(args), threshold=args.threshold,
             min_area_fraction=args.min_area_fraction, min_mean_probability=args.min_confidence,
             keep_largest=None if args.keep_largest is None else args.keep_largest == "yes",
             min_lesion_probability=args.min_lesion_probability, box_prompt=prompt, run_dir=args.run_dir, progress=not args.no_progress,
