@@ -1,6 +1,7 @@
 """``breastus-train train``: train the Attention U-Net on the train split of a manifest.
 
-Default recipe: BCE on the logits (``BCEWithLogitsLoss``), Adam (lr 1e-3), the
+Settings come from the command line, then a recipe (``--recipe v2``: the bundled model's; see
+``recipes``), then the defaults: BCE on the logits (``BCEWithLogitsLoss``), Adam (lr 1e-3), the
 core's default ``ModelConfig()``, 256x256 input, batch 8. Each epoch is
 validated on the manifest's ``val`` split (loss, mean per-image Dice and IoU at
 threshold 0.5 on the input grid, pooled and per dataset); the validation score
@@ -21,7 +22,8 @@ their heads live in the checkpoint only. Running the same
 command again resumes from the checkpoint and gives the same result as an
 uninterrupted run.
 
-Multi-GPU: ``torchrun --nproc_per_node=N -m breastus_training train ...``.
+Multi-GPU and multi-machine: ``torchrun --nproc_per_node=N [--nnodes=M ...] -m breastus_training train ...``
+(Training/README.md, "Several GPUs and several machines").
 """
 
 from __future__ import annotations
