@@ -52,6 +52,16 @@ def test_recipe_v2_is_the_bundled_models_recorded_training():
     assert (config["epochs"], config["loss"], config["scheduler"], config["normal_repeat"]) == (60, "dice_bce", "cosine", 2)
 
 
+def test_recipe_v2_equals_the_command_model_v2_was_trained_with():
+    text = (REPOSITORY / "Training" / "EXPERIMENTS.md").read_text()
+    plan = text[text.index("### v2_s0 — plan"):]
+    command = " ".join(plan[:plan.index("--no-progress")].replace("\\\n", " ").split())
+    flags = command[command.index("--run-dir runs/v2_s0") + len("--run-dir runs/v2_s0"):].split()
+    assert "--loss" in flags and "--normal-repeat" in flags
+    from_command, from_recipe = parsed_config(*flags), parsed_config("--recipe", "v2")
+    assert {key: from_command[key] for key in DEFAULTS} == {key: from_recipe[key] for key in DEFAULTS}
+
+
 def test_flags_override_the_recipe_and_defaults_fill_the_rest():
     config = parsed_config("--recipe", "v2", "--epochs", "3", "--lr", "0.01", "--augment-off", "marks")
     assert (config["epochs"], config["lr"], config["augment_off"]) == (3, 0.01, ["marks"])

@@ -147,7 +147,8 @@ def convert_breast(source: Path, sheet: Path, output: Path) -> dict:
     for name in sorted(set(images) - listed, key=natural_key):
         report["skipped"].append(f"{name}: not in {sheet.name}")
     stream = io.StringIO()
-    writer = csv.DictWriter(stream, fieldnames=[*rows[0], "lesion_pixels"], lineterminator="\n")
+    columns = [name for name in rows[0] if name != "lesion_pixels"]  # recomputed from the masks
+    writer = csv.DictWriter(stream, fieldnames=[*columns, "lesion_pixels"], lineterminator="\n")
     writer.writeheader()
     writer.writerows(kept_rows)
     text = stream.getvalue()

@@ -36,7 +36,7 @@ def read_table(path: str | Path) -> list[dict[str, str]]:
     if suffix == ".xlsx":
         try:
             rows = read_xlsx_rows(path)
-        except (OSError, KeyError, ValueError, zipfile.BadZipFile, ElementTree.ParseError) as error:
+        except (OSError, KeyError, IndexError, ValueError, zipfile.BadZipFile, ElementTree.ParseError) as error:
             raise DatasetError(f"cannot read {path} as an Excel .xlsx workbook: {error}") from error
         return rows_to_records(rows, path)
     raise DatasetError(f"{path}: a sheet must be .xlsx or .csv (an older .xls workbook: save it as .xlsx or .csv)")
