@@ -6,6 +6,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -26,6 +27,20 @@ class ImageReadError(ValueError):
         super().__init__(f"Cannot read image '{path}': {problem}")
 
 
+@dataclass(frozen=True)
+class ImageGeometry:
+    """Where an image file's pixels lie in space, in SimpleITK's terms (x first): the spacing, the origin and
+    the direction cosines (row by row) of a 2-D or 3-D image."""
+
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]
+
+    @property
+    def dimension(self) -> int:
+        return len(self.spacing)
+
+
 @dataclass
 class LoadedImage:
     """Pixels of an image file as stored, with the physical size of a pixel."""
@@ -35,6 +50,7 @@ class LoadedImage:
     spacing_source: str  # "PixelSpacing", "ImagerPixelSpacing", "SequenceOfUltrasoundRegions", "header", "unknown"
     color: bool  # the last axis holds RGB(A) samples
     path: Path
+    geometry: Optional[ImageGeometry] = None  # NRRD, NIfTI, MetaImage: the header's full geometry
 
     @property
     def frame_count(self) -> int:
@@ -83,3 +99,18 @@ def error_line(error: BaseException) -> str:
     """A library's error message folded onto one line, for the user's message."""
     text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
     return text or type(error).__name__
+
+
+def parse_spacing(text: str) -> tuple[float, float]:
+    """A pixel spacing from ``"MM"`` (square pixels) or ``"ROW_MM,COL_MM"``; ``ValueError`` naming the text otherwise."""
+    parts = [part.strip() for part in str(text).split(",")]
+    if len(parts) not in (1, 2):
+        raise ValueError(f"spacing {text!r} must be MM or ROW_MM,COL_MM")
+    try:
+        values = [float(part) for part in parts]
+    except ValueError:
+        raise ValueError(f"spacing {text!r} must be MM or ROW_MM,COL_MM (numbers in mm)") from None
+    try:
+        return check_spacing(values * 2 if len(values) == 1 else values)
+    except ValueError:
+        raise ValueError(f"spacing {text!r} must be positive finite numbers of mm") from None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import convert, ensemble, evaluate, export, intervals, prepare, sweep, train
+from . import box_rule, convert, ensemble, evaluate, export, intervals, prepare, sweep, train
 
 SUBCOMMANDS = {
     "convert": (convert, "rewrite BrEaST-Lesions_USG as published (TCIA) into the folder layout 'prepare' reads"),
@@ -20,6 +20,7 @@ SUBCOMMANDS = {
     "ensemble": (ensemble, "join trained models of one architecture into one ensemble weights file (probabilities averaged)"),
     "sweep": (sweep, "score a grid of post-processing settings on val from one inference pass, to choose them"),
     "evaluate": (evaluate, "score saved weights on a subset of the split; write report.json, report.md and figures"),
+    "box-rule": (box_rule, "score the box prompt's minimum confidence on lesion boxes and on boxes on lesion-free tissue"),
     "intervals": (intervals, "95% intervals of an evaluation's numbers (bootstrap; exact binomial for shares), from its report.json"),
     "export": (export, "write evaluated weights as the bundled model, with the evaluation in its model card"),
 }
@@ -30,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "segmentation model on breast ultrasound datasets (BUSI, BrEaST).")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in SUBCOMMANDS.items():
-        subparser = subparsers.add_parser(name, help=help_text, description=help_text)
+        # argparse formats a help text with %: "95% intervals" must be written "95%% intervals" there
+        subparser = subparsers.add_parser(name, help=help_text.replace("%", "%%"), description=help_text)
         module.add_arguments(subparser)
         subparser.set_defaults(handler=module.run)
     return parser
@@ -43,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:  # bad input: dataset, manifest, settings, resume (DatasetError, ResumeError, ...)
         print(f"breastus-train {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except train.TrainingDiverged as error:  # the run itself failed; what it saved before is kept
+        print(f"breastus-train {args.command}: error: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
