@@ -739,8 +739,8 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
         with nodes.nodesRemovedOnFailure(inputVolumeNode.GetScene()):
             output = write(nodes.outputSegmentation(inputVolumeNode, outputSegmentationNode))
             provenance.writeProvenance(output.segmentationNode, record)
-            if getattr(output, "sequenceNode", None) is not None:  # it keeps the record while frames are browsed
-                provenance.writeProvenance(output.sequenceNode, record)
+            if getattr(output, "sequenceNode", None) is not None:
+                provenance.writeSequenceProvenance(output.sequenceNode, record)
         results.showAttentionOverlay(inputVolumeNode, output.attentionVolumeNode, options.showAttention,
                                      options.attentionOpacity)
         return output

@@ -52,6 +52,14 @@ def writeProvenance(node, record: dict) -> None:
         node.EndModify(wasModifying)
 
 
+def writeSequenceProvenance(sequenceNode, record: dict) -> None:
+    """:func:`writeProvenance` on a segmentation Sequence and each of its items: browsing copies an item, with its
+    attributes, into the proxy segmentation, which so keeps the record on every frame."""
+    writeProvenance(sequenceNode, record)
+    for item in range(sequenceNode.GetNumberOfDataNodes()):
+        writeProvenance(sequenceNode.GetNthDataNode(item), record)
+
+
 def readProvenance(node) -> dict:
     """The provenance attributes of ``node``, by key path ("model.sha256" -> its text)."""
     return {name[len(PROVENANCE_ATTRIBUTE_PREFIX):]: node.GetAttribute(name)
