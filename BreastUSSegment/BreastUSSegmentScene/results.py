@@ -20,16 +20,17 @@ def writeResultVolumes(segmentationNode, result, referenceVolumeNode, probabilit
 
     ``frame``: write only that frame of the result (the shown frame, into a clip's proxy volumes).
     """
-    from BreastUSSegmentLib.visualize import attention_display_range
+    from BreastUSSegmentLib.visualize import FIGURE_ATTENTION_RANGE
 
     def pick(array):
         return array if frame is None else array[frame]
 
     baseName = referenceVolumeNode.GetName()
-    # The overlay's colour window spans what the gates actually did (their values sit in a narrow band).
+    # The overlay's colour window is the figures' fixed one: every image on the same scale, a normal frame not
+    # stretched into colour.
     attentionVolume = updateResultVolume(
         segmentationNode, ATTENTION_REFERENCE_ROLE, f"{baseName} attention", pick(result.combined_attention),
-        referenceVolumeNode, displayRange=attention_display_range(result.combined_attention),
+        referenceVolumeNode, displayRange=FIGURE_ATTENTION_RANGE,
     )
     probabilityVolume = None
     if probability:
