@@ -114,7 +114,7 @@ class BreastUSSegment(ScriptedLoadableModule):
         self.parent.helpText = _(
             """
 Segments a breast lesion in an ultrasound frame or cine clip with an improved (deeper) Attention U-Net
-and writes an editable <b>Lesion</b> segment, an attention-map overlay and the lesion's area and largest diameter.
+and writes an editable <b>Lesion</b> segment, an attention-map overlay and each lesion's diameters and area.
 Refine the result in Segment Editor and export it as a labelmap (NRRD or NIfTI).
 <p><b>Research use only. Not for diagnosis or any clinical decision.</b></p>
 <p>Method: Guo, "An Improved U-Net Model for Ultrasound Image Segmentation of Breast Cancer" (2025).
