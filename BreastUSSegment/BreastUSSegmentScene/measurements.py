@@ -1,7 +1,8 @@
 """The measurement table: one row per lesion per frame, with the core's column names, units and descriptions
 (``BreastUSSegmentLib.measure.LESION_COLUMNS``, the columns of the command line's sidecar table too).
 
-A frame without a lesion gets one row saying so (its lesion columns empty), so a clip's table lists every frame.
+A frame without a lesion gets one row saying so (its lesion columns empty), so a clip's table lists every frame. The
+lesions of box segments are measured box by box, each knowing its box.
 """
 
 import math
