@@ -63,7 +63,8 @@ def lesionSize(lesion: Lesion) -> str:
 
 
 def lesionsText(count: int, largest: Lesion) -> str:
-    """"1 lesion: <size>" or "2 lesions; largest <size>" (never a length across two lesions)."""
+    """The count and the largest lesion's size: "1 lesion: <size>" or "2 lesions; largest <size>" (never a
+    length across two lesions)."""
     if count == 1:
         return _("1 lesion: {size}").format(size=lesionSize(largest))
     return _("{count} lesions; largest {size}").format(count=count, size=lesionSize(largest))
