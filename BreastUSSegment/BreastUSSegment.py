@@ -23,7 +23,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, List, Optional
+from typing import Any, Callable, List, Optional
 
 import numpy as np
 import vtk
@@ -69,6 +69,7 @@ from BreastUSSegmentLib import BUNDLED_WEIGHTS, dependencies
 from BreastUSSegmentLib.imagetypes import MAX_INPUT_PIXELS
 from BreastUSSegmentLib.measure import LesionMeasurement, measure_frames
 from BreastUSSegmentScene import inputs, models, nodes, results, rois, segments, sequences, writer
+from BreastUSSegmentScene.progress import MEASURING, SEGMENTING, WRITING, ProgressCallback, RunProgress, segmentInParts
 from BreastUSSegmentScene.common import (
     ATTENTION_REFERENCE_ROLE,
     LABELMAP_SUFFIXES,
@@ -84,9 +85,6 @@ from BreastUSSegmentScene.parameters import (
     fillFromModelCard,
 )
 from BreastUSSegmentScene.status import boxSummary, measurementSummary
-
-if TYPE_CHECKING:  # the pipeline imports PyTorch, which is installed on first use
-    from BreastUSSegmentLib.inference import ProgressCallback
 
 SAMPLES_DIR = Path(__file__).resolve().parent / "Resources" / "Samples"
 SAMPLE_NAMES = ("breastus_sample_benign", "breastus_sample_malignant")
@@ -182,6 +180,7 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._placingBox = None  # the ROI being placed for "Segment in box"
         self._busy = False  # a run is in progress (the application processes events between frames)
         self._cancelRequested = False
+        self._newOutput = True  # the run in progress makes a new output segmentation (removed when cancelled)
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -284,7 +283,7 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSegmentButton(self) -> None:
         """Segment the input (every frame of a clip or Sequence); the Logic makes the output segmentation if none is chosen."""
-        card = not self._busy and self._ensurePythonDependencies() and self.followModelCard()
+        card = not self._busy and self._checkDependencies() and self.followModelCard()
         if not card:
             return
         parameters = self._parameterNode
@@ -311,18 +310,18 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Segment inside every box drawn on the input; with none yet, start drawing one."""
         if self._busy:
             return
-        rois = rois.boxRois(slicer.mrmlScene, self._parameterNode.inputVolume)
-        if not rois:
+        boxes = rois.boxRois(slicer.mrmlScene, self._parameterNode.inputVolume)
+        if not boxes:
             self.onAddBoxButton()
             return
-        card = self._ensurePythonDependencies() and self.followModelCard()
+        card = self._checkDependencies() and self.followModelCard()
         if not card:
             return
         parameters = self._parameterNode
         options = SegmentationOptions.fromParameterNode(parameters, self._modelPath(), card)
-        output = self._runBusy(_("Segmentation failed"), _("Segmenting in {count} box(es)...").format(count=len(rois)),
+        output = self._runBusy(_("Segmentation failed"), _("Segmenting in {count} box(es)...").format(count=len(boxes)),
                                lambda: self.logic.segmentInBoxes(
-                                   parameters.inputVolume, rois, parameters.outputSegmentation, options,
+                                   parameters.inputVolume, boxes, parameters.outputSegmentation, options,
                                    allFrames=parameters.boxAllFrames, progressCallback=self._onProgress))
         if output is None:
             return
@@ -336,15 +335,14 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self._cancelBoxPlacement()
         self._placingBox = rois.addBoxRoi(slicer.mrmlScene, self._parameterNode.inputVolume)
-        markupsLogic = slicer.modules.markups.logic()
-        markupsLogic.SetActiveList(self._placingBox)
         interactionNode = slicer.app.applicationLogic().GetInteractionNode()
         self.addObserver(interactionNode, interactionNode.EndPlacementEvent, self._onBoxPlacementEnded)
-        markupsLogic.StartPlaceMode(False)
+        rois.startBoxPlacement(slicer.modules.markups.logic(), interactionNode, self._placingBox)
         self._setStatus(_("Click two opposite corners of a box around the lesion in the slice view."))
 
     def _onBoxPlacementEnded(self, interactionNode, event) -> None:
-        """Segment in the boxes once the new one is placed; drop it if placing was cancelled."""
+        """Segment in the boxes once the new one is placed (after the slice view's mouse handler returned);
+        drop it if placing was cancelled."""
         self.removeObserver(interactionNode, interactionNode.EndPlacementEvent, self._onBoxPlacementEnded)
         roi, self._placingBox = self._placingBox, None
         if roi is None or roi.GetScene() is None:
@@ -353,11 +351,12 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.mrmlScene.RemoveNode(roi)
             self._setStatus(_("Box drawing cancelled."))
             return
-        self.onSegmentInBoxButton()
+        qt.QTimer.singleShot(0, self.onSegmentInBoxButton)
 
     def _cancelBoxPlacement(self) -> None:
         interactionNode = slicer.app.applicationLogic().GetInteractionNode()
-        self.removeObserver(interactionNode, interactionNode.EndPlacementEvent, self._onBoxPlacementEnded)
+        if self.hasObserver(interactionNode, interactionNode.EndPlacementEvent, self._onBoxPlacementEnded):
+            self.removeObserver(interactionNode, interactionNode.EndPlacementEvent, self._onBoxPlacementEnded)
         if self._placingBox is not None and self._placingBox.GetScene() is not None:
             slicer.mrmlScene.RemoveNode(self._placingBox)
         self._placingBox = None
@@ -444,6 +443,11 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # --- Helpers ---
 
+    def _checkDependencies(self) -> bool:
+        """True when the Python packages the module needs are there (installed now if the user agrees); a failed
+        install is shown in a dialog and the status line."""
+        return bool(self._tryShowingError(_("Installing Python packages failed"), self._ensurePythonDependencies))
+
     def _ensurePythonDependencies(self) -> bool:
         """Install PyTorch (through the PyTorch extension) and other packages after asking the user."""
         if importlib.util.find_spec("torch") is None:
@@ -474,13 +478,19 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 slicer.util.pip_install(missing)
         return True
 
-    def _onProgress(self, done: int, total: int) -> None:
+    def _onProgress(self, done: int, total: int, stage: str) -> None:
         """Show progress, let the application process events (so Cancel can be clicked), stop if cancelled."""
         self.ui.progressBar.maximum = total
         self.ui.progressBar.value = done
-        self._setStatus(_("Segmenting frame {done} of {total}...").format(done=done, total=total))
+        text = {SEGMENTING: _("Segmenting frame {done} of {total}..."),
+                WRITING: _("Writing frame {done} of {total} into the scene..."),
+                MEASURING: _("Measuring frame {done} of {total}...")}[stage]
+        self._setStatus(text.format(done=done, total=total))
+        # Once an existing segmentation is being written, stopping would leave it half updated.
+        cancellable = stage == SEGMENTING or self._newOutput
+        self.ui.cancelButton.enabled = cancellable and not self._cancelRequested
         slicer.app.processEvents()
-        if self._cancelRequested:
+        if self._cancelRequested and cancellable:
             raise SegmentationCancelled()
 
     def onCancelButton(self) -> None:
@@ -491,6 +501,7 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _runBusy(self, title: str, status: str, action: Callable[[], Any]):
         """Run ``action`` with every action of the panel disabled and Cancel offered; its result, or None
         when it failed (the error is shown) or was cancelled."""
+        self._newOutput = self._parameterNode.outputSegmentation is None
         self._setBusy(True)
         self._setStatus(status)
         try:
@@ -558,6 +569,12 @@ def pipRequirements() -> list:
             for requirement in dependencies() if _requirementName(requirement) != "torch"]
 
 
+def measureFrames(masks, spacing, progress: RunProgress) -> List[LesionMeasurement]:
+    """The core's measurements of each frame of ``masks``, reporting :data:`MEASURING` progress frame by frame."""
+    return [measurement for frame in progress.each(MEASURING, masks)
+            for measurement in measure_frames(frame[np.newaxis], spacing)]
+
+
 #
 # BreastUSSegmentLogic
 #
@@ -615,7 +632,7 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
     # --- Segmentation: check -> frames from nodes -> core -> writer ---
 
     def segment(self, inputVolumeNode, outputSegmentationNode=None, options: Optional[SegmentationOptions] = None,
-                progressCallback: Optional["ProgressCallback"] = None) -> SegmentationOutput:
+                progressCallback: Optional[ProgressCallback] = None) -> SegmentationOutput:
         """Segment every frame of ``inputVolumeNode`` into the "Lesion" segment of the output segmentation.
 
         ``options`` (defaults: the bundled model and its card's post-processing) choose the model, the
@@ -626,13 +643,15 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
         options = options or SegmentationOptions()
         if sequences.browsedSequence(inputVolumeNode) is not None:
             return self.segmentSequence(inputVolumeNode, outputSegmentationNode, options, progressCallback)
+        progress = RunProgress(progressCallback)
         frames, color = inputs.volumeArray(inputVolumeNode, self.maxInputPixels)
-        result, postprocessing = self._segmentFrames(inputVolumeNode, outputSegmentationNode, options, progressCallback,
+        result, postprocessing = self._segmentFrames(inputVolumeNode, outputSegmentationNode, options, progress,
                                                      frames, color=color)
 
         def write(segmentationNode):
             written = writer.writeVolumeResult(segmentationNode, inputVolumeNode, result, options.createProbabilityVolume)
-            output = self._output(segmentationNode, written, result, postprocessing, inputVolumeNode)
+            progress.report(WRITING, 1, 1)
+            output = self._output(segmentationNode, written, result, postprocessing, inputVolumeNode, progress)
             if len(output.measurements) > 1:
                 output.tableNode = results.updateMeasurementTable(segmentationNode, output.measurements)
             return output
@@ -640,7 +659,7 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
         return self._intoScene(inputVolumeNode, outputSegmentationNode, options, write)
 
     def segmentSequence(self, proxyVolumeNode, outputSegmentationNode=None, options: Optional[SegmentationOptions] = None,
-                        progressCallback: Optional["ProgressCallback"] = None) -> SegmentationOutput:
+                        progressCallback: Optional[ProgressCallback] = None) -> SegmentationOutput:
         """Segment every frame of the Sequence whose proxy node is ``proxyVolumeNode``.
 
         Each frame's Lesion goes into its own item of a segmentation Sequence that plays with the clip, with the
@@ -648,15 +667,16 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
         attention map (and the probability map) become volume Sequences too, the measurements a table, one row per frame.
         """
         options = options or SegmentationOptions()
+        progress = RunProgress(progressCallback)
         browser, sequence = sequences.browsedSequence(proxyVolumeNode)
         frames, color = inputs.sequenceArray(sequence, self.maxInputPixels)
-        result, postprocessing = self._segmentFrames(proxyVolumeNode, outputSegmentationNode, options, progressCallback,
+        result, postprocessing = self._segmentFrames(proxyVolumeNode, outputSegmentationNode, options, progress,
                                                      frames, (browser, sequence), color=color)
 
         def write(segmentationNode):
             written = writer.writeSequenceResult(segmentationNode, browser, sequence, proxyVolumeNode, result,
-                                                 options.createProbabilityVolume)
-            output = self._output(segmentationNode, written, result, postprocessing, proxyVolumeNode)
+                                                 options.createProbabilityVolume, progress)
+            output = self._output(segmentationNode, written, result, postprocessing, proxyVolumeNode, progress)
             output.tableNode = results.updateMeasurementTable(segmentationNode, output.measurements, sequence)
             return output
 
@@ -664,7 +684,7 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
 
     def segmentInBoxes(self, inputVolumeNode, roiNodes, outputSegmentationNode=None,
                        options: Optional[SegmentationOptions] = None, allFrames: bool = False,
-                       progressCallback: Optional["ProgressCallback"] = None) -> BoxSegmentationOutput:
+                       progressCallback: Optional[ProgressCallback] = None) -> BoxSegmentationOutput:
         """Segment the lesion inside each Markups ROI into its own segment ("Lesion 1", "Lesion 2", ...).
 
         A ROI covers the frames it crosses (the one it was drawn on), or every frame with ``allFrames``.
@@ -673,27 +693,31 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
         if not roiNodes:
             raise BreastUSSegmentError(_("Draw a box around the lesion first."))
         options = options or SegmentationOptions()
+        progress = RunProgress(progressCallback)
         frames, color = inputs.volumeArray(inputVolumeNode, self.maxInputPixels)
         prompts = rois.boxPrompts(roiNodes, inputVolumeNode, frames.shape[0], allFrames)
-        result, _postprocessing = self._segmentFrames(inputVolumeNode, outputSegmentationNode, options, progressCallback,
+        result, _postprocessing = self._segmentFrames(inputVolumeNode, outputSegmentationNode, options, progress,
                                                       frames, roiNodes, frame_boxes=prompts.frameBoxes, color=color)
 
         def write(segmentationNode):
             written = writer.writeBoxResult(segmentationNode, inputVolumeNode, roiNodes, prompts, result,
                                             options.createProbabilityVolume)
+            progress.report(WRITING, 1, 1)
             spacing, empty = inputs.volumeSpacing(inputVolumeNode), prompts.emptyNumbers(result)
             return BoxSegmentationOutput(
                 segmentationNode, written.segmentIds, [roi for number, roi in enumerate(roiNodes) if number in empty],
-                written.attentionVolumeNode, [measure_frames(masks, spacing) for masks in written.masks], result)
+                written.attentionVolumeNode, [measureFrames(masks, spacing, progress) for masks in written.masks],
+                result)
 
         return self._intoScene(inputVolumeNode, outputSegmentationNode, options, write)
 
-    def _segmentFrames(self, inputVolumeNode, outputSegmentationNode, options, progressCallback, frames, usedNodes=(),
-                       **arguments):
+    def _segmentFrames(self, inputVolumeNode, outputSegmentationNode, options, progress: RunProgress, frames,
+                       usedNodes=(), **arguments):
         """``(result, postprocessing)`` of the core on ``frames`` (``arguments``: more of ``LesionSegmenter.segment``),
-        before any node is made; refused when the input, the output or another of the ``usedNodes`` left the scene
-        meanwhile. A broken model (NaN output) or a refused box is a :class:`BreastUSSegmentError`; exceptions of
-        the progress callback pass through."""
+        before any node is made, a few frames at a time (:func:`~BreastUSSegmentScene.progress.segmentInParts`);
+        refused when the input, the output or another of the ``usedNodes`` left the scene meanwhile. A broken model
+        (NaN output) or a refused box is a :class:`BreastUSSegmentError`; exceptions of the progress callback pass
+        through."""
         from BreastUSSegmentLib.modelcard import WeightsError
 
         nodes.checkOutputScene(inputVolumeNode, outputSegmentationNode)
@@ -701,7 +725,7 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
         postprocessing = options.postprocessing or segmenter.postprocessing
         logging.info(f"BreastUSSegment: segmenting {inputVolumeNode.GetName()} {frames.shape} on {segmenter.device}")
         try:
-            result = segmenter.segment(frames, postprocessing=postprocessing, progress=progressCallback, **arguments)
+            result = segmentInParts(segmenter, frames, progress, postprocessing=postprocessing, **arguments)
         except WeightsError as error:
             raise BreastUSSegmentError(_("Segmentation failed: {error}").format(error=error)) from error
         except ValueError as error:  # input, option or box the core refuses (a box outside the frame...)
@@ -720,7 +744,7 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
         return output
 
     @staticmethod
-    def _output(segmentationNode, written, result, postprocessing, inputVolumeNode) -> SegmentationOutput:
+    def _output(segmentationNode, written, result, postprocessing, inputVolumeNode, progress) -> SegmentationOutput:
         """What :meth:`segment` returns: the nodes, the lesion's measurements and, for an empty result,
         the strongest candidate Min. confidence hid."""
         from BreastUSSegmentLib.postprocessing import strongest_hidden_confidence, strongest_rejected_lesion_probability
@@ -731,7 +755,7 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
             segmentId=segmentId,
             attentionVolumeNode=written.attentionVolumeNode,
             probabilityVolumeNode=written.probabilityVolumeNode,
-            measurements=measure_frames(masks, inputs.volumeSpacing(inputVolumeNode)),
+            measurements=measureFrames(masks, inputs.volumeSpacing(inputVolumeNode), progress),
             pipelineResult=result,
             postprocessing=postprocessing,
             # Only an empty result needs it (for the status line); a long clip is not labelled twice otherwise.
