@@ -88,8 +88,6 @@ from BreastUSSegmentScene.status import boxSummary, measurementSummary
 
 SAMPLES_DIR = Path(__file__).resolve().parent / "Resources" / "Samples"
 SAMPLE_NAMES = ("breastus_sample_benign", "breastus_sample_malignant")
-# Import names of the core's dependencies (BreastUSSegmentLib/dependencies.txt) that differ from their pip names.
-IMPORT_NAMES = {"pillow": "PIL"}
 
 
 #
@@ -465,10 +463,11 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 if torch is None:
                     self._setStatus(_("PyTorch is required to segment; installation was cancelled."), error=True)
                     return False
-        missing = [requirement for module, requirement in pipRequirements() if importlib.util.find_spec(module) is None]
+        missing = unmetRequirements(moduleRequirements())
         if missing:
             if not slicer.util.confirmOkCancelDisplay(
-                _("This module needs the Python packages {packages}. Download and install them now?").format(
+                _("This module needs the Python packages {packages} (missing or too old). Download and install "
+                  "them now?").format(
                     packages=", ".join(missing)
                 )
             ):
@@ -563,10 +562,36 @@ def torchVersionRequirement() -> str:
     return torch[len("torch"):].strip()
 
 
-def pipRequirements() -> list:
-    """``(import name, requirement)`` of each of the core's dependencies but PyTorch, which its extension installs."""
-    return [(IMPORT_NAMES.get(_requirementName(requirement), _requirementName(requirement)), requirement)
-            for requirement in dependencies() if _requirementName(requirement) != "torch"]
+def moduleRequirements() -> list:
+    """The core library's requirements but PyTorch (its extension installs it); not the command line's."""
+    return [requirement for requirement in dependencies(command_line=False) if _requirementName(requirement) != "torch"]
+
+
+def _distributionKey(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def unmetRequirements(requirements, installed: Optional[dict] = None) -> list:
+    """The ``requirements`` (pip strings) that no installed distribution satisfies, missing or too old.
+
+    ``installed``: ``{distribution name: version}``, by default this Python's (``importlib.metadata``); versions
+    are compared with ``packaging``, which Slicer bundles.
+    """
+    from packaging.requirements import Requirement
+
+    if installed is None:
+        from importlib.metadata import distributions
+
+        installed = {distribution.metadata["Name"]: distribution.version for distribution in distributions()
+                     if distribution.metadata["Name"]}
+    versions = {_distributionKey(name): version for name, version in installed.items()}
+    unmet = []
+    for text in requirements:
+        requirement = Requirement(text)
+        version = versions.get(_distributionKey(requirement.name))
+        if version is None or not requirement.specifier.contains(version, prereleases=True):
+            unmet.append(text)
+    return unmet
 
 
 def measureFrames(masks, spacing, progress: RunProgress) -> List[LesionMeasurement]:
