@@ -444,7 +444,7 @@ def test_low_attention_is_transparent_and_a_legend_says_what_the_colours_mean(sc
     assert table.GetName() == common.ATTENTION_COLOR_NODE_NAME
     alpha = np.array([table.GetLookupTable().GetTableValue(index)[3] for index in range(256)])
     assert alpha[0] == 0 and alpha[-1] == 1
-    assert np.all(alpha[:int(0.25 * 256)] == 0) and np.all(alpha[int(0.35 * 256):] == 1)
+    assert np.all(alpha[:int(0.45 * 256)] == 0) and np.all(alpha[int(0.55 * 256):] == 1)
     legend = slicer.vtkSlicerColorLogic.GetColorLegendDisplayNode(output.attentionVolumeNode)
     assert legend is not None and legend.GetPrimaryDisplayNode() is display
     assert "Attention" in legend.GetTitleText() and legend.GetVisibility()

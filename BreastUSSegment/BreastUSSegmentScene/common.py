@@ -53,7 +53,7 @@ INPUT_NODE_TYPES = ("vtkMRMLScalarVolumeNode", "vtkMRMLVectorVolumeNode")
 # The module's colour table of the attention (and probability) maps: transparent below TRANSPARENT_FRACTION of
 # the display range (so the overlay only tints where the network looked), then dark red -> red -> yellow -> white.
 ATTENTION_COLOR_NODE_NAME = "BreastUS attention (clear when low)"
-TRANSPARENT_FRACTION = 0.3
+TRANSPARENT_FRACTION = 0.5
 DEFAULT_ATTENTION_OPACITY = 0.4
 LABELMAP_SUFFIXES = (".nrrd", ".nii", ".nii.gz")
 
