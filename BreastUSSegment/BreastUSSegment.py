@@ -445,7 +445,8 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _checkDependencies(self) -> bool:
         """True when the Python packages the module needs are there (installed now if the user agrees); a failed
         install is shown in a dialog and the status line."""
-        return bool(self._tryShowingError(_("Installing Python packages failed"), self._ensurePythonDependencies))
+        return bool(self._tryShowingError(_("Installing Python packages failed"), self._ensurePythonDependencies,
+                                          waitCursor=False))  # it asks before installing
 
     def _ensurePythonDependencies(self) -> bool:
         """Install PyTorch (through the PyTorch extension) and other packages after asking the user."""
@@ -537,11 +538,11 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """The model file chosen under Advanced, or None for the bundled model."""
         return self.ui.modelPathLineEdit.currentPath.strip() or None
 
-    def _tryShowingError(self, title: str, action: Callable[[], Any]):
+    def _tryShowingError(self, title: str, action: Callable[[], Any], waitCursor: bool = True):
         """``action()``'s result; on failure None, the error in the status line and in Slicer's error dialog
         (``slicer.util.tryWithErrorDisplay``, with the traceback as details)."""
         try:
-            with slicer.util.tryWithErrorDisplay(title, waitCursor=True):
+            with slicer.util.tryWithErrorDisplay(title, waitCursor=waitCursor):
                 try:
                     return action()
                 except SegmentationCancelled:
