@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from BreastUSSegmentLib.options import PostprocessOptions, UNTUNED_POSTPROCESSING
 from BreastUSSegmentLib.postprocessing import (
     fill_holes,
-    PostprocessOptions,
-    UNTUNED_POSTPROCESSING,
     keep_largest_component,
     postprocess_frames,
     postprocess_mask,

@@ -19,9 +19,11 @@ from .boxes import (
 )
 from .device import cpu_has_native_bf16, select_device
 from .model import AttentionUNet, AttentionUNetEnsemble
-from .postprocessing import PostprocessOptions, check_lesion_head, postprocess_box, postprocess_frames
-from .preprocessing import normalize_intensity, prepare_frames, resize_frames, to_grayscale_frames
-from .weights import ModelCard, WeightsError, load_model
+from .modelcard import ModelCard, WeightsError
+from .options import PostprocessOptions, check_lesion_head
+from .postprocessing import WhyEmpty, postprocess_box, postprocess_frames_explained
+from .preprocessing import prepare_frames, resize_frames, to_grayscale_frames, to_network_input
+from .weights import load_model
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +65,7 @@ class SegmentationResult:
     box_labels: np.ndarray | None = None  # uint16, with box prompts only
     boxes: list[BoxOutcome] | None = None  # with box prompts only
     lesion_probability: np.ndarray | None = None  # (F,) float32, the lesion head's; models with one, no boxes
+    why_empty: WhyEmpty | None = None  # without boxes, when every processed mask is empty: what post-processing hid
 
     @property
     def empty_boxes(self) -> list[BoxOutcome]:
@@ -74,8 +77,9 @@ class SegmentationResult:
         return self.probability.shape[0]
 
 
-class NetworkOutput(NamedTuple):
-    """One batch through the network: ``(n, 1, h, w)`` probability, one map per gate, and the lesion head's ``(n,)``."""
+class Probabilities(NamedTuple):
+    """One batch through the network, as probabilities in float32: ``(n, 1, h, w)`` map, one map per gate, and the
+    lesion head's ``(n,)``."""
 
     probability: torch.Tensor
     attention: list[torch.Tensor]
@@ -142,27 +146,27 @@ class LesionSegmenter:
         """Whether the model gives an image-level lesion probability (``ModelConfig.lesion_head``)."""
         return self.model.config.lesion_head
 
-    def _pass(self, batch: torch.Tensor) -> NetworkOutput:
+    def _pass(self, batch: torch.Tensor) -> Probabilities:
         """One pass of the network (in bfloat16 where ``cpu_bf16``); the outputs in float32."""
-        with_head = self.has_lesion_head
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cpu_bf16):
-            logits, attention, *lesion = self.model(batch, return_attention=True, return_lesion_logit=with_head)
-        return NetworkOutput(torch.sigmoid(logits.float()), [a.float() for a in attention],
-                             torch.sigmoid(lesion[0].float()) if with_head else None)
+            output = self.model(batch)
+        lesion = output.lesion_logit
+        return Probabilities(torch.sigmoid(output.logits.float()), [a.float() for a in output.attention],
+                             None if lesion is None else torch.sigmoid(lesion.float()))
 
-    def _forward(self, batch: torch.Tensor, test_time_flip: bool) -> NetworkOutput:
+    def _forward(self, batch: torch.Tensor, test_time_flip: bool) -> Probabilities:
         """The batch's outputs; with ``test_time_flip`` averaged with those of the mirrored batch."""
         output = self._pass(batch)
         if not test_time_flip:
             return output
         mirrored = self._pass(batch.flip(-1))
-        return NetworkOutput(
+        return Probabilities(
             0.5 * (output.probability + mirrored.probability.flip(-1)),
             [0.5 * (a + b.flip(-1)) for a, b in zip(output.attention, mirrored.attention)],
             None if output.lesion_probability is None else 0.5 * (output.lesion_probability + mirrored.lesion_probability),
         )
 
-    def _predict_batch(self, batch: torch.Tensor, test_time_flip: bool) -> NetworkOutput:
+    def _predict_batch(self, batch: torch.Tensor, test_time_flip: bool) -> Probabilities:
         """Forward one batch; on CUDA out-of-memory move to the CPU with a warning and retry."""
         try:
             return self._forward(self._to_device(batch), test_time_flip)
@@ -183,7 +187,7 @@ class LesionSegmenter:
             batch = batch.contiguous(memory_format=torch.channels_last)
         return batch
 
-    def _check_finite(self, output: NetworkOutput) -> None:
+    def _check_finite(self, output: Probabilities) -> None:
         """Raise :class:`WeightsError` naming the model when the network output holds NaN or infinite values."""
         values = [output.probability, *output.attention]
         if output.lesion_probability is not None:
@@ -197,7 +201,7 @@ class LesionSegmenter:
         )
 
     def _run(self, total: int, network_input, test_time_flip: bool, batch_size: int, progress, store) -> None:
-        """Forward ``total`` items batch by batch and hand each :class:`NetworkOutput` to ``store(first, last, output)``.
+        """Forward ``total`` items batch by batch and hand each :class:`Probabilities` to ``store(first, last, output)``.
 
         ``network_input(first, last)`` gives the ``(n, 1, h, w)`` tensor of items
         ``first:last``; ``progress(done, total)`` is called after every batch.
@@ -242,7 +246,7 @@ class LesionSegmenter:
         box are first segmented whole, with 0 the crop is used alone.
         ``progress(done, total)`` is called after every batch of frames (with box
         prompts: of the frames segmented whole, then of the boxes). A network output
-        that is not finite raises :class:`~.weights.WeightsError`. ``test_time_flip``
+        that is not finite raises :class:`~.modelcard.WeightsError`. ``test_time_flip``
         None is the post-processing options' own (a model card's choice).
         """
         options = postprocessing or self.postprocessing
@@ -263,13 +267,15 @@ class LesionSegmenter:
         self._run(network_input.shape[0], lambda first, last: network_input[first:last],
                   test_time_flip, batch_size, progress, outputs.store)
         raw_mask = outputs.probability >= options.threshold
+        processed_mask, why_empty = postprocess_frames_explained(outputs.probability, options, outputs.lesion_probability)
         return SegmentationResult(
             probability=outputs.probability,
             raw_mask=raw_mask,
-            processed_mask=postprocess_frames(outputs.probability, options, outputs.lesion_probability),
+            processed_mask=processed_mask,
             attention_maps=outputs.attention_maps,
             combined_attention=outputs.combined_attention(),
             lesion_probability=outputs.lesion_probability,
+            why_empty=None if processed_mask.any() else why_empty,
         )
 
     def _segment_boxes(
@@ -292,14 +298,14 @@ class LesionSegmenter:
         )
 
         def network_input(first: int, last: int) -> torch.Tensor:
-            pieces = [normalize_intensity(frames[crop.frame][crop.window.slices][np.newaxis]) for crop in crops[first:last]]
-            return torch.cat([resize_frames(torch.from_numpy(piece).unsqueeze(1), self.input_size) for piece in pieces])
+            return torch.cat([to_network_input(frames[crop.frame][crop.window.slices][np.newaxis], self.input_size)
+                              for crop in crops[first:last]])
 
         outputs = _OutputFrames(frames.shape[0], size, self.model.config.depth, fill=0.0)
         labels = np.zeros((frames.shape[0], *size), dtype=np.uint16)
         outcomes = []
 
-        def store(first, last, output: NetworkOutput) -> None:
+        def store(first, last, output: Probabilities) -> None:
             for offset, crop in enumerate(crops[first:last]):
                 in_box = outputs.paste(
                     crop, output.probability[offset:offset + 1], [a[offset:offset + 1] for a in output.attention],
@@ -348,10 +354,9 @@ class LesionSegmenter:
             crops_of[crop.frame].append(position)
 
         def network_input(first: int, last: int) -> torch.Tensor:
-            batch = normalize_intensity(frames[whole_frames[first:last]])
-            return resize_frames(torch.from_numpy(batch).unsqueeze(1), self.input_size)
+            return to_network_input(frames[whole_frames[first:last]], self.input_size)
 
-        def store(first, last, output: NetworkOutput) -> None:
+        def store(first, last, output: Probabilities) -> None:
             resized = resize_frames(output.probability.float().cpu(), size)[:, 0].clamp_(0.0, 1.0).numpy()
             for row, frame in enumerate(whole_frames[first:last]):
                 for position in crops_of[frame]:
@@ -400,7 +405,7 @@ class _OutputFrames:
             return np.empty((frame_count, *self.size), dtype=np.float32)
         return np.full((frame_count, *self.size), self.fill, dtype=np.float32)
 
-    def store(self, first: int, last: int, output: NetworkOutput) -> None:
+    def store(self, first: int, last: int, output: Probabilities) -> None:
         """Resize the ``(n, 1, h, w)`` network outputs to the input grid, clip to [0, 1] and keep them."""
         for target, source in zip([self.probability, *self.attention_maps], [output.probability, *output.attention]):
             rows = torch.from_numpy(target[first:last])

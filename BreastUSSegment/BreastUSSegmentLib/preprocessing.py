@@ -11,8 +11,6 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .modelcard import NORMALIZATION_NAME  # noqa: F401  (one owner: the model card records it)
-
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
@@ -84,13 +82,19 @@ def resize_frames(frames: torch.Tensor, size: tuple[int, int], mode: str = "bili
     return F.interpolate(frames, size=size, mode=mode, align_corners=False, antialias=shrinking)
 
 
+def to_network_input(frames: np.ndarray, input_size: tuple[int, int]) -> torch.Tensor:
+    """Grey frames ``(F, H, W)`` (whole frames or crops) to the network's input ``(F, 1, h, w)``: each frame
+    scaled to [0, 1] by its own minimum and maximum, then resized to ``input_size``."""
+    return resize_frames(torch.from_numpy(normalize_intensity(frames)).unsqueeze(1), tuple(input_size))
+
+
 def prepare_frames(
     image: np.ndarray, input_size: tuple[int, int], color: bool | None = None
 ) -> tuple[torch.Tensor, tuple[int, int]]:
     """Full preprocessing: the network input ``(F, 1, h, w)`` and the frames' original ``(H, W)``."""
-    frames = normalize_intensity(to_grayscale_frames(image, color=color))
+    frames = to_grayscale_frames(image, color=color)
     original_size = (int(frames.shape[-2]), int(frames.shape[-1]))
-    return resize_frames(torch.from_numpy(frames).unsqueeze(1), tuple(input_size)), original_size
+    return to_network_input(frames, input_size), original_size
 
 
 def prepare_input(image: np.ndarray, input_size: tuple[int, int], color: bool | None = None) -> torch.Tensor:

@@ -27,10 +27,8 @@ from safetensors.torch import load_file, save_file
 
 from .fileio import write_atomically, write_text_atomically
 from .model import build_model
-from .modelcard import (  # noqa: F401
-    FORMAT_VERSION, STORAGE_DTYPES, ModelCard, WeightsError, card_path_for, check_storage_dtype, read_model_card,
-)
-from .postprocessing import PostprocessOptions
+from .modelcard import STORAGE_DTYPES, ModelCard, WeightsError, card_path_for, check_storage_dtype, read_model_card
+from .options import PostprocessOptions
 
 
 def sha256_of_file(path: str | os.PathLike) -> str:
