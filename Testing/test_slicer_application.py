@@ -116,20 +116,33 @@ def test_a_long_clip_reports_every_stage_and_can_be_cancelled_in_each(scene, log
         assert after == before, stage
 
 
+def assert_same_result(parts, whole):
+    for name in vars(whole):
+        mine, theirs = getattr(parts, name), getattr(whole, name)
+        if isinstance(theirs, np.ndarray):
+            np.testing.assert_array_equal(mine, theirs, err_msg=name)
+        elif name == "attention_maps":
+            assert len(mine) == len(theirs)
+            for gate, expected in zip(mine, theirs):
+                np.testing.assert_array_equal(gate, expected)
+        else:
+            assert mine == theirs, name
+
+
 def test_segmenting_in_parts_gives_the_result_of_one_call(bright_weights):
     from BreastUSSegmentLib.inference import LesionSegmenter
 
     segmenter = LesionSegmenter.from_weights(bright_weights, device="cpu")
-    frames = np.concatenate([clip_frame(frame) for frame in range(progress.FRAMES_PER_PART + 3)])
-    whole = segmenter.segment(frames)
-    parts = progress.segmentInParts(segmenter, frames, progress.RunProgress())
-    for name in ("probability", "raw_mask", "processed_mask", "combined_attention"):
-        np.testing.assert_array_equal(getattr(parts, name), getattr(whole, name))
-    boxes = [[(1 + frame % 5, 12, 12 + frame % 5 + 10, 22)] for frame in range(frames.shape[0])]
-    whole = segmenter.segment(frames, frame_boxes=boxes)
-    parts = progress.segmentInParts(segmenter, frames, progress.RunProgress(), frame_boxes=boxes)
-    np.testing.assert_array_equal(parts.box_labels, whole.box_labels)
-    assert parts.boxes == whole.boxes
+    frames = np.concatenate([clip_frame(frame) for frame in range(2 * progress.FRAMES_PER_PART + 3)])
+    run = progress.RunProgress()
+    assert_same_result(progress.segmentInParts(segmenter, frames, run), segmenter.segment(frames))
+    boxes = [[(1 + frame % 5, 12, 12 + frame % 5 + 10, 22)] if frame % 3 else [] for frame in range(len(frames))]
+    assert_same_result(progress.segmentInParts(segmenter, frames, run, frame_boxes=boxes),
+                       segmenter.segment(frames, frame_boxes=boxes))
+    hiding = segmenter.postprocessing.with_overrides(min_mean_probability=0.999)  # every lesion hidden
+    whole = segmenter.segment(frames, postprocessing=hiding)
+    assert not whole.processed_mask.any() and whole.why_empty.hidden_confidence is not None
+    assert_same_result(progress.segmentInParts(segmenter, frames, run, postprocessing=hiding), whole)
 
 
 # --- 10, 11. No helper nodes pile up; converter rules are read, not probed ---

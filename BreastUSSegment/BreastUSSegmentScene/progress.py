@@ -69,8 +69,23 @@ def joinResults(parts, starts):
                                   for piece, start in zip(pieces, starts) for outcome in piece]
         elif field.name == "attention_maps":  # one list of per-gate maps per part
             values[field.name] = [np.concatenate(gate) for gate in zip(*pieces)]
+        elif field.name == "why_empty":  # given for a part whose masks are all empty
+            values[field.name] = _joinWhyEmpty(pieces)
         elif all(isinstance(piece, np.ndarray) for piece in pieces):
             values[field.name] = np.concatenate(pieces)
         else:
             raise TypeError(f"cannot join the core's result field {field.name!r} of parts of a clip")
+    if values.get("why_empty") is not None and values["processed_mask"].any():
+        values["why_empty"] = None  # the clip has a lesion: nothing to explain
     return type(parts[0])(**values)
+
+
+def _joinWhyEmpty(pieces):
+    """The clip's ``WhyEmpty`` when every part's masks are empty (else None, see above): the strongest hidden
+    region of any part; the lesion head's strongest probability only if it emptied every part."""
+    if any(piece is None for piece in pieces):
+        return None
+    hidden = [piece.hidden_confidence for piece in pieces if piece.hidden_confidence is not None]
+    rejected = [piece.rejected_lesion_probability for piece in pieces]
+    return replace(pieces[0], hidden_confidence=max(hidden) if hidden else None,
+                   rejected_lesion_probability=None if None in rejected else max(rejected))
