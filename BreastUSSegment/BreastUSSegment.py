@@ -714,7 +714,7 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
                        progressCallback: Optional[ProgressCallback] = None) -> BoxSegmentationOutput:
         """Segment the lesion inside each Markups ROI into its own segment ("Lesion 1", "Lesion 2", ...).
 
-        A ROI covers the frames it crosses (the one it was drawn on), or every frame with ``allFrames``.
+        A ROI is used on the frame at its centre (the one it was drawn on), or on every frame with ``allFrames``.
         Segmenting again replaces the segment of the same ROI; every other segment is left untouched.
         """
         if not roiNodes:
