@@ -69,7 +69,6 @@ from BreastUSSegmentLib import BUNDLED_WEIGHTS, dependencies
 from BreastUSSegmentLib.imagetypes import MAX_INPUT_PIXELS
 from BreastUSSegmentLib.measure import LesionMeasurement, measure_frames
 from BreastUSSegmentScene import inputs, models, nodes, results, rois, segments, sequences, writer
-from BreastUSSegmentScene.progress import MEASURING, SEGMENTING, WRITING, ProgressCallback, RunProgress, segmentInParts
 from BreastUSSegmentScene.common import (
     ATTENTION_REFERENCE_ROLE,
     LABELMAP_SUFFIXES,
@@ -84,6 +83,7 @@ from BreastUSSegmentScene.parameters import (
     SegmentationOptions,
     fillFromModelCard,
 )
+from BreastUSSegmentScene.progress import MEASURING, SEGMENTING, WRITING, ProgressCallback, RunProgress, segmentInParts
 from BreastUSSegmentScene.status import boxSummary, measurementSummary
 
 SAMPLES_DIR = Path(__file__).resolve().parent / "Resources" / "Samples"
@@ -113,8 +113,8 @@ Refine the result in Segment Editor and export it as a labelmap (NRRD or NIfTI).
 <p><b>Research use only. Not for diagnosis or any clinical decision.</b></p>
 <p>Method: Guo, "An Improved U-Net Model for Ultrasound Image Segmentation of Breast Cancer" (2025).
 Training data: BUSI (Al-Dhabyani W, Gomaa M, Khaled H, Fahmy A, "Dataset of breast ultrasound images",
-Data in Brief 28 (2020) 104863, doi:10.1016/j.dib.2019.104863) and BrEaST-Lesions_USG (Pawlowska et al., Scientific Data 2024,
-doi:10.1038/s41597-024-02984-z).</p>
+Data in Brief 28 (2020) 104863, doi:10.1016/j.dib.2019.104863) and BrEaST-Lesions_USG (Pawlowska et al.,
+Scientific Data 2024, doi:10.1038/s41597-024-02984-z).</p>
 """
         )
         self.parent.acknowledgementText = _(
