@@ -465,6 +465,13 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 if torch is None:
                     self._setStatus(_("PyTorch is required to segment; installation was cancelled."), error=True)
                     return False
+        torchRequirement = "torch" + torchVersionRequirement()
+        torchVersion = installedVersions().get("torch")
+        if torchVersion and unmetRequirements([torchRequirement]):
+            raise BreastUSSegmentError(_(
+                "PyTorch {version} is installed but this module needs {requirement}: update it in the PyTorch Utils "
+                "module, restart Slicer and click Segment lesion again.").format(
+                    version=torchVersion, requirement=torchRequirement))
         missing = unmetRequirements(moduleRequirements())
         if missing:
             if not slicer.util.confirmOkCancelDisplay(
@@ -573,6 +580,14 @@ def _distributionKey(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+def installedVersions() -> dict:
+    """``{distribution name: version}`` of this Python's installed distributions (names lower case, ``-``)."""
+    from importlib.metadata import distributions
+
+    return {_distributionKey(distribution.metadata["Name"]): distribution.version
+            for distribution in distributions() if distribution.metadata["Name"]}
+
+
 def unmetRequirements(requirements, installed: Optional[dict] = None) -> list:
     """The ``requirements`` (pip strings) that no installed distribution satisfies, missing or too old.
 
@@ -581,12 +596,8 @@ def unmetRequirements(requirements, installed: Optional[dict] = None) -> list:
     """
     from packaging.requirements import Requirement
 
-    if installed is None:
-        from importlib.metadata import distributions
-
-        installed = {distribution.metadata["Name"]: distribution.version for distribution in distributions()
-                     if distribution.metadata["Name"]}
-    versions = {_distributionKey(name): version for name, version in installed.items()}
+    versions = installedVersions() if installed is None else {_distributionKey(name): version
+                                                              for name, version in installed.items()}
     unmet = []
     for text in requirements:
         requirement = Requirement(text)

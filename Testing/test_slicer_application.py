@@ -189,3 +189,11 @@ def test_installed_versions_are_compared_with_the_requirements():
         == ["safetensors>=0.4"]
     assert BUS.unmetRequirements(requirements, {"safetensors": "0.4.5", "numpy": "2.0"}) == ["SimpleITK"]
     assert BUS.unmetRequirements(BUS.moduleRequirements()) == []  # this environment has them all
+
+
+def test_the_installed_pytorch_is_checked_against_the_cores_requirement():
+    version = BUS.installedVersions()["torch"]
+    requirement = "torch" + BUS.torchVersionRequirement()
+    assert BUS.unmetRequirements([requirement]) == []
+    assert BUS.unmetRequirements([requirement], {"torch": "2.0.1"}) == [requirement]
+    assert version.split("+")[0] == __import__("torch").__version__.split("+")[0]
