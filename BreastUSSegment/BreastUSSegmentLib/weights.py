@@ -16,7 +16,6 @@ float32.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -25,18 +24,10 @@ from torch import nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .fileio import write_atomically, write_text_atomically
+from .fileio import sha256_of_file, write_atomically, write_text_atomically  # noqa: F401 (sha256_of_file: used here and re-exported)
 from .model import build_model
 from .modelcard import STORAGE_DTYPES, ModelCard, WeightsError, card_path_for, check_storage_dtype, read_model_card
 from .options import PostprocessOptions
-
-
-def sha256_of_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def stored_state(model: nn.Module, storage_dtype: str = "float32") -> dict:
