@@ -40,9 +40,10 @@ class RunProgress:
 
 def segmentInParts(segmenter, frames, progress: RunProgress, frame_boxes=None, **arguments):
     """The core's ``segmenter.segment(frames, ...)`` result, computed :data:`FRAMES_PER_PART` frames at a time
-    (frames are independent: the result is the same), reporting :data:`SEGMENTING` progress in frames."""
+    (frames are independent: the result is the same), reporting :data:`SEGMENTING` progress in frames. Each
+    part is copied into the clip's result as soon as it is made, so no long join follows the last report."""
     total = int(frames.shape[0])
-    parts, starts = [], []
+    clip = None
     for start in range(0, total, FRAMES_PER_PART):
         stop = min(start + FRAMES_PER_PART, total)
 
@@ -50,39 +51,60 @@ def segmentInParts(segmenter, frames, progress: RunProgress, frame_boxes=None, *
             progress.report(SEGMENTING, start + (stop - start) * done // max(partTotal, 1), total)
 
         boxes = {} if frame_boxes is None else {"frame_boxes": frame_boxes[start:stop]}
-        parts.append(segmenter.segment(frames[start:stop], progress=partProgress, **boxes, **arguments))
-        starts.append(start)
+        part = segmenter.segment(frames[start:stop], progress=partProgress, **boxes, **arguments)
+        if stop - start == total:
+            return part
+        clip = clip or ClipResult(part, total)
+        clip.add(part, start)
         progress.report(SEGMENTING, stop, total)
-    return parts[0] if len(parts) == 1 else joinResults(parts, starts)
+    return clip.result()
 
 
-def joinResults(parts, starts):
-    """One ``SegmentationResult`` of the core from those of consecutive parts of a clip (``starts``: each part's
-    first frame): per-frame arrays stacked, box outcomes renumbered to the clip's frames."""
-    values = {}
-    for field in fields(parts[0]):
-        pieces = [getattr(part, field.name) for part in parts]
-        if all(piece is None for piece in pieces):
-            values[field.name] = None
-        elif field.name == "boxes":
-            values[field.name] = [replace(outcome, frame=outcome.frame + start)
-                                  for piece, start in zip(pieces, starts) for outcome in piece]
-        elif field.name == "attention_maps":  # one list of per-gate maps per part
-            values[field.name] = [np.concatenate(gate) for gate in zip(*pieces)]
-        elif field.name == "why_empty":  # given for a part whose masks are all empty
-            values[field.name] = _joinWhyEmpty(pieces)
-        elif all(isinstance(piece, np.ndarray) for piece in pieces):
-            values[field.name] = np.concatenate(pieces)
-        else:
-            raise TypeError(f"cannot join the core's result field {field.name!r} of parts of a clip")
-    if values.get("why_empty") is not None and values["processed_mask"].any():
-        values["why_empty"] = None  # the clip has a lesion: nothing to explain
-    return type(parts[0])(**values)
+class ClipResult:
+    """A core ``SegmentationResult`` of a clip assembled from those of its consecutive parts: per-frame arrays
+    filled in place, box outcomes renumbered to the clip's frames, what post-processing hid joined."""
+
+    def __init__(self, first, total: int) -> None:
+        self._type = type(first)
+        self._arrays, self._lists, self._gates = {}, {}, None
+        for field in fields(first):
+            value = getattr(first, field.name)
+            if field.name == "attention_maps":  # one map per gate
+                self._gates = [np.empty((total,) + gate.shape[1:], gate.dtype) for gate in value]
+            elif isinstance(value, np.ndarray):
+                self._arrays[field.name] = np.empty((total,) + value.shape[1:], value.dtype)
+            elif field.name in ("boxes", "why_empty") or value is None:
+                self._lists[field.name] = []
+            else:
+                raise TypeError(f"cannot join the core's result field {field.name!r} of parts of a clip")
+
+    def add(self, part, start: int) -> None:
+        stop = start + part.processed_mask.shape[0]
+        for name, array in self._arrays.items():
+            array[start:stop] = getattr(part, name)
+        for gate, value in zip(self._gates, part.attention_maps):
+            gate[start:stop] = value
+        for name, pieces in self._lists.items():
+            value = getattr(part, name)
+            if name == "boxes" and value is not None:
+                value = [replace(outcome, frame=outcome.frame + start) for outcome in value]
+            pieces.append(value)
+
+    def result(self):
+        values = dict(self._arrays, attention_maps=self._gates)
+        for name, pieces in self._lists.items():
+            if all(piece is None for piece in pieces):
+                values[name] = None
+            elif name == "boxes":
+                values[name] = [outcome for piece in pieces for outcome in piece]
+            else:  # why_empty
+                values[name] = None if values["processed_mask"].any() else _joinWhyEmpty(pieces)
+        return self._type(**values)
 
 
 def _joinWhyEmpty(pieces):
-    """The clip's ``WhyEmpty`` when every part's masks are empty (else None, see above): the strongest hidden
-    region of any part; the lesion head's strongest probability only if it emptied every part."""
+    """The clip's ``WhyEmpty`` when every part's masks are empty: the strongest hidden region of any part; the
+    lesion head's strongest probability only if it emptied every part."""
     if any(piece is None for piece in pieces):
         return None
     hidden = [piece.hidden_confidence for piece in pieces if piece.hidden_confidence is not None]
