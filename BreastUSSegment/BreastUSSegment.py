@@ -761,6 +761,7 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
         nodes.checkOutputScene(inputVolumeNode, outputSegmentationNode)
         segmenter = self.segmenters.get(options.weightsPath, options.device)
         postprocessing = options.postprocessing or segmenter.postprocessing
+        progress.report(SEGMENTING, 0, frames.shape[0])  # the model is loaded: let the application breathe
         logging.info(f"BreastUSSegment: segmenting {inputVolumeNode.GetName()} {frames.shape} on {segmenter.device}")
         try:
             result = segmentInParts(segmenter, frames, progress, postprocessing=postprocessing, **arguments)
