@@ -10,6 +10,9 @@ __version__ = "0.1.0"
 
 # The trained model ships inside the package (package data), so every installation has it.
 BUNDLED_WEIGHTS = Path(__file__).resolve().parent / "bundled" / "breastus_attention_unet.safetensors"
+# Its sha256, pinned in the code: unlike the model card's, a replaced file cannot bring a matching one along.
+# `breastus-train export` to the bundled path prints the new value to put here.
+BUNDLED_SHA256 = "791ce0018624d49e957f87ade5a3288f19a8c887798b811f8d7ae39c66e3557c"
 # The package's dependencies, one requirement a line: pyproject.toml reads both files, the Slicer module the
 # library's only (the command line's progress bar is not installed into Slicer).
 DEPENDENCIES_FILE = Path(__file__).resolve().parent / "dependencies.txt"

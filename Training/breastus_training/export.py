@@ -256,4 +256,7 @@ def run(args: argparse.Namespace) -> int:
         print(describe_agreement(card.training["storage_agreement"]))
     print(f"wrote {args.output} and {card_path_for(args.output)} (stored in {card.storage_dtype})")
     print(f"sha256 {card.sha256}")
+    if Path(args.output).resolve() == BUNDLED_WEIGHTS.resolve():
+        print(f"set BUNDLED_SHA256 = \"{card.sha256}\" in BreastUSSegmentLib/__init__.py: the bundled model loads "
+              "only with its checksum pinned there")
     return 0
