@@ -1,6 +1,10 @@
 """Streams: frames in, results out a chunk at a time; chunked NRRD clips; the temporal rule; bounded memory."""
 
 import json
+import math
+import os
+import signal
+import stat
 import subprocess
 import sys
 import textwrap
@@ -13,7 +17,7 @@ from BreastUSSegmentLib import imagetypes
 from BreastUSSegmentLib.cli import main
 from BreastUSSegmentLib.clipio import NrrdClipWriter, open_clip
 from BreastUSSegmentLib.imageio import read_image, write_image
-from BreastUSSegmentLib.imagetypes import ImageReadError
+from BreastUSSegmentLib.imagetypes import ImageGeometry, ImageReadError
 from BreastUSSegmentLib.options import UNTUNED_POSTPROCESSING
 from BreastUSSegmentLib.stream import FrameStepper, chunk_size, segment_stream
 from BreastUSSegmentLib.temporal import TemporalFilter, TemporalRule
@@ -139,6 +143,26 @@ def test_a_streamed_nrrd_reads_back_like_one_written_whole(tmp_path):
             assert getattr(streamed, attribute)() == getattr(whole, attribute)()
 
 
+def rotated_geometry():
+    """An input's geometry that is none of the defaults: rotated, offset, anisotropic, slices 2.5 mm apart."""
+    angle = math.radians(25)
+    direction = np.eye(3)
+    direction[:2, :2] = [[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]]
+    return ImageGeometry((0.2, 0.35, 2.5), (-12.0, 30.5, 7.25), tuple(direction.ravel()))
+
+
+def test_a_streamed_nrrd_has_the_geometry_it_is_given(tmp_path):
+    geometry = rotated_geometry()
+    clip = random_clip(frames=5)
+    writer = NrrdClipWriter(tmp_path / "s.nrrd", 5, clip.shape[1:], np.uint8, geometry=geometry)
+    writer.write(clip)
+    streamed = sitk.ReadImage(str(writer.close()))
+    assert streamed.GetSpacing() == pytest.approx(geometry.spacing)
+    assert streamed.GetOrigin() == pytest.approx(geometry.origin)
+    assert streamed.GetDirection() == pytest.approx(geometry.direction)
+    assert np.array_equal(sitk.GetArrayFromImage(streamed), clip)
+
+
 def test_an_unfinished_or_aborted_writer_leaves_nothing(tmp_path):
     writer = NrrdClipWriter(tmp_path / "c.nrrd", 3, (4, 5), np.uint8, (1.0, 1.0))
     writer.write(np.zeros((2, 4, 5), np.uint8))
@@ -146,10 +170,10 @@ def test_an_unfinished_or_aborted_writer_leaves_nothing(tmp_path):
         writer.close()
     assert list(tmp_path.iterdir()) == []
     (tmp_path / "c.nrrd").write_text("keep me")
-    writer = NrrdClipWriter(tmp_path / "c.nrrd", 1, (4, 5), np.uint8, (1.0, 1.0), exclusive=True)
+    writer = NrrdClipWriter(tmp_path / "c.nrrd", 1, (4, 5), np.uint8, (1.0, 1.0))
     writer.write(np.zeros((1, 4, 5), np.uint8))
     with pytest.raises(FileExistsError):
-        writer.close()
+        writer.close(exclusive=True)
     assert [path.name for path in tmp_path.iterdir()] == ["c.nrrd"] and (tmp_path / "c.nrrd").read_text() == "keep me"
 
 
@@ -238,6 +262,134 @@ def test_a_bad_temporal_rule_is_a_usage_error(tmp_path, weights, capsys):
     assert "K/N" in capsys.readouterr().err
 
 
+def rotated_nrrd_clip(path, clip, geometry, compressed=True):
+    image = sitk.GetImageFromArray(clip)
+    image.SetSpacing(geometry.spacing)
+    image.SetOrigin(geometry.origin)
+    image.SetDirection(geometry.direction)
+    sitk.WriteImage(image, str(path), compressed)
+    return path
+
+
+def test_a_streamed_clip_output_keeps_the_inputs_geometry_and_provenance(tmp_path, weights):
+    """An NRRD clip read in chunks and written in chunks: the mask and probability keep the input's origin,
+    direction and spacings (slices included), carry the provenance header fields and get the umask's mode."""
+    geometry = rotated_geometry()
+    clip = moving_square_clip()
+    source = rotated_nrrd_clip(tmp_path / "clip.nrrd", clip, geometry)
+    assert open_clip(source).chunked
+    out = tmp_path / "out"
+    assert main([str(source), "-o", str(out), "--weights", str(weights), "--device", "cpu", "--batch-size", "4"]) == 0
+    record = json.loads((out / "clip_measurements.json").read_text())
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for kind in ("mask", "probability"):
+        path = out / f"clip_{kind}.nrrd"
+        written = sitk.ReadImage(str(path))
+        assert written.GetSize() == (60, 48, 12)
+        assert written.GetSpacing() == pytest.approx(geometry.spacing)
+        assert written.GetOrigin() == pytest.approx(geometry.origin)
+        assert written.GetDirection() == pytest.approx(geometry.direction)
+        assert written.GetMetaData("BreastUS_input_sha256") == record["input"]["sha256"]
+        assert written.GetMetaData("BreastUS_model_sha256") == record["provenance"]["model"]["sha256"]
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o666 & ~umask
+    mask = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "clip_mask.nrrd")))
+    assert mask[5, 20, 25] == 1 and mask[5, 40, 5] == 0  # the square moves 2 columns a frame
+    assert main([str(source), "-o", str(tmp_path / "spaced"), "--weights", str(weights), "--device", "cpu",
+                 "--spacing", "0.3,0.1"]) == 0
+    spaced = sitk.ReadImage(str(tmp_path / "spaced" / "clip_mask.nrrd"))
+    assert spaced.GetSpacing() == pytest.approx((0.1, 0.3, 2.5))  # the user's pixel spacing, the file's slices
+    assert spaced.GetOrigin() == pytest.approx(geometry.origin)
+    assert spaced.GetDirection() == pytest.approx(geometry.direction)
+
+
+def test_a_streamed_clip_failing_midway_with_overwrite_keeps_the_earlier_outputs(tmp_path, weights, capsys,
+                                                                                 monkeypatch):
+    """The input is cut short after the first run: the rerun with --overwrite fails in its third chunk, after
+    32 frames were streamed, and leaves the earlier outputs exactly as they were, and no temporary; so does
+    a full disk once the whole clip is streamed, while the overlay is written."""
+    from BreastUSSegmentLib import clipio
+
+    clip = moving_square_clip(frames=40)
+    source = rotated_nrrd_clip(tmp_path / "clip.nrrd", clip, rotated_geometry(), compressed=False)
+    out = tmp_path / "out"
+    arguments = [str(source), "-o", str(out), "--weights", str(weights), "--device", "cpu", "--batch-size", "4"]
+    assert main(arguments) == 0
+    earlier = {path.name: path.read_bytes() for path in out.iterdir()}
+    assert sorted(earlier) == ["clip_mask.nrrd", "clip_measurements.json", "clip_overlay.png",
+                               "clip_probability.nrrd", "measurements.csv"]
+    source.write_bytes(source.read_bytes()[:-4 * 48 * 60 - 10])  # the last 4 frames and a bit missing
+    streamed = []
+    real_write = clipio.NrrdClipWriter.write
+
+    def counted_write(writer, frames):
+        real_write(writer, frames)
+        streamed.append(writer.written)
+
+    monkeypatch.setattr(clipio.NrrdClipWriter, "write", counted_write)
+    capsys.readouterr()
+    assert main(arguments + ["--overwrite"]) == 1
+    captured = capsys.readouterr()
+    assert f"error: {source}: the data ends at frame 35 of 40 (the file is truncated)" in captured.err
+    assert max(streamed) == 32
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == earlier
+
+    from BreastUSSegmentLib import cli
+
+    class FullDisk:
+        def save(self, target, **_options):
+            raise OSError(28, "No space left on device", target)
+
+    rotated_nrrd_clip(source, clip[::-1].copy(), rotated_geometry(), compressed=False)  # whole again, new outputs
+    monkeypatch.setattr(cli, "overlay_figure", lambda *args, **kwargs: FullDisk())
+    streamed.clear()
+    assert main(arguments + ["--overwrite"]) == 1  # the disk fills once both clips are streamed
+    assert f"cannot write {out / 'clip_overlay.png'}: No space left on device" in capsys.readouterr().err
+    assert max(streamed) == 40
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == earlier
+
+
+SIGNAL_DRIVER = textwrap.dedent("""
+    import sys, time
+    from BreastUSSegmentLib import cli, clipio
+
+    real_write = clipio.NrrdClipWriter.write
+
+    def write_then_wait(self, frames):
+        real_write(self, frames)
+        if self.written == 8 and "mask" in self.path.name:  # half the clip streamed: stop here a while
+            print("STREAMING", flush=True)
+            time.sleep(60)
+
+    clipio.NrrdClipWriter.write = write_then_wait
+    sys.exit(cli.main(sys.argv[1:]))
+""")
+
+
+def test_a_signal_while_a_clip_streams_keeps_finished_inputs_and_leaves_no_temporary(tmp_path, weights):
+    first = write_image(tmp_path / "first.nrrd", moving_square_clip(frames=3))
+    second = rotated_nrrd_clip(tmp_path / "second.nrrd", moving_square_clip(frames=16), rotated_geometry())
+    (tmp_path / "driver.py").write_text(SIGNAL_DRIVER)
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        [sys.executable, str(tmp_path / "driver.py"), str(first), str(second), "-o", str(out), "--weights",
+         str(weights), "--device", "cpu", "--batch-size", "4"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        for line in process.stdout:
+            if line.startswith("STREAMING"):
+                break
+        process.send_signal(signal.SIGTERM)
+        _rest, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 143, err
+    assert err.strip().splitlines()[-1] == "interrupted: 1 segmented, 1 not run"
+    assert sorted(path.name for path in out.iterdir()) == ["first_mask.nrrd", "first_measurements.json",
+                                                            "first_overlay.png", "first_probability.nrrd",
+                                                            "measurements.csv"]
+
+
 MEMORY_SCRIPT = textwrap.dedent("""
     import json, resource, sys
     from BreastUSSegmentLib.cli import main
@@ -246,7 +398,7 @@ MEMORY_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_a_thousand_frame_clip_segments_in_bounded_memory(tmp_path, weights):
+def test_a_thousand_frame_clip_segments_in_bounded_memory(tmp_path, weights, record_property):
     """1,000 frames of 500 x 500 (250 million pixels, five times the old clip limit) under 1.5 GB of peak memory.
 
     The model is a tiny one: the bound is about the pipeline (reading, outputs, writing), not the network's size.
@@ -262,7 +414,10 @@ def test_a_thousand_frame_clip_segments_in_bounded_memory(tmp_path, weights):
                           capture_output=True, text=True, timeout=1800)
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["status"] == 0, done.stderr
-    assert report["peak_kb"] * 1024 < 1.5e9, f"peak memory {report['peak_kb'] / 1e6:.2f} GB"
+    peak = f"peak memory {report['peak_kb'] * 1024 / 1e9:.2f} GB (ru_maxrss of the segmenting process)"
+    record_property("peak_memory_bytes", report["peak_kb"] * 1024)
+    print(peak)  # shown with pytest -s or -rP
+    assert report["peak_kb"] * 1024 < 1.5e9, peak
     mask = open_clip(tmp_path / "out" / "long_mask.nrrd")
     assert mask.frame_count == frames
     for chunk in mask.chunks(100):

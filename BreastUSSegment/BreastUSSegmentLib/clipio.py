@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +18,9 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from .fileio import TEMPORARY_MARK, split_extension, write_atomically
-from .imageio import check_pixels, read_image
-from .imagetypes import ImageReadError, check_spacing, size_problem
+from .fileio import new_temporary, split_extension, write_atomically
+from .imageio import check_pixels, plain_geometry, read_image, simpleitk_name
+from .imagetypes import ImageGeometry, ImageReadError, check_spacing, size_problem
 
 NRRD_TYPES = {
     "uchar": np.uint8, "unsigned char": np.uint8, "uint8": np.uint8, "uint8_t": np.uint8,
@@ -50,6 +49,7 @@ class Clip:
     spacing_source: str
     color: bool
     single_frame: bool  # the file holds one frame (2-D), not a clip
+    geometry: Optional[ImageGeometry] = None  # NRRD, NIfTI, MetaImage: the header's spacing, origin and direction
     _pixels: Optional[np.ndarray] = None  # the whole array, when read whole
     _nrrd: Optional["_NrrdData"] = None  # where the frames are, when read in chunks
 
@@ -79,15 +79,34 @@ def open_clip(path: str | os.PathLike) -> Clip:
     """Open an image or clip; NRRD with attached raw or gzip data is read in chunks, anything else whole."""
     path = Path(path)
     data = _nrrd_data(path)
-    if data is None:
+    geometry = None if data is None else _header_geometry(path, (*data.frame_shape[::-1], data.frame_count))
+    if geometry is None:  # not a chunked NRRD, or one SimpleITK cannot read: read_image reads it or says why not
         image = read_image(path)
         single = image.frame_count == 1 and image.pixels.ndim == (3 if image.color else 2)
         return Clip(path, image.frame_count, image.frame_shape, image.spacing, image.spacing_source, image.color,
-                    single, _pixels=image.pixels)
+                    single, image.geometry, _pixels=image.pixels)
     problem = size_problem(1, *data.frame_shape)
     if problem:
         raise ImageReadError(path, f"the frame is too large: {problem} (crop or downsample it)")
-    return Clip(path, data.frame_count, data.frame_shape, data.spacing, "header", False, False, _nrrd=data)
+    spacing = (float(geometry.spacing[1]), float(geometry.spacing[0]))
+    return Clip(path, data.frame_count, data.frame_shape, spacing, "header", False, False, geometry, _nrrd=data)
+
+
+def _header_geometry(path: Path, size: tuple) -> Optional[ImageGeometry]:
+    """The geometry of a one-component image of ``size`` (columns, rows, frames) as SimpleITK reads it from the
+    header alone (as :func:`~.imageio.read_image` would); None when SimpleITK cannot read it or it is another image."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    try:
+        with simpleitk_name(path) as name:
+            reader.SetFileName(name)
+            reader.ReadImageInformation()
+    except (RuntimeError, OSError):
+        return None
+    if reader.GetNumberOfComponents() != 1 or tuple(reader.GetSize()) != tuple(size):
+        return None
+    return ImageGeometry(tuple(reader.GetSpacing()), tuple(reader.GetOrigin()), tuple(reader.GetDirection()))
 
 
 @dataclass
@@ -99,7 +118,6 @@ class _NrrdData:
     dtype: np.dtype
     frame_count: int
     frame_shape: tuple[int, int]
-    spacing: tuple[float, float]
 
     def chunks(self, size: int, path: Path) -> Iterator[np.ndarray]:
         frame_bytes = self.dtype.itemsize * self.frame_shape[0] * self.frame_shape[1]
@@ -130,7 +148,7 @@ def _read_exactly(stream, count: int) -> bytes:
 
 def _nrrd_data(path: Path) -> Optional[_NrrdData]:
     """The frames' place in a 3-D scalar NRRD with attached raw/gzip data; None for anything else."""
-    if split_extension(path.name)[1].lower() != ".nrrd" or not path.is_file():
+    if split_extension(path.name)[1].lower() != ".nrrd" or not path.is_file() or not os.access(path, os.R_OK):
         return None
     fields, offset = _nrrd_header(path)
     if fields is None:
@@ -139,16 +157,15 @@ def _nrrd_data(path: Path) -> Optional[_NrrdData]:
         sizes = [int(value) for value in fields["sizes"].split()]
         dtype = np.dtype(NRRD_TYPES[fields["type"].lower()]).newbyteorder(
             ">" if fields.get("endian", "little") == "big" else "<")
-        spacing = _nrrd_spacing(fields)
     except (KeyError, ValueError):
         return None
-    if (int(fields.get("dimension", 0)) != 3 or len(sizes) != 3 or spacing is None
+    if (fields.get("dimension") != "3" or len(sizes) != 3 or min(sizes) < 1
             or fields.get("encoding", "").lower() not in ("raw", "gzip", "gz") or "data file" in fields
             or "datafile" in fields or fields.get("byte skip", "0") != "0" or fields.get("line skip", "0") != "0"):
         return None
     columns, rows, frames = sizes
     encoding = "raw" if fields["encoding"].lower() == "raw" else "gzip"
-    return _NrrdData(offset, encoding, dtype, frames, (rows, columns), spacing)
+    return _NrrdData(offset, encoding, dtype, frames, (rows, columns))
 
 
 def _nrrd_header(path: Path) -> tuple[Optional[dict], int]:
@@ -174,64 +191,52 @@ def _nrrd_header(path: Path) -> tuple[Optional[dict], int]:
                 fields[name.strip().lower()] = value.strip()
 
 
-def _nrrd_spacing(fields: dict) -> Optional[tuple[float, float]]:
-    """``(row_mm, column_mm)`` from ``space directions`` (vector lengths) or ``spacings``; None if neither."""
-    if "space directions" in fields:
-        vectors = []
-        for part in fields["space directions"].split():
-            if part == "none":
-                continue
-            numbers = [float(value) for value in part.strip("()").split(",")]
-            vectors.append(float(np.sqrt(sum(value * value for value in numbers))))
-        if len(vectors) < 2:
-            return None
-        return check_spacing((vectors[1], vectors[0]))
-    if "spacings" in fields:
-        values = [float(value) for value in fields["spacings"].split()]
-        return check_spacing((values[1], values[0]))
-    return (1.0, 1.0)
-
-
 def _nrrd_text(value) -> str:
     """A header value on one line (NRRD key/value pairs end at the line's end)."""
     return str(value).replace("\\", "\\\\").replace("\n", "\\n")
 
 
 class NrrdClipWriter:
-    """Writes an ``(F, H, W)`` clip to a gzip NRRD a chunk of frames at a time, atomically.
+    """Writes an ``(F, H, W)`` clip to a gzip NRRD a chunk of frames at a time, under a temporary name.
 
-    ``metadata`` (text key -> text value) goes into the header as ``key:=value`` lines.
-    The file appears at ``path`` only on :meth:`close` after all ``frame_count``
-    frames were written; :meth:`abort` (or an error) leaves nothing behind. With
-    ``exclusive`` an existing file is never replaced (``FileExistsError``).
+    The file has ``geometry`` (that of the input; by default ``spacing`` ``(row_mm, column_mm)``, slice
+    spacing 1, origin 0 and no rotation) and ``metadata`` (text key -> text value) as ``key:=value`` header
+    lines. Once all ``frame_count`` frames are written, :meth:`finish` moves the file to the temporary name
+    :func:`.fileio.write_together` gives it (so it is renamed with the input's other outputs, all or none),
+    or :meth:`close` gives it its own name. :meth:`abort` (also after an error) leaves nothing behind.
     """
 
     def __init__(self, path: str | os.PathLike, frame_count: int, frame_shape: tuple[int, int], dtype,
-                 spacing: tuple[float, float], *, exclusive: bool = False, metadata: Optional[dict] = None):
+                 spacing: tuple[float, float] = (1.0, 1.0), *, geometry: Optional[ImageGeometry] = None,
+                 metadata: Optional[dict] = None):
         self.path = Path(path)
         self.frame_count = int(frame_count)
         self.frame_shape = (int(frame_shape[0]), int(frame_shape[1]))
         self.dtype = np.dtype(dtype)
-        self.exclusive = exclusive
         self.written = 0
-        row_mm, column_mm = check_spacing(spacing)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        base, extension = split_extension(self.path.name)
-        handle, self._temporary = tempfile.mkstemp(dir=self.path.parent, prefix=base + TEMPORARY_MARK, suffix=extension)
-        self._file = os.fdopen(handle, "wb")
+        geometry = geometry or plain_geometry(3, check_spacing(spacing))
+        if geometry.dimension != 3:
+            raise ValueError(f"{self.path}: a clip needs a 3-D geometry, got a {geometry.dimension}-D one")
         header = "\n".join([
             "NRRD0004",
             f"type: {NRRD_TYPE_NAMES[self.dtype]}",
             "dimension: 3",
-            "space: left-posterior-superior",
+            "space: left-posterior-superior",  # SimpleITK's (and so the geometry's) physical space
             f"sizes: {self.frame_shape[1]} {self.frame_shape[0]} {self.frame_count}",
-            f"space directions: ({column_mm!r},0,0) (0,{row_mm!r},0) (0,0,1)",
+            f"space directions: {_nrrd_directions(geometry)}",
             "kinds: domain domain domain",
             "endian: little",
             "encoding: gzip",
-            "space origin: (0,0,0)",
+            f"space origin: {_nrrd_vector(geometry.origin)}",
         ] + [f"{key}:={_nrrd_text(value)}" for key, value in (metadata or {}).items()]) + "\n\n"
-        self._file.write(header.encode("ascii"))
+        self._file = None
+        self._temporary = new_temporary(self.path)
+        try:
+            self._file = open(self._temporary, "wb")
+            self._file.write(header.encode("ascii"))
+        except BaseException:
+            self.abort()
+            raise
         self._compressor = zlib.compressobj(6, zlib.DEFLATED, 31)  # 31: a gzip stream
 
     def write(self, frames: np.ndarray) -> None:
@@ -244,22 +249,37 @@ class NrrdClipWriter:
         self._file.write(self._compressor.compress(data))
         self.written += frames.shape[0]
 
-    def close(self) -> Path:
-        """Finish the file and give it its name; returns the path."""
-        if self.written != self.frame_count:
-            self.abort()
-            raise ValueError(f"{self.path}: {self.written} of {self.frame_count} frames were written")
+    def finish(self, temporary: str) -> None:
+        """Complete the file and move it to ``temporary`` (a writer function of :func:`.fileio.write_together`)."""
         try:
+            if self.written != self.frame_count:
+                raise ValueError(f"{self.path}: {self.written} of {self.frame_count} frames were written")
             self._file.write(self._compressor.flush())
             self._file.close()
-            return write_atomically(self.path, lambda temporary: os.replace(self._temporary, temporary),
-                                    exclusive=self.exclusive)
+            os.replace(self._temporary, temporary)
+        finally:
+            self.abort()
+
+    def close(self, *, exclusive: bool = False) -> Path:
+        """Complete the file and give it its name (never replacing a file with ``exclusive``); returns the path."""
+        try:
+            return write_atomically(self.path, self.finish, exclusive=exclusive)
         finally:
             self.abort()
 
     def abort(self) -> None:
-        """Drop the file being written."""
-        if not self._file.closed:
+        """Drop the file being written (nothing once :meth:`finish` has moved it)."""
+        if self._file is not None and not self._file.closed:
             self._file.close()
-        if os.path.exists(self._temporary):
+        if os.path.lexists(self._temporary):
             os.remove(self._temporary)
+
+
+def _nrrd_vector(values) -> str:
+    return "(" + ",".join(repr(float(value)) for value in values) + ")"
+
+
+def _nrrd_directions(geometry: ImageGeometry) -> str:
+    """NRRD ``space directions``: per axis (x, y, frames), its direction cosines times its spacing."""
+    matrix = np.asarray(geometry.direction, dtype=float).reshape(3, 3)  # row by row; column i is axis i
+    return " ".join(_nrrd_vector(matrix[:, axis] * geometry.spacing[axis]) for axis in range(3))

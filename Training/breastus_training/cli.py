@@ -10,10 +10,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import box_rule, ensemble, evaluate, export, intervals, prepare, sweep, temporal_sweeps, train
+from . import (box_rule, convert, descriptor_check, descriptor_fit, ensemble, evaluate, export, intervals, prepare,
+               sweep, temporal_sweeps, train)
 
 SUBCOMMANDS = {
-    "prepare": (prepare, "index BUSI, group duplicates and write the train/val/test split manifest"),
+    "convert": (convert, "rewrite BrEaST-Lesions_USG as published (TCIA) into the folder layout 'prepare' reads"),
+    "prepare": (prepare, "index the dataset folders (BUSI, BrEaST), group duplicates and write the train/val/test "
+                         "split manifest"),
     "train": (train, "train the Attention U-Net on a split manifest (resumes an existing run folder)"),
     "ensemble": (ensemble, "join trained models of one architecture into one ensemble weights file (probabilities averaged)"),
     "sweep": (sweep, "score a grid of post-processing settings on val from one inference pass, to choose them"),
@@ -21,15 +24,21 @@ SUBCOMMANDS = {
     "box-rule": (box_rule, "score the box prompt's minimum confidence on lesion boxes and on boxes on lesion-free tissue"),
     "intervals": (intervals, "95% intervals of an evaluation's numbers (bootstrap; exact binomial for shares), from its report.json"),
     "temporal": (temporal_sweeps, "score the temporal rule (K/N frames) on simulated sweeps across a subset's images"),
+    "descriptors-fit": (descriptor_fit, "choose the lexicon descriptor rules on train and fit the research-use "
+                                        "malignancy likelihood (train, L2 chosen on val)"),
+    "descriptors": (descriptor_check, "check the lexicon descriptors against radiologists' reads and the malignancy "
+                                      "likelihood's AUC on a subset, with 95% intervals (research use)"),
     "export": (export, "write evaluated weights as the bundled model, with the evaluation in its model card"),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="breastus-train", description="Train and evaluate the SlicerBreastUS model on BUSI.")
+    parser = argparse.ArgumentParser(prog="breastus-train", description="Train and evaluate the SlicerBreastUS lesion "
+                                     "segmentation model on breast ultrasound datasets (BUSI, BrEaST).")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in SUBCOMMANDS.items():
-        subparser = subparsers.add_parser(name, help=help_text, description=help_text)
+        # argparse formats a help text with %: "95% intervals" must be written "95%% intervals" there
+        subparser = subparsers.add_parser(name, help=help_text.replace("%", "%%"), description=help_text)
         module.add_arguments(subparser)
         subparser.set_defaults(handler=module.run)
     return parser
@@ -42,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:  # bad input: dataset, manifest, settings, resume (DatasetError, ResumeError, ...)
         print(f"breastus-train {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except train.TrainingDiverged as error:  # the run itself failed; what it saved before is kept
+        print(f"breastus-train {args.command}: error: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

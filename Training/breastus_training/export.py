@@ -125,9 +125,9 @@ def storage_agreement(
     cases = manifest.cases_for(AGREEMENT_SUBSET)
     if not cases:
         raise ExportError(f"the split {split_path} has no {AGREEMENT_SUBSET} case to check the storage dtype on")
-    reference = LesionSegmenter(model, input_size, postprocessing, device="cpu")
-    stored = LesionSegmenter(stored_copy(model, storage_dtype), input_size, postprocessing, device="cpu")
-    reference.cpu_bf16 = stored.cpu_bf16 = False
+    reference = LesionSegmenter(model, input_size, postprocessing, device="cpu", precision="fp32")
+    stored = LesionSegmenter(stored_copy(model, storage_dtype), input_size, postprocessing, device="cpu",
+                             precision="fp32")
     dice = []
     for case in tqdm(cases, desc=f"{storage_dtype} vs float32", unit="image", disable=not progress):
         image, _ = load_case(roots, case)
@@ -256,4 +256,7 @@ def run(args: argparse.Namespace) -> int:
         print(describe_agreement(card.training["storage_agreement"]))
     print(f"wrote {args.output} and {card_path_for(args.output)} (stored in {card.storage_dtype})")
     print(f"sha256 {card.sha256}")
+    if Path(args.output).resolve() == BUNDLED_WEIGHTS.resolve():
+        print(f"set BUNDLED_SHA256 = \"{card.sha256}\" in BreastUSSegmentLib/__init__.py: the bundled model loads "
+              "only with its checksum pinned there")
     return 0
