@@ -197,6 +197,11 @@ def test_a_truncated_nrrd_clip_names_the_file_and_frame(tmp_path):
     with pytest.raises(ImageReadError, match="ends at frame 3 of 6") as error:
         list(open_clip(path).chunks(2))
     assert str(path) in str(error.value)
+    sitk.WriteImage(sitk.GetImageFromArray(random_clip(frames=6)), str(path), True)
+    path.write_bytes(path.read_bytes()[:-200])  # the gzip stream cut short
+    with pytest.raises(ImageReadError, match="the compressed data after frame 4 of 6 cannot be read") as error:
+        list(open_clip(path).chunks(2))
+    assert str(path) in str(error.value)
 
 
 def test_other_formats_are_read_whole(tmp_path):

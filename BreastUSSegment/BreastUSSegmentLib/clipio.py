@@ -20,7 +20,7 @@ import numpy as np
 
 from .fileio import new_temporary, split_extension, write_atomically
 from .imageio import check_pixels, plain_geometry, read_image, simpleitk_name
-from .imagetypes import ImageGeometry, ImageReadError, check_spacing, size_problem
+from .imagetypes import ImageGeometry, ImageReadError, check_spacing, error_line, size_problem
 
 NRRD_TYPES = {
     "uchar": np.uint8, "unsigned char": np.uint8, "uint8": np.uint8, "uint8_t": np.uint8,
@@ -36,6 +36,7 @@ NRRD_TYPE_NAMES = {np.dtype(np.uint8): "unsigned char", np.dtype(np.int8): "sign
                    np.dtype(np.uint32): "unsigned int", np.dtype(np.int32): "int",
                    np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 READ_BLOCK = 1 << 20  # bytes read from a compressed stream at a time
+HEADER_LINE_LIMIT = 1 << 16  # bytes; a longer header line means the file is not read in chunks
 
 
 @dataclass
@@ -126,7 +127,11 @@ class _NrrdData:
             stream = gzip.GzipFile(fileobj=handle, mode="rb") if self.encoding == "gzip" else handle
             for start in range(0, self.frame_count, size):
                 count = min(size, self.frame_count - start)
-                data = _read_exactly(stream, count * frame_bytes)
+                try:
+                    data = _read_exactly(stream, count * frame_bytes)
+                except (EOFError, OSError, zlib.error) as error:  # a gzip stream cut short or damaged
+                    raise ImageReadError(path, f"the compressed data after frame {start} of {self.frame_count} "
+                                               f"cannot be read ({error_line(error)})") from None
                 if len(data) < count * frame_bytes:
                     raise ImageReadError(path, f"the data ends at frame {start + len(data) // frame_bytes} "
                                                f"of {self.frame_count} (the file is truncated)")
@@ -172,14 +177,14 @@ def _nrrd_header(path: Path) -> tuple[Optional[dict], int]:
     """The header fields (lower-case names) and the data's offset; None when the file is not NRRD."""
     fields, offset = {}, 0
     with open(path, "rb") as handle:
-        magic = handle.readline()
+        magic = handle.readline(HEADER_LINE_LIMIT)
         if not magic.startswith(b"NRRD000"):
             return None, 0
         offset = len(magic)
         while True:
-            line = handle.readline()
+            line = handle.readline(HEADER_LINE_LIMIT)
             offset += len(line)
-            if not line or len(fields) > 200:
+            if not line.endswith(b"\n") or len(fields) > 200:  # the end of the file, or no header line
                 return None, 0
             text = line.decode("latin-1").rstrip("\r\n")
             if text == "":
