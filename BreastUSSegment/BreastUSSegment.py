@@ -68,7 +68,9 @@ except ImportError:  # plain Python with slicer-core: minimal stand-ins so the L
 from BreastUSSegmentLib import BUNDLED_WEIGHTS, dependencies
 from BreastUSSegmentLib.imagetypes import MAX_INPUT_PIXELS
 from BreastUSSegmentLib.measure import LesionMeasurement, measure_frames
-from BreastUSSegmentScene import inputs, models, nodes, results, rois, segments, sequences, writer
+from BreastUSSegmentScene import (
+    inputs, measurements, models, nodes, provenance, results, rois, segments, sequences, writer,
+)
 from BreastUSSegmentScene.common import (
     ATTENTION_REFERENCE_ROLE,
     LABELMAP_SUFFIXES,
@@ -112,7 +114,7 @@ class BreastUSSegment(ScriptedLoadableModule):
         self.parent.helpText = _(
             """
 Segments a breast lesion in an ultrasound frame or cine clip with an improved (deeper) Attention U-Net
-and writes an editable <b>Lesion</b> segment, an attention-map overlay and the lesion's area and largest diameter.
+and writes an editable <b>Lesion</b> segment, an attention-map overlay and each lesion's diameters and area.
 Refine the result in Segment Editor and export it as a labelmap (NRRD or NIfTI).
 <p><b>Research use only. Not for diagnosis or any clinical decision.</b></p>
 <p>Method: Guo, "An Improved U-Net Model for Ultrasound Image Segmentation of Breast Cancer" (2025).
@@ -303,7 +305,7 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             output.postprocessing.min_mean_probability, output.rejectedLesionProbability,
             output.postprocessing.min_lesion_probability)
         if output.tableNode is not None:
-            status += _(" Per-frame measurements: table '{name}'.").format(name=output.tableNode.GetName())
+            status += _(" Every lesion's measurements: table '{name}'.").format(name=output.tableNode.GetName())
         self._setStatus(status)
         self._onParameterNodeModified()
 
@@ -327,7 +329,8 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if output is None:
             return
         parameters.outputSegmentation = output.segmentationNode
-        self._setStatus(boxSummary(output.segmentationNode, output.segmentIds, output.measurements))
+        self._setStatus(boxSummary(output.segmentationNode, output.segmentIds, output.measurements)
+                        + _(". Every lesion's measurements: table '{name}'.").format(name=output.tableNode.GetName()))
         self._onParameterNodeModified()
 
     def onAddBoxButton(self) -> None:
@@ -395,11 +398,11 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._busy:
             return
         parameters = self._parameterNode
-        measurements = self._tryShowingError(
+        frames = self._tryShowingError(
             _("Measurement failed"), lambda: self.logic.measureLesion(parameters.outputSegmentation, parameters.inputVolume))
-        if measurements is None:
+        if frames is None:
             return
-        self._setStatus(measurementSummary(measurements, inputs.volumeSpacing(parameters.inputVolume)))
+        self._setStatus(measurementSummary(frames, inputs.volumeSpacing(parameters.inputVolume)))
 
     def onEditButton(self) -> None:
         """Open Segment Editor on the lesion, with the input image as source volume."""
@@ -576,7 +579,7 @@ class SegmentationOutput:
     postprocessing: Any = None  # BreastUSSegmentLib.postprocessing.PostprocessOptions used
     hiddenConfidence: Optional[float] = None  # when nothing was found: best mean probability Min. confidence hid
     rejectedLesionProbability: Optional[float] = None  # when the lesion head emptied every frame: its highest probability
-    tableNode: Any = None  # a clip's per-frame measurements (vtkMRMLTableNode)
+    tableNode: Any = None  # the measurement table: one row per lesion per frame (vtkMRMLTableNode)
     sequenceNode: Any = None  # a Sequence's segmentation Sequence (one item per frame; the output node is its proxy)
 
 
@@ -590,6 +593,7 @@ class BoxSegmentationOutput:
     attentionVolumeNode: Any
     measurements: List[List[LesionMeasurement]] = field(default_factory=list)  # per ROI, one entry per frame
     pipelineResult: Any = None  # BreastUSSegmentLib.inference.SegmentationResult
+    tableNode: Any = None  # the measurement table: one row per lesion per frame, with its box (vtkMRMLTableNode)
 
 
 class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
@@ -633,11 +637,11 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
         def write(segmentationNode):
             written = writer.writeVolumeResult(segmentationNode, inputVolumeNode, result, options.createProbabilityVolume)
             output = self._output(segmentationNode, written, result, postprocessing, inputVolumeNode)
-            if len(output.measurements) > 1:
-                output.tableNode = results.updateMeasurementTable(segmentationNode, output.measurements)
+            output.tableNode = self._lesionTable(segmentationNode, output.segmentId, output.measurements)
             return output
 
-        return self._intoScene(inputVolumeNode, outputSegmentationNode, options, write)
+        return self._intoScene(inputVolumeNode, outputSegmentationNode, options, write,
+                               self._provenance(options, postprocessing, inputVolumeNode))
 
     def segmentSequence(self, proxyVolumeNode, outputSegmentationNode=None, options: Optional[SegmentationOptions] = None,
                         progressCallback: Optional["ProgressCallback"] = None) -> SegmentationOutput:
@@ -645,7 +649,7 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
 
         Each frame's Lesion goes into its own item of a segmentation Sequence that plays with the clip, with the
         output segmentation as its proxy (see :func:`BreastUSSegmentScene.writer.writeSequenceResult`); the
-        attention map (and the probability map) become volume Sequences too, the measurements a table, one row per frame.
+        attention map (and the probability map) become volume Sequences too, the measurements a table, one row per lesion per frame.
         """
         options = options or SegmentationOptions()
         browser, sequence = sequences.browsedSequence(proxyVolumeNode)
@@ -657,10 +661,11 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
             written = writer.writeSequenceResult(segmentationNode, browser, sequence, proxyVolumeNode, result,
                                                  options.createProbabilityVolume)
             output = self._output(segmentationNode, written, result, postprocessing, proxyVolumeNode)
-            output.tableNode = results.updateMeasurementTable(segmentationNode, output.measurements, sequence)
+            output.tableNode = self._lesionTable(segmentationNode, output.segmentId, output.measurements, sequence)
             return output
 
-        return self._intoScene(proxyVolumeNode, outputSegmentationNode, options, write)
+        return self._intoScene(proxyVolumeNode, outputSegmentationNode, options, write,
+                               self._provenance(options, postprocessing, proxyVolumeNode))
 
     def segmentInBoxes(self, inputVolumeNode, roiNodes, outputSegmentationNode=None,
                        options: Optional[SegmentationOptions] = None, allFrames: bool = False,
@@ -675,18 +680,23 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
         options = options or SegmentationOptions()
         frames, color = inputs.volumeArray(inputVolumeNode, self.maxInputPixels)
         prompts = rois.boxPrompts(roiNodes, inputVolumeNode, frames.shape[0], allFrames)
-        result, _postprocessing = self._segmentFrames(inputVolumeNode, outputSegmentationNode, options, progressCallback,
-                                                      frames, roiNodes, frame_boxes=prompts.frameBoxes, color=color)
+        result, postprocessing = self._segmentFrames(inputVolumeNode, outputSegmentationNode, options, progressCallback,
+                                                     frames, roiNodes, frame_boxes=prompts.frameBoxes, color=color)
 
         def write(segmentationNode):
             written = writer.writeBoxResult(segmentationNode, inputVolumeNode, roiNodes, prompts, result,
                                             options.createProbabilityVolume)
-            spacing, empty = inputs.volumeSpacing(inputVolumeNode), prompts.emptyNumbers(result)
+            empty = prompts.emptyNumbers(result)
+            frames = measurements.measureBoxes(written.masks, inputs.volumeSpacing(inputVolumeNode))
+            tableNode = measurements.updateMeasurementTable(
+                segmentationNode, frames, segmentNames=measurements.boxSegmentNames(segmentationNode, written.segmentIds),
+                emptyBoxes=measurements.emptyBoxes(frames, prompts.owners))
             return BoxSegmentationOutput(
                 segmentationNode, written.segmentIds, [roi for number, roi in enumerate(roiNodes) if number in empty],
-                written.attentionVolumeNode, [measure_frames(masks, spacing) for masks in written.masks], result)
+                written.attentionVolumeNode, measurements.byBox(frames, len(roiNodes)), result, tableNode)
 
-        return self._intoScene(inputVolumeNode, outputSegmentationNode, options, write)
+        return self._intoScene(inputVolumeNode, outputSegmentationNode, options, write,
+                               self._provenance(options, postprocessing, inputVolumeNode, boxAllFrames=allFrames))
 
     def _segmentFrames(self, inputVolumeNode, outputSegmentationNode, options, progressCallback, frames, usedNodes=(),
                        **arguments):
@@ -709,12 +719,28 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
         nodes.checkStillInScene(inputVolumeNode, outputSegmentationNode, *usedNodes)
         return result, postprocessing
 
+    def _provenance(self, options, postprocessing, inputVolumeNode, boxAllFrames: Optional[bool] = None) -> dict:
+        """Where a run's result comes from (model, sha256, every setting, device; see
+        :mod:`BreastUSSegmentScene.provenance`); with box prompts (``boxAllFrames`` not None) their settings too."""
+        segmenter = self.segmenters.get(options.weightsPath, options.device)
+        return provenance.runProvenance(segmenter, postprocessing, inputVolumeNode, boxAllFrames)
+
     @staticmethod
-    def _intoScene(inputVolumeNode, outputSegmentationNode, options, write):
-        """``write(segmentation node)``'s output, written into the output segmentation (a new one when None); a
-        failed write leaves no new node. Then the attention overlay is shown as ``options`` say."""
+    def _lesionTable(segmentationNode, segmentId, frames, indexSequence=None):
+        """The measurement table of the Lesion segment ``segmentId``: one row per lesion per frame."""
+        name = segmentationNode.GetSegmentation().GetSegment(segmentId).GetName()
+        return measurements.updateMeasurementTable(segmentationNode, frames, indexSequence, {None: name})
+
+    @staticmethod
+    def _intoScene(inputVolumeNode, outputSegmentationNode, options, write, record: dict):
+        """``write(segmentation node)``'s output, written into the output segmentation (a new one when None) with
+        the provenance ``record`` as its attributes; a failed write leaves no new node. Then the attention overlay
+        is shown as ``options`` say."""
         with nodes.nodesRemovedOnFailure(inputVolumeNode.GetScene()):
             output = write(nodes.outputSegmentation(inputVolumeNode, outputSegmentationNode))
+            provenance.writeProvenance(output.segmentationNode, record)
+            if getattr(output, "sequenceNode", None) is not None:
+                provenance.writeSequenceProvenance(output.sequenceNode, record)
         results.showAttentionOverlay(inputVolumeNode, output.attentionVolumeNode, options.showAttention,
                                      options.attentionOpacity)
         return output
@@ -740,20 +766,20 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
     # --- Measurement and export ---
 
     def measureLesion(self, segmentationNode, referenceVolumeNode, segmentId=None) -> List[LesionMeasurement]:
-        """Area (mm²) and largest diameter (mm) of the lesion segment, one entry per frame of the reference volume."""
+        """Every lesion (connected region) of the lesion segment measured on its own, one entry per frame of the
+        reference volume; written into the measurement table, one row per lesion per frame."""
         segmentId = self._lesionSegmentId(
             segmentationNode, referenceVolumeNode, _("Select the input volume and the segmentation to measure."), segmentId)
         clip = sequences.browsedSequence(referenceVolumeNode)
         if clip is not None and clip[0].GetSequenceNode(segmentationNode) is not None:
-            measurements = sequences.measureSequence(*clip, segmentationNode)
-            results.updateMeasurementTable(segmentationNode, measurements, clip[1])
-            return measurements
+            frames = sequences.measureSequence(*clip, segmentationNode)
+            self._lesionTable(segmentationNode, segmentId, frames, clip[1])
+            return frames
         masks = segments.arrayFromSegment(segmentationNode, segmentId, referenceVolumeNode)
         segments.updateAlgorithmType(segmentationNode, segmentId, masks)
-        measurements = measure_frames(masks, inputs.volumeSpacing(referenceVolumeNode))
-        if len(measurements) > 1:
-            results.updateMeasurementTable(segmentationNode, measurements)
-        return measurements
+        frames = measure_frames(masks, inputs.volumeSpacing(referenceVolumeNode))
+        self._lesionTable(segmentationNode, segmentId, frames)
+        return frames
 
     def exportLabelmap(self, segmentationNode, referenceVolumeNode, path=None, overwrite: bool = False):
         """The Lesion segment as a labelmap volume node (lesion = 1) on the reference grid, written to ``path`` if given.

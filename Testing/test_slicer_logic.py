@@ -2,6 +2,7 @@
 
 import dataclasses
 import hashlib
+import json
 import math
 import sys
 
@@ -15,12 +16,14 @@ import vtk
 
 import slicer
 from BreastUSSegmentLib.inference import LesionSegmenter
-from BreastUSSegmentLib.measure import measure_frames
+from BreastUSSegmentLib import __version__
+from BreastUSSegmentLib.boxes import CONTEXT_MARGIN
+from BreastUSSegmentLib.measure import LESION_COLUMNS, measure_frames, measure_lesions
 from BreastUSSegmentLib.model import AttentionUNet, ModelConfig
 from BreastUSSegmentLib.modelcard import read_model_card
 from BreastUSSegmentLib.options import UNTUNED_POSTPROCESSING
 from BreastUSSegmentLib.weights import save_model
-from BreastUSSegmentScene import common, models, parameters, rois, segments, status
+from BreastUSSegmentScene import common, models, parameters, provenance, rois, segments, status
 from conftest import brightness_model
 
 SHAPE = (48, 64)  # rows, columns of the synthetic frames
@@ -711,8 +714,8 @@ def test_module_imports_without_loading_torch():
     assert result.stdout.strip().splitlines()[-1] == "[]"
 
 
-def test_attention_overlay_is_windowed_on_the_attention_range(tmp_path):
-    """The overlay's colour window spans the attention map's own 2nd-99.5th percentile range."""
+def test_attention_overlay_has_the_figures_fixed_window(tmp_path):
+    """The overlay's colour window is 0 to 1 (the figures' fixed scale), not the attention map's own range."""
     weights = tmp_path / "m.safetensors"
     torch.manual_seed(3)
     save_model(AttentionUNet(ModelConfig(base_channels=4, depth=2, dropout=0.0)), weights, input_size=(64, 64),
@@ -724,12 +727,103 @@ def test_attention_overlay_is_windowed_on_the_attention_range(tmp_path):
     BUS.BreastUSSegmentLogic().segment(volume, segmentation, BUS.SegmentationOptions(weightsPath=weights, device="cpu"))
     attention = segmentation.GetNodeReference(common.ATTENTION_REFERENCE_ROLE)
     values = slicer.util.arrayFromVolume(attention)
-    low, high = np.percentile(values, [2.0, 99.5])
     display = attention.GetDisplayNode()
     window_min = display.GetLevel() - display.GetWindow() / 2
     window_max = display.GetLevel() + display.GetWindow() / 2
-    assert window_min == pytest.approx(low, abs=1e-4) and window_max == pytest.approx(high, abs=1e-4)
-    assert high - low < 1.0
+    assert (window_min, window_max) == pytest.approx((0.0, 1.0))
+    assert values.max() - values.min() < 0.9  # a map that a window on its own range would have stretched
+
+
+def test_two_lesions_get_a_row_each_with_their_own_values_units_and_descriptions(scene, logic):
+    """Planted two-region mask: each region measured alone, one table row each; no length joins the two."""
+    volume = add_volume(scene, np.zeros((1, 120, 160), dtype=np.uint8))
+    row_mm, col_mm = SPACING[1], SPACING[0]
+    rectangles = [(slice(20, 40), slice(10, 50)), (slice(70, 80), slice(100, 130))]  # rows, columns: large first
+    mask = np.zeros((120, 160), bool)
+    for rows, cols in rectangles:
+        mask[rows, cols] = True
+    segmentation_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    segment_id = segments.addLesionSegment(segmentation_node)
+    segments.updateSegmentFromArray(segmentation_node, segment_id, mask[np.newaxis], volume)
+
+    [measured] = logic.measureLesion(segmentation_node, volume)
+    assert len(measured.lesions) == 2
+    for number, (lesion, (rows, cols)) in enumerate(zip(measured.lesions, rectangles), start=1):
+        height, width = rows.stop - rows.start, cols.stop - cols.start
+        assert (lesion.frame, lesion.lesion, lesion.box, lesion.pixel_count) == (1, number, None, height * width)
+        assert lesion.area == pytest.approx(height * width * row_mm * col_mm)
+        assert lesion.longest_diameter == pytest.approx(math.hypot((height - 1) * row_mm, (width - 1) * col_mm))
+        assert (lesion.depth, lesion.width) == pytest.approx(((height - 1) * row_mm, (width - 1) * col_mm))
+        assert (lesion.centroid_x, lesion.centroid_y) == pytest.approx(
+            ((cols.start + cols.stop - 1) / 2, (rows.start + rows.stop - 1) / 2))
+        alone = np.zeros_like(mask)
+        alone[rows, cols] = True
+        [expected] = measure_lesions(alone, (row_mm, col_mm))
+        assert lesion.perpendicular_diameter == pytest.approx(expected.perpendicular_diameter)
+
+    table = segmentation_node.GetNodeReference(common.MEASUREMENT_TABLE_ROLE)
+    names = [table.GetColumnName(column) for column in range(table.GetNumberOfColumns())]
+    assert names == ["frame", "lesion", "box", "segment", *[c.name for c in LESION_COLUMNS[3:]], "result"]
+    assert table.GetNumberOfRows() == 2
+    for column in LESION_COLUMNS:
+        assert table.GetColumnUnitLabel(column.name) == column.unit
+        assert table.GetColumnDescription(column.name) == column.description
+    assert (table.GetColumnUnitLabel("area"), table.GetColumnUnitLabel("longest_diameter")) == ("mm²", "mm")
+    assert table.GetColumnTitle("longest_diameter") == "Longest diameter" and table.GetUseColumnTitleAsColumnHeader()
+    values = table.GetTable()
+    for row, lesion in enumerate(measured.lesions):
+        for column in ("pixel_count", "area", "longest_diameter", "perpendicular_diameter", "depth", "width",
+                       "depth_to_width", "centroid_x", "centroid_y"):
+            assert values.GetColumnByName(column).GetValue(row) == pytest.approx(getattr(lesion, column)), column
+        assert [values.GetColumnByName(name).GetValue(row) for name in ("lesion", "box", "segment", "result")] == [
+            str(row + 1), "", "Lesion", "2 lesions"]
+
+    # The status line: the count and the largest lesion's own diameters, never a length across the two.
+    summary = status.measurementSummary([measured], (row_mm, col_mm))
+    large = measured.lesions[0]
+    assert summary.startswith(f"2 lesions; largest {large.longest_diameter:.1f} x {large.perpendicular_diameter:.1f} mm, "
+                              f"area {large.area:.1f} mm²")
+    across = math.hypot((79 - 20) * row_mm, (129 - 10) * col_mm)
+    assert f"{across:.1f}" not in summary and f"{measured.area_mm2:.1f}" not in summary
+
+    # An empty frame gets one row saying so.
+    segments.updateSegmentFromArray(segmentation_node, segment_id, np.zeros((1, 120, 160), np.uint8), volume)
+    logic.measureLesion(segmentation_node, volume)
+    assert table.GetNumberOfRows() == 1
+    assert [table.GetTable().GetColumnByName(name).GetValue(0) for name in ("frame", "lesion", "result")] == [
+        1, "", "no lesion found"]
+    assert math.isnan(table.GetTable().GetColumnByName("area").GetValue(0))
+
+
+def sha256_of(path):
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def test_every_run_records_the_models_sha256_and_settings_on_the_segmentation(scene, logic, weights,
+                                                                                brightness_weights):
+    image = np.full(SHAPE, 30, np.uint8)
+    image[10:30, 10:30] = 220
+    volume = add_volume(scene, image[np.newaxis])
+    output = logic.segment(volume, options=cpu_options(weights, threshold=0.3))
+    node = output.segmentationNode
+    recorded = provenance.readProvenance(node)
+    assert node.GetAttribute(common.PROVENANCE_ATTRIBUTE_PREFIX + "model.sha256") == sha256_of(weights)
+    assert recorded["model.file"] == "tiny.safetensors" and recorded["software.version"] == __version__
+    settings = {key[len("settings."):]: json.loads(value) for key, value in recorded.items() if key.startswith("settings.")}
+    assert settings == card_with(weights, threshold=0.3).to_dict()
+    assert (recorded["device"], recorded["precision"], recorded["input.volume"]) == ("cpu", "float32", "us")
+
+    # Box prompts record their own settings; a later run without boxes leaves none of them behind.
+    roi = volume_aligned_roi(scene, volume, (5, 5, 35, 35))
+    logic.segmentInBoxes(volume, [roi], node, BUS.SegmentationOptions(weightsPath=brightness_weights, device="cpu"))
+    recorded = provenance.readProvenance(node)
+    assert recorded["model.sha256"] == sha256_of(brightness_weights)
+    assert (json.loads(recorded["settings.box_all_frames"]), json.loads(recorded["settings.box_context_margin"])) == (
+        False, CONTEXT_MARGIN)
+    logic.segment(volume, node, cpu_options(weights))
+    recorded = provenance.readProvenance(node)
+    assert recorded["model.sha256"] == sha256_of(weights) and "settings.box_all_frames" not in recorded
 
 
 # --- Box prompts ---
@@ -813,7 +907,16 @@ def test_each_roi_gets_its_own_lesion_segment_and_other_segments_are_untouched(s
     assert rois.boxRois(scene) == rois.boxRois(scene, volume) == boxes and rois.boxRois(scene, other) == []
     output = logic.segmentInBoxes(volume, boxes, segmentation_node, options)
     summary = status.boxSummary(output.segmentationNode, output.segmentIds, output.measurements)
-    assert summary.startswith("Lesion 1: area ") and summary.endswith("Lesion 3: no lesion seen in its box")
+    assert summary.startswith("Lesion 1: 1 lesion: ") and summary.endswith("Lesion 3: no lesion found in its box")
+    # One table row per lesion, numbered box by box, with its box and segment; the empty box is named.
+    table = output.tableNode.GetTable()
+    assert output.tableNode.GetNumberOfRows() == 2
+    assert [[table.GetColumnByName(name).GetValue(row) for name in ("frame", "lesion", "box", "segment", "result")]
+            for row in range(2)] == [[1, "1", "1", "Lesion 1", "2 lesions; no lesion found in box 3"],
+                                     [1, "2", "2", "Lesion 2", "2 lesions; no lesion found in box 3"]]
+    for row, (x0, y0, x1, y1) in enumerate(lesions):
+        assert table.GetColumnByName("centroid_x").GetValue(row) == pytest.approx((x0 + x1 - 1) / 2, abs=1.0)
+        assert [m.lesions[0].box for m in output.measurements[row]] == [row + 1]
     segmentation = segmentation_node.GetSegmentation()
     assert [segmentation.GetSegment(i).GetName() for i in output.segmentIds] == ["Lesion 1", "Lesion 2", "Lesion 3"]
     assert output.emptyRois == [boxes[2]]

@@ -4,8 +4,11 @@ Slicer's DICOM import loads a multi-frame ultrasound clip as a Sequence of singl
 Sequence Browser whose proxy node is the volume the user selects; these tests build the same on a plain scene.
 """
 
+import hashlib
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,15 +17,17 @@ import vtk
 from slicer_module import LOAD_MODULE_CODE, load_module
 
 import slicer
+from BreastUSSegmentLib.modelcard import read_model_card
 from BreastUSSegmentLib.options import UNTUNED_POSTPROCESSING
 from BreastUSSegmentLib.weights import save_model
-from BreastUSSegmentScene import common, inputs, nodes, rois, segments, status
+from BreastUSSegmentScene import common, inputs, nodes, provenance, rois, segments, status
 from conftest import brightness_model
 
 BUS = load_module()
 SHAPE = (48, 64)  # rows, columns of a frame
 SQUARE = 10  # side of the bright square in pixels
 SPACING = (0.1, 0.2)  # I (columns), J (rows) mm
+SECOND = 6  # side of the second, still square (with ``second``), in rows 32 to 37 and columns 50 to 55
 
 
 @pytest.fixture(scope="module")
@@ -52,24 +57,26 @@ def square_column(frame):
     return 1 + frame % (SHAPE[1] - SQUARE - 2)
 
 
-def clip_frame(frame):
+def clip_frame(frame, second=False):
     image = np.full((1,) + SHAPE, 40, dtype=np.uint8)
     column = square_column(frame)
     image[0, 12:12 + SQUARE, column:column + SQUARE] = 220
+    if second:
+        image[0, 32:32 + SECOND, 50:50 + SECOND] = 220
     return image
 
 
 class Clip:
     """A Sequence of single-frame volumes in a browser, as Slicer's DICOM image sequence import makes it."""
 
-    def __init__(self, scene, frames):
+    def __init__(self, scene, frames, second=False):
         self.scene = scene
         self.sequence = scene.AddNewNodeByClass("vtkMRMLSequenceNode", "clip")
         self.sequence.SetIndexName("time")
         self.sequence.SetIndexUnit("s")
         frameVolume = slicer.vtkMRMLScalarVolumeNode()
         for frame in range(frames):
-            slicer.util.updateVolumeFromArray(frameVolume, clip_frame(frame))
+            slicer.util.updateVolumeFromArray(frameVolume, clip_frame(frame, second))
             frameVolume.SetSpacing(*SPACING, 1.0)
             self.sequence.SetDataNodeAtValue(frameVolume, f"{frame * 0.04:.2f}")
         self.browser = scene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", "clip browser")
@@ -130,15 +137,16 @@ def test_every_frame_of_a_100_frame_sequence_is_segmented_into_its_own_item(scen
     attention = output.attentionVolumeNode
     assert clip.browser.GetSequenceNode(attention).GetNumberOfDataNodes() == 100
 
-    # One table row per frame: frame number, index value, area, largest diameter.
+    # One table row per lesion (here one) per frame: frame number, index value with its unit, the lesion's values.
     table = output.tableNode
     assert table.GetNumberOfRows() == 100
-    assert [table.GetColumnName(column) for column in range(4)] == ["Frame", "time", "Area", "Largest diameter"]
+    assert [table.GetColumnName(column) for column in range(3)] == ["frame", "time", "lesion"]
+    assert table.GetColumnUnitLabel("time") == "s"
     assert table.GetCellText(99, 0) == "100" and table.GetCellText(99, 1) == clip.sequence.GetNthIndexValue(99)
     area = SQUARE * SQUARE * SPACING[0] * SPACING[1]
-    assert float(table.GetCellText(5, 2)) == pytest.approx(area)
+    assert table.GetTable().GetColumnByName("area").GetValue(5) == pytest.approx(area)
     assert output.measurements[5].area_mm2 == pytest.approx(area)
-    assert "lesion in 100 of 100 frames" in status.measurementSummary(output.measurements, SPACING[::-1])
+    assert "lesions in 100 of 100 frames" in status.measurementSummary(output.measurements, SPACING[::-1])
 
 
 def test_segmenting_a_sequence_again_updates_its_items_and_keeps_other_segments(scene, logic, bright_weights):
@@ -167,7 +175,39 @@ def test_measuring_a_sequence_reads_every_item_and_marks_an_edited_frame(scene, 
     value = vtk.reference("")
     assert item.GetSegmentation().GetSegment(segmentId).GetTag(common.ALGORITHM_TYPE_TAG, value)
     assert str(value) == "SEMIAUTOMATIC"
-    assert output.tableNode.GetCellText(4, 2) == "0"
+    table = output.tableNode  # the edited frame's row says it has no lesion
+    assert [table.GetCellText(4, column) for column in range(3)] == ["5", clip.sequence.GetNthIndexValue(4), ""]
+    assert table.GetCellText(4, table.GetNumberOfColumns() - 1) == "no lesion found"
+    assert [lesion.frame for m in measurements for lesion in m.lesions] == [1, 2, 3, 4, 6]
+
+
+def test_a_sequence_with_two_lesions_per_frame_gets_a_row_per_frame_per_lesion(scene, logic, bright_weights):
+    clip = Clip(scene, 4, second=True)
+    clip.show(2)
+    settings = read_model_card(bright_weights).postprocess_options.with_overrides(keep_largest=False, threshold=0.4)
+    output = logic.segment(clip.proxy, options=BUS.SegmentationOptions(
+        weightsPath=str(bright_weights), device="cpu", postprocessing=settings))
+    table = output.tableNode
+    assert table.GetNumberOfRows() == 8
+    column = {name: table.GetTable().GetColumnByName(name) for name in ("frame", "time", "lesion", "area", "result")}
+    assert [column["frame"].GetValue(row) for row in range(8)] == [1, 1, 2, 2, 3, 3, 4, 4]
+    assert [column["time"].GetValue(row) for row in range(8)] == [
+        clip.sequence.GetNthIndexValue(row // 2) for row in range(8)]
+    assert [column["lesion"].GetValue(row) for row in range(8)] == ["1", "2"] * 4
+    areas = [SQUARE * SQUARE * SPACING[0] * SPACING[1], SECOND * SECOND * SPACING[0] * SPACING[1]]
+    assert [column["area"].GetValue(row) for row in range(8)] == pytest.approx(areas * 4)
+    assert {column["result"].GetValue(row) for row in range(8)} == {"2 lesions"}
+    summary = status.measurementSummary(output.measurements, SPACING[::-1])
+    assert summary.startswith("Largest lesion (frame 1 of 4): ") and "at most 2 in a frame" in summary
+    # The model and settings stay recorded on the proxy while the clip is browsed, and on the segmentation Sequence.
+    digest = hashlib.sha256(Path(bright_weights).read_bytes()).hexdigest()
+    clip.show(0)
+    for node in (output.segmentationNode, output.sequenceNode):
+        recorded = provenance.readProvenance(node)
+        assert recorded["model.sha256"] == digest and json.loads(recorded["settings.threshold"]) == 0.4
+    # Measuring again (after edits) gives the same rows.
+    logic.measureLesion(output.segmentationNode, clip.proxy)
+    assert table.GetNumberOfRows() == 8 and table.GetTable().GetColumnByName("frame").GetValue(7) == 4
 
 
 def test_a_clip_in_one_volume_gets_a_table_and_no_3d_surface(scene, logic, bright_weights):

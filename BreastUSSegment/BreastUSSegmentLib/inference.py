@@ -34,6 +34,10 @@ ProgressCallback = Callable[[int, int], None]
 # benchmarks/benchmark.py. Results do not depend on it: frames are independent.
 CPU_FRAMES_PER_FORWARD = 4
 
+# What the network computes in: "auto" is bfloat16 on a CPU that computes it natively, else float32;
+# "fp32" always float32 (the numbers of the README's tables); "bf16" bfloat16 on the CPU even where emulated.
+PRECISIONS = ("auto", "fp32", "bf16")
+
 
 @dataclass(frozen=True)
 class BoxOutcome:
@@ -96,8 +100,14 @@ class LesionSegmenter:
         input_size: tuple[int, int],
         postprocessing: PostprocessOptions,
         device: str | torch.device = "auto",
+        precision: str = "auto",
     ):
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+        self.requested_precision = precision
         self.device = device if isinstance(device, torch.device) else select_device(device)
+        if precision == "bf16" and self.device.type != "cpu":
+            raise ValueError(f"precision bf16 is for the CPU; on {self.device.type} the network runs in fp32")
         self.model = model.to(self.device).eval()
         self._adapt_to_device()
         self.input_size = (int(input_size[0]), int(input_size[1]))
@@ -111,7 +121,8 @@ class LesionSegmenter:
 
     @classmethod
     def from_weights(
-        cls, weights_path: str | os.PathLike, device: str | torch.device = "auto", **overrides
+        cls, weights_path: str | os.PathLike, device: str | torch.device = "auto", precision: str = "auto",
+        **overrides
     ) -> "LesionSegmenter":
         """Build a segmenter from a verified ``.safetensors`` file and its model card.
 
@@ -120,7 +131,8 @@ class LesionSegmenter:
         """
         model, card = load_model(weights_path, device="cpu")
         try:
-            segmenter = cls(model, tuple(card.input_size), card.postprocess_options.with_overrides(**overrides), device)
+            segmenter = cls(model, tuple(card.input_size), card.postprocess_options.with_overrides(**overrides), device,
+                            precision)
         except ValueError as error:
             raise ValueError(f"{weights_path}: {error}") from None
         segmenter.card = card
@@ -129,17 +141,24 @@ class LesionSegmenter:
 
     def _adapt_to_device(self) -> None:
         """On the CPU use channels-last weights, where its convolutions are faster, and compute in bfloat16
-        where the CPU does so natively (``cpu_bf16``; 1.5x faster here, masks at Dice 0.999 to float32 on val).
+        where the CPU does so natively (``cpu_bf16``; 1.5x faster here, masks at Dice 0.999 to float32 on val),
+        unless the requested precision says otherwise.
 
         The values of the weights do not change, only their layout in memory.
         """
-        self.cpu_bf16 = self.device.type == "cpu" and cpu_has_native_bf16()
+        self.cpu_bf16 = self.device.type == "cpu" and (
+            self.requested_precision == "bf16" or (self.requested_precision == "auto" and cpu_has_native_bf16()))
         if self.device.type == "cpu":
             self.model.to(memory_format=torch.channels_last)
 
     def _frames_per_forward(self, batch_size: int) -> int:
         """Frames per forward pass: on the CPU at most ``CPU_FRAMES_PER_FORWARD`` (see its comment)."""
         return min(batch_size, CPU_FRAMES_PER_FORWARD) if self.device.type == "cpu" else batch_size
+
+    @property
+    def precision(self) -> str:
+        """What the network computes in: "bf16" or "fp32"."""
+        return "bf16" if self.cpu_bf16 else "fp32"
 
     @property
     def has_lesion_head(self) -> bool:

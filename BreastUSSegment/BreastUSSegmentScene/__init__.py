@@ -8,8 +8,9 @@ those below it:
 - ``nodes``, ``parameters``, ``models``, ``status``: scene helpers (node lists, geometry, the output
   segmentation, removal of a failed write's nodes); the panel's parameter node and the options it gives the
   Logic; model cards and loaded segmenters; the status lines;
-- ``inputs``, ``rois``, ``segments``, ``results``: frames and spacing read from volumes; box prompts; the
-  Lesion and box segments; the result volumes, overlay and measurement table;
+- ``inputs``, ``rois``, ``segments``, ``results``, ``measurements``, ``provenance``: frames and spacing read from
+  volumes; box prompts; the Lesion and box segments; the result volumes and overlay; the measurement table (a row
+  per lesion per frame); the provenance attributes of the output segmentation;
 - ``sequences``: Sequence items of a clip; ``writer``: one core result into the scene, for a volume, a
   Sequence or box prompts, without the bookkeeping around it (the Logic's).
 """

@@ -46,8 +46,8 @@ PROBABILITY_REFERENCE_ROLE = "BreastUSSegment.ProbabilityVolume"
 MEASUREMENT_TABLE_ROLE = "BreastUSSegment.MeasurementTable"
 # Attribute of a labelmap exported by the module: the ID of the colour table the export made for it.
 OWN_COLOR_TABLE_ATTRIBUTE = "BreastUSSegment.OwnColorTable"
-# Columns of the per-frame measurement table (a Sequence's index column, e.g. "time", goes after "Frame").
-MEASUREMENT_COLUMNS = (("Frame", ""), ("Area", "mm2"), ("Largest diameter", "mm"))
+# Attributes of the output segmentation saying where it came from (see provenance.py): this prefix and a key path.
+PROVENANCE_ATTRIBUTE_PREFIX = "BreastUSSegment.provenance."
 # The volume classes the input selector shows (its nodeTypes, without child classes; a test compares them).
 INPUT_NODE_TYPES = ("vtkMRMLScalarVolumeNode", "vtkMRMLVectorVolumeNode")
 # Standard Slicer colour node used for the attention overlay when the scene has it.

@@ -1,23 +1,16 @@
-"""The result volumes (attention and probability maps) with their heat colours, the attention overlay in the
-slice views, and the per-frame measurement table."""
-
-from typing import List
+"""The result volumes (attention and probability maps) with their heat colours, and the attention overlay in the
+slice views."""
 
 import numpy as np
-import vtk
 
 import slicer
-from BreastUSSegmentLib.measure import LesionMeasurement
 
 from .common import (
     ATTENTION_REFERENCE_ROLE,
     DEFAULT_ATTENTION_OPACITY,
     FALLBACK_HEAT_COLOR_NODE_NAME,
-    MEASUREMENT_COLUMNS,
-    MEASUREMENT_TABLE_ROLE,
     PROBABILITY_REFERENCE_ROLE,
     STANDARD_HEAT_COLOR_NODE_ID,
-    _,
 )
 from .nodes import copyGeometry, kji, nodesOfClass
 
@@ -27,16 +20,17 @@ def writeResultVolumes(segmentationNode, result, referenceVolumeNode, probabilit
 
     ``frame``: write only that frame of the result (the shown frame, into a clip's proxy volumes).
     """
-    from BreastUSSegmentLib.visualize import attention_display_range
+    from BreastUSSegmentLib.visualize import FIGURE_ATTENTION_RANGE
 
     def pick(array):
         return array if frame is None else array[frame]
 
     baseName = referenceVolumeNode.GetName()
-    # The overlay's colour window spans what the gates actually did (their values sit in a narrow band).
+    # The overlay's colour window is the figures' fixed one: every image on the same scale, a normal frame not
+    # stretched into colour.
     attentionVolume = updateResultVolume(
         segmentationNode, ATTENTION_REFERENCE_ROLE, f"{baseName} attention", pick(result.combined_attention),
-        referenceVolumeNode, displayRange=attention_display_range(result.combined_attention),
+        referenceVolumeNode, displayRange=FIGURE_ATTENTION_RANGE,
     )
     probabilityVolume = None
     if probability:
@@ -104,41 +98,3 @@ def showAttentionOverlay(backgroundVolumeNode, attentionVolumeNode, show: bool =
     for composite in nodesOfClass(scene, "vtkMRMLSliceCompositeNode"):  # hide only our overlay, not another foreground
         if composite.GetForegroundVolumeID() == attentionVolumeNode.GetID():
             composite.SetForegroundVolumeID(None)
-
-
-def updateMeasurementTable(segmentationNode, measurements: List[LesionMeasurement], indexSequence=None):
-    """Write one row per frame (frame number, the Sequence's index value when given, area, largest diameter)
-    into the table node the segmentation refers to (created when missing); return the table node."""
-    scene = segmentationNode.GetScene()
-    tableNode = segmentationNode.GetNodeReference(MEASUREMENT_TABLE_ROLE)
-    if tableNode is None or tableNode.GetScene() is not scene:
-        tableNode = scene.AddNewNodeByClass(
-            "vtkMRMLTableNode", scene.GenerateUniqueName(f"{segmentationNode.GetName()} measurements"))
-        segmentationNode.SetNodeReferenceID(MEASUREMENT_TABLE_ROLE, tableNode.GetID())
-    (frameName, _unit), (areaName, areaUnit), (diameterName, diameterUnit) = MEASUREMENT_COLUMNS
-    table = vtk.vtkTable()
-    frameColumn = vtk.vtkIntArray()
-    frameColumn.SetName(frameName)
-    table.AddColumn(frameColumn)
-    indexColumn = None
-    if indexSequence is not None:
-        indexColumn = vtk.vtkStringArray()
-        indexColumn.SetName(indexSequence.GetIndexName() or _("index"))
-        table.AddColumn(indexColumn)
-    areaColumn, diameterColumn = vtk.vtkDoubleArray(), vtk.vtkDoubleArray()
-    areaColumn.SetName(areaName)
-    diameterColumn.SetName(diameterName)
-    table.AddColumn(areaColumn)
-    table.AddColumn(diameterColumn)
-    for frame, measurement in enumerate(measurements):
-        frameColumn.InsertNextValue(frame + 1)
-        if indexColumn is not None:
-            indexColumn.InsertNextValue(indexSequence.GetNthIndexValue(frame))
-        areaColumn.InsertNextValue(measurement.area_mm2)
-        diameterColumn.InsertNextValue(measurement.largest_diameter_mm)
-    tableNode.SetAndObserveTable(table)
-    tableNode.SetColumnUnitLabel(areaName, areaUnit)
-    tableNode.SetColumnUnitLabel(diameterName, diameterUnit)
-    if indexColumn is not None and indexSequence.GetIndexUnit():
-        tableNode.SetColumnUnitLabel(indexColumn.GetName(), indexSequence.GetIndexUnit())
-    return tableNode

@@ -6,7 +6,7 @@ from typing import List
 import numpy as np
 
 import slicer
-from BreastUSSegmentLib.measure import LesionMeasurement, measure_frames
+from BreastUSSegmentLib.measure import LesionMeasurement, measure_lesion
 
 from .inputs import volumeSpacing
 from .nodes import copyGeometry, kji, nodesOfClass
@@ -75,8 +75,9 @@ def writeVolumeSequence(browser, sequence, proxyVolumeNode, arrays):
 
 
 def measureSequence(browser, sequence, proxySegmentationNode) -> List[LesionMeasurement]:
-    """One measurement per frame of ``sequence``: of its item in the proxy's segmentation Sequence, and of the
-    proxy itself for the frame shown now (which may hold edits not yet saved into the item)."""
+    """One measurement per frame of ``sequence`` (frame 1 is its first item):
+    of its item in the proxy's segmentation Sequence, and of the proxy itself for the frame shown now (which may
+    hold edits not yet saved into the item)."""
     segmentationSequence = browser.GetSequenceNode(proxySegmentationNode)
     shown = shownItem(browser, sequence)
     measurements = []
@@ -88,7 +89,7 @@ def measureSequence(browser, sequence, proxySegmentationNode) -> List[LesionMeas
         else:
             masks = arrayFromSegment(node, segmentId, frameNode)
             updateAlgorithmType(node, segmentId, masks)
-        measurements.extend(measure_frames(masks, volumeSpacing(frameNode)))
+        measurements.append(measure_lesion(masks[0], volumeSpacing(frameNode), frame=item + 1))
     return measurements
 
 

@@ -1,8 +1,8 @@
-"""The status lines the panel shows after a run or a measurement: the lesion's size, or why none is shown."""
+"""The status lines the panel shows after a run or a measurement: the lesions and their sizes, or why none is shown."""
 
-from typing import List
+from typing import List, Tuple
 
-from BreastUSSegmentLib.measure import LesionMeasurement
+from BreastUSSegmentLib.measure import Lesion, LesionMeasurement
 
 from .common import _
 
@@ -11,13 +11,14 @@ def measurementSummary(
     measurements: List[LesionMeasurement], spacing=(1.0, 1.0), hiddenConfidence=None, minConfidence=None,
     rejectedLesionProbability=None, minLesionProbability=None,
 ) -> str:
-    """One line for the status label: the lesion's size (in the frame where it is largest for a clip).
+    """One line for the status label: the number of lesions and the largest one's size (for a clip: in its
+    frame, with the number of frames holding a lesion). Every length is one lesion's own.
 
     When nothing was found because the lesion head judged every frame below ``minLesionProbability``
     (``rejectedLesionProbability``, its highest probability), or Min. confidence hid a candidate region
     (``hiddenConfidence``, its mean probability, below ``minConfidence``), say so and how to show it.
     """
-    if not measurements or all(m.pixel_count == 0 for m in measurements):
+    if not any(m.lesions for m in measurements):
         reasons = (  # the first that applies: the lesion head's verdict, then Min. confidence
             (rejectedLesionProbability, minLesionProbability, _(
                 "No lesion shown: the highest image-level lesion probability the model gave is {found:.2f}, below "
@@ -35,28 +36,48 @@ def measurementSummary(
             "No lesion found. Lower the threshold or Min. confidence under Advanced, "
             "or draw the lesion in Segment Editor."
         )
-    frame = max(range(len(measurements)), key=lambda index: measurements[index].area_mm2)
-    largest = measurements[frame]
-    text = _("Lesion area {area:.1f} mm², largest diameter {diameter:.1f} mm").format(
-        area=largest.area_mm2, diameter=largest.largest_diameter_mm)
-    if len(measurements) > 1:
-        found = sum(1 for m in measurements if m.pixel_count)
-        text += _(" (largest in frame {frame}; lesion in {found} of {total} frames)").format(
-            frame=frame + 1, found=found, total=len(measurements))
+    frame, largest = largestLesion(measurements)
+    if len(measurements) == 1:
+        text = lesionsText(len(measurements[0].lesions), largest)
+    else:
+        found = sum(1 for m in measurements if m.lesions)
+        most = max(len(m.lesions) for m in measurements)
+        text = _("Largest lesion (frame {frame} of {total}): {size}; lesions in {found} of {total} frames, "
+                 "at most {most} in a frame").format(
+            frame=frame + 1, total=len(measurements), size=lesionSize(largest), found=found, most=most)
     if tuple(spacing) == (1.0, 1.0):
         text += _(". The image spacing is 1 mm per pixel: if the image has no calibration, read mm as pixels.")
     return text
 
 
+def largestLesion(measurements: List[LesionMeasurement]) -> Tuple[int, Lesion]:
+    """``(frame index, lesion)`` of the largest lesion (by area) of all frames (the first frame on ties)."""
+    return max(((frame, lesion) for frame, measurement in enumerate(measurements) for lesion in measurement.lesions),
+               key=lambda pair: (pair[1].area, -pair[0]))
+
+
+def lesionSize(lesion: Lesion) -> str:
+    """One lesion's size: its two orthogonal diameters and its area, e.g. "12.3 x 8.1 mm, area 78.5 mm²"."""
+    return _("{longest:.1f} x {perpendicular:.1f} mm, area {area:.1f} mm²").format(
+        longest=lesion.longest_diameter, perpendicular=lesion.perpendicular_diameter, area=lesion.area)
+
+
+def lesionsText(count: int, largest: Lesion) -> str:
+    """The count and the largest lesion's size: "1 lesion: <size>" or "2 lesions; largest <size>" (never a
+    length across two lesions)."""
+    if count == 1:
+        return _("1 lesion: {size}").format(size=lesionSize(largest))
+    return _("{count} lesions; largest {size}").format(count=count, size=lesionSize(largest))
+
+
 def boxSummary(segmentationNode, segmentIds, measurements: List[List[LesionMeasurement]]) -> str:
-    """One line for the status label: each box segment's lesion size (largest frame), or that none was seen."""
+    """One line for the status label: each box segment's lesions (in its largest lesion's frame), or that none was found."""
     parts = []
     for segmentId, frames in zip(segmentIds, measurements):
         name = segmentationNode.GetSegmentation().GetSegment(segmentId).GetName()
-        largest = max(frames, key=lambda m: m.area_mm2) if frames else None
-        if largest is None or largest.pixel_count == 0:
-            parts.append(_("{name}: no lesion seen in its box").format(name=name))
-        else:
-            parts.append(_("{name}: area {area:.1f} mm², largest diameter {diameter:.1f} mm").format(
-                name=name, area=largest.area_mm2, diameter=largest.largest_diameter_mm))
+        if not any(frame.lesions for frame in frames):
+            parts.append(_("{name}: no lesion found in its box").format(name=name))
+            continue
+        frame, largest = largestLesion(frames)
+        parts.append(_("{name}: {lesions}").format(name=name, lesions=lesionsText(len(frames[frame].lesions), largest)))
     return "; ".join(parts)

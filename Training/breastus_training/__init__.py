@@ -1,1 +1,1 @@
-"""Training, evaluation and export of the SlicerBreastUS model on BUSI."""
+"""Training, evaluation and export of the SlicerBreastUS model on breast ultrasound datasets (BUSI, BrEaST)."""

@@ -10,10 +10,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import box_rule, descriptor_check, descriptor_fit, ensemble, evaluate, export, intervals, prepare, sweep, train
+from . import (box_rule, convert, descriptor_check, descriptor_fit, ensemble, evaluate, export, intervals, prepare,
+               sweep, train)
 
 SUBCOMMANDS = {
-    "prepare": (prepare, "index BUSI, group duplicates and write the train/val/test split manifest"),
+    "convert": (convert, "rewrite BrEaST-Lesions_USG as published (TCIA) into the folder layout 'prepare' reads"),
+    "prepare": (prepare, "index the dataset folders (BUSI, BrEaST), group duplicates and write the train/val/test "
+                         "split manifest"),
     "train": (train, "train the Attention U-Net on a split manifest (resumes an existing run folder)"),
     "ensemble": (ensemble, "join trained models of one architecture into one ensemble weights file (probabilities averaged)"),
     "sweep": (sweep, "score a grid of post-processing settings on val from one inference pass, to choose them"),
@@ -29,7 +32,8 @@ SUBCOMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="breastus-train", description="Train and evaluate the SlicerBreastUS model on BUSI.")
+    parser = argparse.ArgumentParser(prog="breastus-train", description="Train and evaluate the SlicerBreastUS lesion "
+                                     "segmentation model on breast ultrasound datasets (BUSI, BrEaST).")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in SUBCOMMANDS.items():
         # argparse formats a help text with %: "95% intervals" must be written "95%% intervals" there

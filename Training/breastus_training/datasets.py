@@ -101,8 +101,9 @@ class BUSI:
 
 
 class BrEaST:
-    """BrEaST-Lesions_USG (Pawlowska et al. 2024): ``images/caseNNN.png``, ``masks/caseNNN_mask.png`` and
-    ``cases.csv`` with the class (``Classification``) and the pixel size (``Pixel_size``, cm per pixel)."""
+    """BrEaST-Lesions_USG (Pawlowska et al. 2024) as ``breastus-train convert`` writes it from the published
+    download: ``images/caseNNN.png``, ``masks/caseNNN_mask.png`` and ``cases.csv`` with the class
+    (``Classification``) and the pixel size (``Pixel_size``, cm per pixel)."""
 
     name = "BrEaST"
     layout = "cases.csv and images/"
@@ -158,6 +159,10 @@ def detect_adapter(root: Path):
         raise DatasetError(f"dataset folder not found: {root}")
     matches = [adapter for adapter in ADAPTERS if adapter.detect(root)]
     if not matches:
+        if any(root.glob("*_tumor*.png")):
+            raise DatasetError(f"{root} looks like BrEaST-Lesions_USG as published (caseNNN.png with "
+                               f"caseNNN_tumor.png masks): convert it first with 'breastus-train convert --source "
+                               f"{root} --sheet CLINICAL_SHEET.xlsx --output NEW_FOLDER' and pass NEW_FOLDER")
         layouts = " nor ".join(f"{adapter.layout} ({adapter.name})" for adapter in ADAPTERS)
         raise DatasetError(f"{root} is not a known dataset folder: it has none of {layouts}")
     if len(matches) > 1:

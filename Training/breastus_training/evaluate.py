@@ -1,4 +1,4 @@
-"""Evaluate a saved model on one subset of the BUSI split, the way the extension runs it.
+"""Evaluate a saved model on one subset of a split, the way the extension runs it.
 
 Every image goes through the core's :class:`LesionSegmenter` at its original
 resolution (the pipeline resizes to the network and back), and both masks it
@@ -57,6 +57,7 @@ from BreastUSSegmentLib.options import add_settings_arguments, settings_from_arg
 from .busi import LEGACY_DATASET, LESION_CLASSES, NORMAL_CLASS, SPLITS, load_case, load_manifest
 from .datasets import DataRoots
 from .figures import CaseFigure, plot_case_grid, plot_training_curves
+from . import runtime
 
 REPORT_FORMAT_VERSION = 1
 MODES = ("raw", "processed")
@@ -295,8 +296,7 @@ def markdown_report(report: dict) -> str:
         f"{options['postprocessing'].get('min_mean_probability', 0.0)}, keep largest component only: "
         f"{'yes' if options['postprocessing']['keep_largest'] else 'no'}, minimum lesion probability "
         f"{options['postprocessing'].get('min_lesion_probability', 0.0)}, "
-        f"test-time flip: {'yes' if options['test_time_flip'] else 'no'}, "
-        f"bfloat16 on the CPU: {'yes' if options.get('cpu_bf16') else 'no'}",
+        f"test-time flip: {'yes' if options['test_time_flip'] else 'no'}, {runtime.describe(options)}",
         *box_prompt_lines(report),
         "",
         "## Lesion images (benign + malignant) and normal images" + (", all datasets" if per_dataset else ""),
@@ -405,6 +405,7 @@ def evaluate_split(
     output_dir: str | os.PathLike,
     *,
     device: str | torch.device = "auto",
+    precision: str = "auto",
     box_prompt: BoxPrompt | None = None,
     run_dir: str | os.PathLike | None = None,
     progress: bool = True,
@@ -422,7 +423,7 @@ def evaluate_split(
     cases = list(manifest.cases_for(subset))
     if not cases:
         raise ValueError(f"the split {split_path} has no case in subset {subset!r}")
-    segmenter = LesionSegmenter.from_weights(weights, device, **settings)
+    segmenter = LesionSegmenter.from_weights(weights, device, precision, **settings)
     card = segmenter.card
 
     def sample_of(case) -> Sample:
@@ -444,7 +445,7 @@ def evaluate_split(
         "options": {
             "test_time_flip": segmenter.postprocessing.test_time_flip,
             "device": str(segmenter.device),
-            "cpu_bf16": segmenter.cpu_bf16,
+            **runtime.record(segmenter),
             "postprocessing": segmenter.postprocessing.to_dict(),
             "box_prompt": None if box_prompt is None else box_prompt.to_dict(),
         },
@@ -483,6 +484,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--subset", default="test", choices=SPLITS, help="which part of the split to evaluate (default: test)")
     parser.add_argument("--output", type=Path, required=True, help="report folder, e.g. reports/NAME")
     parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="where the network runs (default: auto)")
+    runtime.add_arguments(parser)
     parser.add_argument("--box-margin", type=float, metavar="M",
                         help="prompt each lesion image with its mask's bounding box grown by M of its size on each side")
     parser.add_argument("--box-jitter", type=float, default=0.0, metavar="J",
@@ -515,7 +517,7 @@ def run(args: argparse.Namespace) -> int:
         report = evaluate_split(
             args.data, args.split, args.weights, args.subset, args.output,
             device=device, box_prompt=prompt, run_dir=args.run_dir, progress=not args.no_progress,
-            **settings_from_args(args),
+            **runtime.segmenter_options(args), **settings_from_args(args),
         )
     except WeightsError as error:
         raise ValueError(str(error)) from error

@@ -18,6 +18,7 @@ import matplotlib
 matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 from matplotlib import pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from BreastUSSegmentLib.preprocessing import normalize_intensity, to_grayscale_frames  # noqa: E402
 
@@ -63,25 +64,54 @@ def read_metrics_csv(path: str | os.PathLike) -> dict[str, np.ndarray]:
     return columns
 
 
-def plot_training_curves(metrics_csv: str | os.PathLike, output_png: str | os.PathLike) -> Path:
-    """Loss (training and validation) and validation IoU per epoch, side by side."""
-    columns = read_metrics_csv(metrics_csv)
+def selection_score(columns: dict[str, np.ndarray]) -> tuple[str, np.ndarray]:
+    """The score ``train`` chose its saved epoch by: ``val_score`` (the mean over the datasets of their val IoU),
+    or for runs from before it existed the val IoU."""
+    name = "val_score" if "val_score" in columns and np.isfinite(columns["val_score"]).any() else "val_iou"
+    return name, columns[name]
+
+
+def chosen_epoch(columns: dict[str, np.ndarray]) -> tuple[float, float] | None:
+    """``(epoch, score)`` of the epoch ``train`` saved: the first with the highest selection score."""
+    _, score = selection_score(columns)
+    if not np.isfinite(score).any():
+        return None
+    best = int(np.nanargmax(score))
+    return float(columns["epoch"][best]), float(score[best])
+
+
+def training_curves_figure(columns: dict[str, np.ndarray]):
+    """Loss (training and validation) and the validation scores per epoch, side by side; the right panel draws
+    the selection score and marks the chosen epoch. Legends sit beside the panels, off the curves."""
     epochs = columns["epoch"]
     figure, (loss_axis, score_axis) = plt.subplots(1, 2, figsize=(10, 4), dpi=DPI, constrained_layout=True)
     loss_axis.plot(epochs, columns["train_loss"], label="training")
     loss_axis.plot(epochs, columns["val_loss"], label="validation")
     loss_axis.set(xlabel="epoch", ylabel="loss", title="Loss")
-    loss_axis.legend()
-    score_axis.plot(epochs, columns["val_iou"], label="IoU", color="tab:green")
-    if "val_dice" in columns:
-        score_axis.plot(epochs, columns["val_dice"], label="Dice", color="tab:purple", alpha=0.6)
-    if np.isfinite(columns["val_iou"]).any():
-        best = int(np.nanargmax(columns["val_iou"]))
-        score_axis.scatter([epochs[best]], [columns["val_iou"][best]], color="tab:red", zorder=3,
-                           label=f"best IoU {columns['val_iou'][best]:.3f} (epoch {epochs[best]:g})")
+    loss_axis.legend(loc="upper left", bbox_to_anchor=(0.0, -0.16), ncol=2, fontsize=8, frameon=False)
+    name, score = selection_score(columns)
+    datasets = sorted(key[len("val_iou_"):] for key in columns if key.startswith("val_iou_"))
+    for dataset in datasets if name == "val_score" else []:
+        score_axis.plot(epochs, columns[f"val_iou_{dataset}"], label=f"IoU {dataset}", linewidth=1, alpha=0.7)
+    if name == "val_score":
+        score_axis.plot(epochs, columns["val_iou"], label="IoU, all images", color="tab:gray", linewidth=1, alpha=0.7)
+    score_axis.plot(epochs, score, color="tab:green", linewidth=2,
+                    label="selection score (mean of the datasets' IoU)" if name == "val_score" else "IoU (selection)")
+    chosen = chosen_epoch(columns)
+    if chosen is not None:
+        score_axis.axvline(chosen[0], color="tab:red", linestyle=":", linewidth=1)
+        score_axis.scatter([chosen[0]], [chosen[1]], color="tab:red", zorder=3,
+                           label=f"chosen: epoch {chosen[0]:g}, score {chosen[1]:.3f}")
     score_axis.set(xlabel="epoch", ylabel="score", title="Validation", ylim=(0, 1))
-    score_axis.legend(loc="lower right")
-    return _save(figure, output_png)
+    score_axis.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
+    for axis in (loss_axis, score_axis):
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
+    return figure
+
+
+def plot_training_curves(metrics_csv: str | os.PathLike, output_png: str | os.PathLike) -> Path:
+    """The training curves of a run's ``metrics.csv`` (see :func:`training_curves_figure`) as a PNG."""
+    return _save(training_curves_figure(read_metrics_csv(metrics_csv)), output_png)
 
 
 def _display_gray(image: np.ndarray) -> np.ndarray:

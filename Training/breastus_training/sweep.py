@@ -45,6 +45,7 @@ from BreastUSSegmentLib.postprocessing import postprocess_frames
 
 from .busi import LESION_CLASSES, NORMAL_CLASS, load_case, load_manifest
 from .datasets import DataRoots
+from . import runtime
 
 SWEEP_SUBSETS = ("train", "val")
 TIE_ALL_IMAGE_DICE = 0.002  # rows this close to the best all-image Dice (or closer) tie with it
@@ -112,7 +113,7 @@ class SweepTally:
 
 def sweep_split(
     data_roots, split_path, weights, subset: str, grid_values: dict, *,
-    test_time_flip: bool | None = None, device="auto", progress: bool = True,
+    test_time_flip: bool | None = None, device="auto", precision: str = "auto", progress: bool = True,
 ) -> dict:
     """Score every post-processing combination of ``grid_values`` on ``subset``; return the sweep record.
 
@@ -124,7 +125,7 @@ def sweep_split(
     cases = list(manifest.cases_for(subset))
     if not cases:
         raise ValueError(f"the split {split_path} has no case in subset {subset!r}")
-    segmenter = LesionSegmenter.from_weights(weights, device, test_time_flip=test_time_flip)
+    segmenter = LesionSegmenter.from_weights(weights, device, precision, test_time_flip=test_time_flip)
     card = segmenter.card
     grid = option_grid(segmenter.postprocessing, **grid_values)
     for options in grid:  # a lesion-probability bar on a model without the head: refused before any image
@@ -144,7 +145,7 @@ def sweep_split(
         "weights": {"path": str(weights), "sha256": card.sha256},
         "split": {"path": str(split_path), "sha256": manifest.sha256},
         "test_time_flip": segmenter.postprocessing.test_time_flip,
-        "cpu_bf16": segmenter.cpu_bf16,
+        **runtime.record(segmenter),
         "card_postprocessing": card.postprocess_options.to_dict(),
         "fixed_postprocessing": {key: value for key, value in segmenter.postprocessing.to_dict().items()
                                  if key not in SWEPT_SETTINGS},
@@ -207,7 +208,7 @@ def markdown_table(record: dict) -> str:
     lines = [
         f"Sweep on {record['subset']} ({record['lesion_images']} lesion, {record['normal_images']} normal images), "
         f"weights sha256 `{record['weights']['sha256'][:12]}…`, test-time flip: "
-        f"{'yes' if record['test_time_flip'] else 'no'}, bfloat16 on the CPU: {'yes' if record.get('cpu_bf16') else 'no'}",
+        f"{'yes' if record['test_time_flip'] else 'no'}, {runtime.describe(record)}",
         "",
         *([describe_choice(record), ""] if "chosen" in record else []),
         *setting_rows(record),
@@ -249,6 +250,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the rule's choice keeps this dataset's lesion Dice at or above DICE, e.g. BrEaST=0.715; "
                              "repeat for each dataset")
     parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="where the network runs (default: auto)")
+    runtime.add_arguments(parser)
     parser.add_argument("--output", type=Path, help="write sweep.json and sweep.md into this folder")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -291,7 +293,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(str(error)) from error
     try:
         record = sweep_split(args.data, args.split, args.weights, args.subset, grid_values,
-                            test_time_flip=test_time_flip, device=device, progress=not args.no_progress)
+                            test_time_flip=test_time_flip, device=device, **runtime.segmenter_options(args),
+                            progress=not args.no_progress)
     except WeightsError as error:
         raise ValueError(str(error)) from error
     record["chosen"] = {"index": choose_row(record, floors), "min_dataset_lesion_dice": floors,

@@ -1,6 +1,7 @@
 """``breastus-train train``: train the Attention U-Net on the train split of a manifest.
 
-Default recipe: BCE on the logits (``BCEWithLogitsLoss``), Adam (lr 1e-3), the
+Settings come from the command line, then a recipe (``--recipe v2``: the bundled model's; see
+``recipes``), then the defaults: BCE on the logits (``BCEWithLogitsLoss``), Adam (lr 1e-3), the
 core's default ``ModelConfig()``, 256x256 input, batch 8. Each epoch is
 validated on the manifest's ``val`` split (loss, mean per-image Dice and IoU at
 threshold 0.5 on the input grid, pooled and per dataset); the validation score
@@ -21,7 +22,8 @@ their heads live in the checkpoint only. Running the same
 command again resumes from the checkpoint and gives the same result as an
 uninterrupted run.
 
-Multi-GPU: ``torchrun --nproc_per_node=N -m breastus_training train ...``.
+Multi-GPU and multi-machine: ``torchrun --nproc_per_node=N [--nnodes=M ...] -m breastus_training train ...``
+(Training/README.md, "Several GPUs and several machines").
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ from .dataset import PreparedCases, SegmentationDataset, preload_cases
 from .datasets import ADAPTER_BY_NAME, DataRoots
 from .deep_supervision import DeeplySupervisedUNet, deep_supervision_loss
 from .precision import PRECISIONS, autocast, resolve_precision
+from .recipes import DEFAULTS, recipe_names, recipe_record, resolve_settings
 from .scanner_augment import TRANSFORMS
 from .weight_average import SWA_NAME, averaged_epochs, recompute_batch_norm
 
@@ -74,7 +77,9 @@ CHECKPOINT_KEYS = ("config", "model", "optimizer", "scheduler", "rng", "epoch", 
 METRIC_COLUMNS = ("epoch", "train_loss", "val_loss", "val_dice", "val_iou", "lr", "seconds")
 # Settings a resumed run may change: where and how fast it runs, how long it may go on (epochs,
 # which may only grow, and early-stopping patience); none of them changes the epochs already trained.
-RESUMABLE_CHANGES = {"data", "run_dir", "num_workers", "threads", "no_progress", "device", "epochs", "patience"}
+# The recipe's name may change too: the settings it gives are compared one by one.
+RESUMABLE_CHANGES = {"data", "run_dir", "num_workers", "threads", "no_progress", "device", "epochs", "patience",
+                     "recipe"}
 # Options added after runs were already made: a stored run without one used this value.
 LATER_OPTION_DEFAULTS = {"normal_repeat": 1, "swa_start": 0, "precision": "fp32", "augment_off": [],
                          "upsample": "transposed", "lesion_head_weight": 0.0, "deep_supervision": 0.0}
@@ -90,33 +95,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "its layout); repeat for each dataset of the split")
     parser.add_argument("--split", required=True, type=Path, help="split manifest written by 'prepare'")
     parser.add_argument("--run-dir", required=True, type=Path, help="output folder; an existing run there is resumed")
-    parser.add_argument("--epochs", type=int, default=100, help="number of epochs (default 100)")
-    parser.add_argument("--batch-size", type=int, default=8, help="images per batch and per process (default 8)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
-    parser.add_argument("--loss", choices=("bce", "dice_bce"), default="bce", help="training loss (default bce)")
-    parser.add_argument("--scheduler", choices=("none", "cosine", "plateau"), default="none",
-                        help="learning-rate schedule (default none)")
-    parser.add_argument("--augment", choices=AUGMENTATIONS, default="standard",
+    parser.add_argument("--recipe", metavar="NAME|FILE",
+                        help=f"take the settings below from a recipe: a named one ({', '.join(recipe_names())}; "
+                             "v2 is the bundled model's) or a .toml file; a flag given here overrides it. Settings "
+                             "neither gives keep the defaults shown")
+    parser.add_argument("--epochs", type=int, help=f"number of epochs (default {DEFAULTS['epochs']})")
+    parser.add_argument("--batch-size", type=int, help=f"images per batch and per process (default {DEFAULTS['batch_size']})")
+    parser.add_argument("--lr", type=float, help=f"Adam learning rate (default {DEFAULTS['lr']:g})")
+    parser.add_argument("--loss", choices=("bce", "dice_bce"), help=f"training loss (default {DEFAULTS['loss']})")
+    parser.add_argument("--scheduler", choices=("none", "cosine", "plateau"),
+                        help=f"learning-rate schedule (default {DEFAULTS['scheduler']})")
+    parser.add_argument("--augment", choices=AUGMENTATIONS,
                         help="augmentation: standard; strong (wider rotation, zoom and intensity ranges plus a "
                              "shift); or scanner (strong plus crops around the lesion, depth gain, blur, speckle "
                              "grain, probe outline and on-screen marks); default standard")
-    parser.add_argument("--augment-off", type=lambda text: sorted(filter(None, text.split(","))), default=[],
+    parser.add_argument("--augment-off", type=lambda text: sorted(filter(None, text.split(","))),
                         metavar="NAMES", help=f"scanner transforms to switch off, comma-separated ({', '.join(TRANSFORMS)})")
-    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+    parser.add_argument("--precision", choices=PRECISIONS,
                         help="auto: bf16 autocast on a CPU with native bf16, fp16 on CUDA, else fp32 (default auto)")
-    parser.add_argument("--patience", type=int, default=20,
-                        help="stop after this many epochs without a better validation IoU; 0 disables (default 20)")
-    parser.add_argument("--input-size", type=int, nargs="+", default=[256], metavar="N",
-                        help="network input size: N for NxN or H W (default 256)")
-    parser.add_argument("--base-channels", type=int, default=ModelConfig.base_channels, help="channels of the first level")
-    parser.add_argument("--depth", type=int, default=ModelConfig.depth, help="number of poolings")
-    parser.add_argument("--dropout", type=float, default=ModelConfig.dropout, help="dropout probability")
-    parser.add_argument("--upsample", choices=("bilinear", "transposed"), default=ModelConfig.upsample,
+    parser.add_argument("--patience", type=int,
+                        help="stop after this many epochs without a better validation IoU; 0 disables "
+                             f"(default {DEFAULTS['patience']})")
+    parser.add_argument("--input-size", type=int, nargs="+", metavar="N",
+                        help=f"network input size: N for NxN or H W (default {DEFAULTS['input_size'][0]})")
+    parser.add_argument("--base-channels", type=int,
+                        help=f"channels of the first level (default {ModelConfig.base_channels})")
+    parser.add_argument("--depth", type=int, help=f"number of poolings (default {ModelConfig.depth})")
+    parser.add_argument("--dropout", type=float, help=f"dropout probability (default {ModelConfig.dropout})")
+    parser.add_argument("--upsample", choices=("bilinear", "transposed"),
                         help="decoder up-sampling: bilinear + 3x3 conv (default), or the older transposed conv")
-    parser.add_argument("--lesion-head-weight", type=float, default=0.0, metavar="W",
+    parser.add_argument("--lesion-head-weight", type=float, metavar="W",
                         help="add the image-level lesion-present head and train it with BCE on whether the image "
                              "holds a lesion, weighted W against the segmentation loss; 0 = no head (default)")
-    parser.add_argument("--deep-supervision", type=float, default=0.0, metavar="W",
+    parser.add_argument("--deep-supervision", type=float, metavar="W",
                         help="also train a mask from every decoder level above the output (training-only 1x1 "
                              "convolutions): the loss adds W x (1/2 loss of the level above the output + 1/4 of the "
                              "next + ...), train_loss includes it, val_loss does not; the exported model is "
@@ -124,15 +135,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init-weights", type=Path, default=None, metavar="SAFETENSORS",
                         help="start from these weights (e.g. an earlier run's best.safetensors, same architecture) "
                              "with a fresh optimizer and schedule; default: random initialisation")
-    parser.add_argument("--normal-repeat", type=int, default=1, metavar="K",
+    parser.add_argument("--normal-repeat", type=int, metavar="K",
                         help="show each normal (lesion-free) training image K times per epoch, each time with its "
                              "own augmentation, to weigh false lesions on normal tissue more (default 1)")
-    parser.add_argument("--swa-start", type=int, default=0, metavar="EPOCH",
+    parser.add_argument("--swa-start", type=int, metavar="EPOCH",
                         help="average the weights of every epoch from EPOCH on and save the average as "
                              f"{SWA_NAME} at the end (stochastic weight averaging; use a constant --lr, "
                              "i.e. --scheduler none); 0 = off (default)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of initialisation, shuffling and augmentation")
-    parser.add_argument("--limit", type=int, default=None, help="use only this many training cases (smoke tests)")
+    parser.add_argument("--seed", type=int, help=f"seed of initialisation, shuffling and augmentation (default {DEFAULTS['seed']})")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="use only this many training cases, and this many validation cases (seeded random "
+                             "subsets; smoke tests)")
     parser.add_argument("--num-workers", type=int, default=None,
                         help="DataLoader workers (default 0 on CPU, 4 on CUDA)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
@@ -160,6 +173,7 @@ def config_from_args(args: argparse.Namespace) -> dict:
     """The run configuration (every option, JSON-friendly), validated."""
     config = {key: (str(value) if isinstance(value, Path) else value)
               for key, value in sorted(vars(args).items()) if key not in ("handler", "command")}
+    config.update(resolve_settings(config, config.get("recipe")), recipe=config.get("recipe"))
     config["data"] = [str(path) for path in (args.data if isinstance(args.data, list) else [args.data])]
     get_augmentation(config.get("augment", "standard"), config.get("augment_off", []))  # names checked early
     size = config["input_size"]
@@ -248,6 +262,15 @@ def training_cases(manifest, limit: int | None, seed: int, normal_repeat: int = 
         cases = random.Random(seed).sample(cases, limit)
     repeats = [case for case in cases if case.label == NORMAL_CLASS] * (normal_repeat - 1)
     return cases + repeats
+
+
+def validation_cases(manifest, limit: int | None, seed: int) -> list:
+    """The val split, or with ``limit`` a seeded random subset of at most ``limit`` cases in split order."""
+    cases = manifest.cases_for("val")
+    if limit is not None and limit < len(cases):
+        chosen = set(random.Random(seed + 1).sample(range(len(cases)), limit))
+        cases = [case for index, case in enumerate(cases) if index in chosen]
+    return cases
 
 
 class SoftDiceBCELoss(nn.Module):
@@ -500,7 +523,7 @@ def build_run(config: dict, context: ProcessContext, manifest, checkpoint: dict 
     progress = not config["no_progress"] and context.is_main
     seed_everything(config["seed"])
     train_cases = training_cases(manifest, config["limit"], config["seed"], config["normal_repeat"])
-    val_cases = manifest.cases_for("val")
+    val_cases = validation_cases(manifest, config["limit"], config["seed"])
     if not train_cases or not val_cases:
         raise ValueError(f"split {config['split']} needs train and val cases; it has {len(train_cases)} train "
                          f"and {len(val_cases)} val")
@@ -571,7 +594,8 @@ def write_run_record(run: Run) -> None:
     record = {"args": run.config, "git_commit": git_commit(), "environment": environment(),
               "train_cases": len(run.train_cases), "val_cases": len(run.val_cases),
               "world_size": run.context.world_size, "device": str(run.context.device), "precision": run.precision,
-              "datasets": sorted(set(run.train_data.datasets or []))}
+              "datasets": sorted(set(run.train_data.datasets or [])),
+              "recipe": recipe_record(run.config.get("recipe"), run.config)}
     write_text_atomically(run.run_dir / "config.json", json.dumps(record, indent=2, sort_keys=True) + "\n")
     print(f"training on {run.context.device} in {run.precision} ({run.context.world_size} process(es)): "
           f"{len(run.train_cases)} train, {len(run.val_cases)} val cases, {len(run.loader)} batches per epoch")
