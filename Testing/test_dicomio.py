@@ -367,6 +367,64 @@ def test_a_dicom_over_the_size_limit_is_refused_before_decoding(tmp_path, monkey
     assert str(path) in str(error.value)
 
 
+# ---------------------------------------------------------------- pydicom 2.4 (Slicer 5.8 and 5.10 bundle 2.4.4)
+
+PYDICOM_24 = Path(__file__).resolve().parents[1] / ".venv" / "pydicom-2.4"  # scripts/test.sh installs it there
+READ_WITH_PYDICOM_24 = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import numpy as np, pydicom
+from BreastUSSegmentLib.dicomio import read_dicom
+assert pydicom.__version__ == "2.4.4", pydicom.__version__
+for path in sys.argv[2:]:
+    image = read_dicom(path)
+    np.save(path + ".npy", image.pixels)
+    print(json.dumps([list(image.spacing), image.spacing_source, image.color]))
+"""
+
+
+@pytest.mark.skipif(not PYDICOM_24.is_dir(), reason="pydicom 2.4.4 not installed in .venv/pydicom-2.4 (scripts/test.sh)")
+def test_the_reader_gives_the_same_pixels_and_spacing_with_pydicom_2_4(tmp_path):
+    """Slicer 5.8 and 5.10 bundle pydicom 2.4.4: the reader imports there and reads what it reads with pydicom 3."""
+    import json
+    import subprocess
+    import sys
+
+    rgb = random_array((HEIGHT, WIDTH, 3), seed=9)
+    pairs = np.repeat(random_array((HEIGHT, WIDTH // 2, 3), seed=10), 2, axis=1)
+    ybr422 = convert_color_space(pairs, "RGB", "YBR_FULL")
+    packed = np.empty((HEIGHT, WIDTH // 2, 4), np.uint8)
+    packed[..., 0], packed[..., 1] = ybr422[:, 0::2, 0], ybr422[:, 1::2, 0]
+    packed[..., 2], packed[..., 3] = ybr422[:, 0::2, 1], ybr422[:, 0::2, 2]
+    palette = make_dataset(random_array((HEIGHT, WIDTH), high=4, seed=11), "PALETTE COLOR")
+    for name, table in (("Red", [0, 65535, 0, 0]), ("Green", [0, 0, 65535, 30000]), ("Blue", [0, 0, 0, 65535])):
+        setattr(palette, f"{name}PaletteColorLookupTableDescriptor", [4, 0, 16])
+        setattr(palette, f"{name}PaletteColorLookupTableData", np.array(table, np.uint16).tobytes())
+    datasets = {
+        "mono2": make_dataset(random_array((HEIGHT, WIDTH)), PixelSpacing=[0.2, 0.3]),
+        "mono1": make_dataset(random_array((HEIGHT, WIDTH), np.uint16, 4096), "MONOCHROME1", bits_stored=12),
+        "rescaled": make_dataset(random_array((HEIGHT, WIDTH)), RescaleSlope=2.0, RescaleIntercept=-5.0),
+        "clip": make_dataset(random_array((3, HEIGHT, WIDTH)), frames=3,
+                             SequenceOfUltrasoundRegions=[ultrasound_region(0.01, 0.02)]),
+        "rgb": make_dataset(rgb, "RGB"),
+        "ybr": make_dataset(convert_color_space(rgb, "RGB", "YBR_FULL"), "YBR_FULL"),
+        "ybr422": make_dataset(pairs, "YBR_FULL_422", pixel_bytes=packed.tobytes()),
+        "palette": palette,
+        "deflated": make_dataset(random_array((HEIGHT, WIDTH)), transfer_syntax=DeflatedExplicitVRLittleEndian),
+    }
+    paths = [str(write(tmp_path / f"{name}.dcm", dataset)) for name, dataset in datasets.items()]
+    result = subprocess.run([sys.executable, "-c", READ_WITH_PYDICOM_24, str(PYDICOM_24), *paths],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    for path, line in zip(paths, result.stdout.splitlines()):
+        expected = read_dicom(path)
+        spacing, source, color = json.loads(line)
+        assert (tuple(spacing), source, color) == (tuple(expected.spacing), expected.spacing_source, expected.color), path
+        pixels = np.load(path + ".npy")
+        assert pixels.shape == expected.pixels.shape and pixels.dtype == expected.pixels.dtype, path
+        assert np.abs(pixels.astype(float) - expected.pixels).max() <= 1, path  # YBR conversions may round apart
+
+
 def test_a_deflated_file_that_inflates_beyond_the_limit_is_refused_before_pydicom_reads_it(tmp_path, monkeypatch):
     """A deflate bomb: a small file with a large (here 2 MB of zeros) private element, in Deflated Explicit VR."""
     dataset = make_dataset(random_array((HEIGHT, WIDTH)), transfer_syntax=DeflatedExplicitVRLittleEndian)

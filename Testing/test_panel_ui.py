@@ -317,11 +317,9 @@ def test_parameter_node_fields_are_bound_to_suitable_widgets():
             assert class_name == "QComboBox", parameter
         else:  # MRML node types (a class or a Union with None)
             assert class_name == "qMRMLNodeComboBox", parameter
-            [node_type] = [t for t in typing.get_args(base) if t is not type(None)] or [base]
-            shown = ui_property(element, "nodeTypes")
-            # Every class the selector shows is the field's class or one of its subclasses (a vector volume is a scalar volume).
-            assert shown[0] == node_type.__name__, parameter
-            assert all(getattr(slicer, name)().IsA(node_type.__name__) for name in shown), parameter
+            declared = [t.__name__ for t in typing.get_args(base) if t is not type(None)] or [base.__name__]
+            # Slicer's wrapper replaces the selector's nodeTypes by the field's classes: the .ui says the same.
+            assert list(ui_property(element, "nodeTypes")) == declared, parameter
 
 
 def test_node_selectors_get_the_scene_and_offer_the_right_nodes():

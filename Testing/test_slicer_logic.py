@@ -368,7 +368,7 @@ def test_multi_slice_volume_segments_every_frame(scene, logic, weights, referenc
     assert not np.array_equal(expected[0], expected[1])
     progress = []
     output = logic.segment(volume, options=cpu_options(weights, threshold=threshold),
-                           progressCallback=lambda done, total: progress.append((done, total)))
+                           progressCallback=lambda done, total, stage: progress.append((done, total)))
     np.testing.assert_array_equal(segments.arrayFromSegment(output.segmentationNode, output.segmentId, volume), expected)
     assert progress[-1] == (3, 3)
     assert len(output.measurements) == 3
@@ -423,7 +423,7 @@ def test_attention_volume_geometry_colour_and_slice_views(scene, logic, weights,
     np.testing.assert_allclose(slicer.util.arrayFromVolume(attention), result.combined_attention, atol=1e-6)
     np.testing.assert_allclose(slicer.util.arrayFromVolume(output.probabilityVolumeNode), result.probability, atol=1e-6)
     color = attention.GetDisplayNode().GetColorNode()
-    assert color is not None and color.GetName() == common.FALLBACK_HEAT_COLOR_NODE_NAME
+    assert color is not None and color.GetName() == common.ATTENTION_COLOR_NODE_NAME
     assert color.GetNumberOfColors() == 256
     for composite in composites:
         assert composite.GetBackgroundVolumeID() == volume.GetID()
@@ -437,13 +437,26 @@ def test_attention_volume_geometry_colour_and_slice_views(scene, logic, weights,
     assert all(composite.GetForegroundVolumeID() is None for composite in composites)
 
 
-def test_attention_uses_slicer_standard_heat_colours_when_present(scene, logic, weights):
-    colors = slicer.vtkMRMLColorLogic()
-    colors.SetMRMLScene(scene)
+def test_low_attention_is_transparent_and_a_legend_says_what_the_colours_mean(scene, logic, weights):
+    """Slicer's volume display keeps pixels whose colour has alpha 0 out of the foreground layer, so the overlay
+    must not darken the whole frame (PET-Heat's low end is opaque black): its low end is transparent."""
+    scene.RegisterNodeClass(slicer.vtkMRMLColorLegendDisplayNode())  # the Colors module does this in Slicer
+    slicer.vtkMRMLColorLogic().SetMRMLScene(scene)  # the standard colour nodes, PET-Heat among them
     volume = add_volume(scene, frame(6)[np.newaxis])
     output = logic.segment(volume, options=BUS.SegmentationOptions(weightsPath=weights, device="cpu"))
-    assert output.attentionVolumeNode.GetDisplayNode().GetColorNodeID() == common.STANDARD_HEAT_COLOR_NODE_ID
-    colors.SetMRMLScene(None)
+    display = output.attentionVolumeNode.GetDisplayNode()
+    table = display.GetColorNode()
+    assert table.GetName() == common.ATTENTION_COLOR_NODE_NAME
+    alpha = np.array([table.GetLookupTable().GetTableValue(index)[3] for index in range(256)])
+    assert alpha[0] == 0 and alpha[-1] == 1
+    assert np.all(alpha[:int(0.45 * 256)] == 0) and np.all(alpha[int(0.55 * 256):] == 1)
+    legend = slicer.vtkSlicerColorLogic.GetColorLegendDisplayNode(output.attentionVolumeNode)
+    assert legend is not None and legend.GetPrimaryDisplayNode() is display
+    assert "Attention" in legend.GetTitleText() and legend.GetVisibility()
+    logic.segment(volume, output.segmentationNode, BUS.SegmentationOptions(weightsPath=weights, device="cpu",
+                                                                            showAttention=False))
+    assert not legend.GetVisibility()  # hidden with the overlay
+    assert scene.GetNumberOfNodesByClass("vtkMRMLColorLegendDisplayNode") == 1
 
 
 # --- Measurement ---
@@ -648,14 +661,10 @@ def test_panel_post_processing_follows_the_chosen_models_card_one_way(logic, tmp
 
 
 def test_python_requirements_come_from_the_cores_dependency_list():
-    """The packages the panel checks and installs are the core's own list (PyTorch through its extension)."""
-    import importlib.util
-
+    """The packages the panel checks and installs are the core library's list (PyTorch through its extension)."""
     from BreastUSSegmentLib import dependencies
 
-    checked = BUS.pipRequirements()
-    assert [requirement for _, requirement in checked] == [r for r in dependencies() if not r.startswith("torch")]
-    assert all(importlib.util.find_spec(name) is not None for name, _ in checked)  # the import names are right
+    assert BUS.moduleRequirements() == [r for r in dependencies(command_line=False) if not r.startswith("torch")]
     assert any(r == "torch" + BUS.torchVersionRequirement() for r in dependencies())
 
 
@@ -882,7 +891,7 @@ def volume_aligned_roi(scene, volume, box, frame=0, name="box"):
 def test_roi_bounds_become_the_volumes_pixel_box_with_its_own_matrices(scene, logic):
     volume = add_volume(scene, np.zeros((3, *SHAPE), np.uint8))  # rotated, offset, anisotropic
     roi = volume_aligned_roi(scene, volume, (10, 5, 31, 22), frame=1)
-    assert rois.roiVoxelBox(roi, volume) == rois.VoxelBox((10, 5, 31, 22), range(1, 2))
+    assert rois.roiVoxelBox(roi, volume) == rois.VoxelBox((10, 5, 31, 22), 1)
     # Under a parent transform, the volume's pixels move with it; a ROI moved the same way keeps its box.
     transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
     shift = vtk.vtkMatrix4x4()
@@ -892,7 +901,7 @@ def test_roi_bounds_become_the_volumes_pixel_box_with_its_own_matrices(scene, lo
     volume.SetAndObserveTransformNodeID(transform.GetID())
     assert rois.roiVoxelBox(roi, volume).box != (10, 5, 31, 22)
     roi.SetAndObserveTransformNodeID(transform.GetID())
-    assert rois.roiVoxelBox(roi, volume) == rois.VoxelBox((10, 5, 31, 22), range(1, 2))
+    assert rois.roiVoxelBox(roi, volume) == rois.VoxelBox((10, 5, 31, 22), 1)
 
 
 def test_roi_outside_the_image_or_too_small_gets_a_clear_error(scene, logic, brightness_weights):

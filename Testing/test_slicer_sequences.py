@@ -115,7 +115,7 @@ def test_every_frame_of_a_100_frame_sequence_is_segmented_into_its_own_item(scen
     clip = Clip(scene, 100)
     clip.show(37)
     progress = []
-    output = logic.segment(clip.proxy, options=options(bright_weights), progressCallback=lambda done, total: progress.append((done, total)))
+    output = logic.segment(clip.proxy, options=options(bright_weights), progressCallback=lambda done, total, stage: progress.append((done, total)))
 
     assert progress[-1] == (100, 100) and len(progress) > 1
     sequence = output.sequenceNode
@@ -238,7 +238,7 @@ def test_a_clip_in_one_volume_gets_a_table_and_no_3d_surface(scene, logic, brigh
 
 
 def cancel_at(frame):
-    def progress(done, total):
+    def progress(done, total, stage):
         if done >= frame:
             raise BUS.SegmentationCancelled()
     return progress
@@ -287,7 +287,7 @@ def test_an_input_removed_during_the_run_is_reported_and_nothing_is_written(scen
     slicer.util.updateVolumeFromArray(volume, np.concatenate([clip_frame(frame) for frame in range(2)]))
     before = node_ids(scene) - {volume.GetID()}
     with pytest.raises(BUS.BreastUSSegmentError, match="'frame' was removed from the scene while segmenting"):
-        logic.segment(volume, options=options(bright_weights), progressCallback=lambda done, total: scene.RemoveNode(volume))
+        logic.segment(volume, options=options(bright_weights), progressCallback=lambda done, total, stage: scene.RemoveNode(volume))
     assert node_ids(scene) - {volume.GetID()} == before
 
 

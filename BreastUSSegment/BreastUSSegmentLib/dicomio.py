@@ -1,4 +1,5 @@
-"""Reading DICOM ultrasound images (single- and multi-frame) with pydicom 3.
+"""Reading DICOM ultrasound images (single- and multi-frame) with pydicom 3, or 2.4 (which Slicer 5.8 and 5.10
+bundle; its pixel functions live elsewhere and it leaves YBR pixels unconverted, see :func:`pixel_array`).
 
 Decisions, so that every caller gets the same pixels:
 
@@ -33,7 +34,6 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom.pixels import apply_color_lut, apply_modality_lut, pixel_array
 from pydicom.uid import (UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ExplicitVRLittleEndian,
                          ImplicitVRLittleEndian)
 
@@ -44,8 +44,25 @@ COLOR_INTERPRETATIONS = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT"
 PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 IMAGE_KEYWORDS = ("SOPClassUID", "Rows", "Columns") + PIXEL_KEYWORDS
 CENTIMETRE_UNITS = 3  # PhysicalUnitsX/YDirection code for cm
-# pydicom logs each failing decoder's traceback here before raising; the raised error says the same in one line.
-DECODER_LOGGER = logging.getLogger("pydicom.pixels.decoders.base")
+
+try:  # pydicom 3
+    from pydicom.pixels import apply_color_lut, apply_modality_lut, pixel_array
+
+    # pydicom logs each failing decoder's traceback here before raising; the raised error says the same in one line.
+    DECODER_LOGGER = logging.getLogger("pydicom.pixels.decoders.base")
+except ImportError:  # pydicom 2.4
+    from pydicom.pixel_data_handlers.util import apply_color_lut, apply_modality_lut, convert_color_space
+
+    DECODER_LOGGER = logging.getLogger("pydicom")
+
+    def pixel_array(dataset: pydicom.Dataset) -> np.ndarray:
+        """The decoded pixels as pydicom 3's ``pixel_array`` gives them: YBR_FULL and YBR_FULL_422 as RGB."""
+        interpretation = str(dataset.get("PhotometricInterpretation", "")).strip().upper()
+        pixels = dataset.pixel_array
+        if interpretation in ("YBR_FULL", "YBR_FULL_422"):  # 2.4 decodes them to full-resolution YBR
+            pixels = convert_color_space(pixels, "YBR_FULL", "RGB")
+        return pixels
+
 # The most a deflated dataset may inflate to: the pixel data of the largest accepted input (MAX_INPUT_PIXELS
 # pixels of up to 8 bytes) plus 64 MiB for the other elements. pydicom holds the whole inflated dataset in memory.
 MAX_INFLATED_BYTES = 8 * MAX_INPUT_PIXELS + (64 << 20)

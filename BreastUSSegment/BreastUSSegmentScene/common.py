@@ -50,9 +50,10 @@ OWN_COLOR_TABLE_ATTRIBUTE = "BreastUSSegment.OwnColorTable"
 PROVENANCE_ATTRIBUTE_PREFIX = "BreastUSSegment.provenance."
 # The volume classes the input selector shows (its nodeTypes, without child classes; a test compares them).
 INPUT_NODE_TYPES = ("vtkMRMLScalarVolumeNode", "vtkMRMLVectorVolumeNode")
-# Standard Slicer colour node used for the attention overlay when the scene has it.
-STANDARD_HEAT_COLOR_NODE_ID = "vtkMRMLPETProceduralColorNodePET-Heat"
-FALLBACK_HEAT_COLOR_NODE_NAME = "BreastUS attention heat"
+# The module's colour table of the attention (and probability) maps: transparent below TRANSPARENT_FRACTION of
+# the display range (so the overlay only tints where the network looked), then dark red -> red -> yellow -> white.
+ATTENTION_COLOR_NODE_NAME = "BreastUS attention (clear when low)"
+TRANSPARENT_FRACTION = 0.5
 DEFAULT_ATTENTION_OPACITY = 0.4
 LABELMAP_SUFFIXES = (".nrrd", ".nii", ".nii.gz")
 

@@ -42,6 +42,21 @@ def nodesRemovedOnFailure(scene):
         raise
 
 
+@contextmanager
+def helperNodesRemoved(scene):
+    """Remove every node added to ``scene`` inside the ``with`` block (display nodes, colour tables, subject
+    hierarchy... that segmentation imports and exports make), e.g. in a Sequence's own scene, where they would
+    pile up with every run and be saved with the Sequence."""
+    before = {scene.GetNthNode(index).GetID() for index in range(scene.GetNumberOfNodes())}
+    try:
+        yield
+    finally:
+        added = [scene.GetNthNode(index) for index in range(scene.GetNumberOfNodes())]
+        for node in reversed([node for node in added if node.GetID() not in before]):
+            if node.GetScene() is scene:
+                scene.RemoveNode(node)
+
+
 def kji(volumeNode):
     """``(K, J, I)`` shape of a volume's voxel array."""
     return tuple(reversed(volumeNode.GetImageData().GetDimensions()))
@@ -68,21 +83,24 @@ def removeLabelmapNode(labelmapNode) -> None:
             scene.RemoveNode(node)
 
 
-def ensureSegmentationConverterRules() -> None:
-    """Register the standard labelmap <-> surface conversion rules if nobody did.
+def ensureSegmentationConverterRules() -> bool:
+    """Register the standard labelmap <-> surface conversion rules if nobody did; True when it registered any.
 
-    Slicer's Segmentations module registers them at startup; with slicer-core
-    alone the factory starts empty and segmentations cannot hold labelmaps.
+    Slicer's Segmentations module registers them at startup; with slicer-core alone the factory starts empty
+    and segmentations cannot hold labelmaps. The registered rules are read, not probed by constructing
+    representation objects (the factory hands those over unowned, so each probe leaked two objects).
     """
     factory = slicer.vtkSegmentationConverterFactory.GetInstance()
-    representations = (
-        slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName(),
-        slicer.vtkSegmentationConverter.GetClosedSurfaceRepresentationName(),
-    )
-    if all(factory.ConstructRepresentationObjectByRepresentation(name) is not None for name in representations):
-        return
-    factory.RegisterConverterRule(slicer.vtkBinaryLabelmapToClosedSurfaceConversionRule())
-    factory.RegisterConverterRule(slicer.vtkClosedSurfaceToBinaryLabelmapConversionRule())
+    registered = {(rule.GetSourceRepresentationName(), rule.GetTargetRepresentationName())
+                  for rule in factory.GetConverterRules()}
+    labelmap = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
+    surface = slicer.vtkSegmentationConverter.GetClosedSurfaceRepresentationName()
+    missing = [rule for rule, names in ((slicer.vtkBinaryLabelmapToClosedSurfaceConversionRule, (labelmap, surface)),
+                                        (slicer.vtkClosedSurfaceToBinaryLabelmapConversionRule, (surface, labelmap)))
+               if names not in registered]
+    for rule in missing:
+        factory.RegisterConverterRule(rule())
+    return bool(missing)
 
 
 def checkOutputScene(inputVolumeNode, outputSegmentationNode) -> None:

@@ -9,9 +9,9 @@ conversions to and from the core's options run in tests too.
 import enum
 import typing
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional, Union
 
-from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLVectorVolumeNode
 
 from .common import DEFAULT_ATTENTION_OPACITY, BreastUSSegmentError, _
 
@@ -52,7 +52,7 @@ class DeviceChoice(enum.Enum):
 
     @staticmethod
     def label(member):
-        return {"AUTO": _("Auto (GPU if available)"), "CPU": _("CPU"), "GPU": _("GPU (CUDA)"),
+        return {"AUTO": _("Auto (CUDA or Apple GPU if available)"), "CPU": _("CPU"), "GPU": _("GPU (CUDA)"),
                 "MPS": _("Apple GPU (MPS)")}[member.name]
 
 
@@ -119,7 +119,9 @@ class BreastUSSegmentParameterNode:
     boxAllFrames - "Segment in box" uses each box on every frame of a clip, not only the frame it was drawn on.
     """
 
-    inputVolume: Optional[vtkMRMLScalarVolumeNode]  # vector (RGB) volumes are scalar volumes too
+    # Both classes by name: Slicer's wrapper sets the input selector's node types from this annotation, and the
+    # selector lists exactly those classes (showChildNodeTypes is off), so RGB images and clips stay selectable.
+    inputVolume: Optional[Union[vtkMRMLScalarVolumeNode, vtkMRMLVectorVolumeNode]]
     outputSegmentation: vtkMRMLSegmentationNode
     postprocessing: PostprocessingParameters
     device: DeviceChoice = DeviceChoice.AUTO

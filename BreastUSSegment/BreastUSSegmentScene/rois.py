@@ -12,10 +12,10 @@ from .nodes import nodesOfClass
 
 @dataclass(frozen=True)
 class VoxelBox:
-    """A Markups ROI on a volume's voxel grid: pixel box ``(x0, y0, x1, y1)`` (I, J; x1, y1 exclusive) and frames."""
+    """A Markups ROI on a volume's voxel grid: pixel box ``(x0, y0, x1, y1)`` (I, J; x1, y1 exclusive) and frame."""
 
     box: tuple
-    frames: range  # the K indices the ROI covers
+    frame: int  # the K index of the ROI's centre (the frame it was drawn on)
 
 
 @dataclass(frozen=True)
@@ -64,30 +64,28 @@ def roiVoxelBox(roiNode, volumeNode) -> VoxelBox:
     corners = np.array([worldToIjk.MultiplyPoint((x, y, z, 1.0))[:3]
                         for x in bounds[0:2] for y in bounds[2:4] for z in bounds[4:6]])
     low, high = corners.min(axis=0), corners.max(axis=0)
-    columns, rows, frames = (int(np.ceil(low[axis] - 1e-6)) for axis in range(3))
-    endColumns, endRows, endFrames = (int(np.floor(high[axis] + 1e-6)) + 1 for axis in range(3))
+    columns, rows = (int(np.ceil(low[axis] - 1e-6)) for axis in range(2))
+    endColumns, endRows = (int(np.floor(high[axis] + 1e-6)) + 1 for axis in range(2))
     dimensions = volumeNode.GetImageData().GetDimensions()
-    # A ROI drawn in a slice view is thin across the slice: it covers the frame it is drawn on.
-    if endFrames <= frames:
-        frames = endFrames = int(np.floor((low[2] + high[2]) / 2 + 0.5))
-        endFrames += 1
-    frameRange = range(max(frames, 0), min(endFrames, dimensions[2]))
+    # A two-click ROI is as thick across the slice as its shortest side, so it may span many frames of a clip:
+    # it belongs to the frame at its centre (the one it was drawn on).
+    frame = int(np.floor((low[2] + high[2]) / 2 + 0.5))
     if endColumns <= columns or endRows <= rows:
         raise BreastUSSegmentError(_("Box '{name}' holds no pixel of '{volume}'; draw a larger box.").format(
             name=roiNode.GetName(), volume=volumeNode.GetName()))
-    if not frameRange:
-        raise BreastUSSegmentError(_("Box '{name}' does not cross any frame of '{volume}'.").format(
+    if not 0 <= frame < dimensions[2]:
+        raise BreastUSSegmentError(_("Box '{name}' is not on a frame of '{volume}'.").format(
             name=roiNode.GetName(), volume=volumeNode.GetName()))
-    return VoxelBox((columns, rows, endColumns, endRows), frameRange)
+    return VoxelBox((columns, rows, endColumns, endRows), frame)
 
 
 def boxPrompts(roiNodes, volumeNode, frameCount: int, allFrames: bool = False) -> BoxPrompts:
-    """The boxes of ``roiNodes`` on ``volumeNode``'s ``frameCount`` frames: each on the frames it crosses, or on
+    """The boxes of ``roiNodes`` on ``volumeNode``'s ``frameCount`` frames: each on the frame at its centre, or on
     every frame with ``allFrames``."""
     voxelBoxes = [roiVoxelBox(roi, volumeNode) for roi in roiNodes]
     frameBoxes, owners = [[] for _frame in range(frameCount)], [[] for _frame in range(frameCount)]
     for number, voxelBox in enumerate(voxelBoxes):
-        for frame in (range(frameCount) if allFrames else voxelBox.frames):
+        for frame in (range(frameCount) if allFrames else [voxelBox.frame]):
             frameBoxes[frame].append(voxelBox.box)
             owners[frame].append(number)
     return BoxPrompts(frameBoxes, owners)
@@ -106,3 +104,13 @@ def addBoxRoi(scene, volumeNode):
     roi.SetAttribute(BOX_ROI_ATTRIBUTE, volumeNode.GetID())
     roi.CreateDefaultDisplayNodes()
     return roi
+
+
+def startBoxPlacement(markupsLogic, interactionNode, roiNode) -> None:
+    """Let the next two clicks in a view place ``roiNode``: the selection node names its class and ID as what
+    is placed, and the interaction node goes into single (not persistent) place mode.
+
+    ``vtkSlicerMarkupsLogic.StartPlaceMode`` is not used: it sets the class to place back to a point list.
+    """
+    markupsLogic.SetActiveList(roiNode)
+    interactionNode.SwitchToSinglePlaceMode()

@@ -1,7 +1,8 @@
 """Cine clips loaded as Sequences: the browsed Sequence of a proxy volume, and results written as Sequence items
 synchronized in the same browser, so they play with the clip."""
 
-from typing import List
+from contextlib import nullcontext
+from typing import List, Optional
 
 import numpy as np
 
@@ -10,7 +11,8 @@ from BreastUSSegmentLib.descriptors import describe_frames
 from BreastUSSegmentLib.measure import LesionMeasurement, measure_lesion
 
 from .inputs import volumeArray, volumeSpacing
-from .nodes import copyGeometry, kji, nodesOfClass
+from .nodes import copyGeometry, helperNodesRemoved, kji, nodesOfClass
+from .progress import WRITING, RunProgress
 from .segments import arrayFromSegment, lesionSegmentId, updateAlgorithmType, writeLesionSegment
 
 
@@ -44,29 +46,34 @@ def frameItems(sequence):
     return [sequence.GetNthDataNode(item) for item in items], [sequence.GetNthIndexValue(item) for item in items]
 
 
-def writeSegmentationSequence(browser, sequence, proxySegmentationNode, masks):
+def writeSegmentationSequence(browser, sequence, proxySegmentationNode, masks, progress: Optional[RunProgress] = None):
     """Write each frame's mask into the Lesion segment of its item of the proxy's segmentation Sequence.
 
-    An existing item keeps its other segments; a new item starts as a copy of the proxy's segments.
+    An existing item keeps its other segments; a new item starts as a copy of the proxy's segments. The Sequence's
+    own scene gets no node but the items (the writes' helper nodes are removed). ``progress`` hears of each item.
     """
+    progress = progress or RunProgress()
     segmentationSequence, new = _proxySequence(browser, sequence, proxySegmentationNode)
     template = slicer.vtkMRMLSegmentationNode()
     template.GetSegmentation().DeepCopy(proxySegmentationNode.GetSegmentation())
-    for frameNode, indexValue, frameMask in zip(*frameItems(sequence), masks):
+    for frameNode, indexValue, frameMask in progress.each(WRITING, zip(*frameItems(sequence), masks)):
         item = segmentationSequence.GetDataNodeAtValue(indexValue)
         if item is None:
             item = segmentationSequence.SetDataNodeAtValue(template, indexValue)
-        writeLesionSegment(item, frameMask[np.newaxis], frameNode)
+        with helperNodesRemoved(item.GetScene()):
+            writeLesionSegment(item, frameMask[np.newaxis], frameNode)
     if new:  # edits of the shown frame (Segment Editor) are saved into its item
         _synchronize(browser, segmentationSequence, proxySegmentationNode, saveChanges=True)
     return segmentationSequence
 
 
-def writeVolumeSequence(browser, sequence, proxyVolumeNode, arrays):
-    """Write each frame's ``arrays[frame]`` as the item of the proxy volume's Sequence, on that frame's geometry."""
+def writeVolumeSequence(browser, sequence, proxyVolumeNode, arrays, progress: Optional[RunProgress] = None):
+    """Write each frame's ``arrays[frame]`` as the item of the proxy volume's Sequence, on that frame's geometry
+    (``progress`` hears of each item)."""
+    progress = progress or RunProgress()
     volumeSequence, new = _proxySequence(browser, sequence, proxyVolumeNode)
     frameVolume = slicer.vtkMRMLScalarVolumeNode()
-    for frameNode, indexValue, array in zip(*frameItems(sequence), arrays):
+    for frameNode, indexValue, array in progress.each(WRITING, zip(*frameItems(sequence), arrays)):
         slicer.util.updateVolumeFromArray(frameVolume, np.asarray(array, dtype=np.float32).reshape(kji(frameNode)))
         copyGeometry(frameNode, frameVolume)
         volumeSequence.SetDataNodeAtValue(frameVolume, indexValue)
@@ -87,7 +94,8 @@ def lesionMasks(browser, sequence, proxySegmentationNode) -> list:
         if segmentId is None:  # no item for this frame, or its Lesion was deleted
             masks = np.zeros(kji(frameNode), dtype=np.uint8)
         else:
-            masks = arrayFromSegment(node, segmentId, frameNode)
+            with helperNodesRemoved(node.GetScene()) if node is not proxySegmentationNode else nullcontext():
+                masks = arrayFromSegment(node, segmentId, frameNode)
             updateAlgorithmType(node, segmentId, masks)
         frames.append((frameNode, masks))
     return frames

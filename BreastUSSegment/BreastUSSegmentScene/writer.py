@@ -6,10 +6,11 @@ removes what a failed write added (``nodes.nodesRemovedOnFailure``).
 """
 
 from dataclasses import dataclass
-from typing import Any, List
+from typing import Any, List, Optional
 
 import numpy as np
 
+from .progress import RunProgress
 from .results import writeResultVolumes
 from .segments import showSegments, writeBoxSegment, writeLesionSegment
 from .sequences import shownItem, writeSegmentationSequence, writeVolumeSequence
@@ -51,18 +52,21 @@ def _finishVolume(segmentationNode, referenceVolumeNode, result, probability, se
 
 
 def writeSequenceResult(segmentationNode, browser, sequence, proxyVolumeNode, result,
-                        probability: bool = False) -> WrittenResult:
+                        probability: bool = False, progress: Optional[RunProgress] = None) -> WrittenResult:
     """Each frame's Lesion into the item of the same index value of a segmentation Sequence synchronized in
     ``browser`` with ``segmentationNode`` as its proxy (edits of the shown frame are saved into its item); the
     attention (and probability) maps as volume Sequences of the browser. The proxy nodes show the frame the
-    browser shows now; they get no 3D surface (it would be rebuilt on every frame change)."""
+    browser shows now; they get no 3D surface (it would be rebuilt on every frame change). ``progress`` hears
+    of each item written."""
+    progress = progress or RunProgress()
     shown = shownItem(browser, sequence)
-    segmentationSequence = writeSegmentationSequence(browser, sequence, segmentationNode, result.processed_mask)
+    segmentationSequence = writeSegmentationSequence(browser, sequence, segmentationNode, result.processed_mask,
+                                                     progress)
     segmentId = writeLesionSegment(segmentationNode, result.processed_mask[shown][np.newaxis], proxyVolumeNode)
     showSegments(segmentationNode, surface=False)
     attentionVolume, probabilityVolume = writeResultVolumes(
         segmentationNode, result, proxyVolumeNode, probability, frame=shown)
-    writeVolumeSequence(browser, sequence, attentionVolume, result.combined_attention)
+    writeVolumeSequence(browser, sequence, attentionVolume, result.combined_attention, progress)
     if probabilityVolume is not None:
-        writeVolumeSequence(browser, sequence, probabilityVolume, result.probability)
+        writeVolumeSequence(browser, sequence, probabilityVolume, result.probability, progress)
     return WrittenResult([segmentId], [result.processed_mask], attentionVolume, probabilityVolume, segmentationSequence)
