@@ -101,11 +101,6 @@ def lesionMasks(browser, sequence, proxySegmentationNode) -> list:
     return frames
 
 
-def measureSequence(browser, sequence, proxySegmentationNode) -> List[LesionMeasurement]:
-    """One measurement per frame of ``sequence`` (frame 1 is its first item), of :func:`lesionMasks`."""
-    return measureMasks(lesionMasks(browser, sequence, proxySegmentationNode))
-
-
 def measureMasks(frameMasks) -> List[LesionMeasurement]:
     """One measurement per ``(frame node, masks)`` of :func:`lesionMasks` (frame 1 the first)."""
     return [measure_lesion(masks[0], volumeSpacing(frameNode), frame=item + 1)
