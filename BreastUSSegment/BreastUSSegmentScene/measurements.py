@@ -7,17 +7,18 @@ lesions of box segments are measured box by box, each knowing its box.
 """
 
 import math
-from typing import Dict, List, NamedTuple, Optional, Sequence
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import vtk
 
 from BreastUSSegmentLib.descriptors import DESCRIPTOR_COLUMNS, RULES, describe_frames
 from BreastUSSegmentLib.measure import (
-    LESION_COLUMNS, LesionMeasurement, column_unit, measure_frames, result_in_words, summarize_frame,
+    LESION_COLUMNS, LesionMeasurement, column_unit, measure_frames, measure_lesion, result_in_words, summarize_frame,
 )
 
 from .common import MEASUREMENT_TABLE_ROLE, _
+from .progress import MEASURING, RunProgress
 
 # Identifiers, not quantities: string columns, empty where there is none (a frame without a lesion, no box).
 LABEL_COLUMNS = ("lesion", "box")
@@ -196,3 +197,14 @@ def _tableNode(segmentationNode):
             "vtkMRMLTableNode", scene.GenerateUniqueName(f"{segmentationNode.GetName()} measurements"))
         segmentationNode.SetNodeReferenceID(MEASUREMENT_TABLE_ROLE, tableNode.GetID())
     return tableNode
+
+
+def measureFrames(masks, pixels, color: bool, spacing,
+                  progress: RunProgress) -> Tuple[List[LesionMeasurement], List[list]]:
+    """The core's measurements and research-use descriptors (from the input's ``pixels``, RGB(A) when ``color``) of
+    each frame of ``masks`` (numbered from 1), reporting :data:`MEASURING` progress frame by frame."""
+    measured, described = [], []
+    for number, (frame, framePixels) in enumerate(progress.each(MEASURING, zip(masks, pixels)), 1):
+        measured.append(measure_lesion(frame, spacing, number))
+        described.extend(describe_frames(framePixels, frame, spacing, color=color))
+    return measured, described
