@@ -345,7 +345,7 @@ DESCRIPTOR_COLUMNS = (
     Column("echo_ratio_surround", "", "lesion median intensity over that of the ring around it"),
     Column("echo_ratio_fat", "", "lesion median intensity over that of the band under the skin above it"),
     Column("echo_spread", "", "interquartile range of the lesion's intensities over the surround's median"),
-    Column("dark_share", "", "share of lesion pixels darker than 0.35 x the surround's median"),
+    Column("dark_share", "", f"share of lesion pixels darker than {DARK_PIXEL_RATIO} x the surround's median"),
     Column("posterior", "", "BI-RADS posterior features (none, enhancement, shadowing, combined); research use"),
     Column("posterior_ratio", "", "mean intensity of the band below the lesion over the bands beside it"),
     Column("posterior_low", "", "lowest posterior_ratio of the band's thirds"),
