@@ -367,7 +367,7 @@ def test_half_precision_export_checks_the_val_agreement_and_records_it(busi, ful
 
 def test_the_storage_check_compares_in_float32_compute_even_on_a_bf16_cpu(busi, monkeypatch):
     """Only the storage dtype may differ between the two copies, not the precision they compute in."""
-    monkeypatch.setattr("BreastUSSegmentLib.inference.cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr("BreastUSSegmentLib.device.cpu_has_native_bf16", lambda: True)
     computed_in_bf16 = []
     real_segment = LesionSegmenter.segment
 

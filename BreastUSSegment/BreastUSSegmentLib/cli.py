@@ -33,6 +33,7 @@ import numpy as np
 from . import BUNDLED_WEIGHTS, __version__
 from .boxes import BoxError, parse_box, read_box_table
 from .device import DEVICE_CHOICES
+from .runtime import BACKEND_CHOICES, PRECISION_CHOICES
 from .fileio import split_extension, write_atomically
 from .imageio import read_image, write_image
 from .imagetypes import MAX_INPUT_PIXELS, ImageReadError
@@ -67,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weights", type=Path, default=BUNDLED_WEIGHTS, help="model .safetensors (model card beside it)")
     parser.add_argument("--format", choices=sorted(FORMATS), default="nrrd", help="file format of mask and probability")
     parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="where the network runs (default: auto)")
+    parser.add_argument("--backend", choices=BACKEND_CHOICES, default="auto",
+                        help="what runs the network (default auto: PyTorch on a GPU, else OpenVINO, else ONNX Runtime, "
+                             "else PyTorch on the CPU)")
+    parser.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
+                        help="fp32, or bf16 (torch, openvino); default auto: bf16 where the CPU computes it natively")
     parser.add_argument("--threshold", type=float, help="probability threshold (default: the model card's)")
     parser.add_argument("--min-confidence", type=float, metavar="P",
                         help="drop found regions whose mean probability is below P, 0 keeps all (default: the model card's)")
@@ -291,12 +297,14 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         segmenter = LesionSegmenter.from_weights(
-            args.weights, device=args.device, threshold=args.threshold, min_mean_probability=args.min_confidence,
+            args.weights, device=args.device, backend=args.backend, precision=args.precision, threshold=args.threshold, min_mean_probability=args.min_confidence,
             min_lesion_probability=args.min_lesion_probability, test_time_flip=args.test_time_flip,
         )
     except (WeightsError, RuntimeError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    network = segmenter.provenance
+    print(f"network: {network['backend']} {network['precision']} on {network['device']}")
     return run_jobs(segmenter, jobs, args)
 
 

@@ -1,7 +1,9 @@
 """The inference pipeline: numpy frames in, probability, masks and attention maps out.
 
 Used alike by the Slicer module, the command line and the evaluation code, so
-that every path preprocesses and post-processes in exactly the same way.
+that every path preprocesses and post-processes in exactly the same way. The
+network itself runs through a runner of :mod:`.runtime` (PyTorch, OpenVINO or ONNX
+Runtime); everything else is numpy, so PyTorch is needed only by its runner.
 """
 
 from __future__ import annotations
@@ -12,25 +14,18 @@ from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
 import numpy as np
-import torch
 
 from .boxes import (
     CONTEXT_MARGIN, FRAME_WEIGHT, NO_LESION_PROBABILITY, Box, boxes_for_frames, check_frame_weight, grow_box,
 )
-from .device import cpu_has_native_bf16, select_device
-from .model import AttentionUNet, AttentionUNetEnsemble
+from .modelcard import ModelCard, ModelConfig, WeightsError, read_model_card
 from .postprocessing import PostprocessOptions, check_lesion_head, postprocess_box, postprocess_frames
 from .preprocessing import normalize_intensity, prepare_frames, resize_frames, to_grayscale_frames
-from .weights import ModelCard, WeightsError, load_model
+from .runtime import CPU_FRAMES_PER_FORWARD, TorchRunner, choose_backend, open_runner, verified_onnx_path  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int, int], None]
-
-# Frames per forward pass on the CPU. Larger batches do more work per frame on a
-# small CPU (their activations no longer fit in the caches); measured with
-# benchmarks/benchmark.py. Results do not depend on it: frames are independent.
-CPU_FRAMES_PER_FORWARD = 4
 
 
 @dataclass(frozen=True)
@@ -75,120 +70,132 @@ class SegmentationResult:
 
 
 class NetworkOutput(NamedTuple):
-    """One batch through the network: ``(n, 1, h, w)`` probability, one map per gate, and the lesion head's ``(n,)``."""
+    """One batch through the network, float32 numpy: ``(n, 1, h, w)`` probability, one map per gate, and the
+    lesion head's ``(n,)`` probability."""
 
-    probability: torch.Tensor
-    attention: list[torch.Tensor]
-    lesion_probability: torch.Tensor | None  # None for a model without a lesion head
+    probability: np.ndarray
+    attention: list
+    lesion_probability: np.ndarray | None  # None for a model without a lesion head
+
+
+def sigmoid(values: np.ndarray) -> np.ndarray:
+    """The logistic function in float32, without overflow for large logits."""
+    return (0.5 + 0.5 * np.tanh(0.5 * np.asarray(values, dtype=np.float32))).astype(np.float32, copy=False)
 
 
 class LesionSegmenter:
-    """Runs an :class:`AttentionUNet` (or an ensemble of them, :class:`AttentionUNetEnsemble`) on frames of any
-    size, dtype and colour layout."""
+    """Runs an :class:`~.model.AttentionUNet` (or an ensemble of them) on frames of any size, dtype and colour
+    layout: through PyTorch when given the model, or through a graph runner of :mod:`.runtime`
+    (``runner`` with the model's ``config``; see :meth:`from_weights`)."""
 
     def __init__(
         self,
-        model: AttentionUNet | AttentionUNetEnsemble,
-        input_size: tuple[int, int],
-        postprocessing: PostprocessOptions,
-        device: str | torch.device = "auto",
+        model=None,
+        input_size: tuple[int, int] = (256, 256),
+        postprocessing: PostprocessOptions | None = None,
+        device="auto",
+        *,
+        precision: str = "auto",
+        runner=None,
+        config: ModelConfig | None = None,
     ):
-        self.device = device if isinstance(device, torch.device) else select_device(device)
-        self.model = model.to(self.device).eval()
-        self._adapt_to_device()
+        if (model is None) == (runner is None):
+            raise ValueError("give either a PyTorch model or a runner (with its model's config)")
+        if postprocessing is None:
+            raise ValueError("postprocessing options are required (a model card's)")
+        self.runner = TorchRunner(model, device, precision) if runner is None else runner
+        self.config = model.config if runner is None else config
+        if self.config is None:
+            raise ValueError("a runner needs the model's config (ModelConfig)")
         self.input_size = (int(input_size[0]), int(input_size[1]))
-        check_lesion_head(postprocessing, model.config.lesion_head)
+        check_lesion_head(postprocessing, self.config.lesion_head)
         self.postprocessing = postprocessing
         self.card: ModelCard | None = None  # the model card, when built by from_weights
         self.weights_path: str | None = None  # the weights file, when built by from_weights
-        multiple = model.config.size_multiple
+        multiple = self.config.size_multiple
         if self.input_size[0] % multiple or self.input_size[1] % multiple:
             raise ValueError(f"input size {self.input_size} must be a multiple of {multiple} for this model")
 
     @classmethod
     def from_weights(
-        cls, weights_path: str | os.PathLike, device: str | torch.device = "auto", **overrides
+        cls, weights_path: str | os.PathLike, device="auto", *, backend: str = "auto", precision: str = "auto",
+        threads: int | None = None, **overrides
     ) -> "LesionSegmenter":
-        """Build a segmenter from a verified ``.safetensors`` file and its model card.
+        """Build a segmenter from a model card and its verified weights (torch) or ONNX graph (openvino,
+        onnxruntime); ``backend`` and ``precision`` as :func:`.runtime.choose_backend` reads them.
 
         Post-processing is the card's, with the settings given in ``overrides``
         (``PostprocessOptions`` field names) changed; an override of None keeps the card's value.
         """
-        model, card = load_model(weights_path, device="cpu")
+        card = read_model_card(weights_path)
+        choice = choose_backend(backend, precision, device if isinstance(device, str) else device.type, card)
+        options = card.postprocess_options.with_overrides(**overrides)
         try:
-            segmenter = cls(model, tuple(card.input_size), card.postprocess_options.with_overrides(**overrides), device)
+            if choice.backend == "torch":
+                from .weights import load_model
+
+                model, card = load_model(weights_path, device="cpu")
+                segmenter = cls(model, tuple(card.input_size), options, device, precision=choice.precision)
+            else:
+                runner = open_runner(choice, verified_onnx_path(weights_path, card), threads)
+                segmenter = cls(None, tuple(card.input_size), options, runner=runner, config=card.model_config)
         except ValueError as error:
             raise ValueError(f"{weights_path}: {error}") from None
         segmenter.card = card
         segmenter.weights_path = str(weights_path)
         return segmenter
 
-    def _adapt_to_device(self) -> None:
-        """On the CPU use channels-last weights, where its convolutions are faster, and compute in bfloat16
-        where the CPU does so natively (``cpu_bf16``; 1.5x faster here, masks at Dice 0.999 to float32 on val).
+    @property
+    def model(self):
+        """The PyTorch network (torch backend only)."""
+        return self.runner.model
 
-        The values of the weights do not change, only their layout in memory.
-        """
-        self.cpu_bf16 = self.device.type == "cpu" and cpu_has_native_bf16()
-        if self.device.type == "cpu":
-            self.model.to(memory_format=torch.channels_last)
+    @property
+    def device(self):
+        """Where the network runs: a torch device for the torch backend, ``"cpu"`` for the graph runtimes."""
+        return self.runner.device
 
-    def _frames_per_forward(self, batch_size: int) -> int:
-        """Frames per forward pass: on the CPU at most ``CPU_FRAMES_PER_FORWARD`` (see its comment)."""
-        return min(batch_size, CPU_FRAMES_PER_FORWARD) if self.device.type == "cpu" else batch_size
+    @property
+    def cpu_bf16(self) -> bool:
+        """Whether the network computes in bfloat16 on the CPU."""
+        return self.runner.precision == "bf16"
+
+    @property
+    def provenance(self) -> dict:
+        """What ran the network, for the outputs' provenance: backend, precision and device."""
+        device = self.runner.device
+        return {"backend": self.runner.backend, "precision": self.runner.precision,
+                "device": device if isinstance(device, str) else device.type}
 
     @property
     def has_lesion_head(self) -> bool:
         """Whether the model gives an image-level lesion probability (``ModelConfig.lesion_head``)."""
-        return self.model.config.lesion_head
+        return self.config.lesion_head
 
-    def _pass(self, batch: torch.Tensor) -> NetworkOutput:
-        """One pass of the network (in bfloat16 where ``cpu_bf16``); the outputs in float32."""
-        with_head = self.has_lesion_head
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cpu_bf16):
-            logits, attention, *lesion = self.model(batch, return_attention=True, return_lesion_logit=with_head)
-        return NetworkOutput(torch.sigmoid(logits.float()), [a.float() for a in attention],
-                             torch.sigmoid(lesion[0].float()) if with_head else None)
+    def _pass(self, batch: np.ndarray) -> NetworkOutput:
+        """One pass of the network through the runner; probabilities in float32."""
+        raw = self.runner.run(batch)
+        return NetworkOutput(sigmoid(raw.logits), list(raw.attention),
+                             sigmoid(raw.lesion_logit) if self.has_lesion_head else None)
 
-    def _forward(self, batch: torch.Tensor, test_time_flip: bool) -> NetworkOutput:
+    def _forward(self, batch: np.ndarray, test_time_flip: bool) -> NetworkOutput:
         """The batch's outputs; with ``test_time_flip`` averaged with those of the mirrored batch."""
         output = self._pass(batch)
         if not test_time_flip:
             return output
-        mirrored = self._pass(batch.flip(-1))
+        mirrored = self._pass(np.ascontiguousarray(batch[..., ::-1]))
         return NetworkOutput(
-            0.5 * (output.probability + mirrored.probability.flip(-1)),
-            [0.5 * (a + b.flip(-1)) for a, b in zip(output.attention, mirrored.attention)],
+            0.5 * (output.probability + mirrored.probability[..., ::-1]),
+            [0.5 * (a + b[..., ::-1]) for a, b in zip(output.attention, mirrored.attention)],
             None if output.lesion_probability is None else 0.5 * (output.lesion_probability + mirrored.lesion_probability),
         )
-
-    def _predict_batch(self, batch: torch.Tensor, test_time_flip: bool) -> NetworkOutput:
-        """Forward one batch; on CUDA out-of-memory move to the CPU with a warning and retry."""
-        try:
-            return self._forward(self._to_device(batch), test_time_flip)
-        except torch.OutOfMemoryError:
-            if self.device.type == "cpu":
-                raise
-            logger.warning("GPU ran out of memory; continuing on the CPU (slower).")
-            torch.cuda.empty_cache()
-            self.device = torch.device("cpu")
-            self.model.to(self.device)
-            self._adapt_to_device()
-            return self._forward(self._to_device(batch), test_time_flip)
-
-    def _to_device(self, batch: torch.Tensor) -> torch.Tensor:
-        """The batch on the model's device, channels-last on the CPU like the weights."""
-        batch = batch.to(self.device)
-        if self.device.type == "cpu":
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        return batch
 
     def _check_finite(self, output: NetworkOutput) -> None:
         """Raise :class:`WeightsError` naming the model when the network output holds NaN or infinite values."""
         values = [output.probability, *output.attention]
         if output.lesion_probability is not None:
             values.append(output.lesion_probability)
-        if all(bool(torch.isfinite(value).all()) for value in values):
+        if all(bool(np.isfinite(value).all()) for value in values):
             return
         model = f"the model {self.weights_path}" if self.weights_path else "the model"
         raise WeightsError(
@@ -199,22 +206,21 @@ class LesionSegmenter:
     def _run(self, total: int, network_input, test_time_flip: bool, batch_size: int, progress, store) -> None:
         """Forward ``total`` items batch by batch and hand each :class:`NetworkOutput` to ``store(first, last, output)``.
 
-        ``network_input(first, last)`` gives the ``(n, 1, h, w)`` tensor of items
+        ``network_input(first, last)`` gives the ``(n, 1, h, w)`` float32 array of items
         ``first:last``; ``progress(done, total)`` is called after every batch.
         """
         step = max(1, batch_size)
         for start in range(0, total, step):
             stop = min(start + step, total)
-            chunk = self._frames_per_forward(step)
+            chunk = self.runner.frames_per_call(step)
             for first in range(start, stop, chunk):
                 last = min(first + chunk, stop)
-                output = self._predict_batch(network_input(first, last), test_time_flip)
+                output = self._forward(network_input(first, last), test_time_flip)
                 self._check_finite(output)
                 store(first, last, output)
             if progress is not None:
                 progress(stop, total)
 
-    @torch.inference_mode()
     def segment(
         self,
         image: np.ndarray,
@@ -258,7 +264,7 @@ class LesionSegmenter:
                 options, batch_size, progress,
             )
         network_input, original_size = prepare_frames(image, self.input_size, color=color)
-        outputs = _OutputFrames(network_input.shape[0], original_size, self.model.config.depth,
+        outputs = _OutputFrames(network_input.shape[0], original_size, self.config.depth,
                                 lesion_head=self.has_lesion_head)
         self._run(network_input.shape[0], lambda first, last: network_input[first:last],
                   test_time_flip, batch_size, progress, outputs.store)
@@ -291,11 +297,11 @@ class LesionSegmenter:
             frames, crops, whole_frames, test_time_flip, batch_size, progress, total
         )
 
-        def network_input(first: int, last: int) -> torch.Tensor:
+        def network_input(first: int, last: int) -> np.ndarray:
             pieces = [normalize_intensity(frames[crop.frame][crop.window.slices][np.newaxis]) for crop in crops[first:last]]
-            return torch.cat([resize_frames(torch.from_numpy(piece).unsqueeze(1), self.input_size) for piece in pieces])
+            return np.concatenate([resize_frames(piece[:, np.newaxis], self.input_size) for piece in pieces])
 
-        outputs = _OutputFrames(frames.shape[0], size, self.model.config.depth, fill=0.0)
+        outputs = _OutputFrames(frames.shape[0], size, self.config.depth, fill=0.0)
         labels = np.zeros((frames.shape[0], *size), dtype=np.uint16)
         outcomes = []
 
@@ -347,12 +353,12 @@ class LesionSegmenter:
         for position, crop in enumerate(crops):
             crops_of[crop.frame].append(position)
 
-        def network_input(first: int, last: int) -> torch.Tensor:
+        def network_input(first: int, last: int) -> np.ndarray:
             batch = normalize_intensity(frames[whole_frames[first:last]])
-            return resize_frames(torch.from_numpy(batch).unsqueeze(1), self.input_size)
+            return resize_frames(batch[:, np.newaxis], self.input_size)
 
         def store(first, last, output: NetworkOutput) -> None:
-            resized = resize_frames(output.probability.float().cpu(), size)[:, 0].clamp_(0.0, 1.0).numpy()
+            resized = np.clip(resize_frames(output.probability, size)[:, 0], 0.0, 1.0)
             for row, frame in enumerate(whole_frames[first:last]):
                 for position in crops_of[frame]:
                     windows[position] = resized[row][crops[position].window.slices].copy()
@@ -403,14 +409,12 @@ class _OutputFrames:
     def store(self, first: int, last: int, output: NetworkOutput) -> None:
         """Resize the ``(n, 1, h, w)`` network outputs to the input grid, clip to [0, 1] and keep them."""
         for target, source in zip([self.probability, *self.attention_maps], [output.probability, *output.attention]):
-            rows = torch.from_numpy(target[first:last])
-            rows.copy_(resize_frames(source.float().cpu(), self.size).squeeze(1))
-            rows.clamp_(0.0, 1.0)
+            np.clip(resize_frames(source, self.size)[:, 0], 0.0, 1.0, out=target[first:last])
         if self.lesion_probability is not None:
-            self.lesion_probability[first:last] = output.lesion_probability.float().cpu().numpy()
+            self.lesion_probability[first:last] = output.lesion_probability
 
     def paste(
-        self, crop: "_Crop", probability: torch.Tensor, attention: list[torch.Tensor],
+        self, crop: "_Crop", probability: np.ndarray, attention: list,
         frame_probability: np.ndarray | None = None, frame_weight: float = 0.0,
     ) -> np.ndarray:
         """Resize one crop's ``(1, 1, h, w)`` outputs to its window and paste them (the maximum where windows overlap).
@@ -421,8 +425,8 @@ class _OutputFrames:
         """
         window = crop.window
 
-        def to_window(source: torch.Tensor) -> np.ndarray:
-            return resize_frames(source.float().cpu(), (window.height, window.width))[0, 0].clamp_(0.0, 1.0).numpy()
+        def to_window(source: np.ndarray) -> np.ndarray:
+            return np.clip(resize_frames(source, (window.height, window.width))[0, 0], 0.0, 1.0)
 
         crop_probability = to_window(probability)
         if frame_probability is not None:

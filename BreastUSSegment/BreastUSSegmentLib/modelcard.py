@@ -2,13 +2,16 @@
 
 ``<name>.json`` describes ``<name>.safetensors``: architecture, input size,
 normalisation, post-processing, training provenance, metrics and the sha256 of
-the weights file (see :mod:`.weights`, which saves and loads the weights). This
+the weights file, and optionally the ONNX graph of the network with its sha256
+(for the OpenVINO and ONNX Runtime backends, :mod:`.runtime`) (see :mod:`.weights`,
+which saves and loads the weights). This
 module imports neither PyTorch nor safetensors, so the Slicer panel can show a
 model's settings before PyTorch is installed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field, fields
@@ -98,6 +101,9 @@ class ModelCard:
     training: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     storage_dtype: str = "float32"  # how the floating-point tensors are stored in the file (STORAGE_DTYPES)
+    # The ONNX graph beside the weights: file, sha256, storage_dtype, opset and per backend-precision the
+    # agreement with PyTorch float32 ("passed" False: backend="auto" does not choose it); None without one.
+    onnx: dict | None = None
 
     @property
     def model_config(self) -> ModelConfig:
@@ -108,7 +114,18 @@ class ModelCard:
         return PostprocessOptions.from_dict(self.postprocessing)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+        values = asdict(self)
+        if values["onnx"] is None:  # cards without a graph stay as they were
+            del values["onnx"]
+        return json.dumps(values, indent=2, sort_keys=True) + "\n"
+
+
+def sha256_of_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def check_storage_dtype(storage_dtype: str) -> str:
@@ -134,6 +151,8 @@ def read_model_card(weights_path: str | os.PathLike) -> ModelCard:
         card.model_config  # validates the architecture block
         card.postprocess_options
         check_storage_dtype(card.storage_dtype)
+        if card.onnx is not None and not (isinstance(card.onnx, dict) and {"file", "sha256"} <= set(card.onnx)):
+            raise ValueError("its onnx block must name the graph's file and sha256")
     except (ValueError, TypeError) as error:
         raise WeightsError(f"model card {card_path} is not valid: {error}") from error
     if card.format_version != FORMAT_VERSION:

@@ -16,7 +16,6 @@ float32.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -29,16 +28,9 @@ from .fileio import write_atomically, write_text_atomically
 from .model import build_model
 from .modelcard import (  # noqa: F401
     FORMAT_VERSION, STORAGE_DTYPES, ModelCard, WeightsError, card_path_for, check_storage_dtype, read_model_card,
+    sha256_of_file,
 )
 from .postprocessing import PostprocessOptions
-
-
-def sha256_of_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def stored_state(model: nn.Module, storage_dtype: str = "float32") -> dict:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import ensemble, evaluate, export, intervals, prepare, sweep, train
+from . import ensemble, evaluate, export, intervals, onnx_graph, prepare, sweep, train
 
 SUBCOMMANDS = {
     "prepare": (prepare, "index BUSI, group duplicates and write the train/val/test split manifest"),
@@ -20,6 +20,8 @@ SUBCOMMANDS = {
     "evaluate": (evaluate, "score saved weights on a subset of the split; write report.json, report.md and figures"),
     "intervals": (intervals, "95% intervals of an evaluation's numbers (bootstrap; exact binomial for shares), from its report.json"),
     "export": (export, "write evaluated weights as the bundled model, with the evaluation in its model card"),
+    "onnx": (onnx_graph, "write a model's ONNX graph beside its weights (listed in its model card) and measure each "
+                         "backend's agreement with PyTorch float32 on val"),
 }
 
 

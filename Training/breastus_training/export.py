@@ -127,9 +127,9 @@ def storage_agreement(
     cases = manifest.cases_for(AGREEMENT_SUBSET)
     if not cases:
         raise ExportError(f"the split {split_path} has no {AGREEMENT_SUBSET} case to check the storage dtype on")
-    reference = LesionSegmenter(model, input_size, postprocessing, device="cpu")
-    stored = LesionSegmenter(stored_copy(model, storage_dtype), input_size, postprocessing, device="cpu")
-    reference.cpu_bf16 = stored.cpu_bf16 = False
+    reference = LesionSegmenter(model, input_size, postprocessing, device="cpu", precision="fp32")
+    stored = LesionSegmenter(stored_copy(model, storage_dtype), input_size, postprocessing, device="cpu",
+                             precision="fp32")
     dice = []
     for case in tqdm(cases, desc=f"{storage_dtype} vs float32", unit="image", disable=not progress):
         image, _ = load_case(roots, case)
