@@ -24,11 +24,13 @@ from BreastUSSegmentLib.weights import save_model
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def needs(package: str):
-    """Skip, naming the runtime, where ``package`` is not installed."""
-    return pytest.mark.skipif(not runtime.runtime_available(package) if package in runtime.RUNTIME_PACKAGES
-                              else __import__("importlib").util.find_spec(package) is None,
-                              reason=f"{package} is not installed")
+GRAPH_BACKENDS = ("onnxruntime", "openvino")
+
+
+def skip_without(backend: str) -> None:
+    """Skip, naming the runtime, where ``backend``'s package is not installed."""
+    if not runtime.runtime_available(backend):
+        pytest.skip(f"{runtime.RUNTIME_PACKAGES[backend]} is not installed")
 
 
 @pytest.mark.parametrize("source, target", [((300, 500), (256, 256)), ((40, 30), (64, 64)), ((100, 20), (64, 64)),
@@ -91,13 +93,14 @@ def test_a_graph_runner_gives_every_output_of_the_torch_model_at_any_batch(graph
     np.testing.assert_allclose(result.lesion_logit, expected.lesion_logit, atol=1e-4)
 
 
-@needs("onnxruntime")
-def test_segmenting_through_onnxruntime_gives_the_masks_of_torch(graph_weights):
+@pytest.mark.parametrize("backend", GRAPH_BACKENDS)
+def test_segmenting_through_a_graph_runtime_gives_the_masks_of_torch(graph_weights, backend):
+    skip_without(backend)
     frames = np.random.default_rng(2).integers(0, 255, (2, 90, 70)).astype(np.uint8)
     frames[:, 30:60, 20:50] = 250
     reference = LesionSegmenter.from_weights(graph_weights, "cpu", backend="torch", precision="fp32")
-    graph = LesionSegmenter.from_weights(graph_weights, "cpu", backend="onnxruntime")
-    assert graph.provenance == {"backend": "onnxruntime", "precision": "fp32", "device": "cpu"}
+    graph = LesionSegmenter.from_weights(graph_weights, "cpu", backend=backend, precision="fp32")
+    assert graph.provenance == {"backend": backend, "precision": "fp32", "device": "cpu"}
     for kwargs in ({}, {"box": (15, 25, 55, 65)}):
         expected, result = reference.segment(frames, **kwargs), graph.segment(frames, **kwargs)
         np.testing.assert_allclose(result.probability, expected.probability, atol=1e-4)
@@ -105,10 +108,10 @@ def test_segmenting_through_onnxruntime_gives_the_masks_of_torch(graph_weights):
         assert (result.processed_mask != expected.processed_mask).mean() < 1e-3
 
 
-def test_a_float16_graph_stores_half_the_bytes_and_computes_close_to_float32(tmp_path):
+@pytest.mark.parametrize("backend", GRAPH_BACKENDS)
+def test_a_float16_graph_stores_half_the_bytes_and_computes_close_to_float32(tmp_path, backend):
     onnx = pytest.importorskip("onnx", reason="onnx is not installed (needed to export the graph)")
-    if not runtime.runtime_available("onnxruntime"):
-        pytest.skip("onnxruntime is not installed")
+    skip_without(backend)
     full = with_graph(tmp_path / "full.safetensors")
     half = with_graph(tmp_path / "half.safetensors", storage_dtype="float16")
     assert read_model_card(half).onnx["storage_dtype"] == "float16"
@@ -117,12 +120,15 @@ def test_a_float16_graph_stores_half_the_bytes_and_computes_close_to_float32(tmp
 
     assert weight_bytes(half) < 0.55 * weight_bytes(full)
     frame = np.random.default_rng(3).random((80, 80))
-    expected = LesionSegmenter.from_weights(full, backend="onnxruntime").segment(frame).probability
-    result = LesionSegmenter.from_weights(half, backend="onnxruntime").segment(frame).probability
+    expected = LesionSegmenter.from_weights(full, backend=backend, precision="fp32").segment(frame).probability
+    result = LesionSegmenter.from_weights(half, backend=backend, precision="fp32").segment(frame).probability
     np.testing.assert_allclose(result, expected, atol=5e-3)
 
 
 def test_a_modified_graph_is_refused_naming_the_file(graph_weights, tmp_path):
+    backend = next((name for name in GRAPH_BACKENDS if runtime.runtime_available(name)), None)
+    if backend is None:
+        pytest.skip("neither onnxruntime nor openvino is installed")
     copy = tmp_path / "copy.safetensors"
     for source in (graph_weights, card_path_for(graph_weights), graph_weights.with_suffix(".onnx")):
         (tmp_path / source.name.replace("tiny", "copy")).write_bytes(source.read_bytes())
@@ -132,17 +138,20 @@ def test_a_modified_graph_is_refused_naming_the_file(graph_weights, tmp_path):
     graph = copy.with_suffix(".onnx")
     graph.write_bytes(graph.read_bytes()[:-1] + b"\0")
     with pytest.raises(WeightsError, match="checksum mismatch") as error:
-        LesionSegmenter.from_weights(copy, backend="onnxruntime")
+        LesionSegmenter.from_weights(copy, backend=backend)
     assert str(graph) in str(error.value)
     graph.unlink()
     with pytest.raises(WeightsError, match="ONNX graph not found"):
-        LesionSegmenter.from_weights(copy, backend="onnxruntime")
+        LesionSegmenter.from_weights(copy, backend=backend)
 
 
 def test_a_model_without_a_graph_runs_on_torch_and_refuses_a_graph_backend(tiny_weights):
     assert choose_backend("auto", card=read_model_card(tiny_weights)).backend in ("torch",) or runtime.torch_accelerator()
+    backend = next((name for name in GRAPH_BACKENDS if runtime.runtime_available(name)), None)
+    if backend is None:
+        pytest.skip("neither onnxruntime nor openvino is installed")
     with pytest.raises(WeightsError, match="lists no ONNX graph"):
-        LesionSegmenter.from_weights(tiny_weights, backend="onnxruntime")
+        LesionSegmenter.from_weights(tiny_weights, backend=backend)
 
 
 def test_auto_order_and_agreement(monkeypatch, graph_weights):
@@ -180,8 +189,9 @@ sys.meta_path.insert(0, NoTorch())
 """
 
 
-@needs("onnxruntime")
-def test_the_core_segments_through_onnxruntime_where_torch_cannot_be_imported(graph_weights):
+@pytest.mark.parametrize("backend", GRAPH_BACKENDS)
+def test_the_core_segments_through_a_graph_runtime_where_torch_cannot_be_imported(graph_weights, backend):
+    skip_without(backend)
     script = BLOCK_TORCH + f"""
 import numpy as np
 from BreastUSSegmentLib.inference import LesionSegmenter
@@ -189,7 +199,7 @@ from BreastUSSegmentLib.runtime import choose_backend, runtime_available
 from BreastUSSegmentLib.modelcard import read_model_card
 assert not runtime_available("torch")
 assert choose_backend("auto", card=read_model_card({str(graph_weights)!r})).backend != "torch"
-segmenter = LesionSegmenter.from_weights({str(graph_weights)!r}, backend="onnxruntime")
+segmenter = LesionSegmenter.from_weights({str(graph_weights)!r}, backend={backend!r})
 frame = np.zeros((70, 90), np.uint8); frame[20:50, 30:60] = 200
 result = segmenter.segment(frame, test_time_flip=True)
 boxed = segmenter.segment(frame, box=(25, 15, 65, 55))
@@ -199,11 +209,12 @@ print(segmenter.provenance["backend"], result.processed_mask.shape, len(result.a
     completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                                env={**os.environ, "PYTHONPATH": str(ROOT / "BreastUSSegment")})
     assert completed.returncode == 0, completed.stderr
-    assert completed.stdout.strip() == "onnxruntime (1, 70, 90) 2 (1, 70, 90)"
+    assert completed.stdout.strip() == f"{backend} (1, 70, 90) 2 (1, 70, 90)"
 
 
-@needs("onnxruntime")
-def test_the_command_line_takes_a_backend_and_names_it(graph_weights, tmp_path):
+@pytest.mark.parametrize("backend", GRAPH_BACKENDS)
+def test_the_command_line_takes_a_backend_and_names_it(graph_weights, tmp_path, backend):
+    skip_without(backend)
     from BreastUSSegmentLib.cli import main
     from BreastUSSegmentLib.imageio import write_image
 
@@ -215,6 +226,6 @@ def test_the_command_line_takes_a_backend_and_names_it(graph_weights, tmp_path):
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         status = main([str(image), "-o", str(tmp_path / "out"), "--weights", str(graph_weights),
-                       "--backend", "onnxruntime", "--no-figure"])
+                       "--backend", backend, "--precision", "fp32", "--no-figure"])
     assert status == 0
-    assert "network: onnxruntime fp32 on cpu" in out.getvalue()
+    assert f"network: {backend} fp32 on cpu" in out.getvalue()

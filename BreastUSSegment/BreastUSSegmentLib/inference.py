@@ -127,6 +127,8 @@ class LesionSegmenter:
         Post-processing is the card's, with the settings given in ``overrides``
         (``PostprocessOptions`` field names) changed; an override of None keeps the card's value.
         """
+        if not os.path.isfile(weights_path):
+            raise WeightsError(f"model weights not found: {weights_path}")
         card = read_model_card(weights_path)
         choice = choose_backend(backend, precision, device if isinstance(device, str) else device.type, card)
         options = card.postprocess_options.with_overrides(**overrides)

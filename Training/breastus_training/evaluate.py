@@ -425,8 +425,8 @@ def evaluate_split(
     cases = list(manifest.cases_for(subset))
     if not cases:
         raise ValueError(f"the split {split_path} has no case in subset {subset!r}")
-    segmenter = LesionSegmenter.from_weights(
-        weights, device, threshold=threshold, min_area_fraction=min_area_fraction,
+    segmenter = LesionSegmenter.from_weights(  # PyTorch, the reference the other backends are measured against
+        weights, device, backend="torch", threshold=threshold, min_area_fraction=min_area_fraction,
         min_mean_probability=min_mean_probability, keep_largest=keep_largest,
         min_lesion_probability=min_lesion_probability, test_time_flip=test_time_flip,
     )
@@ -452,6 +452,7 @@ def evaluate_split(
             "test_time_flip": segmenter.postprocessing.test_time_flip,
             "device": str(segmenter.device),
             "cpu_bf16": segmenter.cpu_bf16,
+            "backend": segmenter.provenance["backend"],
             "postprocessing": segmenter.postprocessing.to_dict(),
             "box_prompt": None if box_prompt is None else box_prompt.to_dict(),
         },
