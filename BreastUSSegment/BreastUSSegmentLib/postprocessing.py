@@ -122,10 +122,11 @@ def remove_uncertain_components(mask: np.ndarray, probability: np.ndarray, min_m
     return keep[labels]
 
 
-def candidate_mask(probability: np.ndarray, options: PostprocessOptions) -> np.ndarray:
-    """The first steps of post-processing: threshold, then drop components below the minimum area."""
+def candidate_mask(probability: np.ndarray, options: PostprocessOptions, frame_pixels: int | None = None) -> np.ndarray:
+    """The first steps of post-processing: threshold, then drop components below the minimum area
+    (a fraction of ``frame_pixels``, by default the map's own size)."""
     mask = probability >= options.threshold
-    return remove_small_components(mask, int(round(options.min_area_fraction * mask.size)))
+    return remove_small_components(mask, int(round(options.min_area_fraction * (frame_pixels or mask.size))))
 
 
 def strongest_hidden_confidence(probability: np.ndarray, options: PostprocessOptions) -> float | None:
@@ -182,16 +183,38 @@ def smooth_boundary(mask: np.ndarray, sigma: float) -> np.ndarray:
 
 
 def postprocess_mask(probability: np.ndarray, options: PostprocessOptions) -> np.ndarray:
-    """Processed boolean mask of one ``(H, W)`` probability map."""
+    """Processed boolean mask of one ``(H, W)`` probability map.
+
+    Every step acts only inside the bounding box of the pixels above the threshold
+    (components and holes lie in it, and a blur re-thresholded at 0.5 cannot grow a
+    mask past it), so the steps run on that box, grown by a ring of background, and
+    the result is pasted into an empty frame: the same mask, several times faster
+    when the lesion is small.
+    """
     if probability.ndim != 2:
         raise ValueError(f"expected a 2-D probability map, got shape {probability.shape}")
-    mask = candidate_mask(probability, options)
+    above = probability >= options.threshold
+    rows, columns = np.flatnonzero(above.any(axis=1)), np.flatnonzero(above.any(axis=0))
+    mask = np.zeros(probability.shape, dtype=bool)
+    if rows.size == 0:
+        return mask
+    sigma = options.smoothing_sigma * min(probability.shape) / REFERENCE_SIZE
+    margin = 1  # a ring of background around the box
+    window = (slice(max(rows[0] - margin, 0), rows[-1] + margin + 1),
+              slice(max(columns[0] - margin, 0), columns[-1] + margin + 1))
+    mask[window] = _postprocess_window(probability[window], options, probability.size, sigma)
+    return mask
+
+
+def _postprocess_window(probability: np.ndarray, options: PostprocessOptions, frame_pixels: int,
+                        sigma: float) -> np.ndarray:
+    """:func:`postprocess_mask`'s steps on a window of the frame (``frame_pixels``: the whole frame's size)."""
+    mask = candidate_mask(probability, options, frame_pixels)
     mask = remove_uncertain_components(mask, probability, options.min_mean_probability)
     if options.keep_largest:
         mask = keep_largest_component(mask)
     if options.fill_holes:
         mask = fill_holes(mask)
-    sigma = options.smoothing_sigma * min(mask.shape) / REFERENCE_SIZE
     mask = smooth_boundary(mask, sigma)
     if options.fill_holes:
         mask = fill_holes(mask)
