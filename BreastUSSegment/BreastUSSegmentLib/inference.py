@@ -159,8 +159,15 @@ class LesionSegmenter:
 
     @property
     def cpu_bf16(self) -> bool:
-        """Whether the network computes in bfloat16 on the CPU."""
+        """Whether the network computes in bfloat16 on the CPU; settable with the torch backend."""
         return self.runner.precision == "bf16"
+
+    @cpu_bf16.setter
+    def cpu_bf16(self, value: bool) -> None:
+        if self.runner.backend != "torch":
+            raise AttributeError(f"the {self.runner.backend} runtime's precision is fixed when it opens the graph; "
+                                 "pass precision= to from_weights")
+        self.runner.precision = "bf16" if value else "fp32"
 
     @property
     def provenance(self) -> dict:

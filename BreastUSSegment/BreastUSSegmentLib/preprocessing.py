@@ -15,6 +15,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
+from scipy import sparse
 
 from .modelcard import NORMALIZATION_NAME  # noqa: F401  (one owner: the model card records it)
 
@@ -97,10 +98,15 @@ def resize_frames(frames, size: tuple[int, int], mode: str = "bilinear"):
         return np.ascontiguousarray(frames[..., rows[:, None], columns[None, :]])
     if mode != "bilinear":
         raise ValueError(f"unknown resize mode {mode!r}; choose bilinear or nearest")
-    antialias = frames.shape[-2] > size[0] or frames.shape[-1] > size[1]
-    rows = _bilinear_weights(frames.shape[-2], int(size[0]), antialias)
-    columns = _bilinear_weights(frames.shape[-1], int(size[1]), antialias)
-    return np.matmul(rows, np.matmul(frames, columns.T))
+    (height, width), (rows_out, columns_out) = frames.shape[-2:], (int(size[0]), int(size[1]))
+    antialias = height > rows_out or width > columns_out
+    rows = _bilinear_weights(height, rows_out, antialias)
+    columns = _bilinear_weights(width, columns_out, antialias).T  # CSC: fast on the right of a dense array
+    stack = frames.reshape(-1, height, width)
+    resized = np.empty((stack.shape[0], rows_out, columns_out), dtype=np.float32)
+    for index, frame in enumerate(stack):  # sparse weights: a few input pixels per output pixel
+        resized[index] = (rows @ frame) @ columns
+    return resized.reshape(*frames.shape[:-2], rows_out, columns_out)
 
 
 def _nearest_indices(source: int, target: int) -> np.ndarray:
@@ -109,8 +115,8 @@ def _nearest_indices(source: int, target: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=64)
-def _bilinear_weights(source: int, target: int, antialias: bool) -> np.ndarray:
-    """The ``(target, source)`` matrix of one axis: row i holds output pixel i's weights over the input pixels.
+def _bilinear_weights(source: int, target: int, antialias: bool) -> sparse.csr_matrix:
+    """The sparse ``(target, source)`` matrix of one axis: row i holds output pixel i's weights over the input pixels.
 
     Output pixel i is centred at ``scale * (i + 0.5)`` in input pixels; a triangle of half-width
     ``max(scale, 1)`` when antialiasing (1 otherwise) weighs the input pixel centres, and the
@@ -121,9 +127,7 @@ def _bilinear_weights(source: int, target: int, antialias: bool) -> np.ndarray:
     centres = scale * (np.arange(target) + 0.5)
     distance = np.abs(np.arange(source)[None, :] + 0.5 - centres[:, None]) / support
     weights = np.clip(1.0 - distance, 0.0, None)
-    weights = (weights / weights.sum(axis=1, keepdims=True)).astype(np.float32)
-    weights.flags.writeable = False  # cached and shared
-    return weights
+    return sparse.csr_matrix((weights / weights.sum(axis=1, keepdims=True)).astype(np.float32))
 
 
 def prepare_frames(

@@ -127,7 +127,8 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a, b)[0, 1])
 
 
-def measure_agreement(weights_path, data_roots, split_path, choices=CANDIDATES, progress: bool = True) -> dict:
+def measure_agreement(weights_path, data_roots, split_path, choices=CANDIDATES, progress: bool = True,
+                      threads: int | None = None) -> dict:
     """Per ``backend-precision``: processed-mask Dice and attention correlation to torch-fp32 on the val images,
     overall and per dataset. Backends whose runtime is missing are left out."""
     from tqdm import tqdm
@@ -136,12 +137,14 @@ def measure_agreement(weights_path, data_roots, split_path, choices=CANDIDATES, 
     cases = manifest.cases_for(AGREEMENT_SUBSET)
     if not cases:
         raise ValueError(f"the split {split_path} has no {AGREEMENT_SUBSET} case")
+    if threads:
+        torch.set_num_threads(threads)
     reference = LesionSegmenter.from_weights(weights_path, "cpu", backend="torch", precision="fp32")
     segmenters = {}
     for choice in choices:
         if runtime_available(choice.backend):
             segmenters[choice.key] = LesionSegmenter.from_weights(
-                weights_path, "cpu", backend=choice.backend, precision=choice.precision)
+                weights_path, "cpu", backend=choice.backend, precision=choice.precision, threads=threads)
     scores = {key: [] for key in segmenters}
     for case in tqdm(cases, desc="backend agreement", unit="image", disable=not progress):
         image, _ = load_case(roots, case)
@@ -186,6 +189,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "float32 runtimes then miss the agreement)")
     parser.add_argument("--data", type=Path, action="append", help="a dataset folder of the split; repeat for each")
     parser.add_argument("--split", type=Path, help="the split whose val images measure the agreement")
+    parser.add_argument("--threads", type=int, help="CPU threads of every runtime (default: each runtime's own)")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -197,12 +201,14 @@ def run(args: argparse.Namespace) -> int:
           f"sha256 {graph['sha256']}")
     if not args.data:
         return 0
-    agreement = measure_agreement(args.weights, args.data, args.split, progress=not args.no_progress)
+    agreement = measure_agreement(args.weights, args.data, args.split, progress=not args.no_progress,
+                                      threads=args.threads)
     fp32_failed = [key for key, values in agreement.items() if key.endswith("fp32") and not values["passed"]]
     if fp32_failed and args.storage_dtype == "float16":
         print(f"float16 graph: {', '.join(fp32_failed)} below mean Dice {AGREEMENT_DICE}; writing it in float32")
         graph = attach_graph(args.weights, "float32")
-        agreement = measure_agreement(args.weights, args.data, args.split, progress=not args.no_progress)
+        agreement = measure_agreement(args.weights, args.data, args.split, progress=not args.no_progress,
+                                      threads=args.threads)
     card = read_model_card(args.weights)
     card.onnx = {**card.onnx, "agreement": agreement, "agreement_split_sha256": load_manifest(args.split).sha256}
     write_text_atomically(card_path_for(args.weights), card.to_json())
