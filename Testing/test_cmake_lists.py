@@ -67,7 +67,9 @@ def module_variables():
 def test_module_lists_every_python_file(module_variables):
     listed = module_variables["MODULE_PYTHON_SCRIPTS"]
     assert len(listed) == len(set(listed)), "a script is listed twice"
-    on_disk = {p.name for p in MODULE_DIR.glob("*.py")} | files_on_disk(MODULE_DIR / "BreastUSSegmentLib", "*.py")
+    packages = [init.parent for init in MODULE_DIR.glob("*/__init__.py")]  # the core and the Slicer side
+    assert {package.name for package in packages} == {"BreastUSSegmentLib", "BreastUSSegmentScene"}
+    on_disk = {p.name for p in MODULE_DIR.glob("*.py")}.union(*(files_on_disk(package, "*.py") for package in packages))
     assert set(listed) == on_disk, (
         f"not listed: {sorted(on_disk - set(listed))}; listed but missing: {sorted(set(listed) - on_disk)}"
     )

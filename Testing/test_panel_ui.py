@@ -8,6 +8,7 @@ rendered to ``Resources/Screenshots/panel.png``:
     QT_QPA_PLATFORM=offscreen .venv/bin/python Testing/test_panel_ui.py --screenshot
 """
 
+import dataclasses
 import enum
 import os
 import re
@@ -19,7 +20,8 @@ from pathlib import Path
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 import pytest
-from slicer_module import MODULE_PATH, load_module
+from slicer_module import MODULE_PATH
+from BreastUSSegmentScene import common, models, parameters
 from PySide6.QtCore import Property, QSize, Qt
 from PySide6.QtGui import QImage, QPainter, QPalette
 from PySide6.QtUiTools import QUiLoader
@@ -232,6 +234,19 @@ def ui_property(element, name):
     return None
 
 
+def parameter_fields():
+    """``{SlicerParameterName: type hint}`` of the parameter node's fields, a parameter pack's as ``pack.field``
+    (how Slicer's parameter node wrapper names them; a pack is a dataclass without Slicer)."""
+    found = {}
+    for name, hint in typing.get_type_hints(parameters.BreastUSSegmentParameterNode, include_extras=True).items():
+        if dataclasses.is_dataclass(hint):
+            found.update({f"{name}.{member}": memberHint
+                          for member, memberHint in typing.get_type_hints(hint, include_extras=True).items()})
+        else:
+            found[name] = hint
+    return found
+
+
 def used_ui_names():
     return set(re.findall(r"self\.ui\.(\w+)", MODULE_PATH.read_text()))
 
@@ -276,8 +291,10 @@ def test_every_widget_the_module_uses_exists_with_a_compatible_class(app):
 
 def test_parameter_node_fields_are_bound_to_suitable_widgets():
     """Slicer's connectGui picks a connector by exact widget class and field type; check both sides."""
-    module = load_module()
-    fields = typing.get_type_hints(module.BreastUSSegmentParameterNode, include_extras=True)
+    import slicer
+
+    fields = parameter_fields()
+    assert "postprocessing.threshold" in fields
     bound = {}
     for name, element in ui_widgets().items():
         parameter = ui_property(element, "SlicerParameterName")
@@ -293,7 +310,7 @@ def test_parameter_node_fields_are_bound_to_suitable_widgets():
             assert class_name == "QCheckBox", parameter
         elif base is float:
             assert class_name == "ctkSliderWidget", parameter
-            [limits] = [a for a in typing.get_args(hint)[1:] if isinstance(a, module.WithinRange)]
+            [limits] = [a for a in typing.get_args(hint)[1:] if isinstance(a, parameters.WithinRange)]
             assert (ui_property(element, "minimum"), ui_property(element, "maximum")) == (limits.minimum, limits.maximum)
             assert limits.minimum <= ui_property(element, "value") <= limits.maximum
         elif isinstance(base, type) and issubclass(base, enum.Enum):
@@ -304,7 +321,7 @@ def test_parameter_node_fields_are_bound_to_suitable_widgets():
             shown = ui_property(element, "nodeTypes")
             # Every class the selector shows is the field's class or one of its subclasses (a vector volume is a scalar volume).
             assert shown[0] == node_type.__name__, parameter
-            assert all(getattr(module.slicer, name)().IsA(node_type.__name__) for name in shown), parameter
+            assert all(getattr(slicer, name)().IsA(node_type.__name__) for name in shown), parameter
 
 
 def test_node_selectors_get_the_scene_and_offer_the_right_nodes():
@@ -322,7 +339,7 @@ def test_node_selectors_get_the_scene_and_offer_the_right_nodes():
     widgets = ui_widgets()
     assert ui_property(widgets["inputSelector"], "showChildNodeTypes") is False  # no labelmaps
     # The first volume chosen for the user is one the selector can show.
-    assert tuple(ui_property(widgets["inputSelector"], "nodeTypes")) == load_module().INPUT_NODE_TYPES
+    assert tuple(ui_property(widgets["inputSelector"], "nodeTypes")) == common.INPUT_NODE_TYPES
     assert ui_property(widgets["inputSelector"], "addEnabled") is False
     assert ui_property(widgets["outputSelector"], "addEnabled") is True
     assert ui_property(widgets["outputSelector"], "noneEnabled") is True
@@ -342,7 +359,7 @@ def test_segment_button_is_prominent_and_advanced_options_start_collapsed(app):
     inside = {element.get("name") for element in advanced.iter("widget")}
     assert {"deviceComboBox", "thresholdSliderWidget", "keepLargestCheckBox", "fillHolesCheckBox",
             "smoothingCheckBox", "testTimeFlipCheckBox", "minConfidenceSliderWidget",
-            "minLesionProbabilitySliderWidget"} <= inside
+            "minLesionProbabilitySliderWidget", "minAreaFractionSliderWidget"} <= inside
     assert "Research use only" in ui_property(widgets["disclaimerLabel"], "text")
 
 
@@ -389,13 +406,12 @@ def test_the_panel_connects_once_per_parameter_node(app, returnsTag):
     """Entering the module again re-uses the connection; a new scene's node replaces it (on 5.8 and 5.10)."""
     import slicer
 
-    module = load_module()
     panel = load_panel()
-    widgets = module.parameterWidgets(panel.findChildren(QWidget))
-    assert set(widgets) == set(typing.get_type_hints(module.BreastUSSegmentParameterNode))
-    assert widgets["threshold"].objectName() == "thresholdSliderWidget"
+    widgets = parameters.parameterWidgets(panel.findChildren(QWidget))
+    assert set(widgets) == set(parameter_fields())
+    assert widgets["postprocessing.threshold"].objectName() == "thresholdSliderWidget"
 
-    gui = module.ParameterNodeGui(panel.findChildren(QWidget))
+    gui = parameters.ParameterNodeGui(panel.findChildren(QWidget))
     node = slicer.vtkMRMLScriptedModuleNode()
     first = SlicerWrapperStandIn(node, returnsTag)
     assert gui.connect(first) is True
@@ -413,28 +429,25 @@ def test_the_panel_connects_once_per_parameter_node(app, returnsTag):
 
 def render_panel(path):
     """Render the panel as it looks with a frame selected and the advanced options open."""
-    module = load_module()
     panel = load_panel()
     panel.findChild(qMRMLNodeComboBox, "inputSelector").showNode("breastus_sample_benign")
     panel.findChild(qMRMLNodeComboBox, "outputSelector").showNode("breastus_sample_benign lesion")
     device = panel.findChild(QComboBox, "deviceComboBox")
-    for choice in module.DeviceChoice:
-        device.addItem(module.DeviceChoice.label(choice))
+    for choice in parameters.DeviceChoice:
+        device.addItem(parameters.DeviceChoice.label(choice))
     for name in ("segmentButton", "segmentInBoxButton", "addBoxButton"):
         panel.findChild(QPushButton, name).setEnabled(True)
     panel.findChild(QProgressBar, "progressBar").hide()
     panel.findChild(QPushButton, "cancelButton").hide()  # shown only while a run is going
     # The parameter node fills the advanced options from the bundled model's card, as in Slicer.
-    card = module.BreastUSSegmentLogic().postprocessingParameters()
-    panel.findChild(ctkSliderWidget, "thresholdSliderWidget").setValue(card["threshold"])
-    panel.findChild(ctkSliderWidget, "minConfidenceSliderWidget").setValue(card["minConfidence"])
-    panel.findChild(ctkSliderWidget, "minLesionProbabilitySliderWidget").setValue(card["minLesionProbability"])
-    hasLesionHead = module.BreastUSSegmentLogic().hasLesionHead()  # the widget enables the slider only then
-    for name in ("minLesionProbabilitySliderWidget", "minLesionProbabilityLabel"):
-        panel.findChild(QWidget, name).setEnabled(hasLesionHead)
-    for name, key in (("keepLargestCheckBox", "keepLargest"), ("fillHolesCheckBox", "fillHoles"),
-                      ("smoothingCheckBox", "smoothing")):
-        panel.findChild(QCheckBox, name).setChecked(card[key])
+    card = models.modelCard()
+    values = parameters.PostprocessingParameters.fromOptions(card.postprocess_options)
+    for name, widget in parameters.parameterWidgets(panel.findChildren(QWidget)).items():
+        if name.startswith("postprocessing."):
+            value = getattr(values, name[len("postprocessing."):])
+            widget.setChecked(value) if isinstance(widget, QCheckBox) else widget.setValue(value)
+    for name in ("minLesionProbabilitySliderWidget", "minLesionProbabilityLabel"):  # enabled for a lesion head only
+        panel.findChild(QWidget, name).setEnabled(card.model_config.lesion_head)
     panel.findChild(ctkCollapsibleButton, "advancedCollapsibleButton").setCollapsed(False)
     panel.resize(QSize(400, panel.sizeHint().height()))
     panel.layout().activate()

@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from slicer_module import MODULE_PATH, load_module
+from slicer_module import LOAD_MODULE_CODE, load_module
 import SimpleITK as sitk
 import slicerio
 import torch
@@ -18,16 +18,14 @@ from BreastUSSegmentLib.inference import LesionSegmenter
 from BreastUSSegmentLib.measure import measure_frames
 from BreastUSSegmentLib.model import AttentionUNet, ModelConfig
 from BreastUSSegmentLib.postprocessing import UNTUNED_POSTPROCESSING
-from BreastUSSegmentLib.weights import save_model
+from BreastUSSegmentLib.weights import read_model_card, save_model
+from BreastUSSegmentScene import common, models, parameters, rois, segments, status
 from conftest import brightness_model
 
 SHAPE = (48, 64)  # rows, columns of the synthetic frames
 SPACING = (0.12, 0.08, 1.0)  # I (columns), J (rows), K mm
 ORIGIN = (12.5, -30.0, 4.0)
 ANGLE = math.radians(25)
-
-
-
 
 BUS = load_module()
 
@@ -86,8 +84,18 @@ def ijk_to_ras(node):
     return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
 
 
+def card_with(weights, **settings):
+    """The post-processing of the model card of ``weights`` with ``settings`` changed, as the panel passes it."""
+    return read_model_card(weights).postprocess_options.with_overrides(**settings)
+
+
+def cpu_options(weights, **settings):
+    """The options the panel gives for ``weights`` on the CPU, with the post-processing ``settings`` changed."""
+    return BUS.SegmentationOptions(weightsPath=weights, device="cpu", postprocessing=card_with(weights, **settings))
+
+
 def expected_result(reference, image, threshold, color=None):
-    options = BUS.SegmentationOptions(threshold=threshold).postprocessing(reference.postprocessing)
+    options = reference.postprocessing.with_overrides(threshold=threshold)
     return reference.segment(image, color=color, postprocessing=options)
 
 
@@ -101,20 +109,18 @@ def test_minimum_confidence_discards_lukewarm_regions(scene, logic, weights, ref
     image = frame()
     volume = add_volume(scene, image[np.newaxis])
     threshold = split_threshold(reference, image)
-    kept = logic.segment(volume, options=BUS.SegmentationOptions(
-        weightsPath=weights, device="cpu", threshold=threshold, minConfidence=0.0))
+    kept = logic.segment(volume, options=cpu_options(weights, threshold=threshold, min_mean_probability=0.0))
     lesion = kept.pipelineResult.processed_mask[0]
     assert lesion.any()
     region_mean = float(kept.pipelineResult.probability[0][lesion].mean())
     above = min(region_mean + 0.02, 0.99)
-    dropped = logic.segment(volume, options=BUS.SegmentationOptions(
-        weightsPath=weights, device="cpu", threshold=threshold, minConfidence=above))
+    dropped = logic.segment(volume, options=cpu_options(weights, threshold=threshold, min_mean_probability=above))
     assert not dropped.pipelineResult.processed_mask.any()
-    assert not logic.arrayFromSegment(dropped.segmentationNode, dropped.segmentId, volume).any()
+    assert not segments.arrayFromSegment(dropped.segmentationNode, dropped.segmentId, volume).any()
     # The user is told what was hidden and how far it is from the bar.
     assert kept.hiddenConfidence is None
     assert threshold <= dropped.hiddenConfidence < above
-    summary = logic.measurementSummary(dropped.measurements, (1.0, 1.0), dropped.hiddenConfidence,
+    summary = status.measurementSummary(dropped.measurements, (1.0, 1.0), dropped.hiddenConfidence,
                                        dropped.postprocessing.min_mean_probability)
     assert f"mean probability {dropped.hiddenConfidence:.2f}" in summary and f"{above:.2f}" in summary
 
@@ -127,63 +133,63 @@ def test_min_lesion_probability_empties_the_frame_and_says_why(scene, logic, wei
                postprocessing=UNTUNED_POSTPROCESSING.with_overrides(min_mean_probability=0.0))
     volume = add_volume(scene, frame()[np.newaxis])
     threshold = split_threshold(LesionSegmenter.from_weights(path, device="cpu"), frame())
-    kept = logic.segment(volume, options=BUS.SegmentationOptions(weightsPath=str(path), device="cpu",
-                                                                 threshold=threshold, minLesionProbability=0.0))
+    kept = logic.segment(volume, options=cpu_options(str(path), threshold=threshold, min_lesion_probability=0.0))
     assert kept.pipelineResult.processed_mask.any() and kept.rejectedLesionProbability is None
     head = float(kept.pipelineResult.lesion_probability[0])
     bar = min(head + 0.02, 0.99)
-    dropped = logic.segment(volume, options=BUS.SegmentationOptions(weightsPath=str(path), device="cpu",
-                                                                    threshold=threshold, minLesionProbability=bar))
-    assert not logic.arrayFromSegment(dropped.segmentationNode, dropped.segmentId, volume).any()
+    dropped = logic.segment(volume, options=cpu_options(str(path), threshold=threshold, min_lesion_probability=bar))
+    assert not segments.arrayFromSegment(dropped.segmentationNode, dropped.segmentId, volume).any()
     assert dropped.rejectedLesionProbability == pytest.approx(head)
-    summary = logic.measurementSummary(
+    summary = status.measurementSummary(
         dropped.measurements, (1.0, 1.0), dropped.hiddenConfidence, dropped.postprocessing.min_mean_probability,
         dropped.rejectedLesionProbability, dropped.postprocessing.min_lesion_probability)
     assert f"lesion probability the model gave is {head:.2f}" in summary and f"{bar:.2f}" in summary
     # A model without the head refuses the setting instead of ignoring it.
     with pytest.raises(BUS.BreastUSSegmentError, match="lesion head"):
-        logic.segment(volume, options=BUS.SegmentationOptions(weightsPath=weights, device="cpu",
-                                                              minLesionProbability=bar))
+        logic.segment(volume, options=cpu_options(weights, min_lesion_probability=bar))
 
 
-def test_postprocessing_parameters_follow_the_chosen_models_card(logic, tmp_path):
+def test_postprocessing_parameters_follow_the_chosen_models_card(tmp_path):
     """Choosing a model file sets the panel's post-processing to that model's card (fields the panel binds)."""
-    from BreastUSSegmentLib.weights import read_model_card
+    Pack = parameters.PostprocessingParameters
 
-    fields = set(BUS.BreastUSSegmentParameterNode.__annotations__)
+    def from_card(path=None):
+        return Pack.fromOptions(models.modelCard(path).postprocess_options)
+
     bundled = read_model_card(BUS.BUNDLED_WEIGHTS).postprocess_options
-    values = logic.postprocessingParameters()
-    assert set(values) <= fields
-    assert values["threshold"] == pytest.approx(bundled.threshold)
-    assert values["minConfidence"] == pytest.approx(bundled.min_mean_probability)
+    values = from_card()
+    assert values.threshold == pytest.approx(bundled.threshold)
+    assert values.min_mean_probability == pytest.approx(bundled.min_mean_probability)
+    assert values.min_area_fraction == pytest.approx(bundled.min_area_fraction)
 
     custom = tmp_path / "custom.safetensors"
     options = UNTUNED_POSTPROCESSING.with_overrides(threshold=0.3, min_mean_probability=0.5, keep_largest=True,
                                                    fill_holes=False, smoothing_sigma=0.0)
     save_model(AttentionUNet(ModelConfig(base_channels=4, depth=2)), custom, input_size=(64, 64), postprocessing=options)
-    assert logic.postprocessingParameters(str(custom)) == {
-        "threshold": 0.3, "minConfidence": 0.5, "minLesionProbability": 0.0, "keepLargest": True, "fillHoles": False,
-        "smoothing": False, "testTimeFlip": False}
-    assert not logic.hasLesionHead(str(custom))
+    assert from_card(str(custom)) == Pack(
+        threshold=0.3, min_area_fraction=0.005, min_mean_probability=0.5, min_lesion_probability=0.0,
+        keep_largest=True, fill_holes=False, smoothing=False, test_time_flip=False)
+    assert not models.modelCard(str(custom)).model_config.lesion_head
     head_card = options.with_overrides(min_lesion_probability=0.4, test_time_flip=True)
     save_model(AttentionUNet(ModelConfig(base_channels=4, depth=2, lesion_head=True)), custom, input_size=(64, 64),
                postprocessing=head_card)
-    assert logic.hasLesionHead(str(custom))
-    values = logic.postprocessingParameters(str(custom))
-    assert values["minLesionProbability"] == pytest.approx(0.4) and values["testTimeFlip"] is True
+    assert models.modelCard(str(custom)).model_config.lesion_head
+    values = from_card(str(custom))
+    assert values.min_lesion_probability == pytest.approx(0.4) and values.test_time_flip is True
 
     # A card outside the sliders' ranges starts the sliders at their ends.
     save_model(AttentionUNet(ModelConfig(base_channels=4, depth=2)), custom, input_size=(64, 64),
                postprocessing=UNTUNED_POSTPROCESSING.with_overrides(threshold=0.98, min_mean_probability=0.99))
-    values = logic.postprocessingParameters(str(custom))
-    assert (values["threshold"], values["minConfidence"]) == (BUS.THRESHOLD_RANGE[1], BUS.MIN_CONFIDENCE_RANGE[1])
+    values = from_card(str(custom))
+    assert (values.threshold, values.min_mean_probability) == (
+        parameters.THRESHOLD_RANGE[1], parameters.MIN_CONFIDENCE_RANGE[1])
     save_model(AttentionUNet(ModelConfig(base_channels=4, depth=2, lesion_head=True)), custom, input_size=(64, 64),
                postprocessing=UNTUNED_POSTPROCESSING.with_overrides(min_lesion_probability=0.99))
-    assert logic.postprocessingParameters(str(custom))["minLesionProbability"] == BUS.MIN_LESION_PROBABILITY_RANGE[1]
+    assert from_card(str(custom)).min_lesion_probability == parameters.MIN_LESION_PROBABILITY_RANGE[1]
 
     custom.with_suffix(".json").unlink()
     with pytest.raises(BUS.BreastUSSegmentError, match="model card not found"):
-        logic.postprocessingParameters(str(custom))
+        from_card(str(custom))
 
 
 def segment_ids(segmentation_node):
@@ -200,17 +206,17 @@ def test_lesion_segment_equals_pipeline_mask_on_input_geometry(scene, logic, wei
     expected = expected_result(reference, image, threshold).processed_mask
     assert 0 < expected.sum() < expected.size
 
-    output = logic.segment(volume, options=BUS.SegmentationOptions(weightsPath=weights, device="cpu", threshold=threshold))
+    output = logic.segment(volume, options=cpu_options(weights, threshold=threshold))
     segmentation_node = output.segmentationNode
     assert segmentation_node.GetScene() is scene
-    np.testing.assert_array_equal(logic.arrayFromSegment(segmentation_node, output.segmentId, volume), expected)
+    np.testing.assert_array_equal(segments.arrayFromSegment(segmentation_node, output.segmentId, volume), expected)
 
     segment = segmentation_node.GetSegmentation().GetSegment(output.segmentId)
     assert segment.GetName() == "Lesion"
-    np.testing.assert_allclose(segment.GetColor(), BUS.LESION_SEGMENT_COLOR)
+    np.testing.assert_allclose(segment.GetColor(), common.LESION_SEGMENT_COLOR)
     terminology = vtk.reference("")
     assert segment.GetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), terminology)
-    assert str(terminology) == BUS.LESION_TERMINOLOGY_ENTRY
+    assert str(terminology) == common.LESION_TERMINOLOGY_ENTRY
     assert "~SCT^4147007^Mass~" in str(terminology) and "~SCT^76752008^Breast~" in str(terminology)
 
     # Segment Editor paints on the internal labelmap: its voxels must be the image's voxels.
@@ -234,18 +240,18 @@ def test_dicom_algorithm_tags_automatic_then_semiautomatic_after_an_edit(scene, 
     image = frame(2)
     volume = add_volume(scene, image[np.newaxis])
     threshold = split_threshold(reference, image)
-    options = BUS.SegmentationOptions(weightsPath=weights, device="cpu", threshold=threshold)
+    options = cpu_options(weights, threshold=threshold)
     output = logic.segment(volume, None, options)
     node, segment_id = output.segmentationNode, output.segmentId
     assert segment_tag(node, segment_id, "DICOM.SegmentAlgorithmType") == "AUTOMATIC"
-    assert segment_tag(node, segment_id, "DICOM.SegmentAlgorithmName") == BUS.ALGORITHM_NAME
+    assert segment_tag(node, segment_id, "DICOM.SegmentAlgorithmName") == common.ALGORITHM_NAME
     logic.measureLesion(node, volume)  # measuring is not editing
     assert segment_tag(node, segment_id, "DICOM.SegmentAlgorithmType") == "AUTOMATIC"
 
     # An edit as Segment Editor's Paint or Erase makes: one voxel changed.
-    edited = logic.arrayFromSegment(node, segment_id, volume)
+    edited = segments.arrayFromSegment(node, segment_id, volume)
     edited[0, 0, 0] = 1 - edited[0, 0, 0]
-    logic.updateSegmentFromArray(node, segment_id, edited, volume)
+    segments.updateSegmentFromArray(node, segment_id, edited, volume)
     logic.measureLesion(node, volume)
     assert segment_tag(node, segment_id, "DICOM.SegmentAlgorithmType") == "SEMIAUTOMATIC"
 
@@ -259,7 +265,7 @@ def test_dicom_algorithm_tags_automatic_then_semiautomatic_after_an_edit(scene, 
     reader.SetFileName(str(path))
     assert reader.ReadData(reloaded)
     assert segment_tag(reloaded, segment_id, "DICOM.SegmentAlgorithmType") == "SEMIAUTOMATIC"
-    assert segment_tag(reloaded, segment_id, "DICOM.SegmentAlgorithmName") == BUS.ALGORITHM_NAME
+    assert segment_tag(reloaded, segment_id, "DICOM.SegmentAlgorithmName") == common.ALGORITHM_NAME
 
     # Segmenting again replaces the edit.
     logic.segment(volume, node, options)
@@ -267,7 +273,7 @@ def test_dicom_algorithm_tags_automatic_then_semiautomatic_after_an_edit(scene, 
 
     # A segment the user drew gets no algorithm tags from measuring it.
     drawn = node.GetSegmentation().AddEmptySegment("", "drawn", [1.0, 0.0, 0.0])
-    logic.updateSegmentFromArray(node, drawn, edited, volume)
+    segments.updateSegmentFromArray(node, drawn, edited, volume)
     logic.measureLesion(node, volume, segmentId=drawn)
     assert segment_tag(node, drawn, "DICOM.SegmentAlgorithmType") is None
 
@@ -277,7 +283,7 @@ def test_seg_nrrd_written_and_read_back_identical(scene, logic, weights, referen
     volume = add_volume(scene, image[np.newaxis])
     threshold = split_threshold(reference, image)
     expected = expected_result(reference, image, threshold).processed_mask
-    output = logic.segment(volume, options=BUS.SegmentationOptions(weightsPath=weights, device="cpu", threshold=threshold))
+    output = logic.segment(volume, options=cpu_options(weights, threshold=threshold))
 
     path = tmp_path / "lesion.seg.nrrd"
     writer = slicer.vtkMRMLSegmentationStorageNode()
@@ -288,9 +294,9 @@ def test_seg_nrrd_written_and_read_back_identical(scene, logic, weights, referen
     reader = slicer.vtkMRMLSegmentationStorageNode()
     reader.SetFileName(str(path))
     assert reader.ReadData(reloaded)
-    segment_id = logic.lesionSegmentId(reloaded)  # the tag survives the file
+    segment_id = segments.lesionSegmentId(reloaded)  # the tag survives the file
     assert segment_id == output.segmentId
-    np.testing.assert_array_equal(logic.arrayFromSegment(reloaded, segment_id, volume), expected)
+    np.testing.assert_array_equal(segments.arrayFromSegment(reloaded, segment_id, volume), expected)
 
     # Independent reader: slicerio gives voxels in (I, J, K) order with their extent offset and IJK-to-LPS.
     segmentation = slicerio.read_segmentation(str(path))
@@ -312,7 +318,7 @@ def test_labelmap_export_nrrd_and_nifti_match_mask_and_geometry(scene, logic, we
     volume = add_volume(scene, image[np.newaxis])
     threshold = split_threshold(reference, image)
     expected = expected_result(reference, image, threshold).processed_mask
-    output = logic.segment(volume, options=BUS.SegmentationOptions(weightsPath=weights, device="cpu", threshold=threshold))
+    output = logic.segment(volume, options=cpu_options(weights, threshold=threshold))
 
     for name in ("lesion.nrrd", "lesion.nii.gz"):
         path = tmp_path / name
@@ -345,8 +351,8 @@ def test_rgb_vector_volume_is_converted_by_the_core(scene, logic, weights, refer
     volume = add_volume(scene, rgb[np.newaxis], className="vtkMRMLVectorVolumeNode")
     threshold = split_threshold(reference, rgb)
     expected = expected_result(reference, rgb, threshold).processed_mask  # the 2-D RGB frame as a user would pass it
-    output = logic.segment(volume, options=BUS.SegmentationOptions(weightsPath=weights, device="cpu", threshold=threshold))
-    np.testing.assert_array_equal(logic.arrayFromSegment(output.segmentationNode, output.segmentId, volume), expected)
+    output = logic.segment(volume, options=cpu_options(weights, threshold=threshold))
+    np.testing.assert_array_equal(segments.arrayFromSegment(output.segmentationNode, output.segmentId, volume), expected)
 
 
 def test_multi_slice_volume_segments_every_frame(scene, logic, weights, reference):
@@ -356,9 +362,9 @@ def test_multi_slice_volume_segments_every_frame(scene, logic, weights, referenc
     expected = expected_result(reference, clip, threshold).processed_mask
     assert not np.array_equal(expected[0], expected[1])
     progress = []
-    output = logic.segment(volume, options=BUS.SegmentationOptions(weightsPath=weights, device="cpu", threshold=threshold),
+    output = logic.segment(volume, options=cpu_options(weights, threshold=threshold),
                            progressCallback=lambda done, total: progress.append((done, total)))
-    np.testing.assert_array_equal(logic.arrayFromSegment(output.segmentationNode, output.segmentId, volume), expected)
+    np.testing.assert_array_equal(segments.arrayFromSegment(output.segmentationNode, output.segmentId, volume), expected)
     assert progress[-1] == (3, 3)
     assert len(output.measurements) == 3
     assert [m.pixel_count for m in output.measurements] == [int(mask.sum()) for mask in expected]
@@ -374,26 +380,26 @@ def test_user_segments_preserved_and_lesion_replaced_not_duplicated(scene, logic
     user_mask = np.zeros((1, *SHAPE), dtype=bool)
     user_mask[0, 10:40, 5:50] = True
     user_id = segmentation.AddEmptySegment("", "Cyst (drawn)", [0.2, 0.4, 1.0])
-    logic.updateSegmentFromArray(segmentation_node, user_id, user_mask, volume)
+    segments.updateSegmentFromArray(segmentation_node, user_id, user_mask, volume)
     named_mask = np.zeros((1, *SHAPE), dtype=bool)
     named_mask[0, 2:8, 2:8] = True
     named_id = segmentation.AddEmptySegment("", "Lesion", [1.0, 0.0, 0.0])
-    logic.updateSegmentFromArray(segmentation_node, named_id, named_mask, volume)
+    segments.updateSegmentFromArray(segmentation_node, named_id, named_mask, volume)
 
     low = split_threshold(reference, image)
-    first = logic.segment(volume, segmentation_node, BUS.SegmentationOptions(weightsPath=weights, device="cpu", threshold=low))
+    first = logic.segment(volume, segmentation_node, cpu_options(weights, threshold=low))
     assert first.segmentId not in (user_id, named_id)
     segmentation.GetSegment(first.segmentId).SetName("Lesion (edited name)")
 
     high = float(np.quantile(reference.segment(image).probability, 0.8))
-    second = logic.segment(volume, segmentation_node, BUS.SegmentationOptions(weightsPath=weights, device="cpu", threshold=high))
+    second = logic.segment(volume, segmentation_node, cpu_options(weights, threshold=high))
     assert second.segmentId == first.segmentId
     assert sorted(segment_ids(segmentation_node)) == sorted([user_id, named_id, first.segmentId])
     expected = expected_result(reference, image, high).processed_mask
     assert not np.array_equal(expected, expected_result(reference, image, low).processed_mask)
-    np.testing.assert_array_equal(logic.arrayFromSegment(segmentation_node, first.segmentId, volume), expected)
-    np.testing.assert_array_equal(logic.arrayFromSegment(segmentation_node, user_id, volume), user_mask)
-    np.testing.assert_array_equal(logic.arrayFromSegment(segmentation_node, named_id, volume), named_mask)
+    np.testing.assert_array_equal(segments.arrayFromSegment(segmentation_node, first.segmentId, volume), expected)
+    np.testing.assert_array_equal(segments.arrayFromSegment(segmentation_node, user_id, volume), user_mask)
+    np.testing.assert_array_equal(segments.arrayFromSegment(segmentation_node, named_id, volume), named_mask)
 
 
 def test_attention_volume_geometry_colour_and_slice_views(scene, logic, weights, reference):
@@ -404,14 +410,15 @@ def test_attention_volume_geometry_colour_and_slice_views(scene, logic, weights,
     result = expected_result(reference, image, threshold)
 
     output = logic.segment(volume, options=BUS.SegmentationOptions(
-        weightsPath=weights, device="cpu", threshold=threshold, attentionOpacity=0.3, createProbabilityVolume=True))
+        weightsPath=weights, device="cpu", postprocessing=card_with(weights, threshold=threshold), attentionOpacity=0.3,
+        createProbabilityVolume=True))
     attention = output.attentionVolumeNode
     np.testing.assert_allclose(ijk_to_ras(attention), ijk_to_ras(volume))
     assert attention.GetImageData().GetDimensions() == volume.GetImageData().GetDimensions()
     np.testing.assert_allclose(slicer.util.arrayFromVolume(attention), result.combined_attention, atol=1e-6)
     np.testing.assert_allclose(slicer.util.arrayFromVolume(output.probabilityVolumeNode), result.probability, atol=1e-6)
     color = attention.GetDisplayNode().GetColorNode()
-    assert color is not None and color.GetName() == BUS.FALLBACK_HEAT_COLOR_NODE_NAME
+    assert color is not None and color.GetName() == common.FALLBACK_HEAT_COLOR_NODE_NAME
     assert color.GetNumberOfColors() == 256
     for composite in composites:
         assert composite.GetBackgroundVolumeID() == volume.GetID()
@@ -430,7 +437,7 @@ def test_attention_uses_slicer_standard_heat_colours_when_present(scene, logic, 
     colors.SetMRMLScene(scene)
     volume = add_volume(scene, frame(6)[np.newaxis])
     output = logic.segment(volume, options=BUS.SegmentationOptions(weightsPath=weights, device="cpu"))
-    assert output.attentionVolumeNode.GetDisplayNode().GetColorNodeID() == BUS.STANDARD_HEAT_COLOR_NODE_ID
+    assert output.attentionVolumeNode.GetDisplayNode().GetColorNodeID() == common.STANDARD_HEAT_COLOR_NODE_ID
     colors.SetMRMLScene(None)
 
 
@@ -445,19 +452,19 @@ def test_measure_lesion_on_a_disc_of_known_radius(scene, logic):
     disc = np.hypot((rows - 60) * row_mm, (cols - 80) * col_mm) <= radius_mm
     segmentation_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
     segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(volume)
-    segment_id = logic.addLesionSegment(segmentation_node)
-    logic.updateSegmentFromArray(segmentation_node, segment_id, disc[np.newaxis], volume)
+    segment_id = segments.addLesionSegment(segmentation_node)
+    segments.updateSegmentFromArray(segmentation_node, segment_id, disc[np.newaxis], volume)
 
     [measured] = logic.measureLesion(segmentation_node, volume)
     pixel = max(row_mm, col_mm)
     assert abs(measured.largest_diameter_mm - 2 * radius_mm) <= pixel
     assert abs(measured.area_mm2 - math.pi * radius_mm**2) <= 2 * math.pi * radius_mm * pixel
     assert measured.pixel_count == int(disc.sum())
-    summary = logic.measurementSummary([measured], (row_mm, col_mm))
+    summary = status.measurementSummary([measured], (row_mm, col_mm))
     assert f"{measured.area_mm2:.1f} mm²" in summary and f"{measured.largest_diameter_mm:.1f} mm" in summary
     assert "pixels" not in summary
-    assert "read mm as pixels" in logic.measurementSummary([measured], (1.0, 1.0))
-    assert "No lesion found" in logic.measurementSummary(measure_frames(np.zeros((2, 4, 4))))
+    assert "read mm as pixels" in status.measurementSummary([measured], (1.0, 1.0))
+    assert "No lesion found" in status.measurementSummary(measure_frames(np.zeros((2, 4, 4))))
 
 
 # --- Errors ---
@@ -484,7 +491,7 @@ def test_errors_have_clear_messages(scene, logic, weights, tmp_path, monkeypatch
 
     with pytest.raises(Error, match="Model weights not found: .*missing.safetensors"):
         logic.segment(volume, options=BUS.SegmentationOptions(weightsPath=tmp_path / "missing.safetensors"))
-    monkeypatch.setattr(BUS, "BUNDLED_WEIGHTS", tmp_path / "Models" / "bundled.safetensors")
+    monkeypatch.setattr(models, "BUNDLED_WEIGHTS", tmp_path / "Models" / "bundled.safetensors")
     with pytest.raises(Error, match="trained model is not installed"):
         logic.segment(volume)
 
@@ -494,8 +501,8 @@ def test_errors_have_clear_messages(scene, logic, weights, tmp_path, monkeypatch
     with pytest.raises(Error, match="Cannot load the model .*checksum"):
         logic.segment(volume, options=BUS.SegmentationOptions(weightsPath=tampered))
 
-    with pytest.raises(Error, match="threshold"):
-        logic.segment(volume, options=BUS.SegmentationOptions(weightsPath=weights, threshold=1.5))
+    with pytest.raises(Error, match="threshold"):  # the panel's value meets the core's checks
+        parameters.PostprocessingParameters(threshold=1.5).options(read_model_card(weights).postprocess_options)
 
     segmentation_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "nothing yet")
     with pytest.raises(Error, match="'nothing yet' has no Lesion segment"):
@@ -510,8 +517,8 @@ def test_errors_have_clear_messages(scene, logic, weights, tmp_path, monkeypatch
 
 
 def test_segmenter_is_cached_per_weights_and_device(logic, weights):
-    assert logic.segmenter(weights, "cpu") is logic.segmenter(weights, "cpu")
-    assert logic.segmenter(weights, "cpu") is not logic.segmenter(weights, "auto")
+    assert logic.segmenters.get(weights, "cpu") is logic.segmenters.get(weights, "cpu")
+    assert logic.segmenters.get(weights, "cpu") is not logic.segmenters.get(weights, "auto")
 
 
 # --- Module file ---
@@ -554,13 +561,17 @@ def test_module_classes_and_parameter_node_fields():
         assert hasattr(BUS, "BreastUSSegment" + suffix)
     fields = BUS.BreastUSSegmentParameterNode.__annotations__
     assert set(fields) == {
-        "inputVolume", "outputSegmentation", "threshold", "minConfidence", "minLesionProbability", "keepLargest",
-        "fillHoles", "smoothing",
-        "testTimeFlip", "device", "showAttention", "attentionOpacity", "createProbabilityVolume", "boxAllFrames",
+        "inputVolume", "outputSegmentation", "postprocessing", "device", "showAttention", "attentionOpacity",
+        "createProbabilityVolume", "boxAllFrames",
     }
+    # The post-processing fields are the core's settings under the core's names: all of them, smoothing as a switch.
+    from BreastUSSegmentLib.postprocessing import PostprocessOptions
+
+    pack = set(parameters.PostprocessingParameters.__annotations__)
+    assert pack - {"smoothing"} == {f.name for f in dataclasses.fields(PostprocessOptions)} - {"smoothing_sigma"}
     from BreastUSSegmentLib.device import DEVICE_CHOICES
 
-    assert [choice.value for choice in BUS.DeviceChoice] == list(DEVICE_CHOICES)
+    assert [choice.value for choice in parameters.DeviceChoice] == list(DEVICE_CHOICES)
 
 
 def test_segmentation_options_are_the_parameter_nodes_fields_mapped_once_to_the_core():
@@ -568,21 +579,22 @@ def test_segmentation_options_are_the_parameter_nodes_fields_mapped_once_to_the_
 
     names = {field.name for field in dataclasses.fields(BUS.SegmentationOptions)} - {"weightsPath"}
     assert names <= set(BUS.BreastUSSegmentParameterNode.__annotations__)
-    parameters = SimpleNamespace(threshold=0.3, minConfidence=0.6, minLesionProbability=0.4, keepLargest=True,
-                                 fillHoles=False, smoothing=True,
-                                 testTimeFlip=True, device=BUS.DeviceChoice.GPU, showAttention=False,
-                                 attentionOpacity=0.2, createProbabilityVolume=True)
-    options = BUS.SegmentationOptions.fromParameterNode(parameters, "model.safetensors")
+    Pack = parameters.PostprocessingParameters
+    chosen = Pack(threshold=0.3, min_area_fraction=0.02, min_mean_probability=0.6, min_lesion_probability=0.4,
+                  keep_largest=True, fill_holes=False, smoothing=True, test_time_flip=True)
+    node = SimpleNamespace(postprocessing=chosen, device=parameters.DeviceChoice.GPU, showAttention=False,
+                           attentionOpacity=0.2, createProbabilityVolume=True)
+    card = SimpleNamespace(postprocess_options=UNTUNED_POSTPROCESSING.with_overrides(smoothing_sigma=0.0))
+    options = BUS.SegmentationOptions.fromParameterNode(node, "model.safetensors", card)
     assert options == BUS.SegmentationOptions(
-        weightsPath="model.safetensors", device="cuda", threshold=0.3, minConfidence=0.6, minLesionProbability=0.4,
-        keepLargest=True, fillHoles=False, smoothing=True, testTimeFlip=True, showAttention=False,
-        attentionOpacity=0.2, createProbabilityVolume=True)
-    card = UNTUNED_POSTPROCESSING.with_overrides(smoothing_sigma=0.0, min_area_fraction=0.01)
-    assert options.postprocessing(card) == UNTUNED_POSTPROCESSING.with_overrides(
-        threshold=0.3, min_mean_probability=0.6, min_lesion_probability=0.4, keep_largest=True, fill_holes=False,
-        min_area_fraction=0.01, test_time_flip=True)
-    assert BUS.SegmentationOptions().postprocessing(card) == card  # nothing chosen: the card's own
-    assert BUS.SegmentationOptions(smoothing=False).postprocessing(UNTUNED_POSTPROCESSING).smoothing_sigma == 0.0
+        weightsPath="model.safetensors", device="cuda", showAttention=False, attentionOpacity=0.2,
+        createProbabilityVolume=True, postprocessing=UNTUNED_POSTPROCESSING.with_overrides(
+            threshold=0.3, min_area_fraction=0.02, min_mean_probability=0.6, min_lesion_probability=0.4,
+            keep_largest=True, fill_holes=False, test_time_flip=True))  # smoothing on: the untuned strength
+    for cardOptions in (UNTUNED_POSTPROCESSING, card.postprocess_options):  # nothing changed: the card's own
+        assert Pack.fromOptions(cardOptions).options(cardOptions) == cardOptions
+    chosen.smoothing = False
+    assert chosen.options(UNTUNED_POSTPROCESSING).smoothing_sigma == 0.0
 
 
 def test_panel_post_processing_follows_the_chosen_models_card_one_way(logic, tmp_path):
@@ -592,10 +604,9 @@ def test_panel_post_processing_follows_the_chosen_models_card_one_way(logic, tmp
     custom = tmp_path / "custom.safetensors"
     save_model(AttentionUNet(ModelConfig(base_channels=4, depth=2)), custom, input_size=(64, 64),
                postprocessing=UNTUNED_POSTPROCESSING.with_overrides(threshold=0.3))
-    parameters = SimpleNamespace(parameterNode=slicer.vtkMRMLScriptedModuleNode(), threshold=None, minConfidence=None,
-                                 minLesionProbability=None, keepLargest=None, fillHoles=None, smoothing=None)
+    node = SimpleNamespace(parameterNode=slicer.vtkMRMLScriptedModuleNode(), postprocessing=None)
     slider, label = SimpleNamespace(enabled=True), SimpleNamespace(enabled=True)
-    panel = SimpleNamespace(_parameterNode=parameters, logic=logic, statuses=[],
+    panel = SimpleNamespace(_parameterNode=node, logic=logic, statuses=[],
                             _setStatus=lambda text, error=False: panel.statuses.append((text, error)),
                             ui=SimpleNamespace(modelPathLineEdit=SimpleNamespace(currentPath=""),
                                                minLesionProbabilitySliderWidget=slider,
@@ -604,22 +615,23 @@ def test_panel_post_processing_follows_the_chosen_models_card_one_way(logic, tmp
     panel._setLesionHeadAvailable = lambda available: BUS.BreastUSSegmentWidget._setLesionHeadAvailable(panel, available)
     follow = BUS.BreastUSSegmentWidget.followModelCard
 
-    assert follow(panel)  # a new parameter node: the bundled model's card
-    bundled = logic.postprocessingParameters()
-    assert {name: getattr(parameters, name) for name in bundled} == bundled
-    parameters.threshold = 0.61  # the user's choice survives re-entering the module
-    assert follow(panel) and parameters.threshold == 0.61
+    bundledCard = models.modelCard()
+    assert follow(panel) == bundledCard  # a new parameter node: the bundled model's card
+    bundled = parameters.PostprocessingParameters.fromOptions(bundledCard.postprocess_options)
+    assert node.postprocessing == bundled
+    node.postprocessing.threshold = 0.61  # the user's choice survives re-entering the module
+    assert follow(panel) and node.postprocessing.threshold == 0.61
     # A scene saved by an earlier version (the bundled model, but fewer post-processing fields): filled again.
-    parameters.parameterNode.SetParameter(BUS.POSTPROCESSING_SOURCE_PARAMETER, str(BUS.BUNDLED_WEIGHTS))
-    assert follow(panel) and parameters.threshold == bundled["threshold"]
-    parameters.threshold = 0.61
-    assert follow(panel) and parameters.threshold == 0.61
-    assert slider.enabled is label.enabled is BUS.BreastUSSegmentLogic.hasLesionHead(logic)
+    node.parameterNode.SetParameter(parameters.POSTPROCESSING_SOURCE_PARAMETER, str(BUS.BUNDLED_WEIGHTS))
+    assert follow(panel) and node.postprocessing.threshold == bundled.threshold
+    node.postprocessing.threshold = 0.61
+    assert follow(panel) and node.postprocessing.threshold == 0.61
+    assert slider.enabled is label.enabled is bundledCard.model_config.lesion_head
     panel.ui.modelPathLineEdit.currentPath = str(custom)  # another model: its card
-    assert follow(panel) and parameters.threshold == pytest.approx(0.3)
+    assert follow(panel) and node.postprocessing.threshold == pytest.approx(0.3)
     assert slider.enabled is False and label.enabled is False  # no lesion head: nothing for the slider to do
-    parameters.threshold = 0.61
-    assert follow(panel, force=True) and parameters.threshold == pytest.approx(0.3)  # chosen again: its card again
+    node.postprocessing.threshold = 0.61
+    assert follow(panel, force=True) and node.postprocessing.threshold == pytest.approx(0.3)  # chosen again: its card again
     custom.with_suffix(".json").unlink()
     panel.ui.modelPathLineEdit.currentPath = str(tmp_path / "other.safetensors")
     assert not follow(panel) and "model card not found" in panel.statuses[-1][0]
@@ -689,10 +701,8 @@ def test_module_imports_without_loading_torch():
     import subprocess
 
     code = (
-        "import importlib.util, sys\n"
-        f"spec = importlib.util.spec_from_file_location('BreastUSSegment', {str(MODULE_PATH)!r})\n"
-        "module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)\n"
-        "module.BreastUSSegmentLogic()\n"
+        LOAD_MODULE_CODE
+        + "module.BreastUSSegmentLogic()\n"
         "print(sorted(name for name in ('torch', 'safetensors', 'scipy') if name in sys.modules))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -711,7 +721,7 @@ def test_attention_overlay_is_windowed_on_the_attention_range(tmp_path):
     slicer.util.updateVolumeFromArray(volume, np.random.default_rng(0).integers(0, 255, (1, 50, 60)).astype(np.uint8))
     segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "seg")
     BUS.BreastUSSegmentLogic().segment(volume, segmentation, BUS.SegmentationOptions(weightsPath=weights, device="cpu"))
-    attention = segmentation.GetNodeReference(BUS.ATTENTION_REFERENCE_ROLE)
+    attention = segmentation.GetNodeReference(common.ATTENTION_REFERENCE_ROLE)
     values = slicer.util.arrayFromVolume(attention)
     low, high = np.percentile(values, [2.0, 99.5])
     display = attention.GetDisplayNode()
@@ -746,14 +756,14 @@ def volume_aligned_roi(scene, volume, box, frame=0, name="box"):
     roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", name)
     roi.SetAndObserveObjectToNodeMatrix(objectToNode)
     roi.SetSize((x1 - x0) * spacing[0], (y1 - y0) * spacing[1], 0.3 * spacing[2])
-    roi.SetAttribute(BUS.BOX_ROI_ATTRIBUTE, volume.GetID())
+    roi.SetAttribute(common.BOX_ROI_ATTRIBUTE, volume.GetID())
     return roi
 
 
 def test_roi_bounds_become_the_volumes_pixel_box_with_its_own_matrices(scene, logic):
     volume = add_volume(scene, np.zeros((3, *SHAPE), np.uint8))  # rotated, offset, anisotropic
     roi = volume_aligned_roi(scene, volume, (10, 5, 31, 22), frame=1)
-    assert logic.roiVoxelBox(roi, volume) == BUS.VoxelBox((10, 5, 31, 22), range(1, 2))
+    assert rois.roiVoxelBox(roi, volume) == rois.VoxelBox((10, 5, 31, 22), range(1, 2))
     # Under a parent transform, the volume's pixels move with it; a ROI moved the same way keeps its box.
     transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
     shift = vtk.vtkMatrix4x4()
@@ -761,16 +771,16 @@ def test_roi_bounds_become_the_volumes_pixel_box_with_its_own_matrices(scene, lo
     shift.SetElement(1, 3, -3.0)
     transform.SetMatrixTransformToParent(shift)
     volume.SetAndObserveTransformNodeID(transform.GetID())
-    assert logic.roiVoxelBox(roi, volume).box != (10, 5, 31, 22)
+    assert rois.roiVoxelBox(roi, volume).box != (10, 5, 31, 22)
     roi.SetAndObserveTransformNodeID(transform.GetID())
-    assert logic.roiVoxelBox(roi, volume) == BUS.VoxelBox((10, 5, 31, 22), range(1, 2))
+    assert rois.roiVoxelBox(roi, volume) == rois.VoxelBox((10, 5, 31, 22), range(1, 2))
 
 
 def test_roi_outside_the_image_or_too_small_gets_a_clear_error(scene, logic, brightness_weights):
     volume = add_volume(scene, np.zeros((1, *SHAPE), np.uint8))
     tiny = volume_aligned_roi(scene, volume, (10, 5, 10.4, 22), name="tiny")
     with pytest.raises(BUS.BreastUSSegmentError, match="Box 'tiny' holds no pixel"):
-        logic.roiVoxelBox(tiny, volume)
+        rois.roiVoxelBox(tiny, volume)
     far = volume_aligned_roi(scene, volume, (500, 500, 520, 520), name="far")
     with pytest.raises(BUS.BreastUSSegmentError, match="outside"):
         logic.segmentInBoxes(volume, [far], options=BUS.SegmentationOptions(weightsPath=brightness_weights, device="cpu"))
@@ -790,47 +800,47 @@ def test_each_roi_gets_its_own_lesion_segment_and_other_segments_are_untouched(s
     user_mask = np.zeros((1, *SHAPE), bool)
     user_mask[0, 2:5, 2:5] = True
     user_id = segmentation_node.GetSegmentation().AddEmptySegment("", "Drawn", [0.2, 0.4, 1.0])
-    logic.updateSegmentFromArray(segmentation_node, user_id, user_mask, volume)
-    automatic_mask = logic.arrayFromSegment(segmentation_node, automatic.segmentId, volume)
+    segments.updateSegmentFromArray(segmentation_node, user_id, user_mask, volume)
+    automatic_mask = segments.arrayFromSegment(segmentation_node, automatic.segmentId, volume)
 
-    rois = [volume_aligned_roi(scene, volume, (4, 2, 26, 24), name="one"),
+    boxes = [volume_aligned_roi(scene, volume, (4, 2, 26, 24), name="one"),
             volume_aligned_roi(scene, volume, (30, 20, 54, 44), name="two"),
             volume_aligned_roi(scene, volume, (52, 2, 62, 12), name="background")]
-    pending = logic.addBoxRoi(scene, volume)  # being placed: not a box yet
+    pending = rois.addBoxRoi(scene, volume)  # being placed: not a box yet
     other = add_volume(scene, image[np.newaxis], name="other")
-    assert pending.GetName() == "Box" and pending.GetAttribute(BUS.BOX_ROI_ATTRIBUTE) == volume.GetID()
-    assert logic.boxRois(scene) == logic.boxRois(scene, volume) == rois and logic.boxRois(scene, other) == []
-    output = logic.segmentInBoxes(volume, rois, segmentation_node, options)
-    summary = logic.boxSummary(output)
+    assert pending.GetName() == "Box" and pending.GetAttribute(common.BOX_ROI_ATTRIBUTE) == volume.GetID()
+    assert rois.boxRois(scene) == rois.boxRois(scene, volume) == boxes and rois.boxRois(scene, other) == []
+    output = logic.segmentInBoxes(volume, boxes, segmentation_node, options)
+    summary = status.boxSummary(output.segmentationNode, output.segmentIds, output.measurements)
     assert summary.startswith("Lesion 1: area ") and summary.endswith("Lesion 3: no lesion seen in its box")
     segmentation = segmentation_node.GetSegmentation()
     assert [segmentation.GetSegment(i).GetName() for i in output.segmentIds] == ["Lesion 1", "Lesion 2", "Lesion 3"]
-    assert output.emptyRois == [rois[2]]
+    assert output.emptyRois == [boxes[2]]
     for segmentId, (x0, y0, x1, y1) in zip(output.segmentIds, lesions):
-        mask = logic.arrayFromSegment(segmentation_node, segmentId, volume)[0] > 0
+        mask = segments.arrayFromSegment(segmentation_node, segmentId, volume)[0] > 0
         truth = np.zeros(SHAPE, bool)
         truth[y0:y1, x0:x1] = True
         assert np.logical_and(mask, truth).sum() / np.logical_or(mask, truth).sum() > 0.85
         segment = segmentation.GetSegment(segmentId)
-        assert segment_tag(segmentation_node, segmentId, BUS.LESION_TAG) == BUS.BOX_LESION_TAG_VALUE
+        assert segment_tag(segmentation_node, segmentId, common.LESION_TAG) == common.BOX_LESION_TAG_VALUE
         assert segment_tag(segmentation_node, segmentId, slicer.vtkSegment.GetTerminologyEntryTagName()) == \
-            BUS.LESION_TERMINOLOGY_ENTRY
-        assert segment_tag(segmentation_node, segmentId, BUS.ALGORITHM_TYPE_TAG) == "SEMIAUTOMATIC"
-        assert tuple(segment.GetColor()) == pytest.approx(BUS.LESION_SEGMENT_COLOR)
-    assert not logic.arrayFromSegment(segmentation_node, output.segmentIds[2], volume).any()
+            common.LESION_TERMINOLOGY_ENTRY
+        assert segment_tag(segmentation_node, segmentId, common.ALGORITHM_TYPE_TAG) == "SEMIAUTOMATIC"
+        assert tuple(segment.GetColor()) == pytest.approx(common.LESION_SEGMENT_COLOR)
+    assert not segments.arrayFromSegment(segmentation_node, output.segmentIds[2], volume).any()
 
     # Moving a ROI and segmenting again replaces that ROI's segment; nothing else changes.
     smaller = volume_aligned_roi(scene, volume, (40, 30, 54, 44))
-    rois[1].SetAndObserveObjectToNodeMatrix(smaller.GetObjectToNodeMatrix())
-    rois[1].SetSize(smaller.GetSize())
+    boxes[1].SetAndObserveObjectToNodeMatrix(smaller.GetObjectToNodeMatrix())
+    boxes[1].SetSize(smaller.GetSize())
     scene.RemoveNode(smaller)
-    again = logic.segmentInBoxes(volume, rois[:2], segmentation_node, options)
+    again = logic.segmentInBoxes(volume, boxes[:2], segmentation_node, options)
     assert again.segmentIds == output.segmentIds[:2]
-    moved = logic.arrayFromSegment(segmentation_node, again.segmentIds[1], volume)[0] > 0
+    moved = segments.arrayFromSegment(segmentation_node, again.segmentIds[1], volume)[0] > 0
     assert moved.any() and not moved[:, :40].any()
-    assert logic.lesionSegmentId(segmentation_node) == automatic.segmentId
-    np.testing.assert_array_equal(logic.arrayFromSegment(segmentation_node, automatic.segmentId, volume), automatic_mask)
-    np.testing.assert_array_equal(logic.arrayFromSegment(segmentation_node, user_id, volume), user_mask)
+    assert segments.lesionSegmentId(segmentation_node) == automatic.segmentId
+    np.testing.assert_array_equal(segments.arrayFromSegment(segmentation_node, automatic.segmentId, volume), automatic_mask)
+    np.testing.assert_array_equal(segments.arrayFromSegment(segmentation_node, user_id, volume), user_mask)
 
 
 def test_box_on_a_clip_covers_its_frame_or_all_frames(scene, logic, brightness_weights):
@@ -840,8 +850,8 @@ def test_box_on_a_clip_covers_its_frame_or_all_frames(scene, logic, brightness_w
     roi = volume_aligned_roi(scene, volume, (5, 5, 35, 35), frame=1)
     options = BUS.SegmentationOptions(weightsPath=brightness_weights, device="cpu")
     output = logic.segmentInBoxes(volume, [roi], None, options)
-    frames = logic.arrayFromSegment(output.segmentationNode, output.segmentIds[0], volume).any(axis=(1, 2))
+    frames = segments.arrayFromSegment(output.segmentationNode, output.segmentIds[0], volume).any(axis=(1, 2))
     assert frames.tolist() == [False, True, False]
     output = logic.segmentInBoxes(volume, [roi], output.segmentationNode, options, allFrames=True)
-    frames = logic.arrayFromSegment(output.segmentationNode, output.segmentIds[0], volume).any(axis=(1, 2))
+    frames = segments.arrayFromSegment(output.segmentationNode, output.segmentIds[0], volume).any(axis=(1, 2))
     assert frames.tolist() == [True, True, True]

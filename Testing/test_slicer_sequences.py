@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import torch
 import vtk
-from slicer_module import MODULE_PATH, load_module
+from slicer_module import LOAD_MODULE_CODE, load_module
 
 import slicer
 from BreastUSSegmentLib.postprocessing import UNTUNED_POSTPROCESSING
 from BreastUSSegmentLib.weights import save_model
+from BreastUSSegmentScene import common, inputs, nodes, rois, segments, status
 from conftest import brightness_model
 
 BUS = load_module()
@@ -86,12 +87,12 @@ class Clip:
 
 def node_ids(scene):
     """IDs of the scene's nodes but those it makes for itself on first use (singletons, subject hierarchy)."""
-    nodes = [scene.GetNthNode(index) for index in range(scene.GetNumberOfNodes())]
-    return {node.GetID() for node in nodes if not BUS._isSceneBookkeeping(node)}
+    found = [scene.GetNthNode(index) for index in range(scene.GetNumberOfNodes())]
+    return {node.GetID() for node in found if not nodes.isSceneBookkeeping(node)}
 
 
 def lesion_columns(logic, segmentation_node, reference):
-    masks = logic.arrayFromSegment(segmentation_node, logic.lesionSegmentId(segmentation_node), reference)
+    masks = segments.arrayFromSegment(segmentation_node, segments.lesionSegmentId(segmentation_node), reference)
     return np.nonzero(masks[0].any(axis=0))[0]
 
 
@@ -118,9 +119,9 @@ def test_every_frame_of_a_100_frame_sequence_is_segmented_into_its_own_item(scen
         item = sequence.GetDataNodeAtValue(clip.sequence.GetNthIndexValue(frame))
         columns = lesion_columns(logic, item, clip.sequence.GetNthDataNode(frame))
         assert (columns.min(), columns.max()) == (square_column(frame), square_column(frame) + SQUARE - 1), frame
-        segment = item.GetSegmentation().GetSegment(logic.lesionSegmentId(item))
+        segment = item.GetSegmentation().GetSegment(segments.lesionSegmentId(item))
         value = vtk.reference("")
-        assert segment.GetTag(BUS.ALGORITHM_TYPE_TAG, value) and str(value) == "AUTOMATIC"
+        assert segment.GetTag(common.ALGORITHM_TYPE_TAG, value) and str(value) == "AUTOMATIC"
         assert not item.GetSegmentation().ContainsRepresentation("Closed surface")
     # The proxy shows the browser's frame, and follows the browser like the clip does.
     assert lesion_columns(logic, output.segmentationNode, clip.proxy).min() == square_column(37)
@@ -137,7 +138,7 @@ def test_every_frame_of_a_100_frame_sequence_is_segmented_into_its_own_item(scen
     area = SQUARE * SQUARE * SPACING[0] * SPACING[1]
     assert float(table.GetCellText(5, 2)) == pytest.approx(area)
     assert output.measurements[5].area_mm2 == pytest.approx(area)
-    assert "lesion in 100 of 100 frames" in logic.measurementSummary(output.measurements, SPACING[::-1])
+    assert "lesion in 100 of 100 frames" in status.measurementSummary(output.measurements, SPACING[::-1])
 
 
 def test_segmenting_a_sequence_again_updates_its_items_and_keeps_other_segments(scene, logic, bright_weights):
@@ -145,10 +146,10 @@ def test_segmenting_a_sequence_again_updates_its_items_and_keeps_other_segments(
     first = logic.segment(clip.proxy, options=options(bright_weights))
     item = first.sequenceNode.GetDataNodeAtValue(clip.sequence.GetNthIndexValue(3))
     item.GetSegmentation().AddEmptySegment("mine", "mine")
-    sequences_before = len(BUS.nodesOfClass(scene, "vtkMRMLSequenceNode"))
+    sequences_before = len(nodes.nodesOfClass(scene, "vtkMRMLSequenceNode"))
     again = logic.segment(clip.proxy, first.segmentationNode, options(bright_weights))
     assert again.sequenceNode is first.sequenceNode
-    assert len(BUS.nodesOfClass(scene, "vtkMRMLSequenceNode")) == sequences_before
+    assert len(nodes.nodesOfClass(scene, "vtkMRMLSequenceNode")) == sequences_before
     item = again.sequenceNode.GetDataNodeAtValue(clip.sequence.GetNthIndexValue(3))
     assert item.GetSegmentation().GetSegment("mine") is not None
     assert item.GetSegmentation().GetNumberOfSegments() == 2
@@ -159,12 +160,12 @@ def test_measuring_a_sequence_reads_every_item_and_marks_an_edited_frame(scene, 
     output = logic.segment(clip.proxy, options=options(bright_weights))
     item = output.sequenceNode.GetDataNodeAtValue(clip.sequence.GetNthIndexValue(4))
     frameNode = clip.sequence.GetNthDataNode(4)
-    segmentId = logic.lesionSegmentId(item)
-    logic.updateSegmentFromArray(item, segmentId, np.zeros((1,) + SHAPE, dtype=np.uint8), frameNode)
+    segmentId = segments.lesionSegmentId(item)
+    segments.updateSegmentFromArray(item, segmentId, np.zeros((1,) + SHAPE, dtype=np.uint8), frameNode)
     measurements = logic.measureLesion(output.segmentationNode, clip.proxy)
     assert [m.pixel_count for m in measurements] == [SQUARE * SQUARE] * 4 + [0, SQUARE * SQUARE]
     value = vtk.reference("")
-    assert item.GetSegmentation().GetSegment(segmentId).GetTag(BUS.ALGORITHM_TYPE_TAG, value)
+    assert item.GetSegmentation().GetSegment(segmentId).GetTag(common.ALGORITHM_TYPE_TAG, value)
     assert str(value) == "SEMIAUTOMATIC"
     assert output.tableNode.GetCellText(4, 2) == "0"
 
@@ -219,7 +220,7 @@ def test_a_broken_model_is_the_modules_error_and_leaves_no_node(scene, logic, tm
         with pytest.raises(BUS.BreastUSSegmentError, match=f"NaN or infinite: the model {broken} is broken"):
             logic.segment(volume, options=options(broken))
     assert node_ids(scene) == before
-    roi = BUS.BreastUSSegmentLogic.addBoxRoi(scene, volume)
+    roi = rois.addBoxRoi(scene, volume)
     roi.SetXYZ(3.0, 3.0, 0.0)
     roi.SetRadiusXYZ(2.0, 2.0, 0.5)
     before = node_ids(scene)
@@ -249,7 +250,7 @@ def test_a_failed_export_leaves_no_labelmap(scene, logic, bright_weights, tmp_pa
     assert node_ids(scene) == before
     # A successful export's temporary labelmap goes with its display, storage and colour-table nodes.
     labelmap = logic.exportLabelmap(output.segmentationNode, volume, tmp_path / "lesion.nrrd")
-    BUS._removeLabelmapNode(labelmap)
+    nodes.removeLabelmapNode(labelmap)
     assert node_ids(scene) == before
     logic.measureLesion(output.segmentationNode, volume)
     assert node_ids(scene) == before
@@ -262,28 +263,28 @@ def test_node_collections_are_released():
     scene = slicer.vtkMRMLScene()
     collection = scene.GetNodesByClass("vtkMRMLScalarVolumeNode")
     assert collection.GetReferenceCount() == 2  # the new reference the method returned, and Python's
-    BUS.collectionItems(collection)
+    nodes.collectionItems(collection)
     assert collection.GetReferenceCount() == 1
 
 
 def test_the_first_volume_chosen_is_one_the_input_selector_shows(scene, logic):
-    assert logic.firstInputVolume(scene) is None
+    assert inputs.firstInputVolume(scene) is None
     for className in ("vtkMRMLLabelMapVolumeNode", "vtkMRMLDiffusionWeightedVolumeNode", "vtkMRMLDiffusionTensorVolumeNode"):
         scene.AddNewNodeByClass(className, className)
-    assert logic.firstInputVolume(scene) is None
+    assert inputs.firstInputVolume(scene) is None
     vector = scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "screenshot")
     scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "frame")
-    assert logic.firstInputVolume(scene) is vector
+    assert inputs.firstInputVolume(scene) is vector
 
 
 def test_the_model_card_is_read_without_pytorch():
     """The panel fills its post-processing options from the card before PyTorch is installed."""
     code = (
-        "import importlib.util, sys\n"
-        "sys.modules['torch'] = None; sys.modules['safetensors'] = None  # importing either fails\n"
-        f"spec = importlib.util.spec_from_file_location('BreastUSSegment', {str(MODULE_PATH)!r})\n"
-        "module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)\n"
-        "print(module.BreastUSSegmentLogic().postprocessingParameters()['threshold'])\n"
+        "import sys; sys.modules['torch'] = None; sys.modules['safetensors'] = None  # importing either fails\n"
+        + LOAD_MODULE_CODE
+        + "from BreastUSSegmentScene import models, parameters\n"
+        "card = models.modelCard()\n"
+        "print(parameters.PostprocessingParameters.fromOptions(card.postprocess_options).threshold)\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

@@ -9,15 +9,14 @@ import json
 from pathlib import Path
 
 import pytest
-from slicer_module import load_module
+import slicer_module  # noqa: F401  (puts the module's folder, with BreastUSSegmentScene, on sys.path)
 
 import slicer
+from BreastUSSegmentScene import common
 
 DATA = Path(__file__).resolve().parent / "data" / "terminology"
 CATEGORY_TYPE_FILE = DATA / "SegmentationCategoryTypeModifier-DICOM-Master.excerpt.json"
 ANATOMY_FILE = DATA / "AnatomicRegionAndModifier-DICOM-Master.excerpt.json"
-
-BUS = load_module()
 
 
 def entry_parts(entry):
@@ -45,7 +44,7 @@ def lists():
 
 def test_category_type_and_region_are_listed(lists):
     categories, anatomy = lists
-    context, category, type_, modifier, anatomic_context, region, region_modifier = entry_parts(BUS.LESION_TERMINOLOGY_ENTRY)
+    context, category, type_, modifier, anatomic_context, region, region_modifier = entry_parts(common.LESION_TERMINOLOGY_ENTRY)
 
     assert context == categories["SegmentationCategoryTypeContextName"]
     found_category = find_code(categories["SegmentationCodes"]["Category"], category)
@@ -61,7 +60,7 @@ def test_category_type_and_region_are_listed(lists):
     assert region_modifier == ("", "", "") or find_code(found_region.get("Modifier", []), region_modifier) is not None
 
     # The segment's colour is the colour Slicer recommends for the type.
-    assert tuple(round(c * 255) for c in BUS.LESION_SEGMENT_COLOR) == tuple(found_type["recommendedDisplayRGBValue"])
+    assert tuple(round(c * 255) for c in common.LESION_SEGMENT_COLOR) == tuple(found_type["recommendedDisplayRGBValue"])
 
 
 def test_the_former_lesion_code_is_not_listed(lists):
@@ -78,9 +77,9 @@ def test_slicer_terminology_logic_reads_the_entry(lists):
     assert logic.LoadTerminologyFromFile(str(CATEGORY_TYPE_FILE)) == lists[0]["SegmentationCategoryTypeContextName"]
     assert logic.LoadRegionContextFromFile(str(ANATOMY_FILE)) == lists[1]["AnatomicContextName"]
     entry = slicer.vtkSlicerTerminologyEntry()
-    assert logic.DeserializeTerminologyEntry(BUS.LESION_TERMINOLOGY_ENTRY, entry)
-    assert logic.SerializeTerminologyEntry(entry) == BUS.LESION_TERMINOLOGY_ENTRY
+    assert logic.DeserializeTerminologyEntry(common.LESION_TERMINOLOGY_ENTRY, entry)
+    assert logic.SerializeTerminologyEntry(entry) == common.LESION_TERMINOLOGY_ENTRY
     assert logic.UpdateEntryFromLoadedTerminologies(entry, [], [])
-    expected = tuple(round(c * 255) for c in BUS.LESION_SEGMENT_COLOR)
+    expected = tuple(round(c * 255) for c in common.LESION_SEGMENT_COLOR)
     assert tuple(entry.GetTypeObject().GetRecommendedDisplayRGBValue()) == expected
     assert entry.GetTypeObject().GetCodeMeaning() == "Mass"

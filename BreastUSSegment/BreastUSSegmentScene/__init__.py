@@ -1,0 +1,15 @@
+"""The Slicer side of BreastUSSegment: everything of the module but its Module, Widget, Logic and Test classes.
+
+Beside the core (``BreastUSSegmentLib``, which imports neither Slicer nor Qt), this package imports Slicer,
+VTK and MRML but never Qt itself, so it runs headless with ``slicer-core``. Its layers, each importing only
+those below it:
+
+- ``common``: the names, tags and roles the module writes into the scene, its error types, translation;
+- ``nodes``, ``parameters``, ``models``, ``status``: scene helpers (node lists, geometry, the output
+  segmentation, removal of a failed write's nodes); the panel's parameter node and the options it gives the
+  Logic; model cards and loaded segmenters; the status lines;
+- ``inputs``, ``rois``, ``segments``, ``results``: frames and spacing read from volumes; box prompts; the
+  Lesion and box segments; the result volumes, overlay and measurement table;
+- ``sequences``: Sequence items of a clip; ``writer``: one core result into the scene, for a volume, a
+  Sequence or box prompts, without the bookkeeping around it (the Logic's).
+"""
