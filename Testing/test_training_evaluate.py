@@ -276,6 +276,8 @@ def test_export_round_trips_and_carries_the_evaluation(busi, full_report, capsys
     assert cli.main(arguments) == 0
     card = read_model_card(target)
     assert f"sha256 {card.sha256}" in capsys.readouterr().out
+    assert card.onnx["file"] == target.with_suffix(".onnx").name and card.onnx["storage_dtype"] == "float16"
+    assert card.onnx["sha256"] == sha256_of_file(target.with_suffix(".onnx"))
 
     model, loaded_card = load_model(target)  # verifies the sha256
     source, _ = load_model(busi["full"])
