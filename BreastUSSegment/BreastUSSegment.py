@@ -723,8 +723,6 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
     def _output(segmentationNode, written, result, postprocessing, inputVolumeNode) -> SegmentationOutput:
         """What :meth:`segment` returns: the nodes, the lesion's measurements and, for an empty result,
         the strongest candidate Min. confidence hid."""
-        from BreastUSSegmentLib.postprocessing import strongest_hidden_confidence, strongest_rejected_lesion_probability
-
         [segmentId], [masks] = written.segmentIds, written.masks
         return SegmentationOutput(
             segmentationNode=segmentationNode,
@@ -734,10 +732,8 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
             measurements=measure_frames(masks, inputs.volumeSpacing(inputVolumeNode)),
             pipelineResult=result,
             postprocessing=postprocessing,
-            # Only an empty result needs it (for the status line); a long clip is not labelled twice otherwise.
-            hiddenConfidence=(None if result.processed_mask.any()
-                              else strongest_hidden_confidence(result.probability, postprocessing)),
-            rejectedLesionProbability=strongest_rejected_lesion_probability(result.lesion_probability, postprocessing),
+            hiddenConfidence=None if result.why_empty is None else result.why_empty.hidden_confidence,
+            rejectedLesionProbability=None if result.why_empty is None else result.why_empty.rejected_lesion_probability,
             sequenceNode=written.sequenceNode,
         )
 
@@ -836,7 +832,7 @@ class BreastUSSegmentTest(ScriptedLoadableModuleTest):
 
         from BreastUSSegmentLib.inference import LesionSegmenter
         from BreastUSSegmentLib.model import AttentionUNet, ModelConfig
-        from BreastUSSegmentLib.postprocessing import UNTUNED_POSTPROCESSING
+        from BreastUSSegmentLib.options import UNTUNED_POSTPROCESSING
         from BreastUSSegmentLib.weights import save_model
 
         self.delayDisplay("Segmenting a synthetic frame with a tiny model")

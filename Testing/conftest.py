@@ -5,7 +5,7 @@ import torch
 
 from BreastUSSegmentLib.inference import LesionSegmenter
 from BreastUSSegmentLib.model import AttentionUNet, ModelConfig
-from BreastUSSegmentLib.postprocessing import UNTUNED_POSTPROCESSING
+from BreastUSSegmentLib.options import UNTUNED_POSTPROCESSING
 from BreastUSSegmentLib.weights import save_model
 
 

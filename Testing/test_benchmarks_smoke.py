@@ -93,7 +93,7 @@ def test_weights_and_cpu_bf16_options_measure_the_given_model_in_bf16(tmp_path):
     import torch
 
     from BreastUSSegmentLib.model import AttentionUNet, ModelConfig
-    from BreastUSSegmentLib.postprocessing import UNTUNED_POSTPROCESSING
+    from BreastUSSegmentLib.options import UNTUNED_POSTPROCESSING
     from BreastUSSegmentLib.weights import save_model
 
     torch.manual_seed(0)

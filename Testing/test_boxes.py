@@ -11,7 +11,8 @@ from BreastUSSegmentLib.boxes import (
     Box, BoxError, as_box, boxes_for_frames, centre_region, clip_box, grow_box, parse_box, read_box_table,
 )
 from BreastUSSegmentLib.cli import main
-from BreastUSSegmentLib.postprocessing import UNTUNED_POSTPROCESSING, postprocess_box
+from BreastUSSegmentLib.options import UNTUNED_POSTPROCESSING
+from BreastUSSegmentLib.postprocessing import postprocess_box
 from BreastUSSegmentLib.weights import save_model
 from conftest import brightness_model
 

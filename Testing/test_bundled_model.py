@@ -10,7 +10,8 @@ from slicer_module import SAMPLES_DIR
 from BreastUSSegmentLib import BUNDLED_WEIGHTS
 from BreastUSSegmentLib.inference import LesionSegmenter
 from BreastUSSegmentLib.metrics import dice_score
-from BreastUSSegmentLib.weights import card_path_for, read_model_card, sha256_of_file
+from BreastUSSegmentLib.modelcard import card_path_for, read_model_card
+from BreastUSSegmentLib.weights import sha256_of_file
 
 MAX_WEIGHTS_BYTES = 40 * 1024 * 1024
 
@@ -66,7 +67,7 @@ def lattice_measure(weights, name: str) -> float:
     size = tuple(card.input_size)
     image = np.array(Image.open(SAMPLES_DIR / f"breastus_sample_{name}.png"))
     with torch.no_grad():
-        _, attention = model(prepare_input(image, size), return_attention=True)
+        attention = model(prepare_input(image, size)).attention
     combined = torch.stack([resize_frames(level, size) for level in attention]).mean(0)[0, 0].numpy()
     return high_frequency_fraction(combined)
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 from BreastUSSegmentLib.cli import main
 from BreastUSSegmentLib.model import AttentionUNet
-from BreastUSSegmentLib.postprocessing import UNTUNED_POSTPROCESSING
+from BreastUSSegmentLib.options import UNTUNED_POSTPROCESSING
 from BreastUSSegmentLib.weights import load_model, save_model
 from conftest import brightness_model
 

@@ -31,8 +31,8 @@ def test_one_auxiliary_mask_per_coarser_level_at_the_input_size_and_the_output_u
     supervised = DeeplySupervisedUNet(model)
     images = torch.rand(2, 1, 32, 32)
     with torch.no_grad():
-        logits, auxiliary = supervised(images)
-        plain = model(images)
+        logits, _, _, auxiliary = supervised(images)
+        plain = model(images).logits
     assert len(auxiliary) == CONFIG.depth - 1
     assert all(level.shape == (2, 1, 32, 32) for level in auxiliary)
     assert torch.equal(logits, plain)
@@ -50,7 +50,7 @@ def test_one_auxiliary_mask_per_coarser_level_at_the_input_size_and_the_output_u
 def test_lesion_logits_pass_through_the_wrapper():
     model = AttentionUNet(ModelConfig(base_channels=4, depth=2, dropout=0.0, lesion_head=True)).eval()
     with torch.no_grad():
-        logits, auxiliary, lesion = DeeplySupervisedUNet(model)(torch.rand(3, 1, 16, 16), return_lesion_logit=True)
+        logits, _, lesion, auxiliary = DeeplySupervisedUNet(model)(torch.rand(3, 1, 16, 16))
     assert logits.shape == (3, 1, 16, 16) and len(auxiliary) == 1 and lesion.shape == (3,)
 
 

@@ -11,8 +11,9 @@ from breastus_training.cli import main as train_main
 from breastus_training.ensemble import EnsembleError, join_models
 from BreastUSSegmentLib.inference import LesionSegmenter
 from BreastUSSegmentLib.model import AttentionUNet, AttentionUNetEnsemble, ModelConfig, build_model
-from BreastUSSegmentLib.postprocessing import UNTUNED_POSTPROCESSING
-from BreastUSSegmentLib.weights import card_path_for, load_model, read_model_card, save_model, stored_copy
+from BreastUSSegmentLib.modelcard import card_path_for, read_model_card
+from BreastUSSegmentLib.options import UNTUNED_POSTPROCESSING
+from BreastUSSegmentLib.weights import load_model, save_model, stored_copy
 
 CONFIG = ModelConfig(base_channels=4, depth=2, dropout=0.0)
 SHARED = {"dataset": "BUSI + BrEaST", "split": "splits/s.json", "split_sha256": "ab" * 32}
@@ -52,9 +53,9 @@ def test_forward_averages_the_members_probabilities_attention_and_lesion_head():
     ensemble = build_model(config).eval()
     x = torch.randn(2, 1, 32, 32)
     with torch.no_grad():
-        logits, attention, lesion = ensemble(x, return_attention=True, return_lesion_logit=True)
-        runs = [member(x, return_attention=True, return_lesion_logit=True) for member in ensemble.members]
-        plain = ensemble(x)
+        logits, attention, lesion = ensemble(x)
+        runs = [member(x) for member in ensemble.members]
+        plain = ensemble(x).logits
     expected = (torch.sigmoid(runs[0][0]) + torch.sigmoid(runs[1][0])) / 2
     assert not torch.allclose(torch.sigmoid(runs[0][0]), torch.sigmoid(runs[1][0]), atol=1e-3)  # members differ
     torch.testing.assert_close(torch.sigmoid(logits), expected, atol=1e-6, rtol=0)
@@ -71,7 +72,7 @@ def test_logits_are_finite_and_exact_where_the_members_are_certain(biases, expec
     with torch.no_grad():
         for member, bias in zip(ensemble.members, biases):
             member.head.bias.fill_(bias)
-        logits = ensemble(torch.randn(1, 1, 8, 8))
+        logits = ensemble(torch.randn(1, 1, 8, 8)).logits
     assert torch.isfinite(logits).all()
     torch.testing.assert_close(torch.sigmoid(logits), torch.full_like(logits, expected))
 
@@ -81,9 +82,9 @@ def test_bf16_autocast_gives_float32_outputs_close_to_float32():
     ensemble = build_model(ModelConfig(base_channels=4, depth=2, dropout=0.0, members=2)).eval()
     x = torch.randn(1, 1, 32, 32)
     with torch.no_grad():
-        reference, reference_attention = ensemble(x, return_attention=True)
+        reference, reference_attention, _ = ensemble(x)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            logits, attention = ensemble(x, return_attention=True)
+            logits, attention, _ = ensemble(x)
     assert logits.dtype == torch.float32 and all(gate.dtype == torch.float32 for gate in attention)
     torch.testing.assert_close(torch.sigmoid(logits), torch.sigmoid(reference), atol=0.05, rtol=0)
     torch.testing.assert_close(attention[-1], reference_attention[-1], atol=0.05, rtol=0)

@@ -11,7 +11,7 @@ from BreastUSSegmentLib.cli import main as segment_main
 from BreastUSSegmentLib.imageio import write_image
 from BreastUSSegmentLib.inference import LesionSegmenter
 from BreastUSSegmentLib.model import AttentionUNet, ModelConfig
-from BreastUSSegmentLib.postprocessing import UNTUNED_POSTPROCESSING
+from BreastUSSegmentLib.options import UNTUNED_POSTPROCESSING
 from BreastUSSegmentLib.weights import load_model, save_model
 from breastus_training import cli, export
 

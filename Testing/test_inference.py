@@ -7,8 +7,10 @@ import torch
 from BreastUSSegmentLib.device import select_device
 from BreastUSSegmentLib.inference import LesionSegmenter
 from BreastUSSegmentLib.model import AttentionUNet, ModelConfig
-from BreastUSSegmentLib.postprocessing import PostprocessOptions, UNTUNED_POSTPROCESSING
-from BreastUSSegmentLib.weights import WeightsError, save_model
+from BreastUSSegmentLib.modelcard import WeightsError
+from BreastUSSegmentLib.options import PostprocessOptions, UNTUNED_POSTPROCESSING
+from BreastUSSegmentLib.postprocessing import strongest_hidden_confidence
+from BreastUSSegmentLib.weights import save_model
 
 
 @pytest.fixture(scope="module")
@@ -122,11 +124,11 @@ class _OutOfMemoryOnce(torch.nn.Module):
         super().__init__()
         self.inner, self.config, self.failed = model, model.config, False
 
-    def forward(self, x, return_attention=False, return_lesion_logit=False):
+    def forward(self, x):
         if not self.failed:
             self.failed = True
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return self.inner(x, return_attention=return_attention, return_lesion_logit=return_lesion_logit)
+        return self.inner(x)
 
 
 def test_out_of_memory_falls_back_to_cpu_with_warning(caplog, monkeypatch):
@@ -150,3 +152,17 @@ def test_a_non_finite_network_output_is_an_error_naming_the_model_file(tiny_weig
     with pytest.raises(WeightsError, match="NaN or infinite") as error:
         segmenter.segment(gray_frame())
     assert str(tiny_weights) in str(error.value)
+
+
+def test_an_empty_result_says_what_post_processing_hid(brightness_segmenter):
+    frame = np.zeros((64, 64), np.float32)
+    frame[10:40, 10:40] = 0.55  # a lukewarm region: probability about 0.88
+    frame[60, 60] = 1.0  # one pixel that sets the scale, dropped as too small
+    options = brightness_segmenter.postprocessing.with_overrides(min_mean_probability=0.95)
+    result = brightness_segmenter.segment(frame, postprocessing=options)
+    assert not result.processed_mask.any()
+    assert result.why_empty.hidden_confidence == pytest.approx(strongest_hidden_confidence(result.probability, options))
+    assert 0.8 < result.why_empty.hidden_confidence < 0.95
+    assert result.why_empty.rejected_lesion_probability is None
+    shown = brightness_segmenter.segment(frame, postprocessing=options.with_overrides(min_mean_probability=0.8))
+    assert shown.processed_mask.any() and shown.why_empty is None

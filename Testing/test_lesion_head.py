@@ -9,7 +9,8 @@ import torch
 
 from BreastUSSegmentLib.inference import LesionSegmenter
 from BreastUSSegmentLib.model import AttentionUNet, ModelConfig
-from BreastUSSegmentLib.postprocessing import UNTUNED_POSTPROCESSING, postprocess_frames
+from BreastUSSegmentLib.options import UNTUNED_POSTPROCESSING
+from BreastUSSegmentLib.postprocessing import postprocess_frames
 from BreastUSSegmentLib.preprocessing import prepare_frames
 from BreastUSSegmentLib.weights import load_model, save_model
 from breastus_training import cli
@@ -38,15 +39,14 @@ def test_the_head_gives_one_logit_per_image_in_a_fixed_output_order():
     model = head_model()
     x = torch.randn(3, 1, 32, 32)
     with torch.no_grad():
-        logits = model(x)
-        same, attention, lesion = model(x, return_attention=True, return_lesion_logit=True)
-        only_logits, lesion_again = model(x, return_lesion_logit=True)
+        logits = model(x).logits
+        same, attention, lesion = model(x)
+        only_logits, _, lesion_again = model(x)
     assert logits.shape == (3, 1, 32, 32) and lesion.shape == (3,)
     assert torch.equal(logits, same) and torch.equal(logits, only_logits) and torch.equal(lesion, lesion_again)
     assert len(attention) == 2
     assert len(set(lesion.tolist())) == 3  # it depends on the image
-    with pytest.raises(ValueError, match="no lesion head"):
-        AttentionUNet(ModelConfig(base_channels=4, depth=2))(x, return_lesion_logit=True)
+    assert AttentionUNet(ModelConfig(base_channels=4, depth=2))(x).lesion_logit is None  # no head, no lesion logit
 
 
 def test_a_card_written_before_the_head_loads_without_it_and_gate_off(tmp_path):
@@ -89,7 +89,7 @@ def test_segmenter_reports_each_frames_head_probability_and_applies_the_bar():
     result = segmenter.segment(frames, batch_size=2)
     network_input, _ = prepare_frames(frames, (32, 32))
     with torch.no_grad():
-        _, expected = model(torch.from_numpy(network_input), return_lesion_logit=True)
+        expected = model(torch.from_numpy(network_input)).lesion_logit
     assert result.lesion_probability.shape == (5,)
     assert np.allclose(result.lesion_probability, torch.sigmoid(expected).numpy(), atol=1e-5)
     bar = float(np.median(result.lesion_probability))

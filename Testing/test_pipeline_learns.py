@@ -7,7 +7,7 @@ import torch
 from BreastUSSegmentLib.inference import LesionSegmenter
 from BreastUSSegmentLib.metrics import LATTICE_BLUR_SIGMA, LATTICE_MAX_FRACTION, dice_score, high_frequency_fraction
 from BreastUSSegmentLib.model import AttentionUNet, ModelConfig
-from BreastUSSegmentLib.postprocessing import UNTUNED_POSTPROCESSING
+from BreastUSSegmentLib.options import UNTUNED_POSTPROCESSING
 from BreastUSSegmentLib.preprocessing import prepare_input, resize_frames
 
 INPUT_SIZE = (64, 64)
@@ -40,7 +40,7 @@ def test_short_training_finds_planted_lesions():
     losses = []
     for step in range(60):
         batch = torch.from_numpy(rng.choice(len(train), 12, replace=False))
-        loss = loss_fn(model(images[batch]), masks[batch].float())
+        loss = loss_fn(model(images[batch]).logits, masks[batch].float())
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -60,7 +60,7 @@ def test_short_training_finds_planted_lesions():
     sigma = LATTICE_BLUR_SIGMA * INPUT_SIZE[0] / 256
     model.eval()
     with torch.no_grad():
-        _, attention = model(torch.cat([prepare_input(frame, INPUT_SIZE) for frame, _ in test]), return_attention=True)
+        attention = model(torch.cat([prepare_input(frame, INPUT_SIZE) for frame, _ in test])).attention
     combined = torch.stack([resize_frames(level, INPUT_SIZE) for level in attention]).mean(0)
     fractions = [high_frequency_fraction(frame[0].numpy(), sigma) for frame in combined]
     assert max(fractions) <= LATTICE_MAX_FRACTION, fractions

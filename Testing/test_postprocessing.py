@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from BreastUSSegmentLib.options import PostprocessOptions, UNTUNED_POSTPROCESSING
 from BreastUSSegmentLib.postprocessing import (
     fill_holes,
-    PostprocessOptions,
-    UNTUNED_POSTPROCESSING,
     keep_largest_component,
     postprocess_frames,
     postprocess_mask,
@@ -167,6 +166,6 @@ def test_post_processing_on_the_window_around_the_lesions_equals_it_on_the_whole
     for options in (base, base.with_overrides(keep_largest=True, min_mean_probability=0.6),
                     base.with_overrides(fill_holes=False, smoothing_sigma=3.0, min_area_fraction=0.0)):
         sigma = options.smoothing_sigma * min(shape) / REFERENCE_SIZE
-        expected = _postprocess_window(probability, options, probability.size, sigma)
+        expected = _postprocess_window(probability, options, probability.size, sigma)[0]
         np.testing.assert_array_equal(postprocess_mask(probability, options), expected)
         assert expected.any()

@@ -16,7 +16,7 @@ from BreastUSSegmentLib import runtime
 from BreastUSSegmentLib.inference import LesionSegmenter
 from BreastUSSegmentLib.model import AttentionUNet, ModelConfig
 from BreastUSSegmentLib.modelcard import WeightsError, card_path_for, read_model_card
-from BreastUSSegmentLib.postprocessing import UNTUNED_POSTPROCESSING
+from BreastUSSegmentLib.options import UNTUNED_POSTPROCESSING
 from BreastUSSegmentLib.preprocessing import resize_frames
 from BreastUSSegmentLib.runtime import BackendChoice, choose_backend
 from BreastUSSegmentLib.weights import save_model

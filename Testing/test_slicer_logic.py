@@ -17,8 +17,9 @@ import slicer
 from BreastUSSegmentLib.inference import LesionSegmenter
 from BreastUSSegmentLib.measure import measure_frames
 from BreastUSSegmentLib.model import AttentionUNet, ModelConfig
-from BreastUSSegmentLib.postprocessing import UNTUNED_POSTPROCESSING
-from BreastUSSegmentLib.weights import read_model_card, save_model
+from BreastUSSegmentLib.modelcard import read_model_card
+from BreastUSSegmentLib.options import UNTUNED_POSTPROCESSING
+from BreastUSSegmentLib.weights import save_model
 from BreastUSSegmentScene import common, models, parameters, rois, segments, status
 from conftest import brightness_model
 
@@ -565,7 +566,7 @@ def test_module_classes_and_parameter_node_fields():
         "createProbabilityVolume", "boxAllFrames",
     }
     # The post-processing fields are the core's settings under the core's names: all of them, smoothing as a switch.
-    from BreastUSSegmentLib.postprocessing import PostprocessOptions
+    from BreastUSSegmentLib.options import PostprocessOptions
 
     pack = set(parameters.PostprocessingParameters.__annotations__)
     assert pack - {"smoothing"} == {f.name for f in dataclasses.fields(PostprocessOptions)} - {"smoothing_sigma"}

@@ -14,7 +14,7 @@ import vtk
 from slicer_module import LOAD_MODULE_CODE, load_module
 
 import slicer
-from BreastUSSegmentLib.postprocessing import UNTUNED_POSTPROCESSING
+from BreastUSSegmentLib.options import UNTUNED_POSTPROCESSING
 from BreastUSSegmentLib.weights import save_model
 from BreastUSSegmentScene import common, inputs, nodes, rois, segments, status
 from conftest import brightness_model
@@ -288,7 +288,7 @@ def test_the_model_card_is_read_without_pytorch():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    from BreastUSSegmentLib.weights import read_model_card
+    from BreastUSSegmentLib.modelcard import read_model_card
 
     expected = read_model_card(BUS.BUNDLED_WEIGHTS).postprocess_options.threshold
     assert float(result.stdout.strip().splitlines()[-1]) == pytest.approx(expected)

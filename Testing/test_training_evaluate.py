@@ -11,8 +11,10 @@ from PIL import Image
 from BreastUSSegmentLib.inference import LesionSegmenter
 from BreastUSSegmentLib.metrics import dice_score, hausdorff95, iou_score
 from BreastUSSegmentLib.model import AttentionUNet, ModelConfig
-from BreastUSSegmentLib.postprocessing import UNTUNED_POSTPROCESSING, postprocess_mask
-from BreastUSSegmentLib.weights import WeightsError, card_path_for, load_model, read_model_card, save_model
+from BreastUSSegmentLib.modelcard import WeightsError, card_path_for, read_model_card
+from BreastUSSegmentLib.options import UNTUNED_POSTPROCESSING
+from BreastUSSegmentLib.postprocessing import postprocess_mask
+from BreastUSSegmentLib.weights import load_model, save_model
 from breastus_training import evaluate, export, figures, sweep
 
 INPUT_SIZE = (32, 32)
@@ -472,13 +474,13 @@ def test_sweep_counts_false_lesions_and_misses_and_refuses_the_test_split(busi):
         nowhere["normal_images"] / (nowhere["normal_images"] + nowhere["lesion_images"]))
     with pytest.raises(ValueError, match="not 'test'"):
         sweep.sweep_split(busi["data"], busi["split"], busi["full"], "test", {
-            "thresholds": [0.5], "min_area_fractions": [0.0], "min_mean_probabilities": [0.0]})
+            "threshold": [0.5], "min_area_fraction": [0.0], "min_mean_probability": [0.0]})
 
 
 def test_sweep_settings_not_listed_keep_the_model_cards_values():
     card = UNTUNED_POSTPROCESSING.with_overrides(threshold=0.6, keep_largest=False)
     assert sweep.option_grid(card) == [card]
-    grid = sweep.option_grid(card, min_mean_probabilities=[0.0, 0.7])
+    grid = sweep.option_grid(card, min_mean_probability=[0.0, 0.7])
     assert [options.min_mean_probability for options in grid] == [0.0, 0.7]
     assert all(options.threshold == 0.6 and options.keep_largest is False for options in grid)
 

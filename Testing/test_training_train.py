@@ -127,7 +127,7 @@ def test_best_model_loads_with_the_core_and_records_its_provenance(dataset, tmp_
     assert card.training["epoch"] in (1, 2)
     best_row = read_metrics(run_dir)[card.training["epoch"] - 1]
     assert card.training["val_iou"] == pytest.approx(float(best_row["val_iou"]))
-    assert model(torch.zeros(1, 1, 64, 64)).shape == (1, 1, 64, 64)
+    assert model(torch.zeros(1, 1, 64, 64)).logits.shape == (1, 1, 64, 64)
 
 
 def test_resume_with_other_settings_is_refused(dataset, tmp_path, capsys):

@@ -6,7 +6,7 @@ import torch
 
 from BreastUSSegmentLib.metrics import LATTICE_MAX_FRACTION, high_frequency_fraction
 from BreastUSSegmentLib.model import AttentionUNet, ModelConfig
-from BreastUSSegmentLib.postprocessing import UNTUNED_POSTPROCESSING
+from BreastUSSegmentLib.options import UNTUNED_POSTPROCESSING
 from BreastUSSegmentLib.weights import save_model
 from breastus_training import cli
 from breastus_training.augment import get_augmentation

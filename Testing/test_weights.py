@@ -2,15 +2,15 @@
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
 from BreastUSSegmentLib.model import AttentionUNet, ModelConfig
-from BreastUSSegmentLib.postprocessing import UNTUNED_POSTPROCESSING
-from BreastUSSegmentLib.weights import (
-    WeightsError, card_path_for, load_model, read_model_card, save_model, sha256_of_file, stored_copy,
-)
+from BreastUSSegmentLib.modelcard import WeightsError, card_path_for, read_model_card
+from BreastUSSegmentLib.options import UNTUNED_POSTPROCESSING
+from BreastUSSegmentLib.weights import load_model, save_model, sha256_of_file, stored_copy
 
 
 @pytest.fixture
@@ -229,3 +229,16 @@ def test_an_unknown_storage_dtype_or_a_value_out_of_its_range_is_not_written(tmp
         save_model(model, tmp_path / "m.safetensors", postprocessing=UNTUNED_POSTPROCESSING, storage_dtype="float16")
     assert not (tmp_path / "m.safetensors").exists()
     save_model(model, tmp_path / "m.safetensors", postprocessing=UNTUNED_POSTPROCESSING, storage_dtype="bfloat16")
+
+
+def test_reading_a_card_imports_neither_the_algorithms_nor_their_libraries():
+    """The panel reads a card before PyTorch is installed: modelcard must not pull in the post-processing code."""
+    import subprocess
+    import sys
+
+    code = ("import sys, BreastUSSegmentLib.modelcard as m; "
+            "print(' '.join(sorted(n for n in sys.modules if n.split('.')[0] in ('scipy', 'numpy', 'torch') "
+            "or n in ('BreastUSSegmentLib.postprocessing', 'BreastUSSegmentLib.boxes'))))")
+    library = Path(__file__).resolve().parents[1] / "BreastUSSegment"
+    result = subprocess.run([sys.executable, "-c", code], cwd=library, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == ""

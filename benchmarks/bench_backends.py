@@ -16,10 +16,10 @@ import numpy as np
 from PIL import Image
 
 from BreastUSSegmentLib.imageio import read_image
-from BreastUSSegmentLib.inference import LesionSegmenter, NetworkOutput, _OutputFrames, sigmoid
+from BreastUSSegmentLib.inference import LesionSegmenter, Probabilities, _OutputFrames, sigmoid
 from BreastUSSegmentLib.modelcard import read_model_card
 from BreastUSSegmentLib.postprocessing import postprocess_frames
-from BreastUSSegmentLib.preprocessing import normalize_intensity, resize_frames, to_grayscale_frames
+from BreastUSSegmentLib.preprocessing import to_grayscale_frames, to_network_input
 from BreastUSSegmentLib.runtime import BackendChoice, choose_backend, cpu_has_native_bf16, runtime_available
 from BreastUSSegmentLib.visualize import overlay_figure
 from bench_pipeline_worker import benchmark_frame, cine_clip
@@ -63,7 +63,7 @@ def measure_backends(weights: Path, settings: Settings, threads: int) -> dict:
     size = any_segmenter.input_size
     frame, source = benchmark_frame()
     clip = cine_clip(frame, settings.cine_frames)
-    batch = resize_frames(normalize_intensity(to_grayscale_frames(frame))[:, None], size)
+    batch = to_network_input(to_grayscale_frames(frame), size)
     logits = {key: segmenter.runner.run(batch).logits for key, segmenter in segmenters.items()}
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "frame.png"
@@ -107,11 +107,11 @@ def profile_steps(segmenter: LesionSegmenter, frame: np.ndarray, runs: int) -> d
         def lap():
             clock.append(time.perf_counter())
 
-        batch = resize_frames(normalize_intensity(to_grayscale_frames(frame))[:, None], segmenter.input_size)
+        batch = to_network_input(to_grayscale_frames(frame), segmenter.input_size)
         lap()
         raw = segmenter.runner.run(batch)
         lap()
-        output = NetworkOutput(sigmoid(raw.logits), raw.attention, None)
+        output = Probabilities(sigmoid(raw.logits), raw.attention, None)
         lap()
         outputs = _OutputFrames(1, frame.shape[:2], segmenter.config.depth)
         outputs.store(0, 1, output)

@@ -167,7 +167,7 @@ def pipeline_weights(folder: Path, chosen: Path | None) -> tuple[Path, str]:
     """``chosen``, else the bundled weights if installed, else untrained weights saved in ``folder``."""
     from BreastUSSegmentLib import BUNDLED_WEIGHTS
     from BreastUSSegmentLib.model import AttentionUNet, ModelConfig
-    from BreastUSSegmentLib.postprocessing import UNTUNED_POSTPROCESSING
+    from BreastUSSegmentLib.options import UNTUNED_POSTPROCESSING
     from BreastUSSegmentLib.weights import save_model
 
     if chosen is not None:

@@ -34,7 +34,7 @@ if str(BENCHMARK_DIR) not in sys.path:
 
 from BreastUSSegmentLib.inference import LesionSegmenter  # noqa: E402
 from BreastUSSegmentLib.model import AttentionUNet, ModelConfig  # noqa: E402
-from BreastUSSegmentLib.postprocessing import UNTUNED_POSTPROCESSING  # noqa: E402
+from BreastUSSegmentLib.options import UNTUNED_POSTPROCESSING# noqa: E402
 from BreastUSSegmentLib.weights import save_model  # noqa: E402
 from bench_pipeline_worker import benchmark_frame, cine_clip  # noqa: E402
 

@@ -27,7 +27,7 @@ def step_seconds(model: nn.Module, optimizer, images, masks, precision: str) -> 
     loss_fn = nn.BCEWithLogitsLoss()
     started = time.perf_counter()
     with autocast(images.device, precision):
-        logits = model(images)
+        logits = model(images).logits
     loss = loss_fn(logits.float(), masks)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()

@@ -38,10 +38,10 @@ from .fileio import split_extension, write_atomically
 from .imageio import read_image, write_image
 from .imagetypes import MAX_INPUT_PIXELS, ImageReadError
 from .measure import measure_lesion
-from .postprocessing import strongest_hidden_confidence, strongest_rejected_lesion_probability
+from .modelcard import WeightsError
+from .options import add_settings_arguments, settings_from_args
 from .preprocessing import InvalidImageError
 from .visualize import FIGURE_MAX_SIDE, overlay_figure
-from .weights import WeightsError
 
 FORMATS = {"nrrd": ".nrrd", "nifti": ".nii.gz", "png": ".png"}
 EPILOG = (
@@ -73,15 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "else PyTorch on the CPU)")
     parser.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
                         help="fp32, or bf16 (torch, openvino); default auto: bf16 where the CPU computes it natively")
-    parser.add_argument("--threshold", type=float, help="probability threshold (default: the model card's)")
-    parser.add_argument("--min-confidence", type=float, metavar="P",
-                        help="drop found regions whose mean probability is below P, 0 keeps all (default: the model card's)")
-    parser.add_argument("--min-lesion-probability", type=float, metavar="P",
-                        help="models with a lesion head: no lesion on a frame whose image-level lesion probability "
-                             "is below P, 0 keeps all (default: the model card's)")
     parser.add_argument("--no-postprocess", action="store_true", help="write the raw thresholded mask")
-    parser.add_argument("--test-time-flip", action=argparse.BooleanOptionalAction, default=None,
-                        help="average with a horizontally flipped pass (default: the model card's)")
     parser.add_argument("--no-figure", action="store_true", help="do not write the overlay PNG")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     parser.add_argument("--batch-size", type=int, default=8, help="frames per forward pass for clips")
@@ -90,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--boxes", type=Path, metavar="FILE.csv",
                         help="boxes for many images: a CSV file with columns file, x0, y0, x1, y1, one row per box")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    add_settings_arguments(parser)
     return parser
 
 
@@ -238,11 +231,12 @@ def lesion_summary(image_path: Path, image, mask: np.ndarray, result, options) -
     if frames_with_lesion == 0 and result.boxes is not None:
         return f"{image_path.name}: no lesion found"
     if frames_with_lesion == 0:
-        rejected = None if options is None else strongest_rejected_lesion_probability(result.lesion_probability, options)
+        why = None if options is None else result.why_empty  # what post-processing hid, found as it ran
+        rejected = None if why is None else why.rejected_lesion_probability
         if rejected is not None:
             return (f"{image_path.name}: no lesion found (the lesion head's probability, {rejected:.2f} at most, "
                     f"is below --min-lesion-probability {options.min_lesion_probability:.2f})")
-        hidden = None if options is None else strongest_hidden_confidence(result.probability, options)
+        hidden = None if why is None else why.hidden_confidence
         return f"{image_path.name}: no lesion found" + (
             "" if hidden is None else
             f" (the strongest candidate region, mean probability {hidden:.2f}, is below --min-confidence "
@@ -296,10 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     from .inference import LesionSegmenter
 
     try:
-        segmenter = LesionSegmenter.from_weights(
-            args.weights, device=args.device, backend=args.backend, precision=args.precision, threshold=args.threshold, min_mean_probability=args.min_confidence,
-            min_lesion_probability=args.min_lesion_probability, test_time_flip=args.test_time_flip,
-        )
+        segmenter = LesionSegmenter.from_weights(args.weights, device=args.device, backend=args.backend,
+                                                 precision=args.precision, **settings_from_args(args))
     except (WeightsError, RuntimeError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

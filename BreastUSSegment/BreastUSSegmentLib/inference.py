@@ -19,9 +19,10 @@ from .boxes import (
     CONTEXT_MARGIN, FRAME_WEIGHT, NO_LESION_PROBABILITY, Box, boxes_for_frames, check_frame_weight, grow_box,
 )
 from .modelcard import ModelCard, ModelConfig, WeightsError, read_model_card
-from .postprocessing import PostprocessOptions, check_lesion_head, postprocess_box, postprocess_frames
-from .preprocessing import normalize_intensity, prepare_frames, resize_frames, to_grayscale_frames
-from .runtime import CPU_FRAMES_PER_FORWARD, TorchRunner, choose_backend, open_runner, verified_onnx_path  # noqa: F401
+from .options import PostprocessOptions, check_lesion_head
+from .postprocessing import WhyEmpty, postprocess_box, postprocess_frames_explained
+from .preprocessing import prepare_frames, resize_frames, to_grayscale_frames, to_network_input
+from .runtime import TorchRunner, choose_backend, open_runner, verified_onnx_path
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ class SegmentationResult:
     box_labels: np.ndarray | None = None  # uint16, with box prompts only
     boxes: list[BoxOutcome] | None = None  # with box prompts only
     lesion_probability: np.ndarray | None = None  # (F,) float32, the lesion head's; models with one, no boxes
+    why_empty: WhyEmpty | None = None  # without boxes, when every processed mask is empty: what post-processing hid
 
     @property
     def empty_boxes(self) -> list[BoxOutcome]:
@@ -69,9 +71,9 @@ class SegmentationResult:
         return self.probability.shape[0]
 
 
-class NetworkOutput(NamedTuple):
-    """One batch through the network, float32 numpy: ``(n, 1, h, w)`` probability, one map per gate, and the
-    lesion head's ``(n,)`` probability."""
+class Probabilities(NamedTuple):
+    """One batch through the network, as float32 numpy probabilities: ``(n, 1, h, w)`` map, one map per gate,
+    and the lesion head's ``(n,)``."""
 
     probability: np.ndarray
     attention: list
@@ -181,25 +183,25 @@ class LesionSegmenter:
         """Whether the model gives an image-level lesion probability (``ModelConfig.lesion_head``)."""
         return self.config.lesion_head
 
-    def _pass(self, batch: np.ndarray) -> NetworkOutput:
+    def _pass(self, batch: np.ndarray) -> Probabilities:
         """One pass of the network through the runner; probabilities in float32."""
         raw = self.runner.run(batch)
-        return NetworkOutput(sigmoid(raw.logits), list(raw.attention),
+        return Probabilities(sigmoid(raw.logits), list(raw.attention),
                              sigmoid(raw.lesion_logit) if self.has_lesion_head else None)
 
-    def _forward(self, batch: np.ndarray, test_time_flip: bool) -> NetworkOutput:
+    def _forward(self, batch: np.ndarray, test_time_flip: bool) -> Probabilities:
         """The batch's outputs; with ``test_time_flip`` averaged with those of the mirrored batch."""
         output = self._pass(batch)
         if not test_time_flip:
             return output
         mirrored = self._pass(np.ascontiguousarray(batch[..., ::-1]))
-        return NetworkOutput(
+        return Probabilities(
             0.5 * (output.probability + mirrored.probability[..., ::-1]),
             [0.5 * (a + b[..., ::-1]) for a, b in zip(output.attention, mirrored.attention)],
             None if output.lesion_probability is None else 0.5 * (output.lesion_probability + mirrored.lesion_probability),
         )
 
-    def _check_finite(self, output: NetworkOutput) -> None:
+    def _check_finite(self, output: Probabilities) -> None:
         """Raise :class:`WeightsError` naming the model when the network output holds NaN or infinite values."""
         values = [output.probability, *output.attention]
         if output.lesion_probability is not None:
@@ -213,7 +215,7 @@ class LesionSegmenter:
         )
 
     def _run(self, total: int, network_input, test_time_flip: bool, batch_size: int, progress, store) -> None:
-        """Forward ``total`` items batch by batch and hand each :class:`NetworkOutput` to ``store(first, last, output)``.
+        """Forward ``total`` items batch by batch and hand each :class:`Probabilities` to ``store(first, last, output)``.
 
         ``network_input(first, last)`` gives the ``(n, 1, h, w)`` float32 array of items
         ``first:last``; ``progress(done, total)`` is called after every batch.
@@ -257,7 +259,7 @@ class LesionSegmenter:
         box are first segmented whole, with 0 the crop is used alone.
         ``progress(done, total)`` is called after every batch of frames (with box
         prompts: of the frames segmented whole, then of the boxes). A network output
-        that is not finite raises :class:`~.weights.WeightsError`. ``test_time_flip``
+        that is not finite raises :class:`~.modelcard.WeightsError`. ``test_time_flip``
         None is the post-processing options' own (a model card's choice).
         """
         options = postprocessing or self.postprocessing
@@ -278,13 +280,15 @@ class LesionSegmenter:
         self._run(network_input.shape[0], lambda first, last: network_input[first:last],
                   test_time_flip, batch_size, progress, outputs.store)
         raw_mask = outputs.probability >= options.threshold
+        processed_mask, why_empty = postprocess_frames_explained(outputs.probability, options, outputs.lesion_probability)
         return SegmentationResult(
             probability=outputs.probability,
             raw_mask=raw_mask,
-            processed_mask=postprocess_frames(outputs.probability, options, outputs.lesion_probability),
+            processed_mask=processed_mask,
             attention_maps=outputs.attention_maps,
             combined_attention=outputs.combined_attention(),
             lesion_probability=outputs.lesion_probability,
+            why_empty=None if processed_mask.any() else why_empty,
         )
 
     def _segment_boxes(
@@ -307,14 +311,14 @@ class LesionSegmenter:
         )
 
         def network_input(first: int, last: int) -> np.ndarray:
-            pieces = [normalize_intensity(frames[crop.frame][crop.window.slices][np.newaxis]) for crop in crops[first:last]]
-            return np.concatenate([resize_frames(piece[:, np.newaxis], self.input_size) for piece in pieces])
+            return np.concatenate([to_network_input(frames[crop.frame][crop.window.slices][np.newaxis],
+                                                    self.input_size) for crop in crops[first:last]])
 
         outputs = _OutputFrames(frames.shape[0], size, self.config.depth, fill=0.0)
         labels = np.zeros((frames.shape[0], *size), dtype=np.uint16)
         outcomes = []
 
-        def store(first, last, output: NetworkOutput) -> None:
+        def store(first, last, output: Probabilities) -> None:
             for offset, crop in enumerate(crops[first:last]):
                 in_box = outputs.paste(
                     crop, output.probability[offset:offset + 1], [a[offset:offset + 1] for a in output.attention],
@@ -363,10 +367,9 @@ class LesionSegmenter:
             crops_of[crop.frame].append(position)
 
         def network_input(first: int, last: int) -> np.ndarray:
-            batch = normalize_intensity(frames[whole_frames[first:last]])
-            return resize_frames(batch[:, np.newaxis], self.input_size)
+            return to_network_input(frames[whole_frames[first:last]], self.input_size)
 
-        def store(first, last, output: NetworkOutput) -> None:
+        def store(first, last, output: Probabilities) -> None:
             resized = np.clip(resize_frames(output.probability, size)[:, 0], 0.0, 1.0)
             for row, frame in enumerate(whole_frames[first:last]):
                 for position in crops_of[frame]:
@@ -415,7 +418,7 @@ class _OutputFrames:
             return np.empty((frame_count, *self.size), dtype=np.float32)
         return np.full((frame_count, *self.size), self.fill, dtype=np.float32)
 
-    def store(self, first: int, last: int, output: NetworkOutput) -> None:
+    def store(self, first: int, last: int, output: Probabilities) -> None:
         """Resize the ``(n, 1, h, w)`` network outputs to the input grid, clip to [0, 1] and keep them."""
         for target, source in zip([self.probability, *self.attention_maps], [output.probability, *output.attention]):
             np.clip(resize_frames(source, self.size)[:, 0], 0.0, 1.0, out=target[first:last])

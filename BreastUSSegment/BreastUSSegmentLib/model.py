@@ -36,13 +36,27 @@ Their model cards carry no ``upsample`` key and still load as they were.
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .modelcard import ModelConfig
 
-from .modelcard import UPSAMPLE_MODES, ModelConfig  # noqa: F401  (the architecture block of the card)
+
+class NetworkOutput(NamedTuple):
+    """What every network here returns (plain tensors, so it traces and exports as it is).
+
+    ``logits``: ``(N, 1, H, W)``, ``torch.sigmoid`` gives the probability;
+    ``attention``: every gate's coefficients, coarsest level first, each ``(N, 1, h, w)``
+    at its level's resolution (the gates compute them anyway, so they always come);
+    ``lesion_logit``: the image-level lesion logits ``(N,)``, None for a model without a lesion head.
+    """
+
+    logits: torch.Tensor
+    attention: Tuple[torch.Tensor, ...]
+    lesion_logit: Optional[torch.Tensor]
 
 
 class ConvBlock(nn.Sequential):
@@ -139,12 +153,9 @@ class LesionPresenceHead(nn.Module):
 class AttentionUNet(nn.Module):
     """Deeper Attention U-Net with one output channel (logits).
 
-    ``forward(x)`` returns logits of shape ``(N, 1, H, W)``. With
-    ``return_attention=True`` it also returns the attention coefficients of
-    every gate, ordered from the coarsest to the finest level, each of shape
-    ``(N, 1, h, w)`` at that level's resolution; with ``return_lesion_logit=True``
-    (models built with ``lesion_head``) the image-level lesion logits, shape
-    ``(N,)``. The outputs come in that order: logits, attention, lesion logits.
+    ``forward(x)`` returns a :class:`NetworkOutput`: the logits, every gate's
+    attention coefficients and (models built with ``lesion_head``) the image-level
+    lesion logits.
     """
 
     def __init__(self, config: ModelConfig | None = None):
@@ -181,9 +192,7 @@ class AttentionUNet(nn.Module):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
 
-    def forward(self, x: torch.Tensor, return_attention: bool = False, return_lesion_logit: bool = False):
-        if return_lesion_logit and self.lesion_head is None:
-            raise ValueError("this model has no lesion head (ModelConfig.lesion_head is False)")
+    def forward(self, x: torch.Tensor) -> NetworkOutput:
         multiple = self.config.size_multiple
         if x.ndim != 4 or x.shape[1] != self.config.in_channels:
             raise ValueError(f"expected input of shape (N, {self.config.in_channels}, H, W), got {tuple(x.shape)}")
@@ -196,21 +205,19 @@ class AttentionUNet(nn.Module):
             skips.append(x)
             x = self.pool(x)
         x = self.bottleneck(x)
-        lesion_logit = self.lesion_head(x) if return_lesion_logit else None
+        lesion_logit = None if self.lesion_head is None else self.lesion_head(x)
 
         attention = []
         for decoder, skip in zip(self.decoders, reversed(skips)):
             x, coefficients = decoder(x, skip)
             attention.append(coefficients)
-        logits = self.head(x)
-        outputs = (logits,) + ((attention,) if return_attention else ()) + ((lesion_logit,) if return_lesion_logit else ())
-        return outputs if len(outputs) > 1 else logits
+        return NetworkOutput(self.head(x), tuple(attention), lesion_logit)
 
 
 class AttentionUNetEnsemble(nn.Module):
     """``config.members`` Attention U-Nets of one architecture whose outputs are averaged.
 
-    ``forward`` takes and returns what :class:`AttentionUNet`'s does. The members'
+    ``forward`` takes and returns what :class:`AttentionUNet`'s does (a :class:`NetworkOutput`). The members'
     probabilities are averaged and returned as logits (the logit of the mean
     probability, so that ``torch.sigmoid`` gives the mean back); each gate's
     attention map and the lesion probability are averaged alike.
@@ -223,13 +230,12 @@ class AttentionUNetEnsemble(nn.Module):
         self.config = config
         self.members = nn.ModuleList(AttentionUNet(replace(config, members=1)) for _ in range(config.members))
 
-    def forward(self, x: torch.Tensor, return_attention: bool = False, return_lesion_logit: bool = False):
-        runs = [member(x, return_attention=True, return_lesion_logit=return_lesion_logit) for member in self.members]
-        logits = _logit_of_mean([run[0] for run in runs])
-        attention = [torch.stack([run[1][level].float() for run in runs]).mean(0) for level in range(len(runs[0][1]))]
-        outputs = ((logits,) + ((attention,) if return_attention else ())
-                   + ((_logit_of_mean([run[2] for run in runs]),) if return_lesion_logit else ()))
-        return outputs if len(outputs) > 1 else logits
+    def forward(self, x: torch.Tensor) -> NetworkOutput:
+        runs = [member(x) for member in self.members]
+        attention = tuple(torch.stack([run.attention[level].float() for run in runs]).mean(0)
+                          for level in range(len(runs[0].attention)))
+        lesion_logit = None if runs[0].lesion_logit is None else _logit_of_mean([run.lesion_logit for run in runs])
+        return NetworkOutput(_logit_of_mean([run.logits for run in runs]), attention, lesion_logit)
 
 
 def _logit_of_mean(logits: list[torch.Tensor]) -> torch.Tensor:

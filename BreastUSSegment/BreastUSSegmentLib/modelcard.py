@@ -17,7 +17,7 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from .postprocessing import PostprocessOptions
+from .options import PostprocessOptions
 
 FORMAT_VERSION = 1
 STORAGE_DTYPES = ("float32", "float16", "bfloat16")  # names of torch dtypes, as written in the card

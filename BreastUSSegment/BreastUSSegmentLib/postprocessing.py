@@ -12,81 +12,17 @@ that of the mirrored frame.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 from scipy import ndimage
 
 from .boxes import NO_LESION_PROBABILITY, Box, centre_region
+from .options import PostprocessOptions, check_lesion_head
 
 # Smoothing strength is given on the model's 256-pixel grid and scaled to the image.
 REFERENCE_SIZE = 256
-
-
-@dataclass(frozen=True)
-class PostprocessOptions:
-    """The settings that turn the network's output into a mask, chosen on val for each model.
-
-    No defaults here: a model's own come from its model card.
-    """
-
-    threshold: float  # a pixel is lesion when its probability is at least this
-    min_area_fraction: float  # components below this fraction of the frame are dropped; 0 keeps all
-    min_mean_probability: float  # components whose mean probability is below this are dropped; 0 keeps all
-    keep_largest: bool  # keep only the largest component
-    fill_holes: bool
-    smoothing_sigma: float  # Gaussian sigma in pixels of a 256-pixel frame; 0 disables
-    # frames whose lesion-head probability is below this get an empty mask; 0 keeps all (needs a lesion head)
-    min_lesion_probability: float
-    test_time_flip: bool  # average the network's output with that of the horizontally mirrored frame
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.test_time_flip, bool):
-            raise ValueError(f"test_time_flip must be true or false, got {self.test_time_flip!r}")
-        if not 0.0 < self.threshold < 1.0:
-            raise ValueError(f"threshold must be strictly between 0 and 1, got {self.threshold}")
-        if not 0.0 <= self.min_area_fraction < 1.0:
-            raise ValueError(f"min_area_fraction must be in [0, 1), got {self.min_area_fraction}")
-        if not 0.0 <= self.min_mean_probability < 1.0:
-            raise ValueError(f"min_mean_probability must be in [0, 1), got {self.min_mean_probability}")
-        if not 0.0 <= self.min_lesion_probability < 1.0:
-            raise ValueError(f"min_lesion_probability must be in [0, 1), got {self.min_lesion_probability}")
-        if self.smoothing_sigma < 0:
-            raise ValueError(f"smoothing_sigma must be >= 0, got {self.smoothing_sigma}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def with_overrides(self, **overrides) -> "PostprocessOptions":
-        """A validated copy with the given settings changed; a setting given as None keeps its value."""
-        return replace(self, **{name: value for name, value in overrides.items() if value is not None})
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "PostprocessOptions":
-        """Options from a model card's ``postprocessing`` block; every setting must be there (unknown keys are ignored),
-        except those added later (``LATER_SETTINGS``), which cards written before them mean as their value there."""
-        values = {**LATER_SETTINGS, **values}
-        names = [f.name for f in fields(cls)]
-        missing = [name for name in names if name not in values]
-        if missing:
-            raise ValueError(f"the post-processing block lacks {', '.join(missing)}")
-        return cls(**{name: values[name] for name in names})
-
-
-# Settings added after the first model cards, with the value that gives the behaviour before them.
-LATER_SETTINGS = {"min_lesion_probability": 0.0, "test_time_flip": False}
-
-# What ``train`` writes into the card of a new model, until ``sweep`` on val and ``export`` choose its own.
-UNTUNED_POSTPROCESSING = PostprocessOptions(
-    threshold=0.5,
-    min_area_fraction=0.005,  # chosen on BUSI val
-    min_mean_probability=0.0,
-    keep_largest=True,
-    fill_holes=True,
-    smoothing_sigma=1.5,
-    min_lesion_probability=0.0,
-    test_time_flip=False,
-)
 
 
 def remove_small_components(mask: np.ndarray, min_pixels: int) -> np.ndarray:
@@ -114,12 +50,20 @@ def remove_uncertain_components(mask: np.ndarray, probability: np.ndarray, min_m
     Lesions the network is sure of are bright throughout; the false lesions it
     finds on normal tissue (shadows, fat lobules) are mostly lukewarm.
     """
+    return _remove_uncertain(mask, probability, min_mean_probability)[0]
+
+
+def _remove_uncertain(mask: np.ndarray, probability: np.ndarray, min_mean_probability: float) -> tuple:
+    """:func:`remove_uncertain_components`, and the highest mean probability among the components it dropped
+    (None when it dropped none)."""
     if min_mean_probability <= 0 or not mask.any():
-        return mask
+        return mask, None
     labels, sums, sizes = _component_sums(mask, probability)
     keep = sums >= min_mean_probability * sizes  # mean >= bar, without dividing by an empty background
     keep[0] = False
-    return keep[labels]
+    hidden = ~keep[1:]
+    strongest = float(np.max(sums[1:][hidden] / sizes[1:][hidden])) if hidden.any() else None
+    return keep[labels], strongest
 
 
 def candidate_mask(probability: np.ndarray, options: PostprocessOptions, frame_pixels: int | None = None) -> np.ndarray:
@@ -127,22 +71,6 @@ def candidate_mask(probability: np.ndarray, options: PostprocessOptions, frame_p
     (a fraction of ``frame_pixels``, by default the map's own size)."""
     mask = probability >= options.threshold
     return remove_small_components(mask, int(round(options.min_area_fraction * (frame_pixels or mask.size))))
-
-
-def strongest_hidden_confidence(probability: np.ndarray, options: PostprocessOptions) -> float | None:
-    """Highest mean probability among the regions the minimum-confidence step hides, or None if it hides none.
-
-    Takes one ``(H, W)`` map or a ``(F, H, W)`` stack. Lets a user whose frame came
-    out empty see how far the best hidden candidate is from the bar.
-    """
-    if options.min_mean_probability <= 0:
-        return None
-    hidden_means = []
-    for frame in probability[None] if probability.ndim == 2 else probability:
-        _, sums, sizes = _component_sums(candidate_mask(frame, options), frame)
-        hidden = sums[1:] < options.min_mean_probability * sizes[1:]
-        hidden_means.extend(sums[1:][hidden] / sizes[1:][hidden])
-    return float(max(hidden_means)) if hidden_means else None
 
 
 def keep_largest_component(mask: np.ndarray) -> np.ndarray:
@@ -182,8 +110,34 @@ def smooth_boundary(mask: np.ndarray, sigma: float) -> np.ndarray:
     return ndimage.gaussian_filter(mask.astype(np.float32), sigma=sigma, mode="constant") >= 0.5
 
 
+def _shape_lesion(mask: np.ndarray, options: PostprocessOptions, sigma: float | None = None) -> tuple:
+    """The last steps, shared by the automatic and the box modes: keep the largest component, fill holes, smooth
+    (``sigma`` pixels; by default scaled to the mask's size), then fill and keep the largest again (smoothing can
+    open a hole or split a thin bridge).
+
+    Returns the mask before smoothing and the finished mask.
+    """
+    if options.keep_largest:
+        mask = keep_largest_component(mask)
+    if options.fill_holes:
+        mask = fill_holes(mask)
+    if sigma is None:
+        sigma = options.smoothing_sigma * min(mask.shape) / REFERENCE_SIZE
+    smoothed = smooth_boundary(mask, sigma)
+    if options.fill_holes:
+        smoothed = fill_holes(smoothed)
+    if options.keep_largest:
+        smoothed = keep_largest_component(smoothed)
+    return mask, smoothed
+
+
 def postprocess_mask(probability: np.ndarray, options: PostprocessOptions) -> np.ndarray:
-    """Processed boolean mask of one ``(H, W)`` probability map.
+    """Processed boolean mask of one ``(H, W)`` probability map."""
+    return _postprocess(probability, options)[0]
+
+
+def _postprocess(probability: np.ndarray, options: PostprocessOptions) -> tuple:
+    """:func:`postprocess_mask`, and the highest mean probability among the regions the minimum confidence hid.
 
     Every step acts only inside the bounding box of the pixels above the threshold
     (components and holes lie in it, and a blur re-thresholded at 0.5 cannot grow a
@@ -197,38 +151,31 @@ def postprocess_mask(probability: np.ndarray, options: PostprocessOptions) -> np
     rows, columns = np.flatnonzero(above.any(axis=1)), np.flatnonzero(above.any(axis=0))
     mask = np.zeros(probability.shape, dtype=bool)
     if rows.size == 0:
-        return mask
+        return mask, None
     sigma = options.smoothing_sigma * min(probability.shape) / REFERENCE_SIZE
     margin = 1  # a ring of background around the box
     window = (slice(max(rows[0] - margin, 0), rows[-1] + margin + 1),
               slice(max(columns[0] - margin, 0), columns[-1] + margin + 1))
-    mask[window] = _postprocess_window(probability[window], options, probability.size, sigma)
-    return mask
+    mask[window], hidden = _postprocess_window(probability[window], options, probability.size, sigma)
+    return mask, hidden
 
 
 def _postprocess_window(probability: np.ndarray, options: PostprocessOptions, frame_pixels: int,
-                        sigma: float) -> np.ndarray:
-    """:func:`postprocess_mask`'s steps on a window of the frame (``frame_pixels``: the whole frame's size)."""
-    mask = candidate_mask(probability, options, frame_pixels)
-    mask = remove_uncertain_components(mask, probability, options.min_mean_probability)
-    if options.keep_largest:
-        mask = keep_largest_component(mask)
-    if options.fill_holes:
-        mask = fill_holes(mask)
-    mask = smooth_boundary(mask, sigma)
-    if options.fill_holes:
-        mask = fill_holes(mask)
-    # Smoothing can split a thin bridge; keep the promise of a single lesion.
-    if options.keep_largest:
-        mask = keep_largest_component(mask)
-    return mask.astype(bool)
+                        sigma: float) -> tuple:
+    """:func:`_postprocess`'s steps on a window of the frame (``frame_pixels``: the whole frame's size; ``sigma``:
+    the smoothing's, in pixels)."""
+    mask, hidden = _remove_uncertain(candidate_mask(probability, options, frame_pixels), probability,
+                                     options.min_mean_probability)
+    return _shape_lesion(mask, options, sigma)[1].astype(bool), hidden
 
 
-def check_lesion_head(options: PostprocessOptions, has_lesion_head: bool) -> None:
-    """ValueError when ``options`` ask for the lesion head's probability and the model has no lesion head."""
-    if options.min_lesion_probability > 0 and not has_lesion_head:
-        raise ValueError(f"min_lesion_probability {options.min_lesion_probability} needs a model with a lesion head; "
-                         "this model has none (use 0)")
+@dataclass(frozen=True)
+class WhyEmpty:
+    """What post-processing hid, so that a user whose mask came out empty can be told why (None: nothing of the kind)."""
+
+    hidden_confidence: Optional[float]  # highest mean probability among the regions the minimum confidence dropped
+    # the lesion head's highest probability, when it is below min_lesion_probability on every frame (all emptied)
+    rejected_lesion_probability: Optional[float]
 
 
 def postprocess_frames(
@@ -239,22 +186,32 @@ def postprocess_frames(
     ``lesion_probability`` (``(F,)``, from a model's lesion head) empties the frames
     below ``options.min_lesion_probability``.
     """
+    return postprocess_frames_explained(probabilities, options, lesion_probability)[0]
+
+
+def postprocess_frames_explained(
+    probabilities: np.ndarray, options: PostprocessOptions, lesion_probability: np.ndarray | None = None
+) -> tuple[np.ndarray, WhyEmpty]:
+    """:func:`postprocess_frames`, and what it hid (:class:`WhyEmpty`), found in the same pass."""
     check_lesion_head(options, lesion_probability is not None)
-    masks = np.stack([postprocess_mask(frame, options) for frame in probabilities])
+    processed = [_postprocess(frame, options) for frame in probabilities]
+    masks = np.stack([mask for mask, _ in processed])
+    hidden = [value for _, value in processed if value is not None]
+    rejected = None
     if options.min_lesion_probability > 0:
         masks[np.asarray(lesion_probability) < options.min_lesion_probability] = False
-    return masks
+        strongest = float(np.max(lesion_probability))
+        rejected = strongest if strongest < options.min_lesion_probability else None
+    return masks, WhyEmpty(float(max(hidden)) if hidden else None, rejected)
 
 
-def strongest_rejected_lesion_probability(
-    lesion_probability: np.ndarray | None, options: PostprocessOptions
-) -> float | None:
-    """The lesion head's highest probability when it is below ``options.min_lesion_probability`` on every
-    frame (the head emptied them all), else None. Tells a user why a frame came out empty."""
-    if lesion_probability is None or options.min_lesion_probability <= 0:
-        return None
-    strongest = float(np.max(lesion_probability))
-    return strongest if strongest < options.min_lesion_probability else None
+def strongest_hidden_confidence(probability: np.ndarray, options: PostprocessOptions) -> float | None:
+    """Highest mean probability among the regions the minimum-confidence step hides, or None if it hides none.
+
+    Takes one ``(H, W)`` map or a ``(F, H, W)`` stack.
+    """
+    frames = probability[None] if probability.ndim == 2 else probability
+    return postprocess_frames_explained(frames, options)[1].hidden_confidence
 
 
 def _component_at_peak(probability: np.ndarray, level: float) -> np.ndarray:
@@ -286,14 +243,6 @@ def postprocess_box(probability: np.ndarray, options: PostprocessOptions) -> np.
         mask = np.isin(labels, touching)
     else:
         mask = _component_at_peak(probability, min(options.threshold, 0.5 * peak))
-    if options.keep_largest:
-        mask = keep_largest_component(mask)
-    if options.fill_holes:
-        mask = fill_holes(mask)
-    smoothed = smooth_boundary(mask, options.smoothing_sigma * min(mask.shape) / REFERENCE_SIZE)
-    if options.fill_holes:
-        smoothed = fill_holes(smoothed)
-    if options.keep_largest:
-        smoothed = keep_largest_component(smoothed)
+    mask, smoothed = _shape_lesion(mask, options)
     # Smoothing can erase a lesion of a few pixels; the box still gets the unsmoothed one.
     return (smoothed if smoothed.any() else mask).astype(bool)

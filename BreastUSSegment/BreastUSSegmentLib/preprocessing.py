@@ -17,8 +17,6 @@ from functools import lru_cache
 import numpy as np
 from scipy import sparse
 
-from .modelcard import NORMALIZATION_NAME  # noqa: F401  (one owner: the model card records it)
-
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
@@ -130,13 +128,19 @@ def _bilinear_weights(source: int, target: int, antialias: bool) -> sparse.csr_m
     return sparse.csr_matrix((weights / weights.sum(axis=1, keepdims=True)).astype(np.float32))
 
 
+def to_network_input(frames: np.ndarray, input_size: tuple[int, int]) -> np.ndarray:
+    """Grey frames ``(F, H, W)`` (whole frames or crops) to the network's float32 input ``(F, 1, h, w)``: each
+    frame scaled to [0, 1] by its own minimum and maximum, then resized to ``input_size``."""
+    return resize_frames(normalize_intensity(frames)[:, np.newaxis], tuple(input_size))
+
+
 def prepare_frames(
     image: np.ndarray, input_size: tuple[int, int], color: bool | None = None
 ) -> tuple[np.ndarray, tuple[int, int]]:
     """Full preprocessing: the float32 network input ``(F, 1, h, w)`` (numpy) and the frames' original ``(H, W)``."""
-    frames = normalize_intensity(to_grayscale_frames(image, color=color))
+    frames = to_grayscale_frames(image, color=color)
     original_size = (int(frames.shape[-2]), int(frames.shape[-1]))
-    return resize_frames(frames[:, np.newaxis], tuple(input_size)), original_size
+    return to_network_input(frames, input_size), original_size
 
 
 def prepare_input(image: np.ndarray, input_size: tuple[int, int], color: bool | None = None):

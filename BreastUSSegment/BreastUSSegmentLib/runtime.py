@@ -35,8 +35,9 @@ RUNTIME_PACKAGES = {"torch": "torch", "openvino": "openvino", "onnxruntime": "on
 
 
 class RawOutput(NamedTuple):
-    """One batch through the network, float32: ``(n, 1, h, w)`` logits, each gate's ``(n, 1, h_i, w_i)`` attention
-    coefficients (coarsest first) and the lesion head's ``(n,)`` logits (None without a head)."""
+    """One batch through the network, the numpy counterpart of ``model.NetworkOutput``, float32: ``(n, 1, h, w)``
+    logits, each gate's ``(n, 1, h_i, w_i)`` attention coefficients (coarsest first) and the lesion head's ``(n,)``
+    logits (None without a head)."""
 
     logits: np.ndarray
     attention: list
@@ -306,15 +307,14 @@ class TorchRunner:
     def _run(self, batch: np.ndarray) -> RawOutput:
         import torch
 
-        head = bool(self.model.config.lesion_head)
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cpu_bf16):
             tensor = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
             if self.device.type == "cpu":
                 tensor = tensor.contiguous(memory_format=torch.channels_last)
-            logits, attention, *lesion = self.model(tensor, return_attention=True, return_lesion_logit=head)
+            output = self.model(tensor)  # a model.NetworkOutput
 
         def to_numpy(value):
             return np.ascontiguousarray(value.float().cpu().numpy())
 
-        return RawOutput(to_numpy(logits), [to_numpy(level) for level in attention],
-                         to_numpy(lesion[0]) if head else None)
+        return RawOutput(to_numpy(output.logits), [to_numpy(level) for level in output.attention],
+                         None if output.lesion_logit is None else to_numpy(output.lesion_logit))

@@ -26,11 +26,10 @@ from safetensors.torch import load_file, save_file
 
 from .fileio import write_atomically, write_text_atomically
 from .model import build_model
-from .modelcard import (  # noqa: F401
-    FORMAT_VERSION, STORAGE_DTYPES, ModelCard, WeightsError, card_path_for, check_storage_dtype, read_model_card,
-    sha256_of_file,
+from .modelcard import (  # noqa: F401  (sha256_of_file: used here and by callers of this module)
+    STORAGE_DTYPES, ModelCard, WeightsError, card_path_for, check_storage_dtype, read_model_card, sha256_of_file,
 )
-from .postprocessing import PostprocessOptions
+from .options import PostprocessOptions
 
 
 def stored_state(model: nn.Module, storage_dtype: str = "float32") -> dict:

@@ -43,7 +43,7 @@ class Segmenters:
         if key not in self._loaded:
             try:
                 from BreastUSSegmentLib.inference import LesionSegmenter
-                from BreastUSSegmentLib.weights import WeightsError
+                from BreastUSSegmentLib.modelcard import WeightsError
             except ImportError as error:
                 raise BreastUSSegmentError(
                     _("A Python package the model needs is missing ({error}). Install PyTorch with the PyTorch "

@@ -30,7 +30,7 @@ except ImportError:  # slicer-core has no parameter node wrapper
         maximum: float
 
 if TYPE_CHECKING:
-    from BreastUSSegmentLib.postprocessing import PostprocessOptions
+    from BreastUSSegmentLib.options import PostprocessOptions
 
 # The panel's slider ranges (the .ui sliders use the same limits; a test checks them).
 THRESHOLD_RANGE = (0.05, 0.95)
@@ -83,7 +83,7 @@ class PostprocessingParameters:
 
     def options(self, card: "PostprocessOptions") -> "PostprocessOptions":
         """The core's options: the model card's with the panel's values."""
-        from BreastUSSegmentLib.postprocessing import UNTUNED_POSTPROCESSING
+        from BreastUSSegmentLib.options import UNTUNED_POSTPROCESSING
 
         sigma = (card.smoothing_sigma or UNTUNED_POSTPROCESSING.smoothing_sigma) if self.smoothing else 0.0
         try:

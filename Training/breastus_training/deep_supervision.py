@@ -14,6 +14,8 @@ inference stay exactly as without deep supervision.
 
 from __future__ import annotations
 
+from typing import NamedTuple, Optional, Tuple
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -21,11 +23,21 @@ from torch.nn import functional as F
 from BreastUSSegmentLib.model import AttentionUNet
 
 
+class SupervisedOutput(NamedTuple):
+    """The network's :class:`~BreastUSSegmentLib.model.NetworkOutput` fields, same names and order, plus
+    ``auxiliary``: the coarser levels' logits, finest first, each at the input size."""
+
+    logits: torch.Tensor
+    attention: Tuple[torch.Tensor, ...]
+    lesion_logit: Optional[torch.Tensor]
+    auxiliary: Tuple[torch.Tensor, ...]
+
+
 class DeeplySupervisedUNet(nn.Module):
     """An :class:`AttentionUNet` and the 1x1 convolutions that read its coarser decoder levels.
 
-    ``forward`` returns the network's logits, the auxiliary logits (finest first,
-    each at the input size) and, with ``return_lesion_logit``, the lesion logits.
+    ``forward`` returns a :class:`SupervisedOutput`: the network's own outputs and
+    the auxiliary logits.
     The decoder levels' outputs are read with forward hooks, so the network's own
     ``forward`` runs unchanged.
     """
@@ -47,22 +59,21 @@ class DeeplySupervisedUNet(nn.Module):
                 self._features[index] = output[0]  # DecoderLevel returns (features, attention coefficients)
         return keep
 
-    def forward(self, images: torch.Tensor, return_lesion_logit: bool = False):
+    def forward(self, images: torch.Tensor) -> SupervisedOutput:
         self._features = {}
         try:
-            outputs = self.model(images, return_lesion_logit=return_lesion_logit)
+            output = self.model(images)
             features = self._features
         finally:
             self._features = None
-        logits, lesion_logit = outputs if return_lesion_logit else (outputs, None)
         size = images.shape[-2:]
         auxiliary = [F.interpolate(head(features[index]), size=size, mode="bilinear", align_corners=False)
                      for index, head in enumerate(self.auxiliary_heads)]
         auxiliary.reverse()  # finest first
-        return (logits, auxiliary, lesion_logit) if return_lesion_logit else (logits, auxiliary)
+        return SupervisedOutput(*output, auxiliary=tuple(auxiliary))
 
 
-def deep_supervision_loss(loss_fn: nn.Module, auxiliary: list[torch.Tensor], masks: torch.Tensor,
+def deep_supervision_loss(loss_fn: nn.Module, auxiliary: tuple[torch.Tensor, ...], masks: torch.Tensor,
                           weight: float) -> torch.Tensor:
     """``weight * sum_k 2**-k * loss_fn(level k)`` over the auxiliary logits, finest (k = 1) first, in fp32."""
     return weight * sum(0.5 ** k * loss_fn(level.float(), masks) for k, level in enumerate(auxiliary, start=1))

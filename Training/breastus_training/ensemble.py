@@ -18,10 +18,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from BreastUSSegmentLib.model import AttentionUNetEnsemble
-from BreastUSSegmentLib.postprocessing import UNTUNED_POSTPROCESSING
-from BreastUSSegmentLib.weights import (
-    ModelCard, WeightsError, card_path_for, load_model, read_model_card, save_model,
-)
+from BreastUSSegmentLib.modelcard import ModelCard, WeightsError, card_path_for, read_model_card
+from BreastUSSegmentLib.options import UNTUNED_POSTPROCESSING
+from BreastUSSegmentLib.weights import load_model, save_model
 
 # Provenance the members share, kept once in the ensemble's training block (taken from the first member).
 SHARED_TRAINING_KEYS = ("dataset", "datasets", "split", "split_sha256")

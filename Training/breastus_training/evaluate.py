@@ -51,7 +51,8 @@ from BreastUSSegmentLib.device import DEVICE_CHOICES, select_device
 from BreastUSSegmentLib.fileio import write_text_atomically
 from BreastUSSegmentLib.inference import LesionSegmenter
 from BreastUSSegmentLib.metrics import dice_score, hausdorff95, iou_score, nan_summary, overlap_counts, pooled_iou_from_counts
-from BreastUSSegmentLib.weights import WeightsError
+from BreastUSSegmentLib.modelcard import WeightsError
+from BreastUSSegmentLib.options import add_settings_arguments, settings_from_args
 
 from .busi import LEGACY_DATASET, LESION_CLASSES, NORMAL_CLASS, SPLITS, load_case, load_manifest
 from .datasets import DataRoots
@@ -403,33 +404,26 @@ def evaluate_split(
     subset: str,
     output_dir: str | os.PathLike,
     *,
-    test_time_flip: bool | None = None,
     device: str | torch.device = "auto",
-    threshold: float | None = None,
-    min_area_fraction: float | None = None,
-    min_mean_probability: float | None = None,
-    keep_largest: bool | None = None,
-    min_lesion_probability: float | None = None,
     box_prompt: BoxPrompt | None = None,
     run_dir: str | os.PathLike | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    **settings,
 ) -> dict:
     """Evaluate ``weights`` on ``subset`` of the split, write the report and figures, return the report.
 
     With ``box_prompt``, each lesion image is segmented inside its simulated box (see the module's docstring).
-    A setting given as None (the test-time flip and post-processing) is the model card's.
+    ``settings`` (``PostprocessOptions`` field names, the test-time flip among them) override the model card's;
+    one given as None is the card's.
     """
     roots, output_dir = DataRoots.from_paths(data_roots), Path(output_dir)
     manifest = load_manifest(split_path)
     cases = list(manifest.cases_for(subset))
     if not cases:
         raise ValueError(f"the split {split_path} has no case in subset {subset!r}")
-    segmenter = LesionSegmenter.from_weights(  # PyTorch, the reference the other backends are measured against
-        weights, device, backend="torch", threshold=threshold, min_area_fraction=min_area_fraction,
-        min_mean_probability=min_mean_probability, keep_largest=keep_largest,
-        min_lesion_probability=min_lesion_probability, test_time_flip=test_time_flip,
-    )
+    # PyTorch: the reference the other backends are measured against
+    segmenter = LesionSegmenter.from_weights(weights, device, backend="torch", **settings)
     card = segmenter.card
 
     def sample_of(case) -> Sample:
@@ -490,19 +484,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", type=Path, required=True, help="model .safetensors (model card beside it)")
     parser.add_argument("--subset", default="test", choices=SPLITS, help="which part of the split to evaluate (default: test)")
     parser.add_argument("--output", type=Path, required=True, help="report folder, e.g. reports/NAME")
-    parser.add_argument("--test-time-flip", action=argparse.BooleanOptionalAction, default=None,
-                        help="average with a horizontally flipped pass (default: the model card's)")
     parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="where the network runs (default: auto)")
-    parser.add_argument("--threshold", type=float, help="probability threshold (default: the model card's)")
-    parser.add_argument("--min-area-fraction", type=float,
-                        help="drop predicted components below this fraction of the frame (default: the model card's)")
-    parser.add_argument("--min-confidence", type=float, metavar="P",
-                        help="drop predicted components whose mean probability is below P (default: the model card's)")
-    parser.add_argument("--keep-largest", choices=("yes", "no"),
-                        help="keep only the largest predicted component (default: the model card's)")
-    parser.add_argument("--min-lesion-probability", type=float, metavar="P",
-                        help="empty the mask of an image whose lesion-head probability is below P; models with a "
-                             "lesion head only (default: the model card's)")
     parser.add_argument("--box-margin", type=float, metavar="M",
                         help="prompt each lesion image with its mask's bounding box grown by M of its size on each side")
     parser.add_argument("--box-jitter", type=float, default=0.0, metavar="J",
@@ -515,6 +497,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"(default {FRAME_WEIGHT}, chosen on val; 0: the crop alone)")
     parser.add_argument("--run-dir", type=Path, help="training run folder; its metrics.csv gives training curves")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_settings_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -533,10 +516,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         report = evaluate_split(
             args.data, args.split, args.weights, args.subset, args.output,
-            test_time_flip=args.test_time_flip, device=device, threshold=args.threshold,
-            min_area_fraction=args.min_area_fraction, min_mean_probability=args.min_confidence,
-            keep_largest=None if args.keep_largest is None else args.keep_largest == "yes",
-            min_lesion_probability=args.min_lesion_probability, box_prompt=prompt, run_dir=args.run_dir, progress=not args.no_progress,
+            device=device, box_prompt=prompt, run_dir=args.run_dir, progress=not args.no_progress,
+            **settings_from_args(args),
         )
     except WeightsError as error:
         raise ValueError(str(error)) from error

@@ -32,11 +32,9 @@ from BreastUSSegmentLib import BUNDLED_WEIGHTS
 from BreastUSSegmentLib.inference import LesionSegmenter
 from BreastUSSegmentLib.metrics import dice_score
 from BreastUSSegmentLib.model import AttentionUNet, AttentionUNetEnsemble
-from BreastUSSegmentLib.postprocessing import PostprocessOptions
-from BreastUSSegmentLib.weights import (
-    STORAGE_DTYPES, ModelCard, WeightsError, card_path_for, check_storage_dtype, load_model, save_model, sha256_of_file,
-    stored_copy,
-)
+from BreastUSSegmentLib.modelcard import STORAGE_DTYPES, ModelCard, WeightsError, card_path_for, check_storage_dtype
+from BreastUSSegmentLib.options import PostprocessOptions
+from BreastUSSegmentLib.weights import load_model, save_model, sha256_of_file, stored_copy
 
 from .busi import load_case, load_manifest
 from .onnx_graph import GRAPH_DTYPES, attach_graph

@@ -52,11 +52,10 @@ class _FlatOutputs(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
-        self.lesion_head = bool(model.config.lesion_head)
 
     def forward(self, image: torch.Tensor):
-        logits, attention, *lesion = self.model(image, return_attention=True, return_lesion_logit=self.lesion_head)
-        return (logits, *attention, *lesion)
+        output = self.model(image)
+        return (output.logits, *output.attention) + (() if output.lesion_logit is None else (output.lesion_logit,))
 
 
 def export_graph(model: nn.Module, input_size, path: str | os.PathLike, storage_dtype: str = "float32") -> None:

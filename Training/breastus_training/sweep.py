@@ -2,9 +2,10 @@
 
 Each image is segmented once (optionally with the test-time flip) at its
 original resolution, exactly as ``evaluate`` does, and its probability map is
-post-processed with every combination of threshold, minimum component area,
-minimum component mean probability, keep-largest on/off and (models with a
-lesion head) minimum lesion probability. For each combination the sweep reports the
+post-processed with every combination of the listed settings (threshold,
+minimum component area, minimum component mean probability, keep-largest,
+fill-holes, boundary smoothing and, models with a lesion head, minimum lesion
+probability). For each combination the sweep reports the
 mean lesion Dice and IoU (benign + malignant), how many normal images get a
 false lesion, and one number that weighs both by their share of the subset:
 the mean Dice over all images, where a normal image scores 1 when nothing is
@@ -38,36 +39,29 @@ from BreastUSSegmentLib.device import DEVICE_CHOICES, select_device
 from BreastUSSegmentLib.fileio import write_text_atomically
 from BreastUSSegmentLib.inference import LesionSegmenter
 from BreastUSSegmentLib.metrics import dice_score, iou_score
-from BreastUSSegmentLib.postprocessing import PostprocessOptions, check_lesion_head, postprocess_frames
-from BreastUSSegmentLib.weights import WeightsError
+from BreastUSSegmentLib.modelcard import WeightsError
+from BreastUSSegmentLib.options import PostprocessOptions, add_settings_arguments, check_lesion_head, settings_from_args
+from BreastUSSegmentLib.postprocessing import postprocess_frames
 
 from .busi import LESION_CLASSES, NORMAL_CLASS, load_case, load_manifest
 from .datasets import DataRoots
 
 SWEEP_SUBSETS = ("train", "val")
 TIE_ALL_IMAGE_DICE = 0.002  # rows this close to the best all-image Dice (or closer) tie with it
-SWEPT_SETTINGS = ("threshold", "min_area_fraction", "min_mean_probability", "keep_largest", "min_lesion_probability")
+# Every post-processing setting but the test-time flip (which changes the network's pass, made once per image).
+SWEPT_SETTINGS = ("threshold", "min_area_fraction", "min_mean_probability", "keep_largest", "fill_holes",
+                  "smoothing_sigma", "min_lesion_probability")
 
 
-def option_grid(
-    base: PostprocessOptions, thresholds=None, min_area_fractions=None, min_mean_probabilities=None, keep_largest=None,
-    min_lesion_probabilities=None,
-) -> list[PostprocessOptions]:
-    """Every combination of the listed settings on top of ``base`` (the model card's options).
-
-    A setting given as None is not swept: it keeps ``base``'s value.
+def option_grid(base: PostprocessOptions, **listed) -> list[PostprocessOptions]:
+    """Every combination of the ``listed`` settings (``SWEPT_SETTINGS`` names -> lists of values) on top of ``base``
+    (the model card's options). A setting not given, or given as None, is not swept: it keeps ``base``'s value.
     """
-    def values(listed, own):
-        return [own] if listed is None else list(listed)
-
-    return [
-        replace(base, threshold=threshold, min_area_fraction=area, min_mean_probability=confidence, keep_largest=largest,
-                min_lesion_probability=lesion)
-        for threshold, area, confidence, largest, lesion in itertools.product(
-            values(thresholds, base.threshold), values(min_area_fractions, base.min_area_fraction),
-            values(min_mean_probabilities, base.min_mean_probability), values(keep_largest, base.keep_largest),
-            values(min_lesion_probabilities, base.min_lesion_probability))
-    ]
+    unknown = sorted(set(listed) - set(SWEPT_SETTINGS))
+    if unknown:
+        raise ValueError(f"cannot sweep {', '.join(unknown)}")
+    values = [[getattr(base, name)] if listed.get(name) is None else list(listed[name]) for name in SWEPT_SETTINGS]
+    return [replace(base, **dict(zip(SWEPT_SETTINGS, combination))) for combination in itertools.product(*values)]
 
 
 class SweepTally:
@@ -102,6 +96,8 @@ class SweepTally:
                 "min_area_fraction": options.min_area_fraction,
                 "min_mean_probability": options.min_mean_probability,
                 "keep_largest": options.keep_largest,
+                "fill_holes": options.fill_holes,
+                "smoothing_sigma": options.smoothing_sigma,
                 "min_lesion_probability": options.min_lesion_probability,
                 "all_image_dice": float((self.dice[i] + normals - self.false_positives[i]) / images),
                 "lesion_dice": float(self.dice[i] / lesions),
@@ -199,7 +195,8 @@ def describe_choice(record: dict) -> str:
     return (f"Chosen by the rule (highest all-image Dice{'; ' + floors if floors else ''}; ties within "
             f"{TIE_ALL_IMAGE_DICE}: lower min mean prob., then higher threshold): threshold {row['threshold']}, "
             f"min area {row['min_area_fraction']}, min mean prob. {row['min_mean_probability']}, keep largest "
-            f"{'yes' if row['keep_largest'] else 'no'}, min lesion prob. {row['min_lesion_probability']}: "
+            f"{'yes' if row['keep_largest'] else 'no'}, fill holes {'yes' if row['fill_holes'] else 'no'}, smoothing "
+            f"{row['smoothing_sigma']}, min lesion prob. {row['min_lesion_probability']}: "
             f"all-image Dice {row['all_image_dice']:.4f}, lesion Dice {row['lesion_dice']:.4f}, "
             f"{row['lesions_missed']}/{record['lesion_images']} lesions missed, "
             f"{row['normal_false_positives']}/{record['normal_images']} normal FP")
@@ -224,14 +221,15 @@ def markdown_table(record: dict) -> str:
 def setting_rows(record: dict) -> list[str]:
     """One table of a sweep record (or of one dataset's part of it)."""
     lines = [
-        "| threshold | min area | min mean prob. | keep largest | min lesion prob. | all-image Dice | lesion Dice "
-        "| lesion IoU | lesions missed | normal FP |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| threshold | min area | min mean prob. | keep largest | fill holes | smoothing | min lesion prob. "
+        "| all-image Dice | lesion Dice | lesion IoU | lesions missed | normal FP |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in record["rows"]:
         lines.append(
             f"| {row['threshold']} | {row['min_area_fraction']} | {row['min_mean_probability']} | "
-            f"{'yes' if row['keep_largest'] else 'no'} | {row.get('min_lesion_probability', 0.0)} | "
+            f"{'yes' if row['keep_largest'] else 'no'} | {'yes' if row.get('fill_holes', True) else 'no'} | "
+            f"{row.get('smoothing_sigma', '')} | {row.get('min_lesion_probability', 0.0)} | "
             f"{row['all_image_dice']:.4f} | "
             f"{row['lesion_dice']:.4f} | {row['lesion_iou']:.4f} | {row['lesions_missed']}/{record['lesion_images']} | "
             f"{row['normal_false_positives']}/{record['normal_images']} |"
@@ -245,17 +243,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", type=Path, required=True, help="split file, e.g. Training/splits/busi_split.json")
     parser.add_argument("--weights", type=Path, required=True, help="model .safetensors (model card beside it)")
     parser.add_argument("--subset", default="val", choices=SWEEP_SUBSETS, help="where to choose (default: val)")
-    parser.add_argument("--thresholds", type=float, nargs="+", metavar="T", help="default: the model card's")
-    parser.add_argument("--min-area-fractions", type=float, nargs="+", metavar="A", help="default: the model card's")
-    parser.add_argument("--min-confidences", type=float, nargs="+", metavar="P",
-                        help="minimum mean probability of a kept region (default: the model card's)")
-    parser.add_argument("--keep-largest", nargs="+", choices=("yes", "no"),
-                        help="keep only the largest region: yes, no, or both to compare (default: the model card's)")
-    parser.add_argument("--min-lesion-probabilities", type=float, nargs="+", metavar="P",
-                        help="minimum image-level lesion probability, models with a lesion head only "
-                             "(default: the model card's)")
-    parser.add_argument("--test-time-flip", action=argparse.BooleanOptionalAction, default=None,
-                        help="average with a horizontally flipped pass (default: the model card's)")
+    add_settings_arguments(parser, several=True)
     parser.add_argument("--min-dataset-lesion-dice", action="append", default=[], metavar="NAME=DICE",
                         type=dataset_floor,
                         help="the rule's choice keeps this dataset's lesion Dice at or above DICE, e.g. BrEaST=0.715; "
@@ -293,10 +281,8 @@ def dataset_floor(text: str) -> tuple[str, float]:
 
 
 def run(args: argparse.Namespace) -> int:
-    grid_values = {"thresholds": args.thresholds, "min_area_fractions": args.min_area_fractions,
-                   "min_mean_probabilities": args.min_confidences,
-                   "min_lesion_probabilities": args.min_lesion_probabilities,
-                   "keep_largest": None if args.keep_largest is None else [choice == "yes" for choice in args.keep_largest]}
+    grid_values = settings_from_args(args)
+    test_time_flip = grid_values.pop("test_time_flip")
     floors = check_floors(args.min_dataset_lesion_dice, load_manifest(args.split), args.subset)  # before the slow part
     # Bad weights and an unavailable device are input errors: the command line reports them without a traceback.
     try:
@@ -305,7 +291,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(str(error)) from error
     try:
         record = sweep_split(args.data, args.split, args.weights, args.subset, grid_values,
-                            test_time_flip=args.test_time_flip, device=device, progress=not args.no_progress)
+                            test_time_flip=test_time_flip, device=device, progress=not args.no_progress)
     except WeightsError as error:
         raise ValueError(str(error)) from error
     record["chosen"] = {"index": choose_row(record, floors), "min_dataset_lesion_dice": floors,

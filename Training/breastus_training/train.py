@@ -52,8 +52,8 @@ from tqdm import tqdm
 from BreastUSSegmentLib.device import DEVICE_CHOICES, select_device
 from BreastUSSegmentLib.fileio import write_text_atomically
 from BreastUSSegmentLib.metrics import dice_score, iou_score
-from BreastUSSegmentLib.postprocessing import UNTUNED_POSTPROCESSING
 from BreastUSSegmentLib.model import AttentionUNet, ModelConfig
+from BreastUSSegmentLib.options import UNTUNED_POSTPROCESSING
 from BreastUSSegmentLib.weights import load_model, save_model, sha256_of_file
 
 from .augment import AUGMENTATIONS, get_augmentation
@@ -321,10 +321,10 @@ def validate(model: nn.Module, cases: PreparedCases, loss_fn: nn.Module, device:
         images = cases.images[start:start + batch_size].to(device)
         masks = cases.masks[start:start + batch_size].to(device)
         with autocast(device, precision):
-            logits, *lesion_logit = model(images, return_lesion_logit=True) if with_head else (model(images),)
-        logits = logits.float()
+            output = model(images)
+        logits = output.logits.float()
         if with_head:
-            presence_right.extend(((lesion_logit[0].float() >= 0) == (lesion_presence(masks) > 0)).tolist())
+            presence_right.extend(((output.lesion_logit.float() >= 0) == (lesion_presence(masks) > 0)).tolist())
         total_loss += float(loss_fn(logits, masks)) * len(images)
         predictions = (logits >= 0).cpu().numpy()  # sigmoid(logit) >= 0.5
         targets = masks.cpu().numpy() >= 0.5
@@ -647,13 +647,12 @@ def train_one_epoch(run: Run, progress: bool, description: str) -> float:
         masks = masks.to(device, non_blocking=True)
         head_weight = run.config.get("lesion_head_weight", 0.0)
         with autocast(device, run.precision):
-            outputs = run.trained_model(images, return_lesion_logit=True) if head_weight else run.trained_model(images)
-        logits, auxiliary, lesion_logit = split_outputs(outputs, run.supervised is not None, bool(head_weight))
-        loss = run.loss_fn(logits.float(), masks)  # the loss in fp32 whatever the forward pass ran in
-        if auxiliary:
-            loss = loss + deep_supervision_loss(run.loss_fn, auxiliary, masks, run.config["deep_supervision"])
+            output = run.trained_model(images)
+        loss = run.loss_fn(output.logits.float(), masks)  # the loss in fp32 whatever the forward pass ran in
+        if run.supervised is not None:
+            loss = loss + deep_supervision_loss(run.loss_fn, output.auxiliary, masks, run.config["deep_supervision"])
         if head_weight:
-            loss = loss + head_weight * F.binary_cross_entropy_with_logits(lesion_logit.float(),
+            loss = loss + head_weight * F.binary_cross_entropy_with_logits(output.lesion_logit.float(),
                                                                           lesion_presence(masks))
         run.optimizer.zero_grad(set_to_none=True)
         run.scaler.scale(loss).backward()
@@ -664,15 +663,6 @@ def train_one_epoch(run: Run, progress: bool, description: str) -> float:
     if run.context.distributed:
         dist.all_reduce(total)
     return float(total[0] / total[1])
-
-
-def split_outputs(outputs, supervised: bool, with_head: bool) -> tuple:
-    """(logits, auxiliary logits or [], lesion logits or None) from what the trained model returned."""
-    if not supervised and not with_head:
-        return outputs, [], None
-    if not supervised:
-        return outputs[0], [], outputs[1]
-    return outputs[0], outputs[1], outputs[2] if with_head else None
 
 
 def dataset_credits(config: dict) -> list[dict]:
