@@ -229,3 +229,36 @@ def test_the_command_line_takes_a_backend_and_names_it(graph_weights, tmp_path, 
                        "--backend", backend, "--precision", "fp32", "--no-figure"])
     assert status == 0
     assert f"network: {backend} fp32 on cpu" in out.getvalue()
+
+
+def test_the_slicer_logic_segments_and_shows_attention_where_torch_cannot_be_imported():
+    """The module's Logic on a slicer-core scene, PyTorch blocked: backend "auto" runs the bundled model's graph
+    through whichever graph runtime is installed."""
+    if not any(runtime.runtime_available(name) for name in GRAPH_BACKENDS):
+        pytest.skip("neither onnxruntime nor openvino is installed")
+    pytest.importorskip("slicer", reason="slicer-core is not installed")
+    script = BLOCK_TORCH + f"""
+sys.path.insert(0, {str(ROOT / "Testing")!r})
+from slicer_module import load_module
+module = load_module()
+import numpy as np, slicer
+from PIL import Image
+from BreastUSSegmentLib import BUNDLED_WEIGHTS
+from BreastUSSegmentLib.inference import LesionSegmenter
+frame = np.asarray(Image.open({str(ROOT / "BreastUSSegment/Resources/Samples/breastus_sample_benign.png")!r}).convert("L"))
+scene = slicer.vtkMRMLScene()
+volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "frame")
+slicer.util.updateVolumeFromArray(volume, frame[np.newaxis])
+logic = module.BreastUSSegmentLogic()
+output = logic.segment(volume, options=module.SegmentationOptions(weightsPath=str(BUNDLED_WEIGHTS), device="cpu"))
+attention = slicer.util.arrayFromVolume(output.attentionVolumeNode)
+assert "torch" not in sys.modules
+segmenter = logic.segmenters.get(str(BUNDLED_WEIGHTS), "cpu")
+print(segmenter.provenance["backend"] != "torch", output.pipelineResult.processed_mask.any(),
+      attention.shape == (1, *frame.shape), float(attention.max()) > 0)
+"""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "BreastUSSegment")}
+    env.pop("OMP_NUM_THREADS", None)
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert completed.stdout.split() == ["True", "True", "True", "True"]
