@@ -291,7 +291,7 @@ def test_cli_box_table_for_many_images(tmp_path, brightness_weights, capsys):
     assert iou(written_mask(tmp_path / "out", "a"), rectangle((60, 60), 10, 10, 30, 30)) > 0.85
     assert iou(written_mask(tmp_path / "out", "b"), rectangle((60, 60), 30, 30, 50, 50)) > 0.85
     output = capsys.readouterr().out
-    assert "b.png: lesion in 1/1 frame(s)" in output and "b.png" in output.split("no lesion seen in box 2")[0]
+    assert "b.png: lesion in 1/1 frame(s)" in output and "b.png" in output.split("no lesion found in box 2")[0]
 
 
 def test_cli_refuses_bad_box_arguments(tmp_path, brightness_weights, capsys):

@@ -51,7 +51,8 @@ def test_png_format_and_no_figure(tmp_path, weights):
     bright_square_png(tmp_path / "a.png")
     out = tmp_path / "out"
     assert main([str(tmp_path / "a.png"), "-o", str(out), "--weights", str(weights), "--format", "png", "--no-figure"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["a_mask.png", "a_probability.png"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "a_mask.png", "a_measurements.json", "a_probability.png", "measurements.csv"]
     assert set(np.unique(np.array(Image.open(out / "a_mask.png")))) <= {0, 255}
 
 
@@ -164,9 +165,10 @@ def test_outputs_are_named_after_the_file_name_without_its_last_extension(tmp_pa
     sitk.WriteImage(scan, str(tmp_path / "scan.nii.gz"))
     out = tmp_path / "out"
     assert run([tmp_path / name for name in names] + [tmp_path / "scan.nii.gz"], out, weights, "--no-figure") == 0
+    stems = ("1.2.826.0.1.3680043.101", "1.2.826.0.1.3680043.303", "scan")
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        f"{stem}_{kind}.nrrd" for stem in ("1.2.826.0.1.3680043.101", "1.2.826.0.1.3680043.303", "scan")
-        for kind in ("mask", "probability")
+        [f"{stem}_{kind}.nrrd" for stem in stems for kind in ("mask", "probability")]
+        + [f"{stem}_measurements.json" for stem in stems] + ["measurements.csv"]
     )
     assert capsys.readouterr().out.strip().endswith("3 segmented, 0 failed")
 
@@ -201,18 +203,19 @@ def test_a_failing_overlay_stops_neither_the_batch_nor_leaves_half_the_outputs(t
     assert f"error: {tmp_path / 'first.png'}: cannot write {out / 'first_overlay.png'}: Is a directory" in captured.err
     assert captured.out.strip().endswith("1 segmented, 1 failed")
     assert sorted(p.name for p in out.iterdir()) == [
-        "first_overlay.png", "second_mask.nrrd", "second_overlay.png", "second_probability.nrrd"]
+        "first_overlay.png", "measurements.csv", "second_mask.nrrd", "second_measurements.json", "second_overlay.png",
+        "second_probability.nrrd"]
     assert (out / "first_overlay.png").is_dir()
 
     from BreastUSSegmentLib import cli
 
     figures = iter([MemoryError(), None])
 
-    def overlay_out_of_memory(*args):
+    def overlay_out_of_memory(*args, **kwargs):
         error = next(figures)
         if error:
             raise error
-        return overlay_figure(*args)
+        return overlay_figure(*args, **kwargs)
 
     overlay_figure = cli.overlay_figure
     monkeypatch.setattr(cli, "overlay_figure", overlay_out_of_memory)
@@ -221,7 +224,9 @@ def test_a_failing_overlay_stops_neither_the_batch_nor_leaves_half_the_outputs(t
     captured = capsys.readouterr()
     assert f"error: {tmp_path / 'first.png'}: out of memory" in captured.err
     assert captured.out.strip().endswith("1 segmented, 1 failed")
-    assert sorted(p.name for p in out.iterdir()) == ["second_mask.nrrd", "second_overlay.png", "second_probability.nrrd"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "measurements.csv", "second_mask.nrrd", "second_measurements.json", "second_overlay.png",
+        "second_probability.nrrd"]
 
 
 def test_a_run_killed_while_writing_leaves_no_half_written_output(tmp_path, weights, monkeypatch):

@@ -171,14 +171,11 @@ def parse_box(text: str) -> Box:
 
 
 BOX_TABLE_COLUMNS = ("file", "x0", "y0", "x1", "y1")
+SPACING_COLUMN = "spacing"  # optional: the image's pixel spacing in mm, "MM" or "ROW_MM,COL_MM"
 
 
-def read_box_table(path: str | os.PathLike) -> dict[Path, list[Box]]:
-    """Boxes per image from a CSV file with columns file, x0, y0, x1, y1 (one row per box).
-
-    A relative ``file`` is read from the CSV file's own folder; the keys are resolved paths, in file order.
-    """
-    path = Path(path)
+def _table_rows(path: Path) -> list:
+    """The rows of a box table as dicts, checked for the required columns."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
             rows = list(csv.DictReader(handle))
@@ -188,15 +185,51 @@ def read_box_table(path: str | os.PathLike) -> dict[Path, list[Box]]:
     missing = [name for name in BOX_TABLE_COLUMNS if name not in header]
     if missing:
         raise BoxError(f"{path}: the box table needs the columns {', '.join(BOX_TABLE_COLUMNS)}; missing {', '.join(missing)}")
+    return rows
+
+
+def _image_path(table: Path, row: dict) -> Path:
+    image = Path(row["file"].strip())
+    return (image if image.is_absolute() else table.parent / image).resolve()
+
+
+def read_box_table(path: str | os.PathLike) -> dict[Path, list[Box]]:
+    """Boxes per image from a CSV file with columns file, x0, y0, x1, y1 (one row per box).
+
+    A relative ``file`` is read from the CSV file's own folder; the keys are resolved paths, in file order.
+    """
+    path = Path(path)
     table: dict[Path, list[Box]] = {}
-    for line, row in enumerate(rows, start=2):
+    for line, row in enumerate(_table_rows(path), start=2):
         try:
             box = as_box([float(row[name]) for name in BOX_TABLE_COLUMNS[1:]])
         except (TypeError, ValueError) as error:
             message = str(error) if isinstance(error, BoxError) else "x0, y0, x1, y1 must be numbers"
             raise BoxError(f"{path} line {line}: {message}") from None
-        image = Path(row["file"].strip())
-        table.setdefault((image if image.is_absolute() else path.parent / image).resolve(), []).append(box)
+        table.setdefault(_image_path(path, row), []).append(box)
     if not table:
         raise BoxError(f"{path}: the box table has no rows")
     return table
+
+
+def read_table_spacings(path: str | os.PathLike) -> dict[Path, tuple[float, float]]:
+    """The pixel spacing of each image from the box table's optional ``spacing`` column (empty cells: none).
+
+    The rows of one image must agree. Keys are resolved paths, like :func:`read_box_table`'s.
+    """
+    from .imagetypes import parse_spacing
+
+    path = Path(path)
+    spacings: dict[Path, tuple[float, float]] = {}
+    for line, row in enumerate(_table_rows(path), start=2):
+        text = (row.get(SPACING_COLUMN) or "").strip()
+        if not text:
+            continue
+        try:
+            spacing = parse_spacing(text)
+        except ValueError as error:
+            raise BoxError(f"{path} line {line}: {error}") from None
+        image = _image_path(path, row)
+        if spacings.setdefault(image, spacing) != spacing:
+            raise BoxError(f"{path} line {line}: spacing {text!r} differs from an earlier row of {row['file'].strip()}")
+    return spacings

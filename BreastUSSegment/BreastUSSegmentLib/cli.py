@@ -6,8 +6,11 @@ Example::
 
 For every input ``NAME.ext`` it writes ``NAME_mask.<format>`` (processed
 mask, 0/1), ``NAME_probability.<format>`` (float probabilities; scaled to
-0-255 for PNG) and ``NAME_overlay.png`` (outline and attention heatmap of the
-first frame). ``NAME`` is the file name without its last extension
+0-255 for PNG), ``NAME_overlay.png`` (outline and attention heatmap of the
+frame with the largest lesion area) and ``NAME_measurements.json`` (every
+lesion of every frame measured, with the spacing and provenance; see
+:mod:`.sidecar`), all or none of them; the run's ``measurements.csv`` has one
+row per input, frame and lesion. ``NAME`` is the file name without its last extension
 (``.nii.gz`` counts as one). Inputs whose outputs would share a name are
 refused before anything runs. Existing files are never overwritten unless
 ``--overwrite``. One failing input does not stop the others.
@@ -15,7 +18,11 @@ refused before anything runs. Existing files are never overwritten unless
 With ``--box X0,Y0,X1,Y1`` (repeatable, one input only) or ``--boxes FILE.csv``
 (columns file, x0, y0, x1, y1; one row per box) the lesions are segmented
 inside the given boxes, in pixels of the image (x to the right, y down, x1/y1
-exclusive); on a clip a box applies to every frame.
+exclusive); on a clip a box applies to every frame. A box in which no region
+passes the model's minimum confidence gets no lesion ("no lesion found in box N").
+
+``--spacing MM`` (or ``ROW_MM,COL_MM``) gives the pixel size of images whose
+files carry none (PNG, JPEG); the box table may give it per image (column ``spacing``).
 """
 
 from __future__ import annotations
@@ -31,15 +38,17 @@ from typing import Callable, Optional
 import numpy as np
 
 from . import BUNDLED_WEIGHTS, __version__
-from .boxes import BoxError, parse_box, read_box_table
+from .boxes import CONTEXT_MARGIN, FRAME_WEIGHT, BoxError, parse_box, read_box_table, read_table_spacings
 from .device import DEVICE_CHOICES
+from .fileio import sha256_of_file, split_extension, write_atomically
 from .runtime import BACKEND_CHOICES, PRECISION_CHOICES
-from .fileio import split_extension, write_atomically
 from .imageio import read_image, write_image
-from .imagetypes import MAX_INPUT_PIXELS, ImageReadError
-from .measure import measure_lesion
+from .imagetypes import MAX_INPUT_PIXELS, ImageReadError, parse_spacing
+from .measure import measure_frames, result_in_words
 from .modelcard import WeightsError
 from .options import add_settings_arguments, settings_from_args
+from .sidecar import (RUN_TABLE_NAME, SIDECAR_SUFFIX, header_fields, provenance, sidecar_record, spacing_source,
+                      table_rows, write_sidecar, write_table)
 from .preprocessing import InvalidImageError
 from .visualize import FIGURE_MAX_SIDE, overlay_figure
 
@@ -57,6 +66,14 @@ def box_argument(text: str):
     try:
         return parse_box(text)
     except BoxError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def spacing_argument(text: str):
+    """``--spacing MM`` or ``ROW_MM,COL_MM`` as ``(row_mm, col_mm)``; a bad one is a usage error."""
+    try:
+        return parse_spacing(text)
+    except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
@@ -80,7 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--box", action="append", type=box_argument, metavar="X0,Y0,X1,Y1",
                         help="segment inside this box (pixels; x1, y1 exclusive); repeat for several lesions; one input only")
     parser.add_argument("--boxes", type=Path, metavar="FILE.csv",
-                        help="boxes for many images: a CSV file with columns file, x0, y0, x1, y1, one row per box")
+                        help="boxes for many images: a CSV file with columns file, x0, y0, x1, y1 (and optionally "
+                             "spacing, MM or ROW_MM,COL_MM), one row per box")
+    parser.add_argument("--spacing", type=spacing_argument, metavar="MM|ROW_MM,COL_MM",
+                        help="pixel size in mm of every input, replacing the file's own (PNG and JPEG have none: "
+                             "without it their sizes are in pixels)")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     add_settings_arguments(parser)
     return parser
@@ -96,6 +117,7 @@ class Job:
     image_path: Path
     outputs: dict[str, Path]
     boxes: Optional[list] = None  # None: automatic; else the boxes to segment inside
+    spacing: Optional[tuple] = None  # (row_mm, col_mm) the user gave; None: the file's own
 
 
 def output_name(image_path: Path) -> str:
@@ -108,12 +130,27 @@ def output_paths(image_path: Path, output_dir: Path, suffix: str, figure: bool =
     paths = {"mask": output_dir / f"{name}_mask{suffix}", "probability": output_dir / f"{name}_probability{suffix}"}
     if figure:
         paths["figure"] = output_dir / f"{name}_overlay.png"
+    paths["measurements"] = output_dir / f"{name}{SIDECAR_SUFFIX}"
     return paths
 
 
-def plan_jobs(args, boxes: Optional[dict] = None) -> list[Job]:
+def plan_jobs(args, boxes: Optional[dict] = None, spacings: Optional[dict] = None) -> list[Job]:
+    spacings = spacings or {}
     return [Job(path, output_paths(path, args.output, FORMATS[args.format], not args.no_figure),
-                None if boxes is None else boxes[path]) for path in args.inputs]
+                None if boxes is None else boxes[path], spacings.get(path, args.spacing)) for path in args.inputs]
+
+
+def spacings_per_input(parser: argparse.ArgumentParser, args) -> dict:
+    """The spacing of each input from the box table's ``spacing`` column (--spacing applies to the others)."""
+    if not args.boxes:
+        return {}
+    try:
+        table = read_table_spacings(args.boxes)
+    except BoxError as error:
+        parser.error(str(error))
+    if table and args.spacing is not None:
+        parser.error("give the spacing with --spacing or in the box table's spacing column, not both")
+    return {path: table[path.resolve()] for path in args.inputs if path.resolve() in table}
 
 
 def boxes_per_input(parser: argparse.ArgumentParser, args) -> Optional[dict]:
@@ -174,34 +211,83 @@ def output_folder_problem(folder: Path) -> str:
 # ---------------------------------------------------------------- one input
 
 
-def segment_file(segmenter, job: Job, args) -> str:
-    """Segment one file with the segmenter's post-processing, write its outputs and return a one-line summary."""
+def segment_file(segmenter, job: Job, args) -> tuple:
+    """Segment one file with the segmenter's post-processing, write its outputs; return a one-line summary and
+    its sidecar record."""
     options = segmenter.postprocessing
     image = read_image(job.image_path)
     if job.boxes is not None and not job.boxes:
         raise BoxError(f"no box for it in {args.boxes}")
+    spacing = image.spacing if job.spacing is None else job.spacing
     result = segmenter.segment(image.pixels, box=job.boxes or None, color=image.color, batch_size=args.batch_size)
     mask = result.raw_mask if args.no_postprocess else result.processed_mask
     if args.format == "png" and result.frame_count > 1:
         raise InvalidImageError(f"a clip of {result.frame_count} frames cannot be written as PNG; use --format nrrd")
+    labels = box_label_map(result)
+    frames = measure_frames(mask, spacing, labels)
+    words = [result_in_words(frame.lesions, empty_boxes_of(result, number, frame.lesions))
+             for number, frame in enumerate(frames)]
+    record = sidecar_record(
+        input_path=job.image_path, input_sha256=sha256_of_file(job.image_path), frame_shape=image.frame_shape,
+        spacing=spacing, source=spacing_source(image.spacing_source, user=job.spacing is not None),
+        frames=[(frame.lesions, text) for frame, text in zip(frames, words)],
+        boxes=None if job.boxes is None else [box.as_tuple() for box in job.boxes],
+        provenance_block=run_provenance(segmenter, args), outputs={kind: path.name for kind, path in job.outputs.items()},
+    )
     squeeze = (lambda array: array[0]) if result.frame_count == 1 else (lambda array: array)
     # Labelmaps hold 0/1; a PNG mask is written 0/255 (bool) so it can be viewed.
     mask_pixels = mask if args.format == "png" else mask.astype(np.uint8)
     exclusive = not args.overwrite
+    header = header_fields(record)
     writers = {
-        "mask": lambda path: write_image(path, squeeze(mask_pixels), spacing=image.spacing, exclusive=exclusive),
-        "probability": lambda path: write_image(path, squeeze(result.probability), spacing=image.spacing,
-                                                exclusive=exclusive),
+        "mask": lambda path: write_image(path, squeeze(mask_pixels), spacing=spacing, exclusive=exclusive,
+                                         metadata=header),
+        "probability": lambda path: write_image(path, squeeze(result.probability), spacing=spacing,
+                                                exclusive=exclusive, metadata=header),
+        "measurements": lambda path: write_sidecar(path, record, exclusive=exclusive),
     }
     if "figure" in job.outputs:
-        first_frame = image.pixels[0] if image.frame_count > 1 else image.pixels
-        figure = overlay_figure(first_frame, mask[0], result.combined_attention[0])
+        shown = max(range(result.frame_count), key=lambda number: (frames[number].area_mm2, -number))
+        frame_pixels = image.pixels[shown] if image.frame_count > 1 else image.pixels
+        figure = overlay_figure(
+            frame_pixels, mask[shown], result.combined_attention[shown], result_text=words[shown],
+            boxes=[(outcome.index + 1, outcome.box.as_tuple()) for outcome in result.boxes or []
+                   if outcome.frame == shown],
+            frame_text=f"frame {shown + 1} of {result.frame_count}" if result.frame_count > 1 else "",
+        )
         writers["figure"] = lambda path: write_atomically(
             path, lambda temporary: figure.save(temporary, format="PNG"), exclusive=exclusive
         )
     write_all(job.outputs, writers)
-    return lesion_summary(job.image_path, image, mask, result, None if args.no_postprocess else options) \
-        + empty_box_note(result)
+    return lesion_summary(job.image_path, record, frames, words, result,
+                          None if args.no_postprocess else options), record
+
+
+def run_provenance(segmenter, args) -> dict:
+    """The provenance block of this run's sidecars: model, every setting, device and precision."""
+    settings = {**segmenter.postprocessing.to_dict(), "postprocess": not args.no_postprocess}
+    if args.box or args.boxes:
+        settings.update(box_context_margin=CONTEXT_MARGIN, box_frame_weight=FRAME_WEIGHT)
+    precision = "bfloat16" if getattr(segmenter, "cpu_bf16", False) else "float32"
+    weights = segmenter.weights_path or args.weights
+    return provenance(weights, segmenter.card, settings, str(segmenter.device), precision)
+
+
+def box_label_map(result) -> Optional[np.ndarray]:
+    """Per pixel, the number of the box it lies in (0 outside; the earlier box where boxes overlap); None without boxes."""
+    if result.boxes is None:
+        return None
+    labels = np.zeros(result.probability.shape, dtype=np.uint16)
+    for outcome in result.boxes:
+        region = labels[outcome.frame][outcome.box.slices]
+        region[region == 0] = outcome.index + 1
+    return labels
+
+
+def empty_boxes_of(result, frame: int, lesions) -> list:
+    """The numbers (1 for the first) of the boxes of ``frame`` that hold none of its ``lesions`` (measured)."""
+    found = {lesion.box for lesion in lesions}
+    return [outcome.index + 1 for outcome in result.boxes or [] if outcome.frame == frame and outcome.index + 1 not in found]
 
 
 def write_all(paths: dict[str, Path], writers: dict[str, Callable[[Path], object]]) -> None:
@@ -217,38 +303,40 @@ def write_all(paths: dict[str, Path], writers: dict[str, Callable[[Path], object
         raise
 
 
-def empty_box_note(result) -> str:
-    """The summary's note on boxes in which the network saw no lesion ("" when there are none)."""
-    empty = sorted({outcome.index + 1 for outcome in result.empty_boxes}) if result.boxes is not None else []
-    if not empty:
-        return ""
-    return f"; no lesion seen in box {', '.join(str(index) for index in empty)}"
-
-
-def lesion_summary(image_path: Path, image, mask: np.ndarray, result, options) -> str:
-    """The line printed for a segmented file; ``options`` is None when post-processing was off."""
-    frames_with_lesion = int(mask.any(axis=(1, 2)).sum())
-    if frames_with_lesion == 0 and result.boxes is not None:
-        return f"{image_path.name}: no lesion found"
+def lesion_summary(image_path: Path, record: dict, frames: list, words: list, result, options) -> str:
+    """The line printed for a segmented file: the lesions of the first frame that has any, each on its own;
+    ``frames`` are its :class:`.measure.LesionMeasurement`, ``words`` each frame's result in words, ``options``
+    None when post-processing was off."""
+    frames_with_lesion = sum(1 for frame in frames if frame.lesions)
+    name = image_path.name
     if frames_with_lesion == 0:
+        if result.boxes is not None:
+            return f"{name}: {words[0] if result.frame_count == 1 else 'no lesion found in any box'}"
         why = None if options is None else result.why_empty  # what post-processing hid, found as it ran
         rejected = None if why is None else why.rejected_lesion_probability
         if rejected is not None:
-            return (f"{image_path.name}: no lesion found (the lesion head's probability, {rejected:.2f} at most, "
+            return (f"{name}: no lesion found (the lesion head's probability, {rejected:.2f} at most, "
                     f"is below --min-lesion-probability {options.min_lesion_probability:.2f})")
         hidden = None if why is None else why.hidden_confidence
-        return f"{image_path.name}: no lesion found" + (
+        return f"{name}: no lesion found" + (
             "" if hidden is None else
             f" (the strongest candidate region, mean probability {hidden:.2f}, is below --min-confidence "
             f"{options.min_mean_probability:.2f})"
         )
-    size = measure_lesion(mask[0], image.spacing)
-    unit = "mm" if image.spacing_source != "unknown" else "px"
-    return (
-        f"{image_path.name}: lesion in {frames_with_lesion}/{result.frame_count} frame(s); first frame: "
-        f"area {size.area_mm2:.1f} {unit}², largest diameter {size.largest_diameter_mm:.1f} {unit}"
-        + ("" if unit == "mm" else " (pixel spacing unknown)")
+    first = next(number for number, frame in enumerate(frames) if frame.lesions)
+    unit = "mm" if record["spacing"]["source"] != "default" else "px"
+    lesions = "; ".join(
+        f"lesion {lesion.lesion}" + (f" (box {lesion.box})" if lesion.box is not None else "")
+        + f": area {lesion.area:.1f} {unit}², diameters {lesion.longest_diameter:.1f} x "
+        f"{lesion.perpendicular_diameter:.1f} {unit}"
+        for lesion in frames[first].lesions
     )
+    where = f"frame {first + 1}: " if result.frame_count > 1 else ""
+    empty = empty_boxes_of(result, first, frames[first].lesions)
+    return (f"{name}: lesion in {frames_with_lesion}/{result.frame_count} frame(s); {where}"
+            f"{result_in_words(frames[first].lesions)}: {lesions}"
+            + (f"; no lesion found in box {', '.join(map(str, empty))}" if empty else "")
+            + ("" if unit == "mm" else " (pixel spacing unknown: give --spacing)"))
 
 
 def describe_failure(error: Exception) -> str:
@@ -273,8 +361,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     boxes = boxes_per_input(parser, args)
+    spacings = spacings_per_input(parser, args)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    jobs = plan_jobs(args, boxes)
+    jobs = plan_jobs(args, boxes, spacings)
     problems = collisions(jobs)
     if problems:
         for problem in problems:
@@ -283,6 +372,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     problem = output_folder_problem(args.output)
+    if not problem and (args.output / RUN_TABLE_NAME).exists() and not args.overwrite:
+        problem = f"{args.output / RUN_TABLE_NAME} exists (use --overwrite, or another --output folder)"
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
@@ -310,6 +401,7 @@ def run_jobs(segmenter, jobs: list[Job], args) -> int:
 
     segmented = failed = 0
     model_broken = False
+    rows: list = []
     for job in tqdm(jobs, desc="Segmenting", unit="file", disable=len(jobs) < 2):
         existing = [str(path) for path in job.outputs.values() if path.exists()]
         if existing and not args.overwrite:
@@ -317,7 +409,10 @@ def run_jobs(segmenter, jobs: list[Job], args) -> int:
             failed += 1
             continue
         try:
-            tqdm.write(segment_file(segmenter, job, args))
+            summary, record = segment_file(segmenter, job, args)
+            rows.extend(table_rows(record, str(job.image_path)))
+            write_table(args.output / RUN_TABLE_NAME, rows)  # after every input, so a stopped run keeps its table
+            tqdm.write(summary)
             segmented += 1
         except WeightsError as error:
             tqdm.write(f"error: {job.image_path}: {error}", file=sys.stderr)

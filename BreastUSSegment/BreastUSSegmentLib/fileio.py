@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import glob
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -95,3 +96,12 @@ def leftover_temporaries(path: str | os.PathLike) -> list[Path]:
     base, extension = split_extension(path.name)
     pattern = glob.escape(base) + TEMPORARY_MARK + "*" + glob.escape(extension)
     return sorted(path.parent.glob(pattern))
+
+
+def sha256_of_file(path: str | os.PathLike) -> str:
+    """The sha256 of a file's bytes, as hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -197,7 +197,8 @@ def _read_with_simpleitk(path: Path) -> LoadedImage:
 
 
 def write_image(
-    path: str | os.PathLike, array: np.ndarray, spacing: tuple[float, float] = (1.0, 1.0), *, exclusive: bool = False
+    path: str | os.PathLike, array: np.ndarray, spacing: tuple[float, float] = (1.0, 1.0), *, exclusive: bool = False,
+    metadata: dict | None = None,
 ) -> Path:
     """Write a frame ``(H, W)`` or a stack ``(F, H, W)`` atomically; the format follows the suffix.
 
@@ -208,6 +209,8 @@ def write_image(
     8-bit when they fit 0..255, else 16-bit.
     Missing parent folders are created. With ``exclusive`` an existing file is
     never replaced (``FileExistsError``, see :func:`.fileio.write_atomically`).
+    ``metadata`` (text key -> text value) goes into the header of NRRD and MetaImage files
+    (``key:=value`` fields in NRRD); NIfTI keeps only ``ITK_FileNotes``, as its 80-byte ``descrip``; PNG none.
     Returns the path written.
     """
     path = Path(path)
@@ -229,7 +232,7 @@ def write_image(
     except ValueError as error:
         raise ImageWriteError(f"Cannot write '{path}': {error}") from None
 
-    write = _png_writer(path, array) if suffix == ".png" else _simpleitk_writer(array, (row_mm, column_mm))
+    write = _png_writer(path, array) if suffix == ".png" else _simpleitk_writer(array, (row_mm, column_mm), metadata)
     try:
         return write_atomically(path, write, exclusive=exclusive)
     except FileExistsError:
@@ -261,11 +264,14 @@ def _png_writer(path: Path, array: np.ndarray):
     return lambda temporary: image.save(temporary, format="PNG")
 
 
-def _simpleitk_writer(array: np.ndarray, spacing: tuple[float, float]):
-    """A function writing ``array`` with ``spacing`` to the path it is given (the format follows its suffix)."""
+def _simpleitk_writer(array: np.ndarray, spacing: tuple[float, float], metadata: dict | None = None):
+    """A function writing ``array`` with ``spacing`` and header ``metadata`` to the path it is given (the format
+    follows its suffix)."""
     import SimpleITK as sitk
 
     image = sitk.GetImageFromArray(np.ascontiguousarray(array), isVector=False)
     row_mm, column_mm = spacing
     image.SetSpacing((column_mm, row_mm) if array.ndim == 2 else (column_mm, row_mm, 1.0))
+    for key, value in (metadata or {}).items():
+        image.SetMetaData(str(key), str(value))
     return lambda temporary: sitk.WriteImage(image, temporary, useCompression=True)

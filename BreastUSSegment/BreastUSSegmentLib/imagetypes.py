@@ -83,3 +83,18 @@ def error_line(error: BaseException) -> str:
     """A library's error message folded onto one line, for the user's message."""
     text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
     return text or type(error).__name__
+
+
+def parse_spacing(text: str) -> tuple[float, float]:
+    """A pixel spacing from ``"MM"`` (square pixels) or ``"ROW_MM,COL_MM"``; ``ValueError`` naming the text otherwise."""
+    parts = [part.strip() for part in str(text).split(",")]
+    if len(parts) not in (1, 2):
+        raise ValueError(f"spacing {text!r} must be MM or ROW_MM,COL_MM")
+    try:
+        values = [float(part) for part in parts]
+    except ValueError:
+        raise ValueError(f"spacing {text!r} must be MM or ROW_MM,COL_MM (numbers in mm)") from None
+    try:
+        return check_spacing(values * 2 if len(values) == 1 else values)
+    except ValueError:
+        raise ValueError(f"spacing {text!r} must be positive finite numbers of mm") from None

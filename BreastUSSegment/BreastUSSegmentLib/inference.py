@@ -16,7 +16,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from .boxes import (
-    CONTEXT_MARGIN, FRAME_WEIGHT, NO_LESION_PROBABILITY, Box, boxes_for_frames, check_frame_weight, grow_box,
+    CONTEXT_MARGIN, FRAME_WEIGHT, Box, boxes_for_frames, check_frame_weight, grow_box,
 )
 from .modelcard import ModelCard, ModelConfig, WeightsError, read_model_card
 from .options import PostprocessOptions, check_lesion_head
@@ -31,7 +31,7 @@ ProgressCallback = Callable[[int, int], None]
 
 @dataclass(frozen=True)
 class BoxOutcome:
-    """What one box prompt gave: ``found`` is False when the network sees no lesion in it."""
+    """What one box prompt gave: ``found`` is False when no region in it passes the box rule (``postprocess_box``)."""
 
     frame: int
     index: int  # the box's place in its frame's list
@@ -338,8 +338,8 @@ class LesionSegmenter:
             raw_mask[crop.frame][crop.box.slices] = outputs.probability[crop.frame][crop.box.slices] >= options.threshold
         for outcome in outcomes:
             if not outcome.found:
-                logger.info("frame %d, box %d: no lesion (peak probability %.3f is below %.2f)",
-                            outcome.frame, outcome.index, outcome.peak_probability, NO_LESION_PROBABILITY)
+                logger.info("frame %d, box %d: no lesion (peak probability %.3f; no region reached mean probability "
+                            "%.2f)", outcome.frame, outcome.index, outcome.peak_probability, options.min_mean_probability)
         return SegmentationResult(
             probability=outputs.probability,
             raw_mask=raw_mask,

@@ -11,7 +11,6 @@ model's settings before PyTorch is installed.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field, fields
@@ -118,14 +117,6 @@ class ModelCard:
         if values["onnx"] is None:  # cards without a graph stay as they were
             del values["onnx"]
         return json.dumps(values, indent=2, sort_keys=True) + "\n"
-
-
-def sha256_of_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def check_storage_dtype(storage_dtype: str) -> str:

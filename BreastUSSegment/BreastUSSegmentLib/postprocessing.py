@@ -221,14 +221,16 @@ def _component_at_peak(probability: np.ndarray, level: float) -> np.ndarray:
     return labels == labels[peak]
 
 
-def postprocess_box(probability: np.ndarray, options: PostprocessOptions) -> np.ndarray:
+def postprocess_box(probability: np.ndarray, options: PostprocessOptions, min_confidence: float | None = None) -> np.ndarray:
     """Processed mask of the probability inside one user box (the array is the box).
 
     Keeps the components above the threshold that touch the box's centre region,
     or, if none does, the component around the box's highest probability (at the
-    threshold or half that peak, whichever is lower), so a box always gets a lesion
-    unless its peak is below ``NO_LESION_PROBABILITY``. The area and confidence
-    filters are not applied: the user's box says a lesion is there.
+    threshold or half that peak, whichever is lower). Of those, the components whose
+    mean probability is below ``min_confidence`` (default: ``options.min_mean_probability``,
+    the automatic mask's confidence rule) are dropped, so a box on lesion-free tissue
+    comes out empty; so does a box whose peak is below ``NO_LESION_PROBABILITY``. The
+    area filter is not applied: the user's box says where to look.
     """
     if probability.ndim != 2:
         raise ValueError(f"expected a 2-D probability map, got shape {probability.shape}")
@@ -243,6 +245,10 @@ def postprocess_box(probability: np.ndarray, options: PostprocessOptions) -> np.
         mask = np.isin(labels, touching)
     else:
         mask = _component_at_peak(probability, min(options.threshold, 0.5 * peak))
+    bar = options.min_mean_probability if min_confidence is None else min_confidence
+    mask = remove_uncertain_components(mask, probability, bar)
+    if not mask.any():
+        return mask
     mask, smoothed = _shape_lesion(mask, options)
     # Smoothing can erase a lesion of a few pixels; the box still gets the unsmoothed one.
     return (smoothed if smoothed.any() else mask).astype(bool)

@@ -21,7 +21,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .modelcard import ModelCard, WeightsError, sha256_of_file
+from .fileio import sha256_of_file
+from .modelcard import ModelCard, WeightsError
 
 logger = logging.getLogger(__name__)
 

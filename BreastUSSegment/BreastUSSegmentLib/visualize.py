@@ -1,5 +1,5 @@
-"""Showing results: the range an attention map is displayed over (the Slicer module and the figures),
-and the command line's figures of the lesion outline and attention heatmap over the frame (Pillow)."""
+"""Showing results: the range an attention map is displayed over in the Slicer module, and the command
+line's figures of the lesion outline and attention heatmap over the frame (Pillow)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,12 @@ HEAT_ANCHORS = np.array(
 OUTLINE_COLOR = np.array([0, 255, 0], dtype=np.uint8)
 # Longest side, in pixels, of each half of a figure: larger frames are shown shrunk, which bounds the figure's memory.
 FIGURE_MAX_SIDE = 1024
-# Attention coefficients of a trained model sit in a narrow band; displays span these percentiles.
+# Attention coefficients of a trained model sit in a narrow band; the Slicer display spans these percentiles.
 ATTENTION_DISPLAY_PERCENTILES = (2.0, 99.5)
+# The figures' heatmaps span this fixed range, so figures compare and a normal frame is not stretched into colour.
+FIGURE_ATTENTION_RANGE = (0.0, 1.0)
+BOX_COLOR = (255, 0, 255)
+FIGURE_GAP, FIGURE_CAPTION, FIGURE_FOOTER = 8, 22, 40  # pixels between the halves, above them, below them
 
 
 def attention_display_range(attention: np.ndarray) -> tuple[float, float]:
@@ -68,15 +72,23 @@ def _shrink(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(image.resize((size[1], size[0]), Image.BILINEAR))
 
 
-def overlay_figure(frame: np.ndarray, mask: np.ndarray, attention: np.ndarray, opacity: float = 0.5) -> Image.Image:
+def overlay_figure(
+    frame: np.ndarray, mask: np.ndarray, attention: np.ndarray, opacity: float = 0.5, *, result_text: str = "",
+    boxes=(), frame_text: str = "",
+) -> Image.Image:
     """Side by side: the frame with the lesion outline (left) and with the attention heatmap (right).
 
-    Each half is at most :data:`FIGURE_MAX_SIDE` pixels long.
+    The heatmap's colours span the fixed range :data:`FIGURE_ATTENTION_RANGE` (0 to 1, the same on every
+    figure), shown by the colour bar below it; below the outline goes ``result_text`` (the result in
+    words) and ``frame_text`` (which frame of a clip this is). ``boxes`` are ``(number, (x0, y0, x1, y1))``
+    box prompts (pixels of the frame), drawn on both halves. Each half is at most
+    :data:`FIGURE_MAX_SIDE` pixels long.
     """
     gray = normalize_intensity(to_grayscale_frames(frame))[0]
     if mask.shape != gray.shape or attention.shape != gray.shape:
         raise ValueError(f"mask {mask.shape} and attention {attention.shape} must match the frame {gray.shape}")
     size = figure_size(gray.shape)
+    scale = (size[0] / gray.shape[0], size[1] / gray.shape[1])
     gray = _shrink(gray, size)
     mask = _shrink(np.asarray(mask, dtype=np.float32), size) >= 0.5
     attention = _shrink(attention, size)
@@ -84,17 +96,40 @@ def overlay_figure(frame: np.ndarray, mask: np.ndarray, attention: np.ndarray, o
     thickness = max(1, round(min(mask.shape) / 200))
     outlined = np.repeat(gray8, 3, axis=-1)
     outlined[mask_outline(mask, thickness)] = OUTLINE_COLOR
-    low, high = attention_display_range(attention)
+    low, high = FIGURE_ATTENTION_RANGE
     stretched = np.clip((attention - low) / (high - low), 0.0, 1.0)
     weight = np.uint16(round(256 * opacity))  # blended in 1/256 steps, in integers (a figure, not a measurement)
     heat = ((gray8 * (256 - weight) + heat_colormap(stretched) * weight + 128) >> 8).astype(np.uint8)
 
     height, width = outlined.shape[:2]
-    gap, caption = 8, 22
-    canvas = Image.new("RGB", (2 * width + gap, height + caption), "black")
-    canvas.paste(Image.fromarray(outlined), (0, caption))
-    canvas.paste(Image.fromarray(heat), (width + gap, caption))
+    canvas = Image.new("RGB", (2 * width + FIGURE_GAP, height + FIGURE_CAPTION + FIGURE_FOOTER), "black")
+    canvas.paste(Image.fromarray(outlined), (0, FIGURE_CAPTION))
+    canvas.paste(Image.fromarray(heat), (width + FIGURE_GAP, FIGURE_CAPTION))
     draw = ImageDraw.Draw(canvas)
     draw.text((4, 4), "Lesion (processed mask)", fill=(0, 255, 0))
-    draw.text((width + gap + 4, 4), "Attention (mean of gates; blue low, red high)", fill=(255, 200, 0))
+    draw.text((width + FIGURE_GAP + 4, 4), "Attention (mean of gates)", fill=(255, 200, 0))
+    for number, (x0, y0, x1, y1) in boxes:
+        for left in (0, width + FIGURE_GAP):
+            corners = (left + x0 * scale[1], FIGURE_CAPTION + y0 * scale[0],
+                       left + x1 * scale[1] - 1, FIGURE_CAPTION + y1 * scale[0] - 1)
+            draw.rectangle(corners, outline=BOX_COLOR, width=thickness)
+            draw.text((corners[0] + 3, corners[1] + 2), f"box {number}", fill=BOX_COLOR)
+    footer = height + FIGURE_CAPTION
+    draw.text((4, footer + 4), result_text, fill=(255, 255, 255))
+    if frame_text:
+        draw.text((4, footer + 20), frame_text, fill=(200, 200, 200))
+    _colour_bar(draw, (width + FIGURE_GAP, footer), width)
     return canvas
+
+
+def _colour_bar(draw: ImageDraw.ImageDraw, corner: tuple, width: int) -> None:
+    """The heatmap's colour scale from 0 to 1 under the attention half, labelled at both ends."""
+    left, top = corner[0] + 24, corner[1] + 6
+    length = max(2, width - 48)
+    colours = heat_colormap(np.linspace(0.0, 1.0, length))
+    for offset, colour in enumerate(colours):
+        draw.line([(left + offset, top), (left + offset, top + 10)], fill=tuple(int(value) for value in colour))
+    low, high = FIGURE_ATTENTION_RANGE
+    draw.text((corner[0] + 4, top), f"{low:g}", fill=(255, 255, 255))
+    draw.text((left + length + 4, top), f"{high:g}", fill=(255, 255, 255))
+    draw.text((left, top + 14), "attention (fixed scale)", fill=(200, 200, 200))

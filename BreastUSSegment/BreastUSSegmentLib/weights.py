@@ -24,11 +24,9 @@ from torch import nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .fileio import write_atomically, write_text_atomically
+from .fileio import sha256_of_file, write_atomically, write_text_atomically  # noqa: F401 (sha256_of_file: used here and re-exported)
 from .model import build_model
-from .modelcard import (  # noqa: F401  (sha256_of_file: used here and by callers of this module)
-    STORAGE_DTYPES, ModelCard, WeightsError, card_path_for, check_storage_dtype, read_model_card, sha256_of_file,
-)
+from .modelcard import STORAGE_DTYPES, ModelCard, WeightsError, card_path_for, check_storage_dtype, read_model_card
 from .options import PostprocessOptions
 
 

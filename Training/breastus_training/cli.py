@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import ensemble, evaluate, export, intervals, onnx_graph, prepare, sweep, train
+from . import box_rule, ensemble, evaluate, export, intervals, onnx_graph, prepare, sweep, train
 
 SUBCOMMANDS = {
     "prepare": (prepare, "index BUSI, group duplicates and write the train/val/test split manifest"),
@@ -18,6 +18,7 @@ SUBCOMMANDS = {
     "ensemble": (ensemble, "join trained models of one architecture into one ensemble weights file (probabilities averaged)"),
     "sweep": (sweep, "score a grid of post-processing settings on val from one inference pass, to choose them"),
     "evaluate": (evaluate, "score saved weights on a subset of the split; write report.json, report.md and figures"),
+    "box-rule": (box_rule, "score the box prompt's minimum confidence on lesion boxes and on boxes on lesion-free tissue"),
     "intervals": (intervals, "95% intervals of an evaluation's numbers (bootstrap; exact binomial for shares), from its report.json"),
     "export": (export, "write evaluated weights as the bundled model, with the evaluation in its model card"),
     "onnx": (onnx_graph, "write a model's ONNX graph beside its weights (listed in its model card) and measure each "

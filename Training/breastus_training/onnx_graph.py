@@ -27,10 +27,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from BreastUSSegmentLib.fileio import write_atomically, write_text_atomically
+from BreastUSSegmentLib.fileio import sha256_of_file, write_atomically, write_text_atomically
 from BreastUSSegmentLib.inference import LesionSegmenter
 from BreastUSSegmentLib.metrics import dice_score
-from BreastUSSegmentLib.modelcard import card_path_for, read_model_card, sha256_of_file
+from BreastUSSegmentLib.modelcard import card_path_for, read_model_card
 from BreastUSSegmentLib.runtime import BackendChoice, onnx_output_names, open_runner, runtime_available
 from BreastUSSegmentLib.weights import load_model
 
