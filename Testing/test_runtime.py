@@ -224,11 +224,13 @@ def test_the_command_line_takes_a_backend_and_names_it(graph_weights, tmp_path, 
     import io
 
     out = io.StringIO()
-    with contextlib.redirect_stdout(out):
+    with contextlib.redirect_stderr(out):
         status = main([str(image), "-o", str(tmp_path / "out"), "--weights", str(graph_weights),
                        "--backend", backend, "--precision", "fp32", "--no-figure"])
     assert status == 0
     assert f"network: {backend} fp32 on cpu" in out.getvalue()
+    record = json.loads((tmp_path / "out" / "frame_measurements.json").read_text())
+    assert record["provenance"]["backend"] == backend
 
 
 def test_the_slicer_logic_segments_and_shows_attention_where_torch_cannot_be_imported():

@@ -270,7 +270,8 @@ def run_provenance(segmenter, args) -> dict:
         settings.update(box_context_margin=CONTEXT_MARGIN, box_frame_weight=FRAME_WEIGHT)
     precision = "bfloat16" if getattr(segmenter, "cpu_bf16", False) else "float32"
     weights = segmenter.weights_path or args.weights
-    return provenance(weights, segmenter.card, settings, str(segmenter.device), precision)
+    return provenance(weights, segmenter.card, settings, str(segmenter.device), precision,
+                      segmenter.provenance["backend"])
 
 
 def box_label_map(result) -> Optional[np.ndarray]:
@@ -387,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     network = segmenter.provenance
-    print(f"network: {network['backend']} {network['precision']} on {network['device']}")
+    print(f"network: {network['backend']} {network['precision']} on {network['device']}", file=sys.stderr)
     return run_jobs(segmenter, jobs, args)
 
 
