@@ -1,5 +1,6 @@
 """Box prompts: box checks and clipping, and lesions found in a crop landing back where they were."""
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -88,9 +89,26 @@ def test_box_text_and_box_table(tmp_path):
     table = read_box_table(tmp_path / "boxes.csv")
     assert table == {(tmp_path / "sub" / "a.png").resolve(): [Box(1, 2, 3, 4), Box(5, 6, 7, 8)],
                      Path("/abs/b.png").resolve(): [Box(0, 0, 9, 9)]}
-    (tmp_path / "bad.csv").write_text("file,x0,y0,x1,y1\na.png,1,2,3,4\na.png,5,6,5,8\n")
-    with pytest.raises(BoxError, match=r"bad.csv line 3: box .* is empty"):
-        read_box_table(tmp_path / "bad.csv")
+    # An invalid row makes its image fail (the error of its first bad row), not the table.
+    (tmp_path / "bad.csv").write_text("file,x0,y0,x1,y1\na.png,1,2,3,4\na.png,5,6,5,8\nb.png,1,2,3,4\n")
+    table = read_box_table(tmp_path / "bad.csv")
+    assert isinstance(table[(tmp_path / "a.png").resolve()], BoxError)
+    assert re.search(r"bad.csv line 3: box .* is empty", str(table[(tmp_path / "a.png").resolve()]))
+    assert table[(tmp_path / "b.png").resolve()] == [Box(1, 2, 3, 4)]
+
+
+@pytest.mark.parametrize("content, message", [
+    ("file,x0,y0,x1,y1\n", "the box table has no rows"),
+    ("file,x0,y0,x1\na.png,1,2,3\n", "missing y1"),
+    ("", "missing file, x0, y0, x1, y1"),
+    ("file,x0,y0,x1,y1\n,1,2,3,4\n", "line 2: the file column is empty"),
+    ("file,x0,y0,x1,y1\nb\xe9.png,1,2,3,4\n".encode("latin-1"), "is not UTF-8 text (byte 19 cannot be decoded)"),
+])
+def test_a_box_table_that_cannot_be_used_says_why(tmp_path, content, message):
+    path = tmp_path / "boxes.csv"
+    path.write_bytes(content.encode() if isinstance(content, str) else content)
+    with pytest.raises(BoxError, match=re.escape(message)):
+        read_box_table(path)
 
 
 def test_boxes_for_frames_same_box_everywhere_or_one_entry_per_frame():
@@ -312,3 +330,23 @@ def test_cli_refuses_bad_box_arguments(tmp_path, brightness_weights, capsys):
     assert "no box for it in" in capsys.readouterr().err
     assert main([str(tmp_path / "a.png"), "--box", "100,100,120,120", *common]) == 1
     assert "a.png: box (100, 100, 120, 120) lies outside the 60x60 frame" in capsys.readouterr().err
+    (tmp_path / "latin.csv").write_bytes("file,x0,y0,x1,y1\n\xe9.png,1,2,3,4\n".encode("latin-1"))
+    with pytest.raises(SystemExit) as stop:
+        main(["--boxes", str(tmp_path / "latin.csv"), *common])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "latin.csv: the box table is not UTF-8 text" in err and "Traceback" not in err
+
+
+def test_cli_an_invalid_row_fails_its_image_and_the_others_run(tmp_path, brightness_weights, capsys):
+    Image.fromarray(frame_with_lesions((60, 60), (10, 10, 30, 30))).save(tmp_path / "a.png")
+    Image.fromarray(frame_with_lesions((60, 60), (30, 30, 50, 50))).save(tmp_path / "b.png")
+    (tmp_path / "boxes.csv").write_text("file,x0,y0,x1,y1\na.png,5,5,35,35\nb.png,25,25,55,55\nb.png,9,9,9,9\n")
+    code = main(["--boxes", str(tmp_path / "boxes.csv"), "-o", str(tmp_path / "out"), "--weights",
+                 str(brightness_weights), "--device", "cpu", "--no-figure"])
+    assert code == 1
+    captured = capsys.readouterr()
+    assert f"error: {tmp_path / 'b.png'}: {tmp_path / 'boxes.csv'} line 4: box (9, 9, 9, 9) is empty" in captured.err
+    assert captured.out.strip().endswith("1 segmented, 1 failed")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_mask.nrrd", "a_measurements.json",
+                                                                     "a_probability.nrrd", "measurements.csv"]

@@ -1,6 +1,11 @@
 """The command line: outputs per input, formats, clips, no silent overwrite, clear errors."""
 
+import json
 import math
+import os
+import signal
+import subprocess
+import sys
 from dataclasses import replace
 
 import numpy as np
@@ -229,7 +234,7 @@ def test_a_failing_overlay_stops_neither_the_batch_nor_leaves_half_the_outputs(t
         "second_probability.nrrd"]
 
 
-def test_a_run_killed_while_writing_leaves_no_half_written_output(tmp_path, weights, monkeypatch):
+def test_a_run_killed_while_writing_leaves_no_half_written_output(tmp_path, weights, monkeypatch, capsys):
     """A kill inside the probability write (simulated by an interrupt) leaves nothing a rerun would refuse."""
     bright_square_png(tmp_path / "f.png")
     out = tmp_path / "out"
@@ -243,8 +248,8 @@ def test_a_run_killed_while_writing_leaves_no_half_written_output(tmp_path, weig
         real_write(image, target, *args, **kwargs)
 
     monkeypatch.setattr(sitk, "WriteImage", killed_inside_the_second_write)
-    with pytest.raises(KeyboardInterrupt):
-        run([tmp_path / "f.png"], out, weights)
+    assert run([tmp_path / "f.png"], out, weights) == 130
+    assert capsys.readouterr().err.strip().endswith("interrupted: 0 segmented, 1 not run")
     assert list(out.iterdir()) == []
     monkeypatch.setattr(sitk, "WriteImage", real_write)
     assert run([tmp_path / "f.png"], out, weights) == 0  # no --overwrite needed
@@ -301,10 +306,12 @@ def test_an_unusable_output_folder_is_a_clean_error(tmp_path, weights, capsys):
     assert f"error: cannot create the output folder {tmp_path / 'taken' / 'sub'}" in capsys.readouterr().err
 
 
-def test_nan_weights_stop_the_batch_with_an_error_naming_the_model(tmp_path, weights, capsys):
+def test_weights_that_overflow_stop_the_batch_with_an_error_naming_the_model(tmp_path, weights, capsys):
+    """Finite weights (NaN or infinite ones are refused at loading) whose output overflows to NaN."""
     model, card = load_model(weights)
     with torch.no_grad():
-        model.head.bias.fill_(float("nan"))
+        model.encoders[0][0].weight[0, 0, 1, 1] = 3e38
+        model.encoders[0][2].weight[0, 0, 1, 1] = 3e38  # 3e38 x 3e38 is infinite, and infinity x 0 is NaN
     broken = tmp_path / "broken.safetensors"
     save_model(model, broken, input_size=tuple(card.input_size), postprocessing=card.postprocess_options)
     bright_square_png(tmp_path / "a.png")
@@ -314,3 +321,196 @@ def test_nan_weights_stop_the_batch_with_an_error_naming_the_model(tmp_path, wei
     assert f"the network output is NaN or infinite: the model {broken} is broken" in captured.err
     assert captured.out.strip().endswith("0 segmented, 1 failed, 1 not run (the model is broken)")
     assert list((tmp_path / "out").iterdir()) == []
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"input_size": [-64, 64]}, "input_size must be two whole numbers >= 1"),
+    ({"normalization": "z-score"}, "normalization 'z-score' is not implemented"),
+])
+def test_a_model_card_the_code_cannot_honour_stops_the_batch_before_it_starts(tmp_path, weights, capsys, change,
+                                                                              message):
+    model, card = load_model(weights)
+    broken = tmp_path / "broken.safetensors"
+    save_model(model, broken, input_size=tuple(card.input_size), postprocessing=card.postprocess_options)
+    card_path = broken.with_suffix(".json")
+    card_path.write_text(json.dumps({**json.loads(card_path.read_text()), **change}))
+    bright_square_png(tmp_path / "a.png")
+    assert run([tmp_path / "a.png"], tmp_path / "out", broken) == 2
+    assert f"error: model card {card_path} is not valid: {message}" in capsys.readouterr().err
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_failed_overwrite_keeps_the_earlier_outputs_of_that_input(tmp_path, weights, monkeypatch, capsys):
+    """A full disk while the probability map is written (simulated inside SimpleITK's write) leaves the three
+    earlier outputs exactly as they were, not a mix of old and new."""
+    bright_square_png(tmp_path / "f.png")
+    out = tmp_path / "out"
+    assert run([tmp_path / "f.png"], out, weights) == 0
+    earlier = {path.name: path.read_bytes() for path in out.iterdir()}
+    assert sorted(earlier) == ["f_mask.nrrd", "f_measurements.json", "f_overlay.png", "f_probability.nrrd",
+                               "measurements.csv"]
+    bright_square_png(tmp_path / "f.png", size=(90, 110))  # new outputs would differ from the earlier ones
+    real_write = sitk.WriteImage
+
+    def disk_full_on_the_probability(image, target, *args, **kwargs):
+        if "probability" in str(target):
+            with open(target, "wb") as stream:
+                stream.write(b"NRRD0004\n")
+            raise RuntimeError("Exception thrown in SimpleITK ImageFileWriter_Execute: No space left on device")
+        real_write(image, target, *args, **kwargs)
+
+    monkeypatch.setattr(sitk, "WriteImage", disk_full_on_the_probability)
+    capsys.readouterr()
+    assert run([tmp_path / "f.png"], out, weights, "--overwrite") == 1
+    captured = capsys.readouterr()
+    assert f"error: {tmp_path / 'f.png'}: Cannot write '{out / 'f_probability.nrrd'}'" in captured.err
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == earlier
+    monkeypatch.setattr(sitk, "WriteImage", real_write)
+    assert run([tmp_path / "f.png"], out, weights, "--overwrite") == 0
+    assert sitk.ReadImage(str(out / "f_mask.nrrd")).GetSize() == (110, 90)
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "two"])
+def test_a_batch_size_below_one_is_a_usage_error(tmp_path, weights, capsys, value):
+    bright_square_png(tmp_path / "f.png")
+    with pytest.raises(SystemExit) as stop:
+        run([tmp_path / "f.png"], tmp_path / "out", weights, "--batch-size", value)
+    assert stop.value.code == 2
+    assert "argument --batch-size:" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def rotation(degrees: float, dimension: int) -> tuple:
+    """Direction cosines of a rotation about the last axis (row by row, as SimpleITK takes them)."""
+    angle = math.radians(degrees)
+    matrix = np.eye(dimension)
+    matrix[:2, :2] = [[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]]
+    return tuple(matrix.ravel())
+
+
+@pytest.mark.parametrize("name, shape, spacing, origin, direction, output_format", [
+    ("clip.nii.gz", (3, 40, 48), (0.2, 0.3, 2.5), (-12.0, 30.5, 7.25), rotation(30, 3), "nrrd"),
+    ("clip.nii.gz", (3, 40, 48), (0.2, 0.3, 2.5), (-12.0, 30.5, 7.25), rotation(30, 3), "nifti"),
+    ("frame.nrrd", (40, 48), (0.15, 0.4), (5.0, -3.0), rotation(-20, 2), "nrrd"),
+    ("slice.nrrd", (1, 40, 48), (0.2, 0.3, 4.0), (1.0, 2.0, 3.0), rotation(45, 3), "nifti"),
+])
+def test_masks_and_probabilities_keep_the_inputs_geometry(tmp_path, weights, name, shape, spacing, origin,
+                                                          direction, output_format):
+    """Origin, direction and every spacing (slices included) of an NRRD or NIfTI input reach both image outputs."""
+    pixels = np.full(shape, 20, np.uint8)
+    pixels[..., 10:30, 10:30] = 200
+    image = sitk.GetImageFromArray(pixels)
+    image.SetSpacing(spacing)
+    image.SetOrigin(origin)
+    image.SetDirection(direction)
+    sitk.WriteImage(image, str(tmp_path / name))
+    source = sitk.ReadImage(str(tmp_path / name))  # as the file holds it (NIfTI stores float32 numbers)
+    assert run([tmp_path / name], tmp_path / "out", weights, "--no-figure", "--format", output_format) == 0
+    suffix = {"nrrd": ".nrrd", "nifti": ".nii.gz"}[output_format]
+    for kind in ("mask", "probability"):
+        written = sitk.ReadImage(str(tmp_path / "out" / f"{name.split('.')[0]}_{kind}{suffix}"))
+        assert written.GetSize() == source.GetSize()
+        assert written.GetSpacing() == pytest.approx(source.GetSpacing(), abs=1e-5)
+        assert written.GetOrigin() == pytest.approx(source.GetOrigin(), abs=1e-5)
+        assert written.GetDirection() == pytest.approx(source.GetDirection(), abs=1e-5)
+        if kind == "mask":  # the lesion is where the bright square is, in physical space too
+            mask = sitk.GetArrayFromImage(written).reshape(shape)
+            assert mask[..., 15, 15].all() and not mask[..., 35, 40].any()
+
+
+# ---------------------------------------------------------------- signals and odd file names (real processes)
+
+SLOW_DRIVER = '''
+import sys, time
+import SimpleITK as sitk
+from BreastUSSegmentLib import cli
+
+real_write = sitk.WriteImage
+
+def write_then_wait(image, target, *args, **kwargs):
+    real_write(image, target, *args, **kwargs)
+    if "second_mask" in str(target):  # the first of the second input's outputs is written: stop here a while
+        print("WRITING", flush=True)
+        time.sleep(60)
+
+sitk.WriteImage = write_then_wait
+sys.exit(cli.main(sys.argv[1:]))
+'''
+
+
+@pytest.mark.parametrize("number, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_mid_run_keeps_finished_inputs_cleans_the_current_one_and_says_what_was_not_run(
+        tmp_path, weights, number, status):
+    names = ["first", "second", "third"]
+    for name in names:
+        bright_square_png(tmp_path / f"{name}.png")
+    (tmp_path / "driver.py").write_text(SLOW_DRIVER)
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        [sys.executable, str(tmp_path / "driver.py"), *(str(tmp_path / f"{name}.png") for name in names),
+         "-o", str(out), "--weights", str(weights), "--device", "cpu"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        lines = []
+        for line in process.stdout:
+            lines.append(line)
+            if line.startswith("WRITING"):
+                break
+        process.send_signal(number)
+        rest, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == status, err
+    assert "first.png: lesion in 1/1 frame(s)" in "".join(lines)
+    assert err.strip().splitlines()[-1] == "interrupted: 1 segmented, 2 not run"
+    assert "Traceback" not in err
+    assert sorted(path.name for path in out.iterdir()) == ["first_mask.nrrd", "first_measurements.json",
+                                                            "first_overlay.png", "first_probability.nrrd",
+                                                            "measurements.csv"]
+    assert "second" not in (out / "measurements.csv").read_text()
+
+
+def test_file_and_folder_names_that_are_not_utf8_are_segmented(tmp_path, weights):
+    """Linux file names are bytes; SimpleITK used to abort the whole process on a name that is not UTF-8."""
+    folder = os.path.join(os.fsencode(tmp_path), b"caf\xe9")
+    try:
+        os.mkdir(folder)
+    except (OSError, UnicodeError):
+        pytest.skip("this file system refuses names that are not UTF-8")
+    bright_square_png(os.fsdecode(os.path.join(folder, b"frame\xfe.png")))
+    scan = sitk.GetImageFromArray(np.array(Image.open(os.fsdecode(os.path.join(folder, b"frame\xfe.png")))))
+    scan.SetSpacing((0.25, 0.5))
+    sitk.WriteImage(scan, str(tmp_path / "plain.nii.gz"))
+    os.rename(os.fsencode(tmp_path / "plain.nii.gz"), os.path.join(folder, b"scan\xff.nii.gz"))
+    bright_square_png(tmp_path / "last.png")
+    out = os.path.join(os.fsencode(tmp_path), b"out\xe9")
+    inputs = [os.path.join(folder, b"scan\xff.nii.gz"), os.path.join(folder, b"frame\xfe.png"),
+              os.fsencode(tmp_path / "last.png")]
+    result = subprocess.run([sys.executable, "-m", "BreastUSSegmentLib", *inputs, b"-o", out, b"--weights",
+                             os.fsencode(weights), b"--device", b"cpu", b"--format", b"nifti"],
+                            capture_output=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith(b"3 segmented, 0 failed")
+    assert sorted(os.listdir(out)) == sorted([b"measurements.csv"] + [
+        stem + kind for stem in (b"scan\xff", b"frame\xfe", b"last")
+        for kind in (b"_mask.nii.gz", b"_probability.nii.gz", b"_overlay.png", b"_measurements.json")])
+    with open(os.path.join(out, b"frame\xfe_measurements.json"), encoding="utf-8") as stream:
+        assert os.fsencode(json.load(stream)["input"]["path"]) == os.path.join(folder, b"frame\xfe.png")
+    os.link(os.path.join(out, b"scan\xff_mask.nii.gz"), os.fsencode(tmp_path / "mask.nii.gz"))
+    mask = sitk.ReadImage(str(tmp_path / "mask.nii.gz"))
+    assert mask.GetSpacing() == pytest.approx((0.25, 0.5)) and sitk.GetArrayFromImage(mask).any()
+
+
+def test_a_spacing_given_by_the_user_replaces_only_the_spacing_of_the_inputs_geometry(tmp_path, weights):
+    pixels = np.full((40, 48), 20, np.uint8)
+    pixels[10:30, 10:30] = 200
+    image = sitk.GetImageFromArray(pixels)
+    image.SetSpacing((0.15, 0.4))
+    image.SetOrigin((5.0, -3.0))
+    image.SetDirection(rotation(-20, 2))
+    sitk.WriteImage(image, str(tmp_path / "frame.nrrd"))
+    assert run([tmp_path / "frame.nrrd"], tmp_path / "out", weights, "--no-figure", "--spacing", "0.3,0.2") == 0
+    written = sitk.ReadImage(str(tmp_path / "out" / "frame_mask.nrrd"))
+    assert written.GetSpacing() == pytest.approx((0.2, 0.3))  # (column, row) for (row 0.3, column 0.2)
+    assert written.GetOrigin() == pytest.approx((5.0, -3.0))
+    assert written.GetDirection() == pytest.approx(rotation(-20, 2))

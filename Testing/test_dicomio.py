@@ -10,7 +10,8 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate, generate_fragmented_frames
 from pydicom.pixels import convert_color_space
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, generate_uid
+from pydicom.uid import (DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless,
+                         JPEGLSLossless, generate_uid)
 
 from BreastUSSegmentLib import dicomio, imagetypes
 from BreastUSSegmentLib.dicomio import has_dicom_magic, looks_like_dicom, read_dicom
@@ -364,3 +365,24 @@ def test_a_dicom_over_the_size_limit_is_refused_before_decoding(tmp_path, monkey
     with pytest.raises(ImageReadError, match=f"too large: 3 frame\\(s\\) of {HEIGHT} x {WIDTH} pixels") as error:
         read_image(path)
     assert str(path) in str(error.value)
+
+
+def test_a_deflated_file_that_inflates_beyond_the_limit_is_refused_before_pydicom_reads_it(tmp_path, monkeypatch):
+    """A deflate bomb: a small file with a large (here 2 MB of zeros) private element, in Deflated Explicit VR."""
+    dataset = make_dataset(random_array((HEIGHT, WIDTH)), transfer_syntax=DeflatedExplicitVRLittleEndian)
+    small = write(tmp_path / "small.dcm", dataset)
+    dataset.add_new(0x00091010, "OB", b"\0" * 2_000_000)
+    dataset.add_new(0x00090010, "LO", "BOMB")
+    bomb = write(tmp_path / "bomb.dcm", dataset)
+    assert bomb.stat().st_size < 20_000
+    monkeypatch.setattr(dicomio, "MAX_INFLATED_BYTES", 1_000_000, raising=False)
+    read = []
+    monkeypatch.setattr(dicomio.pydicom, "dcmread", 
+                        lambda *args, **kwargs: read.append(args) or dcmread(*args, **kwargs))
+    with pytest.raises(ImageReadError, match="inflates to more than 1,000,000 bytes") as error:
+        read_image(bomb)
+    assert error.value.path == bomb and read == []
+    bomb.rename(tmp_path / "bomb")  # recognised by content, without suffix, too
+    with pytest.raises(ImageReadError, match="inflates to more than"):
+        read_image(tmp_path / "bomb")
+    assert read_image(small).pixels.shape == (HEIGHT, WIDTH)  # a deflated file within the limit reads

@@ -236,6 +236,11 @@ def _bad_inputs(tmp_path: Path) -> dict[str, Path]:
     write_sitk(files["inf"], with_inf, (1, 1))
     files["mismatched pages"] = tmp_path / "pages.tif"
     Image.new("L", (8, 8)).save(files["mismatched pages"], save_all=True, append_images=[Image.new("L", (6, 8))])
+    files["link loop"] = tmp_path / "loop.png"
+    files["link loop"].symlink_to(tmp_path / "loop2.png")
+    (tmp_path / "loop2.png").symlink_to(files["link loop"])
+    files["broken link"] = tmp_path / "broken.png"
+    files["broken link"].symlink_to(tmp_path / "moved.png")
     return files
 
 
@@ -253,6 +258,8 @@ BAD_INPUT_PROBLEMS = {
     "nan": "NaN or infinite",
     "inf": "NaN or infinite",
     "mismatched pages": "page 2",
+    "link loop": "too many levels of symbolic links",
+    "broken link": "the symbolic link points to",
 }
 
 

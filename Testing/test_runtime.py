@@ -264,3 +264,16 @@ print(segmenter.provenance["backend"] != "torch", output.pipelineResult.processe
     completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=ROOT)
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert completed.stdout.split() == ["True", "True", "True", "True"]
+
+
+def test_the_bundled_graph_is_checked_against_the_sha256_pinned_in_the_code(monkeypatch):
+    """A replaced bundled graph with a model card edited to match is still refused."""
+    from BreastUSSegmentLib import BUNDLED_ONNX_SHA256, BUNDLED_WEIGHTS
+    from BreastUSSegmentLib.fileio import sha256_of_file
+
+    card = read_model_card(BUNDLED_WEIGHTS)
+    graph = runtime.verified_onnx_path(BUNDLED_WEIGHTS, card)
+    assert sha256_of_file(graph) == BUNDLED_ONNX_SHA256 == card.onnx["sha256"]
+    monkeypatch.setattr(runtime, "BUNDLED_ONNX_SHA256", "0" * 64)
+    with pytest.raises(WeightsError, match="ships with"):
+        runtime.verified_onnx_path(BUNDLED_WEIGHTS, card)

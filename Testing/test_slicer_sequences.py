@@ -209,8 +209,9 @@ def test_a_cancelled_run_leaves_the_scene_as_it_was(scene, logic, bright_weights
 
 def test_a_broken_model_is_the_modules_error_and_leaves_no_node(scene, logic, tmp_path):
     model = brightness_model()
-    with torch.no_grad():
-        model.head.bias.fill_(float("nan"))
+    with torch.no_grad():  # finite weights whose output overflows (NaN or infinite weights are refused at loading)
+        model.encoders[0][0].weight[0, 0, 1, 1] = 3e38
+        model.encoders[0][2].weight[0, 0, 1, 1] = 3e38
     broken = tmp_path / "broken.safetensors"
     save_model(model, broken, input_size=(64, 64), postprocessing=UNTUNED_POSTPROCESSING)
     volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "frame")

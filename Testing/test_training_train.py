@@ -14,7 +14,8 @@ from BreastUSSegmentLib.weights import load_model
 from breastus_training import cli
 from breastus_training.augment import affine_pair, get_augmentation, standard_augment
 from breastus_training.busi import load_case, load_manifest
-from breastus_training.checkpoint import ResumeError, capture_rng_state, restore_rng_state, save_checkpoint
+from breastus_training.checkpoint import (ResumeError, capture_rng_state, load_checkpoint, restore_rng_state,
+                                         save_checkpoint)
 from breastus_training.dataset import SegmentationDataset, preload_cases
 from breastus_training.precision import resolve_precision
 from breastus_training.train import train as train_run
@@ -113,7 +114,7 @@ def test_a_save_after_a_killed_save_removes_its_temporary(tmp_path):
     assert len(list(tmp_path.iterdir())) == 1 and not path.exists()  # the killed save left its temporary behind
     save_checkpoint({"epoch": 2}, path)
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint_last.pt"]
-    assert torch.load(path, weights_only=True) == {"epoch": 2}
+    assert load_checkpoint(path) == {"epoch": 2}
 
 
 def test_best_model_loads_with_the_core_and_records_its_provenance(dataset, tmp_path):
@@ -177,7 +178,8 @@ def test_run_from_before_normal_repeat_resumes_and_other_repeats_are_refused(dat
     run_dir = tmp_path / "older"
     assert cli.main(train_args(dataset, run_dir, "--epochs", "1")) == 0
     checkpoint = torch.load(run_dir / "checkpoint_last.pt", weights_only=True)
-    del checkpoint["config"]["normal_repeat"]  # as written by a version without the option
+    del checkpoint["config"]["normal_repeat"]  # as written by a version without the option (nor the checksum)
+    del checkpoint["checksum"]
     torch.save(checkpoint, run_dir / "checkpoint_last.pt")
     assert cli.main(train_args(dataset, run_dir, "--epochs", "3", "--normal-repeat", "2")) == 2
     assert "normal_repeat: run has 1, requested 2" in capsys.readouterr().err
@@ -323,3 +325,99 @@ def test_strong_augmentation_reaches_further_than_standard():
 
     assert centre_spread("standard") < 0.5  # rotation and zoom about the centre keep a centred block centred
     assert centre_spread("strong") > 1.5  # the shift moves it
+
+
+# ---------------------------------------------------------------- damaged checkpoints and a diverging loss
+
+
+def tensor_data_offsets(path):
+    """Where each tensor's bytes start in a torch.save file (a zip archive storing them uncompressed)."""
+    import struct
+    import zipfile
+
+    offsets = {}
+    with zipfile.ZipFile(path) as archive, open(path, "rb") as stream:
+        for info in archive.infolist():
+            if "/data/" in info.filename:
+                stream.seek(info.header_offset)
+                header = stream.read(30)
+                name_length, extra_length = struct.unpack("<HH", header[26:30])
+                offsets[info.filename] = (info.header_offset + 30 + name_length + extra_length, info.file_size)
+    return offsets
+
+
+def test_a_checkpoint_damaged_inside_its_tensor_data_is_refused_and_kept(dataset, tmp_path, capsys):
+    run_dir = tmp_path / "damaged"
+    assert cli.main(train_args(dataset, run_dir, "--epochs", "1", "--augment", "none")) == 0
+    path = run_dir / "checkpoint_last.pt"
+    offset, size = max(tensor_data_offsets(path).values(), key=lambda item: item[1])  # the largest tensor
+    data = bytearray(path.read_bytes())
+    data[offset:offset + 8] = np.array([np.nan, np.nan], np.float32).tobytes()
+    path.write_bytes(bytes(data))
+    torch.load(path, weights_only=True)  # torch itself does not notice
+    capsys.readouterr()
+    assert cli.main(train_args(dataset, run_dir, "--epochs", "2", "--augment", "none")) == 2
+    assert (f"cannot load checkpoint {path}: its contents do not match the checksum written with it"
+            in capsys.readouterr().err)
+    assert path.read_bytes() == bytes(data) and len(read_metrics(run_dir)) == 1
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda state: state.pop("optimizer"), "missing optimizer"),
+    (lambda state: state["model"][next(iter(state["model"]))].fill_(float("inf")),
+     "1 tensor(s) hold NaN or infinite values (first: model."),
+    (None, "the file is empty (0 bytes)"),
+])
+def test_a_checkpoint_without_a_checksum_is_still_checked(dataset, tmp_path, capsys, damage, message):
+    """Checkpoints written before the checksum (or by hand) are checked for their entries and finite values."""
+    run_dir = tmp_path / "old"
+    assert cli.main(train_args(dataset, run_dir, "--epochs", "1", "--augment", "none")) == 0
+    path = run_dir / "checkpoint_last.pt"
+    if damage is None:
+        path.write_bytes(b"")
+    else:
+        state = torch.load(path, weights_only=True)
+        state.pop("checksum", None)
+        damage(state)
+        torch.save(state, path)
+    capsys.readouterr()
+    assert cli.main(train_args(dataset, run_dir, "--epochs", "2", "--augment", "none")) == 2
+    err = capsys.readouterr().err
+    assert f"cannot load checkpoint {path}: {message}" in err and "Traceback" not in err
+
+
+def test_a_loss_that_becomes_nan_stops_the_run_before_the_last_good_checkpoint_is_replaced(
+        dataset, tmp_path, capsys, monkeypatch):
+    from breastus_training import train as train_module
+
+    run_dir = tmp_path / "nan"
+    assert cli.main(train_args(dataset, run_dir, "--epochs", "1", "--augment", "none")) == 0
+    kept = {name: (run_dir / name).read_bytes() for name in ("checkpoint_last.pt", "best.safetensors", "metrics.csv")}
+
+    class NaNLoss(torch.nn.Module):
+        def forward(self, logits, target):
+            return (logits * float("nan")).mean()
+
+    monkeypatch.setattr(train_module, "make_loss", lambda name: NaNLoss())
+    capsys.readouterr()
+    assert cli.main(train_args(dataset, run_dir, "--epochs", "3", "--augment", "none")) == 1
+    err = capsys.readouterr().err
+    assert "epoch 2: train_loss nan" in err and f"{run_dir / 'checkpoint_last.pt'} keeps epoch 1" in err
+    assert {name: (run_dir / name).read_bytes() for name in kept} == kept
+    monkeypatch.undo()
+    assert cli.main(train_args(dataset, run_dir, "--epochs", "2", "--augment", "none")) == 0  # resumes from epoch 1
+    assert [int(row["epoch"]) for row in read_metrics(run_dir)] == [1, 2]
+
+
+def test_help_of_every_command_and_subcommand_prints(capsys):
+    """argparse formats help texts with %: a bare '95%' crashed 'breastus-train --help'."""
+    from BreastUSSegmentLib.cli import build_parser as segment_parser
+
+    parsers = {"breastus-segment": (segment_parser(), [[]]),
+               "breastus-train": (build_parser(), [[]] + [[name] for name in cli.SUBCOMMANDS])}
+    for program, (parser, commands) in parsers.items():
+        for command in commands:
+            with pytest.raises(SystemExit) as stop:
+                parser.parse_args([*command, "--help"])
+            assert stop.value.code == 0, (program, command)
+            assert capsys.readouterr().out.startswith(f"usage: {program}")

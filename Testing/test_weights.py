@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -98,14 +99,52 @@ def test_an_upper_case_checksum_in_the_card_is_the_same_checksum(saved):
     load_model(path)
 
 
-@pytest.mark.parametrize("change", [{"format_version": 99}, {"model": {"depth": 0}}, {"unexpected": 1}])
-def test_invalid_card_is_refused(saved, change):
+@pytest.mark.parametrize("change, message", [
+    ({"format_version": 99}, "format version 99"),
+    ({"model": {"depth": 0}}, "depth must be between 1 and 8"),
+    ({"unexpected": 1}, "unexpected"),
+    ({"normalization": "z-score"}, "normalization 'z-score' is not implemented"),
+    ({"input_size": [-256, 256]}, "input_size must be two whole numbers >= 1"),
+    ({"input_size": [256]}, "input_size must be two whole numbers >= 1"),
+    ({"input_size": [64.5, 64]}, "input_size must be two whole numbers >= 1"),
+    ({"input_size": [64, 66]}, "input_size [64, 66] must be a multiple of 4"),
+])
+def test_invalid_card_is_refused(saved, change, message):
     _, path, _ = saved
     card = json.loads(card_path_for(path).read_text())
     card.update(change)
     card_path_for(path).write_text(json.dumps(card))
-    with pytest.raises(WeightsError):
+    with pytest.raises(WeightsError, match=re.escape(message)):
         read_model_card(path)
+
+
+def test_non_finite_weights_are_refused_even_with_a_matching_checksum(tmp_path):
+    """+inf in a BatchNorm running variance never reaches the output as NaN: it silently empties every mask."""
+    torch.manual_seed(0)
+    model = AttentionUNet(ModelConfig(base_channels=4, depth=2, dropout=0.0))
+    with torch.no_grad():
+        model.encoders[1][1].running_var[0] = float("inf")
+    path = tmp_path / "model.safetensors"
+    save_model(model, path, input_size=(64, 64), postprocessing=UNTUNED_POSTPROCESSING)  # the card's sha256 fits
+    with pytest.raises(WeightsError, match=r"hold NaN or infinite values in 1 tensor\(s\) \(first: encoders.1.1.running_var\)"):
+        load_model(path)
+
+
+def test_the_bundled_model_is_checked_against_the_checksum_pinned_in_the_code(tmp_path, monkeypatch):
+    """The card's sha256 guards against damage only: a modified bundled file with its card updated is refused."""
+    from BreastUSSegmentLib import BUNDLED_SHA256, BUNDLED_WEIGHTS, weights
+
+    assert sha256_of_file(BUNDLED_WEIGHTS) == BUNDLED_SHA256
+    model, card = load_model(BUNDLED_WEIGHTS)
+    with torch.no_grad():
+        model.head.bias.add_(0.5)
+    path = tmp_path / "bundled" / BUNDLED_WEIGHTS.name
+    save_model(model, path, input_size=tuple(card.input_size), postprocessing=card.postprocess_options,
+               storage_dtype=card.storage_dtype)
+    load_model(path)  # anywhere else it is just a model with a consistent card
+    monkeypatch.setattr(weights, "BUNDLED_WEIGHTS", path)
+    with pytest.raises(WeightsError, match=f"has sha256 {sha256_of_file(path)}, not the {BUNDLED_SHA256}"):
+        load_model(path)
 
 
 def test_only_safetensors_suffix_is_written(tmp_path):

@@ -10,6 +10,11 @@ __version__ = "0.1.0"
 
 # The trained model ships inside the package (package data), so every installation has it.
 BUNDLED_WEIGHTS = Path(__file__).resolve().parent / "bundled" / "breastus_attention_unet.safetensors"
+# Its sha256, pinned in the code: unlike the model card's, a replaced file cannot bring a matching one along.
+# `breastus-train export` to the bundled path prints the new value to put here.
+BUNDLED_SHA256 = "791ce0018624d49e957f87ade5a3288f19a8c887798b811f8d7ae39c66e3557c"
+# Its ONNX graph's (runtime.py), pinned alike; `breastus-train onnx` on the bundled model prints the new value.
+BUNDLED_ONNX_SHA256 = "46bcce2c69ea560b7416247fb99fdf37da0bb5c4dd823f7fc785b9d74a4a1f2a"
 # The package's dependencies, one requirement a line: pyproject.toml and the Slicer module read them here.
 DEPENDENCIES_FILE = Path(__file__).resolve().parent / "dependencies.txt"
 

@@ -8,6 +8,7 @@ right, y counts rows down, and ``x1``/``y1`` are exclusive, so the box covers
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 from dataclasses import dataclass
@@ -175,40 +176,58 @@ SPACING_COLUMN = "spacing"  # optional: the image's pixel spacing in mm, "MM" or
 
 
 def _table_rows(path: Path) -> list:
-    """The rows of a box table as dicts, checked for the required columns."""
+    """The rows of a box table (UTF-8 CSV) as dicts, checked for the required columns."""
     try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            rows = list(csv.DictReader(handle))
-            header = rows[0].keys() if rows else []
+        text = path.read_bytes().decode("utf-8-sig")
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        header = reader.fieldnames or []
+        rows = list(reader)
     except OSError as error:
         raise BoxError(f"{path}: cannot read the box table ({error.strerror or error})") from None
+    except UnicodeDecodeError as error:
+        raise BoxError(f"{path}: the box table is not UTF-8 text (byte {error.start + 1} cannot be decoded); "
+                       "save it as UTF-8 CSV") from None
+    except csv.Error as error:
+        raise BoxError(f"{path}: not a readable CSV file ({error})") from None
     missing = [name for name in BOX_TABLE_COLUMNS if name not in header]
     if missing:
         raise BoxError(f"{path}: the box table needs the columns {', '.join(BOX_TABLE_COLUMNS)}; missing {', '.join(missing)}")
     return rows
 
 
-def _image_path(table: Path, row: dict) -> Path:
-    image = Path(row["file"].strip())
+def _image_path(table: Path, row: dict, line: int) -> Path:
+    name = (row["file"] or "").strip()
+    if not name:
+        raise BoxError(f"{table} line {line}: the file column is empty")
+    image = Path(name)
     return (image if image.is_absolute() else table.parent / image).resolve()
 
 
-def read_box_table(path: str | os.PathLike) -> dict[Path, list[Box]]:
-    """Boxes per image from a CSV file with columns file, x0, y0, x1, y1 (one row per box).
+def read_box_table(path: str | os.PathLike) -> dict[Path, Union[list[Box], BoxError]]:
+    """Boxes per image from a CSV file (UTF-8) with columns file, x0, y0, x1, y1 (one row per box).
 
     A relative ``file`` is read from the CSV file's own folder; the keys are resolved paths, in file order.
+    An image with an invalid row maps to the :class:`BoxError` of its first such row instead of its boxes, so
+    that image alone fails. A table that cannot be read, lacks columns, has no rows or has a row without a
+    file raises :class:`BoxError`.
     """
     path = Path(path)
-    table: dict[Path, list[Box]] = {}
-    for line, row in enumerate(_table_rows(path), start=2):
+    rows = _table_rows(path)
+    if not rows:
+        raise BoxError(f"{path}: the box table has no rows")
+    table: dict[Path, Union[list[Box], BoxError]] = {}
+    for line, row in enumerate(rows, start=2):
+        key = _image_path(path, row, line)
         try:
             box = as_box([float(row[name]) for name in BOX_TABLE_COLUMNS[1:]])
         except (TypeError, ValueError) as error:
             message = str(error) if isinstance(error, BoxError) else "x0, y0, x1, y1 must be numbers"
-            raise BoxError(f"{path} line {line}: {message}") from None
-        table.setdefault(_image_path(path, row), []).append(box)
-    if not table:
-        raise BoxError(f"{path}: the box table has no rows")
+            box = BoxError(f"{path} line {line}: {message}")
+        boxes = table.setdefault(key, [])
+        if isinstance(box, BoxError) and not isinstance(boxes, BoxError):
+            table[key] = box
+        elif isinstance(boxes, list):
+            boxes.append(box)
     return table
 
 
@@ -229,7 +248,7 @@ def read_table_spacings(path: str | os.PathLike) -> dict[Path, tuple[float, floa
             spacing = parse_spacing(text)
         except ValueError as error:
             raise BoxError(f"{path} line {line}: {error}") from None
-        image = _image_path(path, row)
+        image = _image_path(path, row, line)
         if spacings.setdefault(image, spacing) != spacing:
             raise BoxError(f"{path} line {line}: spacing {text!r} differs from an earlier row of {row['file'].strip()}")
     return spacings

@@ -30,25 +30,28 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
-from dataclasses import dataclass
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import numpy as np
 
 from . import BUNDLED_WEIGHTS, __version__
 from .boxes import CONTEXT_MARGIN, FRAME_WEIGHT, BoxError, parse_box, read_box_table, read_table_spacings
 from .device import DEVICE_CHOICES
-from .fileio import sha256_of_file, split_extension, write_atomically
+from .fileio import sha256_of_file, split_extension, write_together
+from .imageio import image_writer, read_image
 from .runtime import BACKEND_CHOICES, PRECISION_CHOICES
-from .imageio import read_image, write_image
 from .imagetypes import MAX_INPUT_PIXELS, ImageReadError, parse_spacing
 from .measure import measure_frames, result_in_words
 from .modelcard import WeightsError
 from .options import add_settings_arguments, settings_from_args
-from .sidecar import (RUN_TABLE_NAME, SIDECAR_SUFFIX, header_fields, provenance, sidecar_record, spacing_source,
-                      table_rows, write_sidecar, write_table)
+from .sidecar import (RUN_TABLE_NAME, SIDECAR_SUFFIX, header_fields, provenance, sidecar_json, sidecar_record,
+                      spacing_source, table_rows, write_table)
 from .preprocessing import InvalidImageError
 from .visualize import FIGURE_MAX_SIDE, overlay_figure
 
@@ -57,8 +60,8 @@ EPILOG = (
     f"Inputs larger than {MAX_INPUT_PIXELS:,} pixels (frames x rows x columns) are refused; the overlay shows "
     f"frames longer than {FIGURE_MAX_SIDE} pixels shrunk. Exit status: 0 all inputs segmented, 1 some failed, "
     "2 the batch did not start or was stopped (bad options, colliding output names, unusable output folder, "
-    "broken model)."
-)
+    "broken model), 130 interrupted (Ctrl-C, SIGINT), 143 stopped by SIGTERM; an interrupted run keeps the "
+    "outputs of the inputs it finished, none of the input it was writing, and says how many were not run.")
 
 
 def box_argument(text: str):
@@ -67,6 +70,17 @@ def box_argument(text: str):
         return parse_box(text)
     except BoxError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def positive_integer(text: str) -> int:
+    """A whole number of at least 1; anything else is a usage error."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def spacing_argument(text: str):
@@ -93,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-postprocess", action="store_true", help="write the raw thresholded mask")
     parser.add_argument("--no-figure", action="store_true", help="do not write the overlay PNG")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    parser.add_argument("--batch-size", type=int, default=8, help="frames per forward pass for clips")
+    parser.add_argument("--batch-size", type=positive_integer, default=8, help="frames per forward pass for clips")
     parser.add_argument("--box", action="append", type=box_argument, metavar="X0,Y0,X1,Y1",
                         help="segment inside this box (pixels; x1, y1 exclusive); repeat for several lesions; one input only")
     parser.add_argument("--boxes", type=Path, metavar="FILE.csv",
@@ -116,7 +130,7 @@ class Job:
 
     image_path: Path
     outputs: dict[str, Path]
-    boxes: Optional[list] = None  # None: automatic; else the boxes to segment inside
+    boxes: Optional[Union[list, BoxError]] = None  # None: automatic; else the boxes (or the box table's error)
     spacing: Optional[tuple] = None  # (row_mm, col_mm) the user gave; None: the file's own
 
 
@@ -215,10 +229,14 @@ def segment_file(segmenter, job: Job, args) -> tuple:
     """Segment one file with the segmenter's post-processing, write its outputs; return a one-line summary and
     its sidecar record."""
     options = segmenter.postprocessing
+    if isinstance(job.boxes, BoxError):  # an invalid row of the box table
+        raise job.boxes
     image = read_image(job.image_path)
     if job.boxes is not None and not job.boxes:
         raise BoxError(f"no box for it in {args.boxes}")
     spacing = image.spacing if job.spacing is None else job.spacing
+    geometry = image.geometry if job.spacing is None or image.geometry is None else replace(
+        image.geometry, spacing=(spacing[1], spacing[0]) + tuple(image.geometry.spacing[2:]))
     result = segmenter.segment(image.pixels, box=job.boxes or None, color=image.color, batch_size=args.batch_size)
     mask = result.raw_mask if args.no_postprocess else result.processed_mask
     if args.format == "png" and result.frame_count > 1:
@@ -237,14 +255,14 @@ def segment_file(segmenter, job: Job, args) -> tuple:
     squeeze = (lambda array: array[0]) if result.frame_count == 1 else (lambda array: array)
     # Labelmaps hold 0/1; a PNG mask is written 0/255 (bool) so it can be viewed.
     mask_pixels = mask if args.format == "png" else mask.astype(np.uint8)
-    exclusive = not args.overwrite
     header = header_fields(record)
     writers = {
-        "mask": lambda path: write_image(path, squeeze(mask_pixels), spacing=spacing, exclusive=exclusive,
-                                         metadata=header),
-        "probability": lambda path: write_image(path, squeeze(result.probability), spacing=spacing,
-                                                exclusive=exclusive, metadata=header),
-        "measurements": lambda path: write_sidecar(path, record, exclusive=exclusive),
+        "mask": image_writer(job.outputs["mask"], squeeze(mask_pixels), spacing, geometry=geometry, metadata=header),
+        "probability": image_writer(job.outputs["probability"], squeeze(result.probability), spacing,
+                                    geometry=geometry, metadata=header),
+        # a file name that is not UTF-8 is written as a \udcXX escape (valid JSON, read back as the same name)
+        "measurements": lambda temporary: Path(temporary).write_text(sidecar_json(record), encoding="utf-8",
+                                                                     errors="backslashreplace"),
     }
     if "figure" in job.outputs:
         shown = max(range(result.frame_count), key=lambda number: (frames[number].area_mm2, -number))
@@ -255,10 +273,8 @@ def segment_file(segmenter, job: Job, args) -> tuple:
                    if outcome.frame == shown],
             frame_text=f"frame {shown + 1} of {result.frame_count}" if result.frame_count > 1 else "",
         )
-        writers["figure"] = lambda path: write_atomically(
-            path, lambda temporary: figure.save(temporary, format="PNG"), exclusive=exclusive
-        )
-    write_all(job.outputs, writers)
+        writers["figure"] = lambda temporary: figure.save(temporary, format="PNG")
+    write_all(job.outputs, writers, exclusive=not args.overwrite)
     return lesion_summary(job.image_path, record, frames, words, result,
                           None if args.no_postprocess else options), record
 
@@ -291,17 +307,11 @@ def empty_boxes_of(result, frame: int, lesions) -> list:
     return [outcome.index + 1 for outcome in result.boxes or [] if outcome.frame == frame and outcome.index + 1 not in found]
 
 
-def write_all(paths: dict[str, Path], writers: dict[str, Callable[[Path], object]]) -> None:
-    """Write every output of one input; when one fails, remove those this call wrote, so all or none exist."""
-    written = []
-    try:
-        for kind, path in paths.items():
-            writers[kind](path)
-            written.append(path)
-    except BaseException:
-        for path in written:
-            path.unlink(missing_ok=True)
-        raise
+def write_all(paths: dict[str, Path], writers: dict[str, Callable[[str], None]], exclusive: bool) -> None:
+    """Write every output of one input (kind -> path, kind -> function writing a temporary file) all or none:
+    every file is written under a temporary name before any is renamed, so on a failure (a full disk, an
+    interrupt) the earlier outputs stay as they were (see :func:`.fileio.write_together`)."""
+    write_together({paths[kind]: writers[kind] for kind in paths}, exclusive=exclusive)
 
 
 def lesion_summary(image_path: Path, record: dict, frames: list, words: list, result, options) -> str:
@@ -364,6 +374,9 @@ def main(argv: list[str] | None = None) -> int:
     boxes = boxes_per_input(parser, args)
     spacings = spacings_per_input(parser, args)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    for stream in (sys.stdout, sys.stderr):  # file names that are not valid UTF-8 print as escapes
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     jobs = plan_jobs(args, boxes, spacings)
     problems = collisions(jobs)
     if problems:
@@ -378,7 +391,19 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
+    tally = Tally(len(jobs))
+    try:
+        with interrupts_raised():
+            return segment_all(jobs, args, tally)
+    except (Interrupted, KeyboardInterrupt) as stop:
+        number = stop.signal_number if isinstance(stop, Interrupted) else signal.SIGINT
+        print(f"interrupted: {tally.segmented} segmented, " + (f"{tally.failed} failed, " if tally.failed else "")
+              + f"{tally.total - tally.segmented - tally.failed} not run", file=sys.stderr)
+        return 128 + int(number)
 
+
+def segment_all(jobs: list[Job], args, tally: "Tally") -> int:
+    """Load the model and segment every job; returns the exit status."""
     from .inference import LesionSegmenter
 
     try:
@@ -389,45 +414,86 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     network = segmenter.provenance
     print(f"network: {network['backend']} {network['precision']} on {network['device']}", file=sys.stderr)
-    return run_jobs(segmenter, jobs, args)
+    return run_jobs(segmenter, jobs, args, tally)
 
 
-def run_jobs(segmenter, jobs: list[Job], args) -> int:
+@dataclass
+class Tally:
+    """How many inputs of a batch were segmented and how many failed so far."""
+
+    total: int
+    segmented: int = 0
+    failed: int = 0
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived; a BaseException, so that no handler of one input's errors takes it."""
+
+    def __init__(self, signal_number: int):
+        super().__init__(signal_number)
+        self.signal_number = signal_number
+
+
+@contextmanager
+def interrupts_raised():
+    """While the batch runs, SIGINT (Ctrl-C) and SIGTERM raise :class:`Interrupted` in the main thread; signals
+    after the first are ignored, so that the input being written is cleaned up and the summary printed."""
+    if threading.current_thread() is not threading.main_thread():  # signal handlers belong to the main thread
+        yield
+        return
+
+    def stop(number, _frame):
+        for other in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(other, signal.SIG_IGN)
+        raise Interrupted(number)
+
+    previous = {number: signal.signal(number, stop) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def run_jobs(segmenter, jobs: list[Job], args, tally: Optional[Tally] = None) -> int:
     """Segment every job, each on its own: a failure is reported and the next job runs.
 
     Only a broken model (:class:`WeightsError`) stops the batch, as it would fail every input alike.
-    Prints ``N segmented, M failed`` at the end; returns the exit status.
+    Counts in ``tally``; prints ``N segmented, M failed`` at the end; returns the exit status.
     """
     from tqdm import tqdm
 
-    segmented = failed = 0
+    tally = tally or Tally(len(jobs))
     model_broken = False
     rows: list = []
-    for job in tqdm(jobs, desc="Segmenting", unit="file", disable=len(jobs) < 2):
-        existing = [str(path) for path in job.outputs.values() if path.exists()]
-        if existing and not args.overwrite:
-            tqdm.write(f"error: {job.image_path}: would overwrite {', '.join(existing)} (use --overwrite)", file=sys.stderr)
-            failed += 1
-            continue
-        try:
-            summary, record = segment_file(segmenter, job, args)
-            rows.extend(table_rows(record, str(job.image_path)))
-            write_table(args.output / RUN_TABLE_NAME, rows)  # after every input, so a stopped run keeps its table
-            tqdm.write(summary)
-            segmented += 1
-        except WeightsError as error:
-            tqdm.write(f"error: {job.image_path}: {error}", file=sys.stderr)
-            failed += 1
-            model_broken = True
-            break
-        except Exception as error:  # any failure of one input: report it, go on with the next
-            tqdm.write(f"error: {job.image_path}: {describe_failure(error)}", file=sys.stderr)
-            failed += 1
-    not_run = len(jobs) - segmented - failed
-    print(f"{segmented} segmented, {failed} failed" + (f", {not_run} not run (the model is broken)" if not_run else ""))
+    with tqdm(jobs, desc="Segmenting", unit="file", disable=len(jobs) < 2) as progress:
+        for job in progress:
+            existing = [str(path) for path in job.outputs.values() if path.exists()]
+            if existing and not args.overwrite:
+                tqdm.write(f"error: {job.image_path}: would overwrite {', '.join(existing)} (use --overwrite)",
+                           file=sys.stderr)
+                tally.failed += 1
+                continue
+            try:
+                summary, record = segment_file(segmenter, job, args)
+                rows.extend(table_rows(record, str(job.image_path)))
+                write_table(args.output / RUN_TABLE_NAME, rows)  # after every input, so a stopped run keeps its table
+                tqdm.write(summary)
+                tally.segmented += 1
+            except WeightsError as error:
+                tqdm.write(f"error: {job.image_path}: {error}", file=sys.stderr)
+                tally.failed += 1
+                model_broken = True
+                break
+            except Exception as error:  # any failure of one input: report it, go on with the next
+                tqdm.write(f"error: {job.image_path}: {describe_failure(error)}", file=sys.stderr)
+                tally.failed += 1
+    not_run = tally.total - tally.segmented - tally.failed
+    print(f"{tally.segmented} segmented, {tally.failed} failed"
+          + (f", {not_run} not run (the model is broken)" if not_run else ""))
     if model_broken:
         return 2
-    return 1 if failed else 0
+    return 1 if tally.failed else 0
 
 
 if __name__ == "__main__":

@@ -18,21 +18,26 @@ Decisions, so that every caller gets the same pixels:
   calibration (SequenceOfUltrasoundRegions, regions in centimetres only,
   converted to mm; the region containing the image centre is preferred, else
   the first calibrated one). Otherwise the spacing is unknown, ``(1.0, 1.0)``.
+* A Deflated Explicit VR file is inflated once in a stream, without keeping
+  the result, before pydicom reads it: one that inflates to more than
+  :data:`MAX_INFLATED_BYTES` is refused (a small file can hold a huge element).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pydicom
 from pydicom.pixels import apply_color_lut, apply_modality_lut, pixel_array
-from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ExplicitVRLittleEndian,
+                         ImplicitVRLittleEndian)
 
-from .imagetypes import UNKNOWN_SPACING, ImageReadError, LoadedImage, check_size, error_line
+from .imagetypes import MAX_INPUT_PIXELS, UNKNOWN_SPACING, ImageReadError, LoadedImage, check_size, error_line
 
 GRAY_INTERPRETATIONS = ("MONOCHROME1", "MONOCHROME2")
 COLOR_INTERPRETATIONS = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "PALETTE COLOR")
@@ -41,6 +46,10 @@ IMAGE_KEYWORDS = ("SOPClassUID", "Rows", "Columns") + PIXEL_KEYWORDS
 CENTIMETRE_UNITS = 3  # PhysicalUnitsX/YDirection code for cm
 # pydicom logs each failing decoder's traceback here before raising; the raised error says the same in one line.
 DECODER_LOGGER = logging.getLogger("pydicom.pixels.decoders.base")
+# The most a deflated dataset may inflate to: the pixel data of the largest accepted input (MAX_INPUT_PIXELS
+# pixels of up to 8 bytes) plus 64 MiB for the other elements. pydicom holds the whole inflated dataset in memory.
+MAX_INFLATED_BYTES = 8 * MAX_INPUT_PIXELS + (64 << 20)
+INFLATE_CHUNK = 1 << 20
 
 
 def has_dicom_magic(path: str | Path) -> bool:
@@ -52,7 +61,7 @@ def has_dicom_magic(path: str | Path) -> bool:
 
 def looks_like_dicom(path: str | Path) -> bool:
     """True for a file with the DICM marker or a preamble-less file that parses as a DICOM image."""
-    if has_dicom_magic(path):
+    if has_dicom_magic(path) or inflated_size_problem(path):
         return True
     try:
         dataset = pydicom.dcmread(path, force=True, stop_before_pixels=True)
@@ -65,6 +74,9 @@ def read_dicom(path: str | Path) -> LoadedImage:
     """Read the pixels and spacing of a DICOM file; raise :class:`ImageReadError` naming it."""
     path = Path(path)
     magic = has_dicom_magic(path)
+    problem = inflated_size_problem(path)
+    if problem:
+        raise ImageReadError(path, problem)
     try:
         dataset = pydicom.dcmread(path, force=True)
         recognised = magic or _has_image_elements(dataset)
@@ -99,6 +111,30 @@ def read_dicom(path: str | Path) -> LoadedImage:
         color = True
     spacing, source = dicom_spacing(dataset, (rows, columns))
     return LoadedImage(pixels, spacing, source, color, path)
+
+
+def inflated_size_problem(path: str | Path) -> str:
+    """Why a Deflated Explicit VR file is not read (it inflates to more than ``MAX_INFLATED_BYTES``); "" for any
+    other file. The data is inflated chunk by chunk and counted, never held whole."""
+    try:
+        with open(path, "rb") as stream:
+            pydicom.filereader.read_preamble(stream, True)
+            meta = pydicom.filereader._read_file_meta_info(stream)
+            if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+                return ""
+            inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+            inflated = 0
+            while not inflater.eof:
+                data = inflater.unconsumed_tail or stream.read(INFLATE_CHUNK)
+                if not data:
+                    break
+                inflated += len(inflater.decompress(data, INFLATE_CHUNK))
+                if inflated > MAX_INFLATED_BYTES:
+                    return (f"the deflated DICOM data inflates to more than {MAX_INFLATED_BYTES:,} bytes, the limit "
+                            "(a deflate bomb, or a dataset far larger than any image it may hold)")
+    except Exception:  # not a DICOM file with file meta, or broken data: the reader itself reports it
+        return ""
+    return ""
 
 
 def _frame_count(dataset: pydicom.Dataset) -> int:

@@ -12,7 +12,8 @@ Supported for reading:
 * NRRD, NIfTI, MetaImage (SimpleITK). A 2-D image, or a 3-D image with one
   slice, is one frame; a 3-D image with several slices is a cine clip of frames.
   A 3- or 4-component vector pixel is colour. Spacing comes from the header.
-  The array is returned in storage order: the header's direction is not applied.
+  The array is returned in storage order: the header's direction is not applied;
+  ``LoadedImage.geometry`` keeps spacing, origin and direction for the outputs.
 * DICOM, detected by content (see :mod:`.dicomio`).
 
 Arrays are ``(H, W)``, ``(H, W, C)``, ``(F, H, W)`` or ``(F, H, W, C)`` in the
@@ -21,16 +22,21 @@ stored dtype; ``LoadedImage.color`` tells whether the last axis is colour.
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
+import tempfile
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, Optional
 
 import numpy as np
 
 from . import dicomio
 from .fileio import split_extension, write_atomically
-from .imagetypes import (MAX_INPUT_PIXELS, UNKNOWN_SPACING, ImageReadError, LoadedImage, check_size, check_spacing,
-                         error_line)
+from .imagetypes import (MAX_INPUT_PIXELS, UNKNOWN_SPACING, ImageGeometry, ImageReadError, LoadedImage, check_size,
+                         check_spacing, error_line)
 
 PILLOW_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 SIMPLEITK_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
@@ -53,8 +59,10 @@ def read_image(path: str | os.PathLike) -> LoadedImage:
     Images of more than :data:`~.imagetypes.MAX_INPUT_PIXELS` pixels (all frames) are refused.
     """
     path = Path(path)
-    if not path.exists():
-        raise ImageReadError(path, "the file does not exist")
+    try:
+        os.stat(path)
+    except OSError as error:
+        raise ImageReadError(path, missing_file_problem(path, error)) from None
     if path.is_dir():
         raise ImageReadError(path, "it is a directory, not an image file")
     if path.stat().st_size == 0:
@@ -78,6 +86,16 @@ def read_image(path: str | os.PathLike) -> LoadedImage:
     check_pixels(image.pixels, path)
     check_size(path, image.frame_count, *image.frame_shape)
     return image
+
+
+def missing_file_problem(path: Path, error: OSError) -> str:
+    """Why ``path`` cannot be found, from the error of ``os.stat``: missing, a broken link, a link loop..."""
+    if error.errno == errno.ELOOP:
+        return "too many levels of symbolic links (a link loop)"
+    if error.errno == errno.ENOENT:
+        return f"the symbolic link points to {os.readlink(path)}, which does not exist" if path.is_symlink() \
+            else "the file does not exist"
+    return error.strerror or error_line(error)
 
 
 def check_pixels(pixels: np.ndarray, path: Path) -> None:
@@ -165,13 +183,14 @@ def _read_with_simpleitk(path: Path) -> LoadedImage:
     import SimpleITK as sitk
 
     reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
     try:
-        reader.ReadImageInformation()
-        size = reader.GetSize()  # (columns, rows[, frames])
-        check_size(path, int(np.prod(size[2:])), size[1] if len(size) > 1 else 1, size[0])
-        image = reader.Execute()
-    except RuntimeError as exc:
+        with simpleitk_name(path) as name:
+            reader.SetFileName(name)
+            reader.ReadImageInformation()
+            size = reader.GetSize()  # (columns, rows[, frames])
+            check_size(path, int(np.prod(size[2:])), size[1] if len(size) > 1 else 1, size[0])
+            image = reader.Execute()
+    except (RuntimeError, OSError) as exc:
         raise ImageReadError(path, f"not a readable image ({error_line(exc)})") from None
 
     dimension = image.GetDimension()
@@ -190,28 +209,69 @@ def _read_with_simpleitk(path: Path) -> LoadedImage:
     if dimension == 3 and pixels.shape[0] == 1:
         pixels = pixels[0]
     spacing_x, spacing_y = image.GetSpacing()[:2]
-    return LoadedImage(pixels, (float(spacing_y), float(spacing_x)), "header", color, path)
+    geometry = ImageGeometry(tuple(image.GetSpacing()), tuple(image.GetOrigin()), tuple(image.GetDirection()))
+    return LoadedImage(pixels, (float(spacing_y), float(spacing_x)), "header", color, path, geometry)
+
+
+@contextmanager
+def simpleitk_name(path: str | os.PathLike):
+    """A file name for ``path`` that SimpleITK takes: the path itself, or, when it is not valid UTF-8 (possible on
+    Linux, where SimpleITK aborts the process on such a name), a symbolic link with a plain name to it."""
+    text = os.fspath(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        pass
+    else:
+        yield text
+        return
+    folder = tempfile.mkdtemp(prefix="breastus-")
+    try:
+        suffix = file_suffix(path)
+        link = os.path.join(folder, "image" + (suffix if suffix.isascii() else ""))
+        os.symlink(os.path.abspath(text), link)
+        yield link
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- writing
 
 
 def write_image(
-    path: str | os.PathLike, array: np.ndarray, spacing: tuple[float, float] = (1.0, 1.0), *, exclusive: bool = False,
-    metadata: dict | None = None,
+    path: str | os.PathLike, array: np.ndarray, spacing: tuple[float, float] = (1.0, 1.0), *,
+    geometry: Optional[ImageGeometry] = None, exclusive: bool = False, metadata: dict | None = None
 ) -> Path:
     """Write a frame ``(H, W)`` or a stack ``(F, H, W)`` atomically; the format follows the suffix.
 
     ``.nrrd``, ``.nii``, ``.nii.gz`` and ``.mha`` store the array with its
     spacing ``(row_mm, column_mm)`` (a stack as a 3-D volume with slice spacing
-    1). ``.png`` stores one frame without spacing: booleans as 0/255, floats in
-    [0, 1] scaled to 0..255, uint8 and uint16 as they are, other integers as
-    8-bit when they fit 0..255, else 16-bit.
+    1), or, when ``geometry`` is given (that of the input it was computed from),
+    with that geometry: spacing, origin and direction. ``.png`` stores one frame
+    without spacing: booleans as 0/255, floats in [0, 1] scaled to 0..255, uint8
+    and uint16 as they are, other integers as 8-bit when they fit 0..255, else 16-bit.
     Missing parent folders are created. With ``exclusive`` an existing file is
     never replaced (``FileExistsError``, see :func:`.fileio.write_atomically`).
     ``metadata`` (text key -> text value) goes into the header of NRRD and MetaImage files
     (``key:=value`` fields in NRRD); NIfTI keeps only ``ITK_FileNotes``, as its 80-byte ``descrip``; PNG none.
     Returns the path written.
+    """
+    write = image_writer(path, array, spacing, geometry=geometry, metadata=metadata)
+    try:
+        return write_atomically(path, write, exclusive=exclusive)
+    except FileExistsError:
+        raise
+    except OSError as exc:  # a full disk, a folder in the way
+        raise ImageWriteError(f"Cannot write '{path}': {exc.strerror or error_line(exc)}") from None
+
+
+def image_writer(
+    path: str | os.PathLike, array: np.ndarray, spacing: tuple[float, float] = (1.0, 1.0), *,
+    geometry: Optional[ImageGeometry] = None, metadata: dict | None = None
+) -> Callable[[str], None]:
+    """A function writing ``array`` as :func:`write_image` would to the (temporary) file name it is given.
+
+    Everything is checked here, so a bad array fails before any file is made; errors name ``path``.
     """
     path = Path(path)
     suffix = file_suffix(path)
@@ -231,16 +291,9 @@ def write_image(
         row_mm, column_mm = check_spacing(spacing)
     except ValueError as error:
         raise ImageWriteError(f"Cannot write '{path}': {error}") from None
-
-    write = _png_writer(path, array) if suffix == ".png" else _simpleitk_writer(array, (row_mm, column_mm), metadata)
-    try:
-        return write_atomically(path, write, exclusive=exclusive)
-    except FileExistsError:
-        raise
-    except OSError as exc:  # a full disk, a folder in the way
-        raise ImageWriteError(f"Cannot write '{path}': {exc.strerror or error_line(exc)}") from None
-    except RuntimeError as exc:  # SimpleITK's errors
-        raise ImageWriteError(f"Cannot write '{path}': {error_line(exc)}") from None
+    if suffix == ".png":
+        return _png_writer(path, array)
+    return _simpleitk_writer(path, array, geometry or _plain_geometry(array.ndim, (row_mm, column_mm)), metadata)
 
 
 def _png_writer(path: Path, array: np.ndarray):
@@ -264,14 +317,39 @@ def _png_writer(path: Path, array: np.ndarray):
     return lambda temporary: image.save(temporary, format="PNG")
 
 
-def _simpleitk_writer(array: np.ndarray, spacing: tuple[float, float], metadata: dict | None = None):
-    """A function writing ``array`` with ``spacing`` and header ``metadata`` to the path it is given (the format
-    follows its suffix)."""
+def _plain_geometry(dimension: int, spacing: tuple[float, float]) -> ImageGeometry:
+    """Pixel spacing ``(row_mm, column_mm)``, slice spacing 1, origin 0 and no rotation."""
+    row_mm, column_mm = spacing
+    if dimension == 2:
+        return ImageGeometry((column_mm, row_mm), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0))
+    return ImageGeometry((column_mm, row_mm, 1.0), (0.0, 0.0, 0.0), (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
+
+
+def _simpleitk_writer(path: Path, array: np.ndarray, geometry: ImageGeometry, metadata: dict | None = None):
+    """A function writing ``array`` with ``geometry`` and header ``metadata`` to the name it is given (the format
+    follows its suffix).
+
+    A frame with a 3-D geometry (an input of one slice) is written as a volume of one slice.
+    """
     import SimpleITK as sitk
 
+    if array.ndim == 2 and geometry.dimension == 3:
+        array = array[np.newaxis]
+    if array.ndim != geometry.dimension:
+        raise ImageWriteError(f"Cannot write '{path}': a {array.ndim}-D array does not fit a {geometry.dimension}-D "
+                              "geometry")
     image = sitk.GetImageFromArray(np.ascontiguousarray(array), isVector=False)
-    row_mm, column_mm = spacing
-    image.SetSpacing((column_mm, row_mm) if array.ndim == 2 else (column_mm, row_mm, 1.0))
+    image.SetSpacing(geometry.spacing)
+    image.SetOrigin(geometry.origin)
+    image.SetDirection(geometry.direction)
     for key, value in (metadata or {}).items():
         image.SetMetaData(str(key), str(value))
-    return lambda temporary: sitk.WriteImage(image, temporary, useCompression=True)
+
+    def write(temporary: str) -> None:
+        try:
+            with simpleitk_name(temporary) as name:
+                sitk.WriteImage(image, name, useCompression=True)
+        except RuntimeError as exc:  # SimpleITK's errors
+            raise ImageWriteError(f"Cannot write '{path}': {error_line(exc)}") from None
+
+    return write

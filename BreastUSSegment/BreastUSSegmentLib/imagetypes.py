@@ -6,6 +6,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -26,6 +27,20 @@ class ImageReadError(ValueError):
         super().__init__(f"Cannot read image '{path}': {problem}")
 
 
+@dataclass(frozen=True)
+class ImageGeometry:
+    """Where an image file's pixels lie in space, in SimpleITK's terms (x first): the spacing, the origin and
+    the direction cosines (row by row) of a 2-D or 3-D image."""
+
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]
+
+    @property
+    def dimension(self) -> int:
+        return len(self.spacing)
+
+
 @dataclass
 class LoadedImage:
     """Pixels of an image file as stored, with the physical size of a pixel."""
@@ -35,6 +50,7 @@ class LoadedImage:
     spacing_source: str  # "PixelSpacing", "ImagerPixelSpacing", "SequenceOfUltrasoundRegions", "header", "unknown"
     color: bool  # the last axis holds RGB(A) samples
     path: Path
+    geometry: Optional[ImageGeometry] = None  # NRRD, NIfTI, MetaImage: the header's full geometry
 
     @property
     def frame_count(self) -> int:

@@ -126,6 +126,16 @@ def check_storage_dtype(storage_dtype: str) -> str:
     return storage_dtype
 
 
+def check_input_size(input_size, config: ModelConfig) -> None:
+    """ValueError unless ``input_size`` is two whole numbers >= 1, each a multiple of the model's size multiple."""
+    if not (isinstance(input_size, (list, tuple)) and len(input_size) == 2
+            and all(isinstance(side, int) and not isinstance(side, bool) and side >= 1 for side in input_size)):
+        raise ValueError(f"input_size must be two whole numbers >= 1 (height, width), got {input_size!r}")
+    if any(side % config.size_multiple for side in input_size):
+        raise ValueError(f"input_size {list(input_size)} must be a multiple of {config.size_multiple} "
+                         f"(2 to the power of depth {config.depth})")
+
+
 def card_path_for(weights_path: str | os.PathLike) -> Path:
     """The model card lives beside the weights: ``model.safetensors`` -> ``model.json``."""
     return Path(weights_path).with_suffix(".json")
@@ -139,11 +149,14 @@ def read_model_card(weights_path: str | os.PathLike) -> ModelCard:
     try:
         values = json.loads(card_path.read_text())
         card = ModelCard(**{"postprocessing": {}, **values})  # a missing block is reported by its settings
-        card.model_config  # validates the architecture block
+        check_input_size(card.input_size, card.model_config)  # also validates the architecture block
         card.postprocess_options
         check_storage_dtype(card.storage_dtype)
         if card.onnx is not None and not (isinstance(card.onnx, dict) and {"file", "sha256"} <= set(card.onnx)):
             raise ValueError("its onnx block must name the graph's file and sha256")
+        if card.normalization != NORMALIZATION_NAME:
+            raise ValueError(f"normalization {card.normalization!r} is not implemented; this code scales frames "
+                             f"by {NORMALIZATION_NAME!r}")
     except (ValueError, TypeError) as error:
         raise WeightsError(f"model card {card_path} is not valid: {error}") from error
     if card.format_version != FORMAT_VERSION:

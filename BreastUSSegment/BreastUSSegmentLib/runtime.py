@@ -21,6 +21,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import BUNDLED_ONNX_SHA256, BUNDLED_WEIGHTS
 from .fileio import sha256_of_file
 from .modelcard import ModelCard, WeightsError
 
@@ -87,6 +88,9 @@ def verified_onnx_path(weights_path: str | Path, card: ModelCard) -> Path:
     if not path.is_file():
         raise WeightsError(f"ONNX graph not found: {path} (listed in the model card of {weights_path})")
     actual = sha256_of_file(path)
+    if Path(weights_path).resolve() == BUNDLED_WEIGHTS.resolve() and actual != BUNDLED_ONNX_SHA256:
+        raise WeightsError(f"the bundled model's graph {path} has sha256 {actual}, not the {BUNDLED_ONNX_SHA256} this "
+                           "version of the code ships with: it was modified or damaged; re-install the extension")
     if actual != str(card.onnx["sha256"]).strip().lower():
         raise WeightsError(f"checksum mismatch for {path}: the model card expects sha256 {card.onnx['sha256']}, "
                            f"the file has {actual}. The file is corrupt or was modified; re-install or re-export it.")

@@ -151,4 +151,5 @@ def _cell(value):
 def write_table(path: str | os.PathLike, rows: list) -> Path:
     """Write the run table atomically (replacing this run's earlier version)."""
     text = table_csv(rows)
-    return write_atomically(path, lambda temporary: Path(temporary).write_text(text, encoding="utf-8"))
+    return write_atomically(path, lambda temporary: Path(temporary).write_text(text, encoding="utf-8",
+                                                                               errors="backslashreplace"))

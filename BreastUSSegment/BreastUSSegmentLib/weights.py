@@ -4,7 +4,9 @@ Format (version 1): ``<name>.safetensors`` holds the state dict (tensors only,
 never pickled code) and ``<name>.json`` beside it is the model card:
 architecture, input size, normalisation, threshold, post-processing, training
 provenance, metrics, the storage dtype and the sha256 of the weights file.
-Loading verifies that checksum and refuses a file that does not match.
+Loading verifies that checksum and refuses a file that does not match. The checksum in the card guards
+against damage, not against tampering (whoever edits the file can edit the card); the bundled model's
+checksum is also pinned in the code (``BUNDLED_SHA256``).
 
 Storage dtype: ``float32`` (the default, and every card written before the
 field existed) stores every tensor in float32. ``float16`` or ``bfloat16``
@@ -24,6 +26,7 @@ from torch import nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from . import BUNDLED_SHA256, BUNDLED_WEIGHTS
 from .fileio import sha256_of_file, write_atomically, write_text_atomically  # noqa: F401 (sha256_of_file: used here and re-exported)
 from .model import build_model
 from .modelcard import STORAGE_DTYPES, ModelCard, WeightsError, card_path_for, check_storage_dtype, read_model_card
@@ -98,7 +101,8 @@ def save_model(
 
 
 def load_model(weights_path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelCard]:
-    """Load weights after verifying their sha256 against the model card; returns the model in eval mode."""
+    """Load weights after verifying their sha256 against the model card (and, for the bundled model, against the
+    checksum pinned in the code); refuse NaN or infinite values. Returns the model in eval mode."""
     weights_path = Path(weights_path)
     if not weights_path.is_file():
         raise WeightsError(f"model weights not found: {weights_path}")
@@ -106,6 +110,11 @@ def load_model(weights_path: str | os.PathLike, device: str | torch.device = "cp
         raise WeightsError(f"only .safetensors weights are loaded (no pickled files), got {weights_path.name}")
     card = read_model_card(weights_path)
     actual = sha256_of_file(weights_path)
+    if weights_path.resolve() == BUNDLED_WEIGHTS.resolve() and actual != BUNDLED_SHA256:
+        raise WeightsError(
+            f"the bundled model {weights_path} has sha256 {actual}, not the {BUNDLED_SHA256} this version of the "
+            "code ships with: it was modified or damaged; re-install the extension or package"
+        )
     if actual != str(card.sha256).strip().lower():  # a hex digest is the same number in either case
         raise WeightsError(
             f"checksum mismatch for {weights_path}: the model card expects sha256 {card.sha256}, "
@@ -124,6 +133,10 @@ def load_model(weights_path: str | os.PathLike, device: str | torch.device = "cp
     if foreign:
         raise WeightsError(f"weights {weights_path} hold {', '.join(foreign)} tensors, but its model card says "
                            f"they are stored in {card.storage_dtype}")
+    not_finite = [key for key, value in state.items() if value.is_floating_point() and not bool(torch.isfinite(value).all())]
+    if not_finite:
+        raise WeightsError(f"weights {weights_path} hold NaN or infinite values in {len(not_finite)} tensor(s) "
+                           f"(first: {not_finite[0]}); the model is broken, re-export it")
     model.load_state_dict(computed_state(state), strict=True)
     return model.to(device).eval(), card
 

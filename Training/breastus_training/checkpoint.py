@@ -3,10 +3,16 @@
 A checkpoint holds only tensors, numbers, strings, lists and dicts, so it loads
 with ``torch.load(path, weights_only=True)`` (no pickled code is executed).
 The numpy and Python random states are therefore stored as a tensor and lists.
+
+Integrity: ``save_checkpoint`` adds ``checksum``, the sha256 of everything else in
+it (torch does not check its own files, so damaged tensor data would load), and
+``load_checkpoint`` refuses a checkpoint whose contents do not match it, that lacks
+a required entry or that holds NaN or infinite values.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 
@@ -20,22 +26,83 @@ class ResumeError(ValueError):
     """An existing run cannot be resumed with the requested settings."""
 
 
+CHECKSUM_KEY = "checksum"
+
+
 def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
-    """Write ``state`` with ``torch.save``, atomically (see the core's ``write_atomically``).
+    """Write ``state`` and its checksum with ``torch.save``, atomically (see the core's ``write_atomically``).
 
     A run is the only writer of its checkpoints, so temporaries left by a run killed during a save are removed.
     """
     for leftover in leftover_temporaries(path):
         leftover.unlink(missing_ok=True)
-    write_atomically(path, lambda temporary: torch.save(state, temporary))
+    stored = {**state, CHECKSUM_KEY: state_checksum(state)}
+    write_atomically(path, lambda temporary: torch.save(stored, temporary))
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint safely (``weights_only=True``)."""
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu", required: tuple = ()) -> dict:
+    """Load a checkpoint safely (``weights_only=True``) and check it: the ``required`` keys, the checksum
+    (checkpoints written before it had none) and finite tensors. ResumeError naming the file otherwise."""
+    def refuse(reason: str):
+        return ResumeError(f"cannot load checkpoint {path}: {reason}")
+
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        raise refuse("the file is empty (0 bytes)")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises several types for corrupt or unsafe files
-        raise ResumeError(f"cannot load checkpoint {path}: {error}") from error
+        raise refuse(str(error) or type(error).__name__) from error
+    if not isinstance(state, dict):
+        raise refuse(f"it holds a {type(state).__name__}, not a checkpoint")
+    missing = [key for key in required if key not in state]
+    if missing:
+        raise refuse(f"missing {', '.join(missing)}")
+    stored = state.pop(CHECKSUM_KEY, None)
+    if stored is not None and stored != state_checksum(state):
+        raise refuse("its contents do not match the checksum written with it (the file is damaged); restore a "
+                     "copy, or delete it to start the run again")
+    not_finite = [name for name, tensor in tensors_of(state) if tensor.is_floating_point()
+                  and not bool(torch.isfinite(tensor).all())]
+    if not_finite:
+        raise refuse(f"{len(not_finite)} tensor(s) hold NaN or infinite values (first: {not_finite[0]})")
+    return state
+
+
+def tensors_of(value, name: str = ""):
+    """``(dotted name, tensor)`` for every tensor in nested dicts, lists and tuples."""
+    if isinstance(value, torch.Tensor):
+        yield name, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from tensors_of(item, f"{name}.{key}" if name else str(key))
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            yield from tensors_of(item, f"{name}.{index}" if name else str(index))
+
+
+def state_checksum(value) -> str:
+    """sha256 of a checkpoint's contents: every tensor's dtype, shape and bytes, and every other value, in order."""
+    digest = hashlib.sha256()
+
+    def add(item) -> None:
+        if isinstance(item, torch.Tensor):
+            flat = item.detach().to("cpu").contiguous().reshape(-1)
+            digest.update(f"T{item.dtype}{tuple(item.shape)}".encode())
+            digest.update(flat.view(torch.uint8).numpy().tobytes())
+        elif isinstance(item, dict):
+            digest.update(f"D{len(item)}".encode())
+            for key in sorted(item, key=repr):
+                add(key)
+                add(item[key])
+        elif isinstance(item, (list, tuple)):
+            digest.update(f"L{len(item)}".encode())
+            for element in item:
+                add(element)
+        else:
+            digest.update(f"V{type(item).__name__}:{item!r};".encode())
+
+    add(value)
+    return digest.hexdigest()
 
 
 def capture_rng_state() -> dict:

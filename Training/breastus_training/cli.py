@@ -30,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="breastus-train", description="Train and evaluate the SlicerBreastUS model on BUSI.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in SUBCOMMANDS.items():
-        subparser = subparsers.add_parser(name, help=help_text, description=help_text)
+        # argparse formats a help text with %: "95% intervals" must be written "95%% intervals" there
+        subparser = subparsers.add_parser(name, help=help_text.replace("%", "%%"), description=help_text)
         module.add_arguments(subparser)
         subparser.set_defaults(handler=module.run)
     return parser
@@ -43,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:  # bad input: dataset, manifest, settings, resume (DatasetError, ResumeError, ...)
         print(f"breastus-train {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except train.TrainingDiverged as error:  # the run itself failed; what it saved before is kept
+        print(f"breastus-train {args.command}: error: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -267,4 +267,7 @@ def run(args: argparse.Namespace) -> int:
           f"graph {args.output.with_suffix('.onnx')} (sha256 {graph['sha256']}); measure each backend's agreement "
           "with 'breastus-train onnx --weights ... --data ... --split ...'")
     print(f"sha256 {card.sha256}")
+    if Path(args.output).resolve() == BUNDLED_WEIGHTS.resolve():
+        print(f"set BUNDLED_SHA256 = \"{card.sha256}\" in BreastUSSegmentLib/__init__.py: the bundled model loads "
+              "only with its checksum pinned there")
     return 0

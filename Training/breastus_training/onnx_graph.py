@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from BreastUSSegmentLib import BUNDLED_ONNX_SHA256, BUNDLED_WEIGHTS
 from BreastUSSegmentLib.fileio import sha256_of_file, write_atomically, write_text_atomically
 from BreastUSSegmentLib.inference import LesionSegmenter
 from BreastUSSegmentLib.metrics import dice_score
@@ -198,6 +199,8 @@ def run(args: argparse.Namespace) -> int:
     graph = attach_graph(args.weights, args.storage_dtype)
     print(f"wrote {args.weights.with_name(graph['file'])} (weights stored in {graph['storage_dtype']}), "
           f"sha256 {graph['sha256']}")
+    if args.weights.resolve() == BUNDLED_WEIGHTS.resolve() and graph["sha256"] != BUNDLED_ONNX_SHA256:
+        print(f"the bundled graph changed: set BUNDLED_ONNX_SHA256 = \"{graph['sha256']}\" in BreastUSSegmentLib/__init__.py")
     if not args.data:
         return 0
     agreement = measure_agreement(args.weights, args.data, args.split, progress=not args.no_progress,

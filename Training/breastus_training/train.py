@@ -68,6 +68,9 @@ from .weight_average import SWA_NAME, averaged_epochs, recompute_batch_norm
 
 CHECKPOINT_NAME = "checkpoint_last.pt"
 BEST_NAME = "best.safetensors"
+# What every checkpoint holds (later options add more, read with defaults).
+CHECKPOINT_KEYS = ("config", "model", "optimizer", "scheduler", "rng", "epoch", "best_score", "best_epoch",
+                   "epochs_without_improvement", "stopped", "history")
 METRIC_COLUMNS = ("epoch", "train_loss", "val_loss", "val_dice", "val_iou", "lr", "seconds")
 # Settings a resumed run may change: where and how fast it runs, how long it may go on (epochs,
 # which may only grow, and early-stopping patience); none of them changes the epochs already trained.
@@ -75,6 +78,10 @@ RESUMABLE_CHANGES = {"data", "run_dir", "num_workers", "threads", "no_progress",
 # Options added after runs were already made: a stored run without one used this value.
 LATER_OPTION_DEFAULTS = {"normal_repeat": 1, "swa_start": 0, "precision": "fp32", "augment_off": [],
                          "upsample": "transposed", "lesion_head_weight": 0.0, "deep_supervision": 0.0}
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the run stops before that epoch replaces anything saved."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -432,7 +439,7 @@ def train(config: dict, context: ProcessContext) -> dict:
     checkpoint_path = run_dir / CHECKPOINT_NAME
     manifest = load_manifest(config["split"])
     config = dict(config, split_sha256=manifest.sha256)
-    checkpoint = load_checkpoint(checkpoint_path) if checkpoint_path.is_file() else None
+    checkpoint = load_checkpoint(checkpoint_path, required=CHECKPOINT_KEYS) if checkpoint_path.is_file() else None
     if config.get("init_weights"):
         config["init_weights_sha256"] = init_weights_sha256(config["init_weights"], checkpoint)
     if checkpoint is not None:
@@ -453,6 +460,14 @@ def train(config: dict, context: ProcessContext) -> dict:
                   initial=run.state["epoch"], total=config["epochs"], disable=not progress)
     for epoch in epochs:
         row, improved = run_epoch(run, epoch, progress)
+        if not all(math.isfinite(row[key]) for key in ("train_loss", "val_loss")):
+            if writer is not None:
+                writer.close()
+            raise TrainingDiverged(
+                f"epoch {epoch}: train_loss {row['train_loss']}, val_loss {row['val_loss']}: the loss is not finite; "
+                f"stopped before saving epoch {epoch}" + (
+                    f", so {checkpoint_path} keeps epoch {epoch - 1}" if epoch > 1 else ""
+                ) + " (try a lower --lr, or --precision fp32)")
         if context.is_main:
             save_epoch(run, row, improved, writer, progress)
         if run.state["stopped"]:
