@@ -10,6 +10,7 @@ from PIL import Image
 
 from BreastUSSegmentLib.boxes import (
     Box, BoxError, as_box, boxes_for_frames, centre_region, clip_box, grow_box, parse_box, read_box_table,
+    read_table_spacings,
 )
 from BreastUSSegmentLib.cli import main
 from BreastUSSegmentLib.options import UNTUNED_POSTPROCESSING
@@ -95,6 +96,16 @@ def test_box_text_and_box_table(tmp_path):
     assert isinstance(table[(tmp_path / "a.png").resolve()], BoxError)
     assert re.search(r"bad.csv line 3: box .* is empty", str(table[(tmp_path / "a.png").resolve()]))
     assert table[(tmp_path / "b.png").resolve()] == [Box(1, 2, 3, 4)]
+
+
+def test_a_bad_spacing_cell_fails_its_image_only(tmp_path):
+    (tmp_path / "s.csv").write_text('file,x0,y0,x1,y1,spacing\na.png,1,2,3,4,0\nb.png,1,2,3,4,"0.2,0.3"\n'
+                                    'c.png,1,2,3,4,0.1\nc.png,5,6,7,8,0.2\nd.png,1,2,3,4,\n')
+    spacings = read_table_spacings(tmp_path / "s.csv")
+    assert re.search(r"s.csv line 2: .*spacing", str(spacings[(tmp_path / "a.png").resolve()]))
+    assert spacings[(tmp_path / "b.png").resolve()] == (0.2, 0.3)
+    assert re.search(r"s.csv line 5: spacing '0.2' differs", str(spacings[(tmp_path / "c.png").resolve()]))
+    assert (tmp_path / "d.png").resolve() not in spacings
 
 
 @pytest.mark.parametrize("content, message", [

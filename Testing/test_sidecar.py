@@ -155,6 +155,17 @@ def test_spacing_from_the_box_table_and_bad_spacings(tmp_path, weights, capsys):
     assert "not both" in capsys.readouterr().err
 
 
+
+def test_a_bad_spacing_cell_fails_only_its_image(tmp_path, weights, capsys):
+    two_lesion_png(tmp_path / "a.png")
+    two_lesion_png(tmp_path / "b.png")
+    (tmp_path / "boxes.csv").write_text('file,x0,y0,x1,y1,spacing\na.png,0,0,60,40,-1\nb.png,0,0,60,40,"0.2,0.3"\n')
+    out = tmp_path / "out"
+    assert main(["--boxes", str(tmp_path / "boxes.csv"), "-o", str(out), "--weights", str(weights), "--device", "cpu",
+                 "--no-figure"]) == 1
+    assert "boxes.csv line 2" in capsys.readouterr().err
+    assert not list(out.glob("a_*")) and (out / "b_measurements.json").exists()
+
 def test_a_box_on_a_lukewarm_region_says_no_lesion_found_in_it(tmp_path, weights, capsys):
     """The box used to return whatever region it held; now the minimum confidence applies inside it too."""
     frame = np.full((80, 100), 30, np.uint8)

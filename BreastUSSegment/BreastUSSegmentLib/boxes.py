@@ -231,24 +231,29 @@ def read_box_table(path: str | os.PathLike) -> dict[Path, Union[list[Box], BoxEr
     return table
 
 
-def read_table_spacings(path: str | os.PathLike) -> dict[Path, tuple[float, float]]:
+def read_table_spacings(path: str | os.PathLike) -> dict[Path, Union[tuple[float, float], BoxError]]:
     """The pixel spacing of each image from the box table's optional ``spacing`` column (empty cells: none).
 
-    The rows of one image must agree. Keys are resolved paths, like :func:`read_box_table`'s.
+    The rows of one image must agree. Keys are resolved paths, like :func:`read_box_table`'s. An image with an
+    invalid or disagreeing spacing maps to the :class:`BoxError` of its first such row, so that image alone fails.
     """
     from .imagetypes import parse_spacing
 
     path = Path(path)
-    spacings: dict[Path, tuple[float, float]] = {}
+    spacings: dict[Path, Union[tuple[float, float], BoxError]] = {}
     for line, row in enumerate(_table_rows(path), start=2):
         text = (row.get(SPACING_COLUMN) or "").strip()
         if not text:
             continue
+        image = _image_path(path, row, line)
+        if isinstance(spacings.get(image), BoxError):
+            continue
         try:
             spacing = parse_spacing(text)
         except ValueError as error:
-            raise BoxError(f"{path} line {line}: {error}") from None
-        image = _image_path(path, row, line)
+            spacings[image] = BoxError(f"{path} line {line}: {error}")
+            continue
         if spacings.setdefault(image, spacing) != spacing:
-            raise BoxError(f"{path} line {line}: spacing {text!r} differs from an earlier row of {row['file'].strip()}")
+            spacings[image] = BoxError(f"{path} line {line}: spacing {text!r} differs from an earlier row of "
+                                       f"{row['file'].strip()}")
     return spacings

@@ -131,7 +131,7 @@ class Job:
     image_path: Path
     outputs: dict[str, Path]
     boxes: Optional[Union[list, BoxError]] = None  # None: automatic; else the boxes (or the box table's error)
-    spacing: Optional[tuple] = None  # (row_mm, col_mm) the user gave; None: the file's own
+    spacing: Optional[Union[tuple, BoxError]] = None  # (row_mm, col_mm) the user gave (or the box table's error); None: the file's own
 
 
 def output_name(image_path: Path) -> str:
@@ -229,8 +229,9 @@ def segment_file(segmenter, job: Job, args) -> tuple:
     """Segment one file with the segmenter's post-processing, write its outputs; return a one-line summary and
     its sidecar record."""
     options = segmenter.postprocessing
-    if isinstance(job.boxes, BoxError):  # an invalid row of the box table
-        raise job.boxes
+    for problem in (job.boxes, job.spacing):
+        if isinstance(problem, BoxError):  # an invalid row of the box table
+            raise problem
     image = read_image(job.image_path)
     if job.boxes is not None and not job.boxes:
         raise BoxError(f"no box for it in {args.boxes}")

@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import box_rule, ensemble, evaluate, export, intervals, onnx_graph, prepare, sweep, train
+from . import (
+    box_rule, descriptor_check, descriptor_fit, ensemble, evaluate, export, intervals, onnx_graph, prepare, sweep, train,
+)
 
 SUBCOMMANDS = {
     "prepare": (prepare, "index BUSI, group duplicates and write the train/val/test split manifest"),
@@ -20,6 +22,10 @@ SUBCOMMANDS = {
     "evaluate": (evaluate, "score saved weights on a subset of the split; write report.json, report.md and figures"),
     "box-rule": (box_rule, "score the box prompt's minimum confidence on lesion boxes and on boxes on lesion-free tissue"),
     "intervals": (intervals, "95% intervals of an evaluation's numbers (bootstrap; exact binomial for shares), from its report.json"),
+    "descriptors-fit": (descriptor_fit, "choose the lexicon descriptor rules on train and fit the research-use "
+                                        "malignancy likelihood (train, L2 chosen on val)"),
+    "descriptors": (descriptor_check, "check the lexicon descriptors against radiologists' reads and the malignancy "
+                                      "likelihood's AUC on a subset, with 95% intervals (research use)"),
     "export": (export, "write evaluated weights as the bundled model, with the evaluation in its model card"),
     "onnx": (onnx_graph, "write a model's ONNX graph beside its weights (listed in its model card) and measure each "
                          "backend's agreement with PyTorch float32 on val"),

@@ -176,3 +176,22 @@ def run(args: argparse.Namespace) -> int:
     report = read_report(args.report, args.mode)
     print(markdown_table(report_intervals(report, args.mode, args.resamples, args.seed), args.mode))
     return 0
+
+
+def bootstrap_interval(statistic, columns: list, resamples: int = RESAMPLES, seed: int = 0):
+    """Percentile bootstrap interval at ``CONFIDENCE`` of ``statistic(*columns)``, the cases (the rows of the
+    equally long ``columns``) resampled with replacement; resamples where the statistic is undefined (nan,
+    e.g. one class only) are skipped. ``(None, None)`` below ``MIN_IMAGES`` cases."""
+    arrays = [np.asarray(column) for column in columns]
+    count = len(arrays[0])
+    if count < MIN_IMAGES:
+        return None, None
+    rng = np.random.default_rng(seed)
+    values = np.array([statistic(*(array[picks] for array in arrays))
+                       for picks in rng.integers(0, count, size=(resamples, count))], dtype=float)
+    values = values[np.isfinite(values)]
+    if values.size < 2:
+        return None, None
+    tail = (1.0 - CONFIDENCE) / 2.0
+    low, high = np.quantile(values, [tail, 1.0 - tail])
+    return float(low), float(high)
