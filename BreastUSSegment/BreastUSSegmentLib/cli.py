@@ -8,7 +8,7 @@ For every input ``NAME.ext`` it writes ``NAME_mask.<format>`` (processed
 mask, 0/1), ``NAME_probability.<format>`` (float probabilities; scaled to
 0-255 for PNG), ``NAME_overlay.png`` (outline and attention heatmap of the
 frame with the largest lesion area) and ``NAME_measurements.json`` (every
-lesion of every frame measured, with the spacing and provenance; see
+lesion of every frame measured and described, research use only, with the spacing and provenance; see
 :mod:`.sidecar`), all or none of them; the run's ``measurements.csv`` has one
 row per input, frame and lesion. ``NAME`` is the file name without its last extension
 (``.nii.gz`` counts as one). Inputs whose outputs would share a name are
@@ -44,9 +44,12 @@ from . import BUNDLED_WEIGHTS, __version__
 from .boxes import CONTEXT_MARGIN, FRAME_WEIGHT, BoxError, parse_box, read_box_table, read_table_spacings
 from .clipio import open_clip
 from .clipoutputs import ClipOutputs
+from .descriptors import describe_lesions
 from .device import DEVICE_CHOICES
 from .fileio import sha256_of_file, split_extension, write_together
+from .runtime import BACKEND_CHOICES, PRECISION_CHOICES
 from .imagetypes import MAX_INPUT_PIXELS, ImageReadError, parse_spacing
+from .likelihood import load_likelihood_model
 from .measure import measure_lesion, result_in_words
 from .modelcard import WeightsError
 from .options import add_settings_arguments, settings_from_args
@@ -110,6 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weights", type=Path, default=BUNDLED_WEIGHTS, help="model .safetensors (model card beside it)")
     parser.add_argument("--format", choices=sorted(FORMATS), default="nrrd", help="file format of mask and probability")
     parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="where the network runs (default: auto)")
+    parser.add_argument("--backend", choices=BACKEND_CHOICES, default="auto",
+                        help="what runs the network (default auto: PyTorch on a GPU, else OpenVINO, else ONNX Runtime, "
+                             "else PyTorch on the CPU)")
+    parser.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
+                        help="fp32, or bf16 (torch, openvino); default auto: bf16 where the CPU computes it natively")
     parser.add_argument("--no-postprocess", action="store_true", help="write the raw thresholded mask")
     parser.add_argument("--temporal", type=temporal_argument, default=None, metavar="K/N",
                         help="clips: show a lesion only where it overlaps one found on K of the N frames before "
@@ -254,10 +262,11 @@ def segment_file(segmenter, job: Job, args) -> tuple:
     geometry = clip.geometry if job.spacing is None or clip.geometry is None else replace(
         clip.geometry, spacing=(spacing[1], spacing[0]) + tuple(clip.geometry.spacing[2:]))
 
-    def record_of(frames: list) -> dict:
+    def record_of(frames: list, descriptors: list) -> dict:
         return sidecar_record(
             input_path=job.image_path, input_sha256=input_sha256, frame_shape=clip.frame_shape, spacing=spacing,
             source=spacing_source(clip.spacing_source, user=job.spacing is not None), frames=frames,
+            descriptors=descriptors,
             boxes=None if job.boxes is None else [box.as_tuple() for box in job.boxes],
             provenance_block=provenance_block, outputs={kind: path.name for kind, path in job.outputs.items()},
         )
@@ -266,11 +275,18 @@ def segment_file(segmenter, job: Job, args) -> tuple:
     summary = ClipSummary(None if args.no_postprocess else options,
                           (lambda result: result.raw_mask) if args.no_postprocess else
                           (lambda result: result.processed_mask))
-    frames, words = [], []
+    frames, words, descriptors = [], [], []
+    likelihood = load_likelihood_model()
+    pending = {}  # frame number -> the input frame, until its result is described (a chunk of frames at most)
+
+    def frames_in():
+        for number, frame in enumerate(frame for chunk in clip.chunks(CHUNK_FRAMES) for frame in chunk):
+            pending[number] = frame
+            yield frame
+
     shown = None  # (area, -number, number, mask, attention) of the frame the figure shows: the largest lesion area
     results = segment_stream(
-        segmenter, (frame for chunk in clip.chunks(CHUNK_FRAMES) for frame in chunk),
-        box=job.boxes or None, batch_size=args.batch_size,
+        segmenter, frames_in(), box=job.boxes or None, batch_size=args.batch_size,
         temporal=args.temporal if clip.frame_count > 1 and not args.no_postprocess else None,
     )
     from tqdm import tqdm
@@ -278,18 +294,20 @@ def segment_file(segmenter, job: Job, args) -> tuple:
     # the streamed files are temporaries until write_all renames them with the others; leaving the block
     # (an error, an interrupt) removes them
     with ClipOutputs(job.outputs, clip, FORMATS[args.format], spacing, geometry,
-                     metadata=header_fields(record_of([]))) as images:
+                     metadata=header_fields(record_of([], []))) as images:
         for result in tqdm(results, total=clip.frame_count, desc=job.image_path.name, unit="frame", leave=False,
                            disable=clip.frame_count < 2):
             mask = summary.mask_of(result)
             summary.add(result)
             images.add(result, mask)
-            measured = measure_lesion(mask, spacing, result.index + 1, box_label_frame(result, mask.shape))
+            labels = box_label_frame(result, mask.shape)
+            measured = measure_lesion(mask, spacing, result.index + 1, labels)
             frames.append(measured)
+            descriptors.append(describe_lesions(pending.pop(result.index), mask, spacing, labels, likelihood))
             words.append(result_in_words(measured.lesions, empty_boxes_of(summary, result.index, measured.lesions)))
             if shown is None or (measured.area_mm2, -result.index) > shown[:2]:
                 shown = (measured.area_mm2, -result.index, result.index, mask, result.combined_attention)
-        record = record_of([(frame.lesions, text) for frame, text in zip(frames, words)])
+        record = record_of([(frame.lesions, text) for frame, text in zip(frames, words)], descriptors)
         writers = {
             **images.writers(),
             # a file name that is not UTF-8 is written as a \udcXX escape (valid JSON, read back as the same name)
@@ -317,7 +335,8 @@ def run_provenance(segmenter, args) -> dict:
         settings.update(box_context_margin=CONTEXT_MARGIN, box_frame_weight=FRAME_WEIGHT)
     precision = "bfloat16" if getattr(segmenter, "cpu_bf16", False) else "float32"
     weights = segmenter.weights_path or args.weights
-    return provenance(weights, segmenter.card, settings, str(segmenter.device), precision)
+    return provenance(weights, segmenter.card, settings, str(segmenter.device), precision,
+                      segmenter.provenance["backend"])
 
 
 def box_label_frame(result, shape) -> Optional[np.ndarray]:
@@ -439,10 +458,13 @@ def segment_all(jobs: list[Job], args, tally: "Tally") -> int:
     from .inference import LesionSegmenter
 
     try:
-        segmenter = LesionSegmenter.from_weights(args.weights, device=args.device, **settings_from_args(args))
+        segmenter = LesionSegmenter.from_weights(args.weights, device=args.device, backend=args.backend,
+                                                 precision=args.precision, **settings_from_args(args))
     except (WeightsError, RuntimeError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    network = segmenter.provenance
+    print(f"network: {network['backend']} {network['precision']} on {network['device']}", file=sys.stderr)
     return run_jobs(segmenter, jobs, args, tally)
 
 
