@@ -16,6 +16,7 @@ import SimpleITK as sitk
 from BreastUSSegmentLib import imagetypes
 from BreastUSSegmentLib.cli import main
 from BreastUSSegmentLib.clipio import NrrdClipWriter, open_clip
+from BreastUSSegmentLib.descriptors import describe_frames
 from BreastUSSegmentLib.imageio import read_image, write_image
 from BreastUSSegmentLib.imagetypes import ImageGeometry, ImageReadError
 from BreastUSSegmentLib.options import UNTUNED_POSTPROCESSING
@@ -244,6 +245,11 @@ def test_the_command_line_writes_what_segmenting_the_whole_clip_gives(tmp_path, 
     assert np.array_equal(mask.pixels, expected.processed_mask.astype(np.uint8))
     assert np.array_equal(probability.pixels, expected.probability)
     assert mask.spacing == probability.spacing == pytest.approx((0.2, 0.3))
+    described = describe_frames(clip, expected.processed_mask, (0.2, 0.3))  # as for a clip segmented whole
+    lesions = json.loads((out / "clip_measurements.json").read_text())["lesions"]
+    assert len(lesions) == sum(len(rows) for rows in described) > 0
+    for row, expected_row in zip(lesions, [row for rows in described for row in rows]):
+        assert {name: row[name] for name in expected_row} == pytest.approx(expected_row)
 
 
 def test_a_clip_over_the_old_limit_is_segmented_as_nrrd_and_refused_as_nifti(tmp_path, weights, monkeypatch, capsys):
