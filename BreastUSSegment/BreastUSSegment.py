@@ -19,6 +19,7 @@ annotations that are evaluated at run time.
 import importlib.util
 import logging
 import os
+import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, List, Optional
@@ -85,7 +86,8 @@ from BreastUSSegmentScene.parameters import (
 )
 from BreastUSSegmentScene.progress import MEASURING, SEGMENTING, WRITING, ProgressCallback, RunProgress, segmentInParts
 from BreastUSSegmentScene.dependencies import (
-    installedVersions, moduleRequirements, torchVersionRequirement, unmetRequirements,
+    RUNTIME_SIZES_MB, importableRuntimes, installedVersions, moduleRequirements, runtimesToOffer,
+    torchVersionRequirement, unmetRequirements,
 )
 from BreastUSSegmentScene.measurements import measureFrames
 from BreastUSSegmentScene.samples import SAMPLES_DIR, registerSampleData, sampleDataSources
@@ -421,29 +423,8 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                           waitCursor=False))  # it asks before installing
 
     def _ensurePythonDependencies(self) -> bool:
-        """Install PyTorch (through the PyTorch extension) and other packages after asking the user."""
-        if importlib.util.find_spec("torch") is None:
-            try:
-                import PyTorchUtils
-            except ModuleNotFoundError:
-                message = _("This module needs PyTorch. Install the 'PyTorch' extension from the Extensions Manager, "
-                            "restart Slicer and click Segment lesion again.")
-                self._setStatus(message, error=True)
-                slicer.util.errorDisplay(message)
-                return False
-            torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-            if not torchLogic.torchInstalled():
-                torch = torchLogic.installTorch(askConfirmation=True, torchVersionRequirement=torchVersionRequirement())
-                if torch is None:
-                    self._setStatus(_("PyTorch is required to segment; installation was cancelled."), error=True)
-                    return False
-        torchRequirement = "torch" + torchVersionRequirement()
-        torchVersion = installedVersions().get("torch")
-        if torchVersion and unmetRequirements([torchRequirement]):
-            raise BreastUSSegmentError(_(
-                "PyTorch {version} is installed but this module needs {requirement}: update it in the PyTorch Utils "
-                "module, restart Slicer and click Segment lesion again.").format(
-                    version=torchVersion, requirement=torchRequirement))
+        """Install, after asking the user, the core library's packages and, when none is installed that can run the
+        chosen backend on the chosen device, a network runtime: a small CPU one, PyTorch only where it is needed."""
         missing = unmetRequirements(moduleRequirements())
         if missing:
             if not slicer.util.confirmOkCancelDisplay(
@@ -456,6 +437,75 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 return False
             with slicer.util.WaitCursor():
                 slicer.util.pip_install(missing)
+        parameters = self._parameterNode
+        backend = parameters.backend.value if parameters else "auto"
+        device = parameters.device.value if parameters else "auto"
+        offered = runtimesToOffer(backend, device)
+        for runtime in offered:
+            if runtime == "torch":
+                return self._ensurePyTorch()
+            installed = self._installRuntime(runtime)
+            if installed is not None:
+                return installed
+        if offered:  # the one runtime this backend names could not be installed
+            self._setStatus(_("No runtime for the {backend} backend could be installed: choose another backend under "
+                              "Advanced.").format(backend=backend), error=True)
+            return False
+        if runtimesToOffer(backend, device, importableRuntimes() - {"torch"}):
+            return self._ensurePyTorch()  # only PyTorch can run this choice: check its version
+        return True
+
+    def _installRuntime(self, runtime: str) -> Optional[bool]:
+        """Install the CPU runtime ``runtime`` (a core backend name) with pip after asking: True when installed,
+        False when the user declines, None when pip failed (most often: no wheel for this Python; said in a
+        dialog)."""
+        names = {"openvino": "OpenVINO", "onnxruntime": "ONNX Runtime"}
+        if not slicer.util.confirmOkCancelDisplay(_(
+            "Segmenting needs a runtime for the network and none is installed. Download and install {name} "
+            "(about {size} MB installed; it runs the model on the CPU, no PyTorch needed)?").format(
+                name=names[runtime], size=RUNTIME_SIZES_MB[runtime])):
+            self._setStatus(_("No network runtime is installed: segmenting needs OpenVINO, ONNX Runtime or PyTorch."),
+                            error=True)
+            return False
+        try:
+            with slicer.util.WaitCursor():
+                slicer.util.pip_install(runtime)
+        except Exception as error:  # pip failed: most often no wheel for this Python or platform
+            message = _("{name} could not be installed for Python {version}: {error}").format(
+                name=names[runtime], version=platform.python_version(), error=error)
+            logging.warning(message)
+            slicer.util.warningDisplay(message)
+            return None
+        importlib.invalidate_caches()  # so that the core finds the new package
+        return True
+
+    def _ensurePyTorch(self) -> bool:
+        """Install PyTorch through the PyTorch extension after asking (about its size), and check its version."""
+        if importlib.util.find_spec("torch") is None:
+            try:
+                import PyTorchUtils
+            except ModuleNotFoundError:
+                message = _("This choice of backend or device needs PyTorch. Install the 'PyTorch' extension from "
+                            "the Extensions Manager, restart Slicer and click Segment lesion again (or choose the "
+                            "OpenVINO or ONNX Runtime backend on the CPU under Advanced).")
+                self._setStatus(message, error=True)
+                slicer.util.errorDisplay(message)
+                return False
+            torchLogic = PyTorchUtils.PyTorchUtilsLogic()
+            if not torchLogic.torchInstalled():
+                torch = torchLogic.installTorch(askConfirmation=True, torchVersionRequirement=torchVersionRequirement())
+                if torch is None:
+                    self._setStatus(_("PyTorch (about {size} MB installed for the CPU) is required for this backend "
+                                      "or device; installation was cancelled.").format(size=RUNTIME_SIZES_MB["torch"]),
+                                    error=True)
+                    return False
+        torchRequirement = "torch" + torchVersionRequirement()
+        torchVersion = installedVersions().get("torch")
+        if torchVersion and unmetRequirements([torchRequirement]):
+            raise BreastUSSegmentError(_(
+                "PyTorch {version} is installed but this module needs {requirement}: update it in the PyTorch Utils "
+                "module, restart Slicer and click Segment lesion again.").format(
+                    version=torchVersion, requirement=torchRequirement))
         return True
 
     def _onProgress(self, done: int, total: int, stage: str) -> None:
@@ -494,7 +544,7 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ui = self.ui
         return [ui.segmentButton, ui.segmentInBoxButton, ui.addBoxButton, ui.measureButton, ui.editButton,
                 ui.exportNrrdButton, ui.exportNiftiButton, ui.inputSelector, ui.outputSelector, ui.modelPathLineEdit,
-                ui.deviceComboBox]
+                ui.deviceComboBox, ui.backendComboBox, ui.precisionComboBox]
 
     def _setBusy(self, busy: bool) -> None:
         self._busy = busy
@@ -688,7 +738,7 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
         from BreastUSSegmentLib.modelcard import WeightsError
 
         nodes.checkOutputScene(inputVolumeNode, outputSegmentationNode)
-        segmenter = self.segmenters.get(options.weightsPath, options.device)
+        segmenter = self.segmenters.get(options.weightsPath, options.device, options.backend, options.precision)
         postprocessing = options.postprocessing or segmenter.postprocessing
         progress.report(SEGMENTING, 0, frames.shape[0])  # the model is loaded: let the application breathe
         logging.info(f"BreastUSSegment: segmenting {inputVolumeNode.GetName()} {frames.shape} on {segmenter.device}")
@@ -704,7 +754,7 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
     def _provenance(self, options, postprocessing, inputVolumeNode, boxAllFrames: Optional[bool] = None) -> dict:
         """Where a run's result comes from (model, sha256, every setting, device; see
         :mod:`BreastUSSegmentScene.provenance`); with box prompts (``boxAllFrames`` not None) their settings too."""
-        segmenter = self.segmenters.get(options.weightsPath, options.device)
+        segmenter = self.segmenters.get(options.weightsPath, options.device, options.backend, options.precision)
         return provenance.runProvenance(segmenter, postprocessing, inputVolumeNode, boxAllFrames)
 
     @staticmethod
@@ -812,28 +862,35 @@ class BreastUSSegmentTest(ScriptedLoadableModuleTest):
     # the bars leave room for resampling differences between Slicer's reader and Pillow.
     MINIMUM_SAMPLE_DICE = {"breastus_sample_benign": 0.8, "breastus_sample_malignant": 0.2}
 
-    # Why the self-test is skipped where PyTorch is missing (a fresh build installs the PyTorch extension, not torch).
-    TORCH_MISSING = ("BreastUSSegment self-test skipped: PyTorch (the 'torch' package) is not installed. "
-                     "Install it with the PyTorch extension (PyTorch Utils module), or click Segment lesion once, "
-                     "then run the test again.")
+    # Why a test is skipped where its runtime is missing (a fresh install has none until Segment lesion is clicked).
+    NO_RUNTIME = ("BreastUSSegment self-test skipped: no network runtime (OpenVINO, ONNX Runtime or PyTorch) is "
+                  "installed. Click Segment lesion once to install one, then run the test again.")
+    TORCH_MISSING = ("BreastUSSegment tiny-model test skipped: it builds a model with PyTorch, which is not installed "
+                     "(the PyTorch extension installs it).")
 
     def setUp(self):
-        if importlib.util.find_spec("torch") is None:
-            self.skipTest(self.TORCH_MISSING)
+        if not importableRuntimes():
+            self.skipTest(self.NO_RUNTIME)
         slicer.mrmlScene.Clear()
 
     def runTest(self):
-        if importlib.util.find_spec("torch") is None:  # Reload and Test: say why, do not fail
+        if not importableRuntimes():  # Reload and Test: say why, do not fail
+            logging.warning(self.NO_RUNTIME)
+            self.delayDisplay(self.NO_RUNTIME)
+            return
+        if "torch" in importableRuntimes():
+            self.setUp()
+            self.test_TinyModelMatchesThePipeline()
+        else:
             logging.warning(self.TORCH_MISSING)
             self.delayDisplay(self.TORCH_MISSING)
-            return
-        self.setUp()
-        self.test_TinyModelMatchesThePipeline()
         self.setUp()
         self.test_SampleDataWithBundledModel()
 
     def test_TinyModelMatchesThePipeline(self):
         """The Lesion segment equals the core pipeline's mask for the same image, and re-running replaces it."""
+        if "torch" not in importableRuntimes():
+            self.skipTest(self.TORCH_MISSING)
         import tempfile
 
         import torch
@@ -853,10 +910,11 @@ class BreastUSSegmentTest(ScriptedLoadableModuleTest):
             weights = os.path.join(folder, "tiny.safetensors")
             save_model(AttentionUNet(ModelConfig(base_channels=4, depth=2)), weights, input_size=(64, 64),
                        postprocessing=UNTUNED_POSTPROCESSING)
-            reference = LesionSegmenter.from_weights(weights, device="cpu")
+            reference = LesionSegmenter.from_weights(weights, device="cpu", backend="torch")
             threshold = float(np.quantile(reference.segment(frame).probability, 0.6))
             postprocessing = reference.postprocessing.with_overrides(threshold=threshold)
-            options = SegmentationOptions(weightsPath=weights, device="cpu", postprocessing=postprocessing)
+            options = SegmentationOptions(weightsPath=weights, device="cpu", backend="torch",
+                                          postprocessing=postprocessing)
             expected = reference.segment(frame, postprocessing=postprocessing).processed_mask
             logic = BreastUSSegmentLogic()
             output = logic.segment(volume, options=options)

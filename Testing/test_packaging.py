@@ -53,9 +53,13 @@ def test_wheel_requires_the_one_dependency_list_and_the_lock_pins_each(wheel):
     required = [line.split(":", 1)[1].strip() for line in archive.read(metadata).decode().splitlines()
                 if line.startswith("Requires-Dist:")]
     assert [line for line in required if "extra ==" not in line] == dependencies()
-    # The graph runtimes are optional extras (pip install slicer-breastus[openvino]).
+    # The runtimes are optional extras (pip install slicer-breastus[torch]); the command line's list names OpenVINO,
+    # so breastus-segment runs without PyTorch.
+    from BreastUSSegmentLib.runtime import TORCH_REQUIREMENT
+
     assert sorted(line for line in required if "extra ==" in line) == [
-        'onnxruntime; extra == "onnxruntime"', 'openvino; extra == "openvino"']
+        'onnxruntime; extra == "onnxruntime"', 'openvino; extra == "openvino"', f'{TORCH_REQUIREMENT}; extra == "torch"']
+    assert "openvino" in dependencies() and not any(r.startswith("torch") for r in dependencies())
     pinned = {line.split("==")[0].strip().lower() for line in (ROOT / "requirements.txt").read_text().splitlines()
               if "==" in line and not line.startswith("#")}
     names = {re.match(r"[A-Za-z0-9._-]+", requirement).group(0).lower() for requirement in dependencies()}

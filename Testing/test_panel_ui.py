@@ -433,6 +433,10 @@ def render_panel(path):
     device = panel.findChild(QComboBox, "deviceComboBox")
     for choice in parameters.DeviceChoice:
         device.addItem(parameters.DeviceChoice.label(choice))
+    for name, choices in (("backendComboBox", parameters.BackendChoice), ("precisionComboBox", parameters.PrecisionChoice)):
+        combo = panel.findChild(QComboBox, name)
+        for choice in choices:
+            combo.addItem(choices.label(choice))
     for name in ("segmentButton", "segmentInBoxButton", "addBoxButton"):
         panel.findChild(QPushButton, name).setEnabled(True)
     panel.findChild(QProgressBar, "progressBar").hide()
