@@ -440,7 +440,11 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         parameters = self._parameterNode
         backend = parameters.backend.value if parameters else "auto"
         device = parameters.device.value if parameters else "auto"
-        offered = runtimesToOffer(backend, device)
+        try:
+            graph = bool(models.modelCard(self._modelPath()).onnx)
+        except BreastUSSegmentError:
+            graph = True  # followModelCard shows what is wrong with the card
+        offered = runtimesToOffer(backend, device, graph=graph)
         for runtime in offered:
             if runtime == "torch":
                 return self._ensurePyTorch()
@@ -451,7 +455,7 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._setStatus(_("No runtime for the {backend} backend could be installed: choose another backend under "
                               "Advanced.").format(backend=backend), error=True)
             return False
-        if runtimesToOffer(backend, device, importableRuntimes() - {"torch"}):
+        if runtimesToOffer(backend, device, importableRuntimes() - {"torch"}, graph):
             return self._ensurePyTorch()  # only PyTorch can run this choice: check its version
         return True
 

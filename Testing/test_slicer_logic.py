@@ -696,6 +696,8 @@ def test_the_runtime_offered_is_the_smallest_that_can_run_the_chosen_backend_and
         assert offer("auto", device, {"openvino", "onnxruntime"}) == ["torch"]
         assert offer("auto", device, {"torch"}) == []
     assert offer("torch", "cpu", {"openvino"}) == ["torch"]
+    assert offer("auto", "cpu", {"openvino"}, graph=False) == ["torch"]  # a model without an ONNX graph
+    assert offer("openvino", "cpu", {"openvino"}, graph=False) == []  # named: the core says what is missing
     assert set(BUS.RUNTIME_SIZES_MB) == {"openvino", "onnxruntime", "torch"}
     assert BUS.RUNTIME_SIZES_MB["onnxruntime"] < BUS.RUNTIME_SIZES_MB["openvino"] < BUS.RUNTIME_SIZES_MB["torch"]
 

@@ -33,17 +33,19 @@ def importableRuntimes() -> set:
     return {name for name in RUNTIME_PACKAGES if runtime_available(name)}
 
 
-def runtimesToOffer(backend: str = "auto", device: str = "auto", importable: Optional[set] = None) -> list:
+def runtimesToOffer(backend: str = "auto", device: str = "auto", importable: Optional[set] = None,
+                    graph: bool = True) -> list:
     """The runtimes to offer installing, best first, for running the network with ``backend`` on ``device`` (the
     core's names); empty when a runtime that can do it is importable already (``importable``: by default this
     Python's).
 
-    A GPU (``cuda``, ``mps``) or ``backend="torch"`` needs PyTorch; a named graph runtime needs itself; ``auto``
-    on the CPU is served by any of them, so the small ones come first: OpenVINO, then ONNX Runtime (for a Python
-    that OpenVINO has no wheel for), then PyTorch.
+    A GPU (``cuda``, ``mps``), ``backend="torch"`` or a model without an ONNX graph (``graph`` False: its card
+    lists none) needs PyTorch; a named graph runtime needs itself; ``auto`` on the CPU is served by any of them,
+    so the small ones come first: OpenVINO, then ONNX Runtime (for a Python that OpenVINO has no wheel for), then
+    PyTorch.
     """
     importable = importableRuntimes() if importable is None else set(importable)
-    if backend == "torch" or device in ("cuda", "mps"):
+    if backend == "torch" or device in ("cuda", "mps") or (backend == "auto" and not graph):
         usable = ["torch"]
     elif backend in ("openvino", "onnxruntime"):
         usable = [backend]
