@@ -1,13 +1,10 @@
-"""The Python packages the module needs inside Slicer, and whether the installed versions meet them."""
+"""The Python packages the module needs inside Slicer (the core's and one network runtime), and whether the
+installed versions meet them."""
 
 import re
 from typing import Optional
 
 from BreastUSSegmentLib import dependencies
-
-
-def _requirementName(requirement: str) -> str:
-    return re.match(r"[A-Za-z0-9._-]+", requirement).group(0)
 
 
 def torchVersionRequirement() -> str:
