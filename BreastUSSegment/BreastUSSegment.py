@@ -16,10 +16,8 @@ Python 3.9 compatible (Slicer 5.8 bundles Python 3.9): no ``X | Y`` unions in
 annotations that are evaluated at run time.
 """
 
-import importlib.util
 import logging
 import os
-import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, List, Optional
@@ -69,7 +67,7 @@ from BreastUSSegmentLib.descriptors import DESCRIPTOR_NOTE, describe_frames
 from BreastUSSegmentLib.imagetypes import MAX_INPUT_PIXELS
 from BreastUSSegmentLib.measure import LesionMeasurement, measure_frames
 from BreastUSSegmentScene import (
-    inputs, measurements, models, nodes, provenance, results, rois, segments, sequences, writer,
+    inputs, install, measurements, models, nodes, provenance, results, rois, segments, sequences, writer,
 )
 from BreastUSSegmentScene.common import (
     ATTENTION_REFERENCE_ROLE,
@@ -87,10 +85,7 @@ from BreastUSSegmentScene.parameters import (
     fillFromModelCard,
 )
 from BreastUSSegmentScene.progress import MEASURING, SEGMENTING, WRITING, ProgressCallback, RunProgress, segmentInParts
-from BreastUSSegmentScene.dependencies import (
-    RUNTIME_SIZES_MB, importableRuntimes, installedVersions, moduleRequirements, runtimesToOffer,
-    torchVersionRequirement, unmetRequirements,
-)
+from BreastUSSegmentScene.dependencies import importableRuntimes
 from BreastUSSegmentScene.measurements import measureFrames
 from BreastUSSegmentScene.samples import SAMPLES_DIR, registerSampleData, sampleDataSources
 from BreastUSSegmentScene.status import boxSummary, descriptorSummary, measurementSummary
@@ -425,98 +420,13 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _checkDependencies(self) -> bool:
         """True when the Python packages the module needs are there (installed now if the user agrees); a failed
         install is shown in a dialog and the status line."""
-        return bool(self._tryShowingError(_("Installing Python packages failed"), self._ensurePythonDependencies,
-                                          waitCursor=False))  # it asks before installing
-
-    def _ensurePythonDependencies(self) -> bool:
-        """Install, after asking the user, the core library's packages and, when none is installed that can run the
-        chosen backend on the chosen device, a network runtime: a small CPU one, PyTorch only where it is needed."""
-        missing = unmetRequirements(moduleRequirements())
-        if missing:
-            if not slicer.util.confirmOkCancelDisplay(
-                _("This module needs the Python packages {packages} (missing or too old). Download and install "
-                  "them now?").format(
-                    packages=", ".join(missing)
-                )
-            ):
-                self._setStatus(_("Missing Python packages: {packages}.").format(packages=", ".join(missing)), error=True)
-                return False
-            with slicer.util.WaitCursor():
-                slicer.util.pip_install(missing)
         parameters = self._parameterNode
         backend = parameters.backend.value if parameters else "auto"
         device = parameters.device.value if parameters else "auto"
-        try:
-            graph = bool(models.modelCard(self._modelPath()).onnx)
-        except BreastUSSegmentError:
-            graph = True  # followModelCard shows what is wrong with the card
-        offered = runtimesToOffer(backend, device, graph=graph)
-        for runtime in offered:
-            if runtime == "torch":
-                return self._ensurePyTorch()
-            installed = self._installRuntime(runtime)
-            if installed is not None:
-                return installed
-        if offered:  # the one runtime this backend names could not be installed
-            self._setStatus(_("No runtime for the {backend} backend could be installed: choose another backend under "
-                              "Advanced.").format(backend=backend), error=True)
-            return False
-        if runtimesToOffer(backend, device, importableRuntimes() - {"torch"}, graph):
-            return self._ensurePyTorch()  # only PyTorch can run this choice: check its version
-        return True
-
-    def _installRuntime(self, runtime: str) -> Optional[bool]:
-        """Install the CPU runtime ``runtime`` (a core backend name) with pip after asking: True when installed,
-        False when the user declines, None when pip failed (most often: no wheel for this Python; said in a
-        dialog)."""
-        names = {"openvino": "OpenVINO", "onnxruntime": "ONNX Runtime"}
-        if not slicer.util.confirmOkCancelDisplay(_(
-            "Segmenting needs a runtime for the network and none is installed. Download and install {name} "
-            "(about {size} MB installed; it runs the model on the CPU, no PyTorch needed)?").format(
-                name=names[runtime], size=RUNTIME_SIZES_MB[runtime])):
-            self._setStatus(_("No network runtime is installed: segmenting needs OpenVINO, ONNX Runtime or PyTorch."),
-                            error=True)
-            return False
-        try:
-            with slicer.util.WaitCursor():
-                slicer.util.pip_install(runtime)
-        except Exception as error:  # pip failed: most often no wheel for this Python or platform
-            message = _("{name} could not be installed for Python {version}: {error}").format(
-                name=names[runtime], version=platform.python_version(), error=error)
-            logging.warning(message)
-            slicer.util.warningDisplay(message)
-            return None
-        importlib.invalidate_caches()  # so that the core finds the new package
-        return True
-
-    def _ensurePyTorch(self) -> bool:
-        """Install PyTorch through the PyTorch extension after asking (about its size), and check its version."""
-        if importlib.util.find_spec("torch") is None:
-            try:
-                import PyTorchUtils
-            except ModuleNotFoundError:
-                message = _("This choice of backend or device needs PyTorch. Install the 'PyTorch' extension from "
-                            "the Extensions Manager, restart Slicer and click Segment lesion again (or choose the "
-                            "OpenVINO or ONNX Runtime backend on the CPU under Advanced).")
-                self._setStatus(message, error=True)
-                slicer.util.errorDisplay(message)
-                return False
-            torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-            if not torchLogic.torchInstalled():
-                torch = torchLogic.installTorch(askConfirmation=True, torchVersionRequirement=torchVersionRequirement())
-                if torch is None:
-                    self._setStatus(_("PyTorch (about {size} MB installed for the CPU) is required for this backend "
-                                      "or device; installation was cancelled.").format(size=RUNTIME_SIZES_MB["torch"]),
-                                    error=True)
-                    return False
-        torchRequirement = "torch" + torchVersionRequirement()
-        torchVersion = installedVersions().get("torch")
-        if torchVersion and unmetRequirements([torchRequirement]):
-            raise BreastUSSegmentError(_(
-                "PyTorch {version} is installed but this module needs {requirement}: update it in the PyTorch Utils "
-                "module, restart Slicer and click Segment lesion again.").format(
-                    version=torchVersion, requirement=torchRequirement))
-        return True
+        return bool(self._tryShowingError(
+            _("Installing Python packages failed"),
+            lambda: install.ensureDependencies(backend, device, self._modelPath(), self._setStatus),
+            waitCursor=False))  # it asks before installing
 
     def _onProgress(self, done: int, total: int, stage: str) -> None:
         """Show progress, let the application process events (so Cancel can be clicked), stop if cancelled."""

@@ -25,6 +25,7 @@ from BreastUSSegmentLib.modelcard import read_model_card
 from BreastUSSegmentLib.options import UNTUNED_POSTPROCESSING
 from BreastUSSegmentLib.weights import save_model
 from BreastUSSegmentScene import common, models, parameters, provenance, rois, segments, status
+from BreastUSSegmentScene import dependencies as moduleDependencies
 from conftest import brightness_model
 
 SHAPE = (48, 64)  # rows, columns of the synthetic frames
@@ -678,13 +679,13 @@ def test_python_requirements_come_from_the_cores_dependency_list():
     from BreastUSSegmentLib import dependencies
     from BreastUSSegmentLib.runtime import RUNTIME_PACKAGES, TORCH_REQUIREMENT
 
-    assert BUS.moduleRequirements() == dependencies(command_line=False)
-    assert not any(r.startswith(tuple(RUNTIME_PACKAGES)) for r in BUS.moduleRequirements())
-    assert "torch" + BUS.torchVersionRequirement() == TORCH_REQUIREMENT == "torch>=2.5"
+    assert moduleDependencies.moduleRequirements() == dependencies(command_line=False)
+    assert not any(r.startswith(tuple(RUNTIME_PACKAGES)) for r in moduleDependencies.moduleRequirements())
+    assert "torch" + moduleDependencies.torchVersionRequirement() == TORCH_REQUIREMENT == "torch>=2.5"
 
 
 def test_the_runtime_offered_is_the_smallest_that_can_run_the_chosen_backend_and_device():
-    offer = BUS.runtimesToOffer
+    offer = moduleDependencies.runtimesToOffer
     nothing = set()
     assert offer("auto", "auto", nothing) == ["openvino", "onnxruntime", "torch"]  # small CPU runtimes first
     assert offer("auto", "cpu", nothing) == ["openvino", "onnxruntime", "torch"]
@@ -699,8 +700,8 @@ def test_the_runtime_offered_is_the_smallest_that_can_run_the_chosen_backend_and
     assert offer("torch", "cpu", {"openvino"}) == ["torch"]
     assert offer("auto", "cpu", {"openvino"}, graph=False) == ["torch"]  # a model without an ONNX graph
     assert offer("openvino", "cpu", {"openvino"}, graph=False) == []  # named: the core says what is missing
-    assert set(BUS.RUNTIME_SIZES_MB) == {"openvino", "onnxruntime", "torch"}
-    assert BUS.RUNTIME_SIZES_MB["onnxruntime"] < BUS.RUNTIME_SIZES_MB["openvino"] < BUS.RUNTIME_SIZES_MB["torch"]
+    assert set(moduleDependencies.RUNTIME_SIZES_MB) == {"openvino", "onnxruntime", "torch"}
+    assert moduleDependencies.RUNTIME_SIZES_MB["onnxruntime"] < moduleDependencies.RUNTIME_SIZES_MB["openvino"] < moduleDependencies.RUNTIME_SIZES_MB["torch"]
 
 
 def test_sample_sources_list_only_existing_frames(tmp_path):

@@ -8,7 +8,8 @@ those below it:
 - ``nodes``, ``parameters``, ``models``, ``status``, ``progress``, ``samples``, ``dependencies``: scene helpers
   (node lists, geometry, the output segmentation, removal of a failed write's nodes); the panel's parameter node
   and the options it gives the Logic; model cards and loaded segmenters; the status lines; run progress by stage;
-  the bundled sample frames; the Python packages the module needs and their installed versions;
+  the bundled sample frames; the Python packages the module needs and their installed versions (``install``
+  asks the user and installs them);
 - ``inputs``, ``rois``, ``segments``, ``results``, ``measurements``, ``provenance``: frames and spacing read from
   volumes; box prompts; the Lesion and box segments; the result volumes and overlay; the measurement table (a row
   per lesion per frame); the provenance attributes of the output segmentation;
