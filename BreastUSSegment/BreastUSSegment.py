@@ -69,7 +69,7 @@ from BreastUSSegmentLib import BUNDLED_WEIGHTS, dependencies
 from BreastUSSegmentLib.imagetypes import MAX_INPUT_PIXELS
 from BreastUSSegmentLib.measure import LesionMeasurement, measure_frames, measure_lesion
 from BreastUSSegmentScene import (
-    inputs, measurements, models, nodes, provenance, results, rois, segments, sequences, writer,
+    inputs, live, measurements, models, nodes, provenance, results, rois, segments, sequences, writer,
 )
 from BreastUSSegmentScene.common import (
     ATTENTION_REFERENCE_ROLE,
@@ -826,6 +826,41 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
             rejectedLesionProbability=None if result.why_empty is None else result.why_empty.rejected_lesion_probability,
             sequenceNode=written.sequenceNode,
         )
+
+    # --- Live ---
+
+    def startLive(self, inputVolumeNode, outputSegmentationNode=None, options: Optional[SegmentationOptions] = None,
+                  temporal=None, schedule: Optional[Callable] = None, onStopped: Optional[Callable] = None):
+        """Segment the newest frame of ``inputVolumeNode`` each time its image data changes (a live image), into the
+        Lesion segment and the attention volume of the output segmentation, in place; return the started
+        :class:`~BreastUSSegmentScene.live.LiveSession` (``session.stop()`` ends it).
+
+        ``temporal`` is the core's ``TemporalRule`` or None; ``schedule(function)`` runs a step later (the panel
+        passes a zero-delay timer; by default the step runs at once, inside the observer); ``onStopped(reason,
+        error)`` hears when the session stops by itself. A new segmentation node is made when none is given.
+        """
+        from BreastUSSegmentLib.stream import FrameStepper
+
+        options = options or SegmentationOptions()
+        problem = self.inputProblem(inputVolumeNode)
+        if problem:
+            raise BreastUSSegmentError(problem)
+        if inputVolumeNode.GetImageData().GetDimensions()[2] != 1:
+            raise BreastUSSegmentError(_("Live segmentation needs a single-frame image; '{name}' is a clip.").format(
+                name=inputVolumeNode.GetName()))
+        nodes.checkOutputScene(inputVolumeNode, outputSegmentationNode)
+        segmenter = self.segmenters.get(options.weightsPath, options.device)
+        postprocessing = options.postprocessing or segmenter.postprocessing
+        stepper = FrameStepper(segmenter, temporal, batch_size=1, postprocessing=postprocessing)
+        record = self._provenance(options, postprocessing, inputVolumeNode)
+        record["live"] = {"temporal": str(temporal) if temporal else "off"}
+        with nodes.nodesRemovedOnFailure(inputVolumeNode.GetScene()):
+            segmentationNode = nodes.outputSegmentation(inputVolumeNode, outputSegmentationNode)
+            provenance.writeProvenance(segmentationNode, record)
+        session = live.LiveSession(inputVolumeNode, segmentationNode, stepper, schedule or (lambda step: step()),
+                                   self.maxInputPixels, options.showAttention, options.attentionOpacity, onStopped)
+        session.start()
+        return session
 
     # --- Measurement and export ---
 
