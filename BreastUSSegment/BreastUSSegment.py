@@ -16,11 +16,9 @@ Python 3.9 compatible (Slicer 5.8 bundles Python 3.9): no ``X | Y`` unions in
 annotations that are evaluated at run time.
 """
 
-import hashlib
 import importlib.util
 import logging
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, List, Optional
@@ -65,9 +63,9 @@ except ImportError:  # plain Python with slicer-core: minimal stand-ins so the L
             logging.info(message)
 
 
-from BreastUSSegmentLib import BUNDLED_WEIGHTS, dependencies
+from BreastUSSegmentLib import BUNDLED_WEIGHTS
 from BreastUSSegmentLib.imagetypes import MAX_INPUT_PIXELS
-from BreastUSSegmentLib.measure import LesionMeasurement, measure_frames, measure_lesion
+from BreastUSSegmentLib.measure import LesionMeasurement, measure_frames
 from BreastUSSegmentScene import (
     inputs, live, measurements, models, nodes, provenance, results, rois, segments, sequences, writer,
 )
@@ -86,10 +84,13 @@ from BreastUSSegmentScene.parameters import (
     fillFromModelCard,
 )
 from BreastUSSegmentScene.progress import MEASURING, SEGMENTING, WRITING, ProgressCallback, RunProgress, segmentInParts
+from BreastUSSegmentScene.dependencies import (
+    installedVersions, moduleRequirements, torchVersionRequirement, unmetRequirements,
+)
+from BreastUSSegmentScene.measurements import measureFrames
+from BreastUSSegmentScene.samples import SAMPLES_DIR, registerSampleData, sampleDataSources
 from BreastUSSegmentScene.status import boxSummary, measurementSummary
 
-SAMPLES_DIR = Path(__file__).resolve().parent / "Resources" / "Samples"
-SAMPLE_NAMES = ("breastus_sample_benign", "breastus_sample_malignant")
 
 
 #
@@ -129,38 +130,6 @@ Please cite both datasets and the method above when you use this module.
         )
         if hasattr(slicer, "app"):
             slicer.app.connect("startupCompleted()", registerSampleData)
-
-
-#
-# Sample data
-#
-
-
-def sampleDataSources(samplesDir=SAMPLES_DIR):
-    """``(name, image path, sha256)`` of every bundled sample frame present in ``samplesDir``."""
-    sources = []
-    for name in SAMPLE_NAMES:
-        path = Path(samplesDir) / f"{name}.png"
-        if path.is_file():
-            sources.append((name, path, hashlib.sha256(path.read_bytes()).hexdigest()))
-    return sources
-
-
-def registerSampleData():
-    """Add the bundled sample frames to the Sample Data module (local files, no download)."""
-    import SampleData
-
-    category = "Breast ultrasound"
-    for name, path, digest in sampleDataSources():
-        SampleData.SampleDataLogic.registerCustomSampleDataSource(
-            category=category,
-            sampleName=name,
-            thumbnailFileName=str(path),
-            uris=path.as_uri(),
-            fileNames=path.name,
-            checksums=f"SHA256:{digest}",
-            nodeNames=name,
-        )
 
 
 #
@@ -637,57 +606,6 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._setStatus(f"{title}: {error}", error=True)
             return None
 
-
-def _requirementName(requirement: str) -> str:
-    return re.match(r"[A-Za-z0-9._-]+", requirement).group(0)
-
-
-def torchVersionRequirement() -> str:
-    """The core's PyTorch version requirement, e.g. ``>=2.5``, for the PyTorch extension's installer."""
-    [torch] = [requirement for requirement in dependencies() if _requirementName(requirement) == "torch"]
-    return torch[len("torch"):].strip()
-
-
-def moduleRequirements() -> list:
-    """The core library's requirements but PyTorch (its extension installs it); not the command line's."""
-    return [requirement for requirement in dependencies(command_line=False) if _requirementName(requirement) != "torch"]
-
-
-def _distributionKey(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def installedVersions() -> dict:
-    """``{distribution name: version}`` of this Python's installed distributions (names lower case, ``-``)."""
-    from importlib.metadata import distributions
-
-    return {_distributionKey(distribution.metadata["Name"]): distribution.version
-            for distribution in distributions() if distribution.metadata["Name"]}
-
-
-def unmetRequirements(requirements, installed: Optional[dict] = None) -> list:
-    """The ``requirements`` (pip strings) that no installed distribution satisfies, missing or too old.
-
-    ``installed``: ``{distribution name: version}``, by default this Python's (``importlib.metadata``); versions
-    are compared with ``packaging``, which Slicer bundles.
-    """
-    from packaging.requirements import Requirement
-
-    versions = installedVersions() if installed is None else {_distributionKey(name): version
-                                                              for name, version in installed.items()}
-    unmet = []
-    for text in requirements:
-        requirement = Requirement(text)
-        version = versions.get(_distributionKey(requirement.name))
-        if version is None or not requirement.specifier.contains(version, prereleases=True):
-            unmet.append(text)
-    return unmet
-
-
-def measureFrames(masks, spacing, progress: RunProgress) -> List[LesionMeasurement]:
-    """The core's measurements of each frame of ``masks`` (numbered from 1), reporting :data:`MEASURING` progress
-    frame by frame."""
-    return [measure_lesion(frame, spacing, number) for number, frame in enumerate(progress.each(MEASURING, masks), 1)]
 
 
 #

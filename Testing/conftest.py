@@ -14,7 +14,8 @@ def float32_inference():
     """Segmenters compute in float32 in every test, whatever the CPU, so expected values do not depend on the
     machine; the tests of bf16 inference (test_inference.py) switch it on themselves."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("BreastUSSegmentLib.inference.cpu_has_native_bf16", lambda: False)
+        patch.setattr("BreastUSSegmentLib.device.cpu_has_native_bf16", lambda: False)  # torch
+        patch.setattr("BreastUSSegmentLib.runtime.cpu_has_native_bf16", lambda: False)  # openvino
         yield
 
 

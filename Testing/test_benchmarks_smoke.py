@@ -124,9 +124,10 @@ def test_weights_and_cpu_bf16_reach_every_worker(tmp_path, monkeypatch):
     benchmark.run_benchmarks(benchmark.parse_args(["--quick", "--models", "ours", "--cpu-bf16",
                                                    "--weights", str(weights)]))
     kinds = {call[1]: call for call in calls}
-    assert set(kinds) == {"model", "speed", "pipeline"}
+    assert set(kinds) == {"model", "speed", "pipeline", "backends"}
     for kind in ("model", "speed"):
         assert kinds[kind][kinds[kind].index("--weights") + 1] == str(weights) and "--cpu-bf16" in kinds[kind]
+    assert kinds["backends"][kinds["backends"].index("--weights") + 1] == str(weights)
     pipeline = [call for call in calls if call[1] == "pipeline"]
     assert pipeline and all(call[call.index("--weights") + 1] == str(weights) for call in pipeline)
 
@@ -196,3 +197,19 @@ def test_train_throughput_tiny_run_prints_both_precisions_and_the_speed_up_last(
     assert set(rates) == {"fp32", "bf16"} and min(rates.values()) > 0
     speed_up = re.fullmatch(r"bf16/fp32 speed-up: (\d+\.\d\d)", lines[-1])
     assert speed_up and float(speed_up[1]) > 0
+
+
+def test_backend_rows_name_the_cpu_and_time_every_installed_backend(report):
+    from BreastUSSegmentLib.runtime import runtime_available
+
+    section = report[report.index("## Backends"):]
+    assert "CPU flags:" in section and "backend=\"auto\" picks" in section
+    rows = {row["backend"]: row for row in table_after(report, "## Backends")}
+    for key in ("torch-fp32", "onnxruntime-fp32", "openvino-fp32"):
+        if runtime_available(key.split("-")[0]):
+            assert number(rows[key]["forward, batch 1"]) > 0 and number(rows[key]["clip"]) > 0, key
+        else:
+            assert "not installed" in rows[key]["forward, batch 1"], key
+    assert number(rows["torch-fp32"]["max logit difference to torch-fp32"]) == 0
+    steps = {row["step"]: number(row["time"]) for row in table_after(section, "Steps of one frame")}
+    assert {"network", "post-processing", "overlay figure"} <= set(steps) and all(v >= 0 for v in steps.values())

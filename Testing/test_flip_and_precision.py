@@ -62,9 +62,9 @@ def test_the_flip_setting_must_be_true_or_false():
 def test_bf16_runs_where_the_cpu_has_it_and_gives_float32_outputs_close_to_float32(monkeypatch):
     torch.manual_seed(0)
     model = AttentionUNet(CONFIG)
-    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr("BreastUSSegmentLib.device.cpu_has_native_bf16", lambda: False)
     reference = LesionSegmenter(model, (64, 64), UNTUNED_POSTPROCESSING, device="cpu")
-    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr("BreastUSSegmentLib.device.cpu_has_native_bf16", lambda: True)
     fast = LesionSegmenter(model, (64, 64), UNTUNED_POSTPROCESSING, device="cpu")
     assert (reference.cpu_bf16, fast.cpu_bf16) == (False, True)
     expected, result = reference.segment(frame()), fast.segment(frame())

@@ -132,11 +132,11 @@ class _OutOfMemoryOnce(torch.nn.Module):
 
 
 def test_out_of_memory_falls_back_to_cpu_with_warning(caplog, monkeypatch):
-    monkeypatch.setattr("BreastUSSegmentLib.inference.cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr("BreastUSSegmentLib.device.cpu_has_native_bf16", lambda: True)
     segmenter = LesionSegmenter(
         _OutOfMemoryOnce(AttentionUNet(ModelConfig(base_channels=2, depth=2))), (32, 32), UNTUNED_POSTPROCESSING, device="cpu"
     )
-    segmenter.device, segmenter.cpu_bf16 = torch.device("meta"), False  # pretend an accelerator is in use
+    segmenter.runner.device, segmenter.runner.precision = torch.device("meta"), "fp32"  # pretend a GPU is in use
     result = segmenter.segment(gray_frame(40, 40))
     assert segmenter.device.type == "cpu" and result.probability.shape == (1, 40, 40)
     assert segmenter.cpu_bf16  # on the CPU now: bf16 where the CPU has it

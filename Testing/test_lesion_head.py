@@ -89,7 +89,7 @@ def test_segmenter_reports_each_frames_head_probability_and_applies_the_bar():
     result = segmenter.segment(frames, batch_size=2)
     network_input, _ = prepare_frames(frames, (32, 32))
     with torch.no_grad():
-        expected = model(network_input).lesion_logit
+        expected = model(torch.from_numpy(network_input)).lesion_logit
     assert result.lesion_probability.shape == (5,)
     assert np.allclose(result.lesion_probability, torch.sigmoid(expected).numpy(), atol=1e-5)
     bar = float(np.median(result.lesion_probability))

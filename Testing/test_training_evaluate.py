@@ -278,6 +278,8 @@ def test_export_round_trips_and_carries_the_evaluation(busi, full_report, capsys
     assert cli.main(arguments) == 0
     card = read_model_card(target)
     assert f"sha256 {card.sha256}" in capsys.readouterr().out
+    assert card.onnx["file"] == target.with_suffix(".onnx").name and card.onnx["storage_dtype"] == "float16"
+    assert card.onnx["sha256"] == sha256_of_file(target.with_suffix(".onnx"))
 
     model, loaded_card = load_model(target)  # verifies the sha256
     source, _ = load_model(busi["full"])
@@ -369,7 +371,7 @@ def test_half_precision_export_checks_the_val_agreement_and_records_it(busi, ful
 
 def test_the_storage_check_compares_in_float32_compute_even_on_a_bf16_cpu(busi, monkeypatch):
     """Only the storage dtype may differ between the two copies, not the precision they compute in."""
-    monkeypatch.setattr("BreastUSSegmentLib.inference.cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr("BreastUSSegmentLib.device.cpu_has_native_bf16", lambda: True)
     computed_in_bf16 = []
     real_segment = LesionSegmenter.segment
 

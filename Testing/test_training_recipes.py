@@ -135,11 +135,11 @@ def test_evaluate_and_sweep_run_and_record_the_requested_precision(recipe_run, t
 
 def test_segmenter_precision_overrides_the_cpu_check(recipe_run):
     weights = recipe_run[3] / "best.safetensors"
-    assert LesionSegmenter.from_weights(weights, "cpu", "fp32").precision == "fp32"
-    bf16 = LesionSegmenter.from_weights(weights, "cpu", "bf16")
-    assert bf16.precision == "bf16" and bf16.cpu_bf16
-    with pytest.raises(ValueError, match="unknown precision"):
-        LesionSegmenter.from_weights(weights, "cpu", "fp16")
+    assert LesionSegmenter.from_weights(weights, "cpu", backend="torch", precision="fp32").precision == "fp32"
+    bf16 = LesionSegmenter.from_weights(weights, "cpu", backend="torch", precision="bf16")
+    assert bf16.precision == "bf16" and bf16.cpu_bf16 and bf16.requested_precision == "bf16"
+    with pytest.raises(ValueError, match="precision"):
+        LesionSegmenter.from_weights(weights, "cpu", precision="fp16")
 
 
 def test_training_curves_mark_the_epoch_chosen_by_the_selection_score(tmp_path):

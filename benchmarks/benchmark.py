@@ -3,6 +3,7 @@
 Usage::
 
     .venv/bin/python benchmarks/benchmark.py [--quick] [--output benchmarks/results.md] [--weights W] [--cpu-bf16]
+    .venv/bin/python benchmarks/benchmark.py --only-backends   # the backend rows and the profile alone
 
 Each model and each end-to-end task is measured in a fresh subprocess (this
 script re-run with ``--worker``), so peak memory readings do not mix. The
@@ -30,6 +31,7 @@ import torch  # noqa: E402
 
 from bench_models import MODEL_KEYS, monai_available, spec_for  # noqa: E402
 from bench_pipeline_worker import PIPELINE_TASKS  # noqa: E402
+from bench_backends import backends_section  # noqa: E402
 from bench_report import build_report  # noqa: E402
 from bench_settings import settings_for  # noqa: E402
 
@@ -44,6 +46,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch CPU threads (default: os.cpu_count())")
     parser.add_argument("--models", nargs="+", choices=MODEL_KEYS, default=list(MODEL_KEYS), help="networks to measure")
     parser.add_argument("--no-pipeline", action="store_true", help="skip the end-to-end rows")
+    parser.add_argument("--no-backends", action="store_true", help="skip the rows per backend and precision")
+    parser.add_argument("--only-backends", action="store_true",
+                        help="only the rows per backend and precision (torch, onnxruntime, openvino) and the profile")
     parser.add_argument("--channels-last", action="store_true", help="run every network in channels-last memory format")
     parser.add_argument("--passive-omp", action="store_true",
                         help="set OMP_WAIT_POLICY=PASSIVE in the workers (idle OpenMP threads sleep instead of spinning)")
@@ -52,7 +57,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cpu-bf16", action="store_true",
                         help="time the CPU forward passes under bfloat16 autocast, as inference runs on CPUs with native bf16")
     # Internal: one measurement in this process, printed as JSON.
-    parser.add_argument("--worker", choices=("model", "speed", "pipeline"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=("model", "speed", "pipeline", "backends"), help=argparse.SUPPRESS)
     parser.add_argument("--model", choices=MODEL_KEYS, help=argparse.SUPPRESS)
     parser.add_argument("--task", choices=PIPELINE_TASKS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -62,7 +67,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--weights: no such file: {args.weights}")
     if args.worker == "model" and not args.model:
         parser.error("--worker model needs --model")
-    if args.worker == "pipeline" and not (args.task and args.weights):
+    if args.worker in ("pipeline", "backends") and not args.weights:
+        parser.error(f"--worker {args.worker} needs --weights")
+    if args.worker == "pipeline" and not args.task:
         parser.error("--worker pipeline needs --task and --weights")
     return args
 
@@ -78,6 +85,10 @@ def run_worker(args: argparse.Namespace) -> int:
         from bench_model_worker import measure_cpu_speed
 
         result = measure_cpu_speed(args.models, settings, args.threads, args.channels_last, args.weights, args.cpu_bf16)
+    elif args.worker == "backends":
+        from bench_backends import measure_backends
+
+        result = measure_backends(args.weights, settings, args.threads)
     else:
         from bench_pipeline_worker import measure_pipeline
 
@@ -111,6 +122,15 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def package_version(name: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
 def load_average() -> str:
     """The 1-minute load average, to show how busy the machine was (not on every OS)."""
     return f"{os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else "unknown"
@@ -130,7 +150,8 @@ def environment(args: argparse.Namespace, weights_note: str, load_before: str) -
         "Date (UTC)": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
         "Machine": f"{platform.system()} {platform.machine()}, CPU {cpu_name()}, os.cpu_count() = {os.cpu_count()}",
         "GPU": gpu,
-        "Software": f"Python {platform.python_version()}, torch {torch.__version__}, monai {monai_version}",
+        "Software": f"Python {platform.python_version()}, torch {torch.__version__}, monai {monai_version}, "
+                    f"onnxruntime {package_version('onnxruntime')}, openvino {package_version('openvino')}",
         "CPU threads": f"torch.set_num_threads({args.threads}) in every worker; OMP_WAIT_POLICY="
                        f"{'PASSIVE (--passive-omp)' if args.passive_omp else os.environ.get('OMP_WAIT_POLICY', 'unset')}",
         "Load average (1 min) at start / end": f"{load_before} / {load_average()} (above the CPU count means a busy machine)",
@@ -175,6 +196,8 @@ def run_benchmarks(args: argparse.Namespace) -> str:
     common = ["--threads", str(args.threads)] + (["--quick"] if args.quick else [])
     model_common = common + (["--channels-last"] if args.channels_last else [])
     model_common += (["--weights", str(args.weights)] if args.weights else []) + (["--cpu-bf16"] if args.cpu_bf16 else [])
+    if args.only_backends:
+        return only_backends(args, settings, common, env, load_before)
     results = {}
     for key in args.models:
         if spec_for(key).needs_monai and not monai_available():
@@ -196,7 +219,19 @@ def run_benchmarks(args: argparse.Namespace) -> str:
         if not args.no_pipeline:
             for task in PIPELINE_TASKS:
                 pipeline[task] = spawn(["--worker", "pipeline", "--task", task, "--weights", str(weights)], common, env)
-    return build_report(environment(args, weights_note, load_before), results, pipeline, settings)
+        backends = None if args.no_backends else spawn(["--worker", "backends", "--weights", str(weights)], common, env)
+    report = build_report(environment(args, weights_note, load_before), results, pipeline, settings)
+    return report if backends is None else report + "\n" + backends_section(backends)
+
+
+def only_backends(args, settings, common, env, load_before) -> str:
+    """The report of ``--only-backends``: the environment, then the backend rows and the profile."""
+    with tempfile.TemporaryDirectory(prefix="breastus-bench-") as folder:
+        weights, weights_note = pipeline_weights(Path(folder), args.weights)
+        backends = spawn(["--worker", "backends", "--weights", str(weights)], common, env)
+    lines = ["# Backends benchmark", ""] + [f"- {key}: {value}" for key, value in
+                                           environment(args, weights_note, load_before).items()]
+    return "\n".join(lines) + "\n\n" + backends_section(backends)
 
 
 def main(argv: list[str] | None = None) -> int:

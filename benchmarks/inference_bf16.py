@@ -46,7 +46,8 @@ def main(argv=None) -> int:
     parser.add_argument("--test-time-flip", action=argparse.BooleanOptionalAction, default=None,
                         help="average with a horizontally flipped pass (default: the model card's)")
     args = parser.parse_args(argv)
-    segmenter = LesionSegmenter.from_weights(args.weights, device="cpu", test_time_flip=args.test_time_flip)
+    segmenter = LesionSegmenter.from_weights(args.weights, device="cpu", backend="torch",
+                                             test_time_flip=args.test_time_flip)
     roots = DataRoots.from_paths(args.data)
     cases = load_manifest(args.split).cases_for(args.subset)[: args.limit]
     seconds = {"fp32": [], "bf16": []}

@@ -13,8 +13,9 @@ BUNDLED_WEIGHTS = Path(__file__).resolve().parent / "bundled" / "breastus_attent
 # Its sha256, pinned in the code: unlike the model card's, a replaced file cannot bring a matching one along.
 # `breastus-train export` to the bundled path prints the new value to put here.
 BUNDLED_SHA256 = "791ce0018624d49e957f87ade5a3288f19a8c887798b811f8d7ae39c66e3557c"
-# The package's dependencies, one requirement a line: pyproject.toml reads both files, the Slicer module the
-# library's only (the command line's progress bar is not installed into Slicer).
+# Its ONNX graph's (runtime.py), pinned alike; `breastus-train onnx` on the bundled model prints the new value.
+BUNDLED_ONNX_SHA256 = "46bcce2c69ea560b7416247fb99fdf37da0bb5c4dd823f7fc785b9d74a4a1f2a"
+# The package's dependencies, one requirement a line: pyproject.toml and the Slicer module read them here.
 DEPENDENCIES_FILE = Path(__file__).resolve().parent / "dependencies.txt"
 COMMAND_LINE_DEPENDENCIES_FILE = Path(__file__).resolve().parent / "cli-dependencies.txt"
 

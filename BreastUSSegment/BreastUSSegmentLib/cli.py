@@ -45,6 +45,7 @@ from .boxes import CONTEXT_MARGIN, FRAME_WEIGHT, BoxError, parse_box, read_box_t
 from .device import DEVICE_CHOICES
 from .fileio import sha256_of_file, split_extension, write_together
 from .imageio import image_writer, read_image
+from .runtime import BACKEND_CHOICES, PRECISION_CHOICES
 from .imagetypes import MAX_INPUT_PIXELS, ImageReadError, parse_spacing
 from .measure import measure_frames, result_in_words
 from .modelcard import WeightsError
@@ -98,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weights", type=Path, default=BUNDLED_WEIGHTS, help="model .safetensors (model card beside it)")
     parser.add_argument("--format", choices=sorted(FORMATS), default="nrrd", help="file format of mask and probability")
     parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="where the network runs (default: auto)")
+    parser.add_argument("--backend", choices=BACKEND_CHOICES, default="auto",
+                        help="what runs the network (default auto: PyTorch on a GPU, else OpenVINO, else ONNX Runtime, "
+                             "else PyTorch on the CPU)")
+    parser.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
+                        help="fp32, or bf16 (torch, openvino); default auto: bf16 where the CPU computes it natively")
     parser.add_argument("--no-postprocess", action="store_true", help="write the raw thresholded mask")
     parser.add_argument("--no-figure", action="store_true", help="do not write the overlay PNG")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
@@ -281,7 +287,8 @@ def run_provenance(segmenter, args) -> dict:
         settings.update(box_context_margin=CONTEXT_MARGIN, box_frame_weight=FRAME_WEIGHT)
     precision = "bfloat16" if getattr(segmenter, "cpu_bf16", False) else "float32"
     weights = segmenter.weights_path or args.weights
-    return provenance(weights, segmenter.card, settings, str(segmenter.device), precision)
+    return provenance(weights, segmenter.card, settings, str(segmenter.device), precision,
+                      segmenter.provenance["backend"])
 
 
 def box_label_map(result) -> Optional[np.ndarray]:
@@ -401,10 +408,13 @@ def segment_all(jobs: list[Job], args, tally: "Tally") -> int:
     from .inference import LesionSegmenter
 
     try:
-        segmenter = LesionSegmenter.from_weights(args.weights, device=args.device, **settings_from_args(args))
+        segmenter = LesionSegmenter.from_weights(args.weights, device=args.device, backend=args.backend,
+                                                 precision=args.precision, **settings_from_args(args))
     except (WeightsError, RuntimeError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    network = segmenter.provenance
+    print(f"network: {network['backend']} {network['precision']} on {network['device']}", file=sys.stderr)
     return run_jobs(segmenter, jobs, args, tally)
 
 

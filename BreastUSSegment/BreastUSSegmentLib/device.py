@@ -1,19 +1,19 @@
-"""Choosing the torch device that inference and training run on."""
+"""Choosing the torch device that inference and training run on (PyTorch is imported when one is chosen)."""
 
 from __future__ import annotations
-
-import torch
 
 # Every front end (command lines, the Slicer panel) offers these names, and only these.
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 
 
-def select_device(preference: str = "auto") -> torch.device:
+def select_device(preference: str = "auto"):
     """Return the device for ``preference``, one of ``DEVICE_CHOICES``: ``auto`` picks CUDA, then Apple MPS, then CPU.
 
     Asking for an accelerator that is not available raises ``RuntimeError``
     rather than silently using the CPU.
     """
+    import torch
+
     choice = (preference or "auto").strip().lower()
     if choice not in DEVICE_CHOICES:
         raise ValueError(f"unknown device {preference!r}; choose one of {', '.join(DEVICE_CHOICES)}")
@@ -31,6 +31,8 @@ def select_device(preference: str = "auto") -> torch.device:
 
 
 def mps_available() -> bool:
+    import torch
+
     backend = getattr(torch.backends, "mps", None)
     return bool(backend is not None and backend.is_available())
 
@@ -40,6 +42,8 @@ def cpu_has_native_bf16() -> bool:
 
     Inference and training then run in bf16 on the CPU; elsewhere bf16 would be emulated and slower.
     """
+    import torch
+
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):

@@ -1,7 +1,9 @@
 """The inference pipeline: numpy frames in, probability, masks and attention maps out.
 
 Used alike by the Slicer module, the command line and the evaluation code, so
-that every path preprocesses and post-processes in exactly the same way.
+that every path preprocesses and post-processes in exactly the same way. The
+network itself runs through a runner of :mod:`.runtime` (PyTorch, OpenVINO or ONNX
+Runtime); everything else is numpy, so PyTorch is needed only by its runner.
 """
 
 from __future__ import annotations
@@ -12,31 +14,19 @@ from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
 import numpy as np
-import torch
 
 from .boxes import (
     CONTEXT_MARGIN, FRAME_WEIGHT, Box, boxes_for_frames, check_frame_weight, grow_box,
 )
-from .device import cpu_has_native_bf16, select_device
-from .model import AttentionUNet, AttentionUNetEnsemble
-from .modelcard import ModelCard, WeightsError
+from .modelcard import ModelCard, ModelConfig, WeightsError, read_model_card
 from .options import PostprocessOptions, check_lesion_head
 from .postprocessing import WhyEmpty, postprocess_box, postprocess_frames_explained
 from .preprocessing import prepare_frames, resize_frames, to_grayscale_frames, to_network_input
-from .weights import load_model
+from .runtime import TorchRunner, choose_backend, open_runner, verified_onnx_path
 
 logger = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int, int], None]
-
-# Frames per forward pass on the CPU. Larger batches do more work per frame on a
-# small CPU (their activations no longer fit in the caches); measured with
-# benchmarks/benchmark.py. Results do not depend on it: frames are independent.
-CPU_FRAMES_PER_FORWARD = 4
-
-# What the network computes in: "auto" is bfloat16 on a CPU that computes it natively, else float32;
-# "fp32" always float32 (the numbers of the README's tables); "bf16" bfloat16 on the CPU even where emulated.
-PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -82,136 +72,148 @@ class SegmentationResult:
 
 
 class Probabilities(NamedTuple):
-    """One batch through the network, as probabilities in float32: ``(n, 1, h, w)`` map, one map per gate, and the
-    lesion head's ``(n,)``."""
+    """One batch through the network, as float32 numpy probabilities: ``(n, 1, h, w)`` map, one map per gate,
+    and the lesion head's ``(n,)``."""
 
-    probability: torch.Tensor
-    attention: list[torch.Tensor]
-    lesion_probability: torch.Tensor | None  # None for a model without a lesion head
+    probability: np.ndarray
+    attention: list
+    lesion_probability: np.ndarray | None  # None for a model without a lesion head
+
+
+def sigmoid(values: np.ndarray) -> np.ndarray:
+    """The logistic function in float32, without overflow for large logits."""
+    return (0.5 + 0.5 * np.tanh(0.5 * np.asarray(values, dtype=np.float32))).astype(np.float32, copy=False)
 
 
 class LesionSegmenter:
-    """Runs an :class:`AttentionUNet` (or an ensemble of them, :class:`AttentionUNetEnsemble`) on frames of any
-    size, dtype and colour layout."""
+    """Runs an :class:`~.model.AttentionUNet` (or an ensemble of them) on frames of any size, dtype and colour
+    layout: through PyTorch when given the model, or through a graph runner of :mod:`.runtime`
+    (``runner`` with the model's ``config``; see :meth:`from_weights`)."""
 
     def __init__(
         self,
-        model: AttentionUNet | AttentionUNetEnsemble,
-        input_size: tuple[int, int],
-        postprocessing: PostprocessOptions,
-        device: str | torch.device = "auto",
+        model=None,
+        input_size: tuple[int, int] = (256, 256),
+        postprocessing: PostprocessOptions | None = None,
+        device="auto",
+        *,
         precision: str = "auto",
+        runner=None,
+        config: ModelConfig | None = None,
     ):
-        if precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-        self.requested_precision = precision
-        self.device = device if isinstance(device, torch.device) else select_device(device)
-        if precision == "bf16" and self.device.type != "cpu":
-            raise ValueError(f"precision bf16 is for the CPU; on {self.device.type} the network runs in fp32")
-        self.model = model.to(self.device).eval()
-        self._adapt_to_device()
+        if (model is None) == (runner is None):
+            raise ValueError("give either a PyTorch model or a runner (with its model's config)")
+        if postprocessing is None:
+            raise ValueError("postprocessing options are required (a model card's)")
+        self.runner = TorchRunner(model, device, precision) if runner is None else runner
+        self.config = model.config if runner is None else config
+        if self.config is None:
+            raise ValueError("a runner needs the model's config (ModelConfig)")
         self.input_size = (int(input_size[0]), int(input_size[1]))
-        check_lesion_head(postprocessing, model.config.lesion_head)
+        check_lesion_head(postprocessing, self.config.lesion_head)
         self.postprocessing = postprocessing
+        self.requested_precision = precision  # as asked ("auto" too); ``precision`` is what runs
         self.card: ModelCard | None = None  # the model card, when built by from_weights
         self.weights_path: str | None = None  # the weights file, when built by from_weights
-        multiple = model.config.size_multiple
+        multiple = self.config.size_multiple
         if self.input_size[0] % multiple or self.input_size[1] % multiple:
             raise ValueError(f"input size {self.input_size} must be a multiple of {multiple} for this model")
 
     @classmethod
     def from_weights(
-        cls, weights_path: str | os.PathLike, device: str | torch.device = "auto", precision: str = "auto",
-        **overrides
+        cls, weights_path: str | os.PathLike, device="auto", *, backend: str = "auto", precision: str = "auto",
+        threads: int | None = None, **overrides
     ) -> "LesionSegmenter":
-        """Build a segmenter from a verified ``.safetensors`` file and its model card.
+        """Build a segmenter from a model card and its verified weights (torch) or ONNX graph (openvino,
+        onnxruntime); ``backend`` and ``precision`` as :func:`.runtime.choose_backend` reads them.
 
         Post-processing is the card's, with the settings given in ``overrides``
         (``PostprocessOptions`` field names) changed; an override of None keeps the card's value.
         """
-        model, card = load_model(weights_path, device="cpu")
+        if not os.path.isfile(weights_path):
+            raise WeightsError(f"model weights not found: {weights_path}")
+        card = read_model_card(weights_path)
+        choice = choose_backend(backend, precision, device if isinstance(device, str) else device.type, card)
+        options = card.postprocess_options.with_overrides(**overrides)
         try:
-            segmenter = cls(model, tuple(card.input_size), card.postprocess_options.with_overrides(**overrides), device,
-                            precision)
+            if choice.backend == "torch":
+                from .weights import load_model
+
+                model, card = load_model(weights_path, device="cpu")
+                segmenter = cls(model, tuple(card.input_size), options, device, precision=choice.precision)
+            else:
+                runner = open_runner(choice, verified_onnx_path(weights_path, card), threads)
+                segmenter = cls(None, tuple(card.input_size), options, runner=runner, config=card.model_config)
         except ValueError as error:
             raise ValueError(f"{weights_path}: {error}") from None
+        segmenter.requested_precision = precision
         segmenter.card = card
         segmenter.weights_path = str(weights_path)
         return segmenter
 
-    def _adapt_to_device(self) -> None:
-        """On the CPU use channels-last weights, where its convolutions are faster, and compute in bfloat16
-        where the CPU does so natively (``cpu_bf16``; 1.5x faster here, masks at Dice 0.999 to float32 on val),
-        unless the requested precision says otherwise.
+    @property
+    def model(self):
+        """The PyTorch network (torch backend only)."""
+        return self.runner.model
 
-        The values of the weights do not change, only their layout in memory.
-        """
-        self.cpu_bf16 = self.device.type == "cpu" and (
-            self.requested_precision == "bf16" or (self.requested_precision == "auto" and cpu_has_native_bf16()))
-        if self.device.type == "cpu":
-            self.model.to(memory_format=torch.channels_last)
+    @property
+    def device(self):
+        """Where the network runs: a torch device for the torch backend, ``"cpu"`` for the graph runtimes."""
+        return self.runner.device
 
-    def _frames_per_forward(self, batch_size: int) -> int:
-        """Frames per forward pass: on the CPU at most ``CPU_FRAMES_PER_FORWARD`` (see its comment)."""
-        return min(batch_size, CPU_FRAMES_PER_FORWARD) if self.device.type == "cpu" else batch_size
+    @property
+    def cpu_bf16(self) -> bool:
+        """Whether the network computes in bfloat16 on the CPU; settable with the torch backend."""
+        return self.runner.precision == "bf16"
+
+    @cpu_bf16.setter
+    def cpu_bf16(self, value: bool) -> None:
+        if self.runner.backend != "torch":
+            raise AttributeError(f"the {self.runner.backend} runtime's precision is fixed when it opens the graph; "
+                                 "pass precision= to from_weights")
+        self.runner.precision = "bf16" if value else "fp32"
+
+    @property
+    def provenance(self) -> dict:
+        """What ran the network, for the outputs' provenance: backend, precision and device."""
+        device = self.runner.device
+        return {"backend": self.runner.backend, "precision": self.runner.precision,
+                "device": device if isinstance(device, str) else device.type}
 
     @property
     def precision(self) -> str:
         """What the network computes in: "bf16" or "fp32"."""
-        return "bf16" if self.cpu_bf16 else "fp32"
+        return self.runner.precision
 
     @property
     def has_lesion_head(self) -> bool:
         """Whether the model gives an image-level lesion probability (``ModelConfig.lesion_head``)."""
-        return self.model.config.lesion_head
+        return self.config.lesion_head
 
-    def _pass(self, batch: torch.Tensor) -> Probabilities:
-        """One pass of the network (in bfloat16 where ``cpu_bf16``); the outputs in float32."""
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cpu_bf16):
-            output = self.model(batch)
-        lesion = output.lesion_logit
-        return Probabilities(torch.sigmoid(output.logits.float()), [a.float() for a in output.attention],
-                             None if lesion is None else torch.sigmoid(lesion.float()))
+    def _pass(self, batch: np.ndarray) -> Probabilities:
+        """One pass of the network through the runner; probabilities in float32."""
+        raw = self.runner.run(batch)
+        return Probabilities(sigmoid(raw.logits), list(raw.attention),
+                             sigmoid(raw.lesion_logit) if self.has_lesion_head else None)
 
-    def _forward(self, batch: torch.Tensor, test_time_flip: bool) -> Probabilities:
+    def _forward(self, batch: np.ndarray, test_time_flip: bool) -> Probabilities:
         """The batch's outputs; with ``test_time_flip`` averaged with those of the mirrored batch."""
         output = self._pass(batch)
         if not test_time_flip:
             return output
-        mirrored = self._pass(batch.flip(-1))
+        mirrored = self._pass(np.ascontiguousarray(batch[..., ::-1]))
         return Probabilities(
-            0.5 * (output.probability + mirrored.probability.flip(-1)),
-            [0.5 * (a + b.flip(-1)) for a, b in zip(output.attention, mirrored.attention)],
+            0.5 * (output.probability + mirrored.probability[..., ::-1]),
+            [0.5 * (a + b[..., ::-1]) for a, b in zip(output.attention, mirrored.attention)],
             None if output.lesion_probability is None else 0.5 * (output.lesion_probability + mirrored.lesion_probability),
         )
-
-    def _predict_batch(self, batch: torch.Tensor, test_time_flip: bool) -> Probabilities:
-        """Forward one batch; on CUDA out-of-memory move to the CPU with a warning and retry."""
-        try:
-            return self._forward(self._to_device(batch), test_time_flip)
-        except torch.OutOfMemoryError:
-            if self.device.type == "cpu":
-                raise
-            logger.warning("GPU ran out of memory; continuing on the CPU (slower).")
-            torch.cuda.empty_cache()
-            self.device = torch.device("cpu")
-            self.model.to(self.device)
-            self._adapt_to_device()
-            return self._forward(self._to_device(batch), test_time_flip)
-
-    def _to_device(self, batch: torch.Tensor) -> torch.Tensor:
-        """The batch on the model's device, channels-last on the CPU like the weights."""
-        batch = batch.to(self.device)
-        if self.device.type == "cpu":
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        return batch
 
     def _check_finite(self, output: Probabilities) -> None:
         """Raise :class:`WeightsError` naming the model when the network output holds NaN or infinite values."""
         values = [output.probability, *output.attention]
         if output.lesion_probability is not None:
             values.append(output.lesion_probability)
-        if all(bool(torch.isfinite(value).all()) for value in values):
+        if all(bool(np.isfinite(value).all()) for value in values):
             return
         model = f"the model {self.weights_path}" if self.weights_path else "the model"
         raise WeightsError(
@@ -222,22 +224,21 @@ class LesionSegmenter:
     def _run(self, total: int, network_input, test_time_flip: bool, batch_size: int, progress, store) -> None:
         """Forward ``total`` items batch by batch and hand each :class:`Probabilities` to ``store(first, last, output)``.
 
-        ``network_input(first, last)`` gives the ``(n, 1, h, w)`` tensor of items
+        ``network_input(first, last)`` gives the ``(n, 1, h, w)`` float32 array of items
         ``first:last``; ``progress(done, total)`` is called after every batch.
         """
         step = max(1, batch_size)
         for start in range(0, total, step):
             stop = min(start + step, total)
-            chunk = self._frames_per_forward(step)
+            chunk = self.runner.frames_per_call(step)
             for first in range(start, stop, chunk):
                 last = min(first + chunk, stop)
-                output = self._predict_batch(network_input(first, last), test_time_flip)
+                output = self._forward(network_input(first, last), test_time_flip)
                 self._check_finite(output)
                 store(first, last, output)
             if progress is not None:
                 progress(stop, total)
 
-    @torch.inference_mode()
     def segment(
         self,
         image: np.ndarray,
@@ -281,7 +282,7 @@ class LesionSegmenter:
                 options, batch_size, progress,
             )
         network_input, original_size = prepare_frames(image, self.input_size, color=color)
-        outputs = _OutputFrames(network_input.shape[0], original_size, self.model.config.depth,
+        outputs = _OutputFrames(network_input.shape[0], original_size, self.config.depth,
                                 lesion_head=self.has_lesion_head)
         self._run(network_input.shape[0], lambda first, last: network_input[first:last],
                   test_time_flip, batch_size, progress, outputs.store)
@@ -316,11 +317,11 @@ class LesionSegmenter:
             frames, crops, whole_frames, test_time_flip, batch_size, progress, total
         )
 
-        def network_input(first: int, last: int) -> torch.Tensor:
-            return torch.cat([to_network_input(frames[crop.frame][crop.window.slices][np.newaxis], self.input_size)
-                              for crop in crops[first:last]])
+        def network_input(first: int, last: int) -> np.ndarray:
+            return np.concatenate([to_network_input(frames[crop.frame][crop.window.slices][np.newaxis],
+                                                    self.input_size) for crop in crops[first:last]])
 
-        outputs = _OutputFrames(frames.shape[0], size, self.model.config.depth, fill=0.0)
+        outputs = _OutputFrames(frames.shape[0], size, self.config.depth, fill=0.0)
         labels = np.zeros((frames.shape[0], *size), dtype=np.uint16)
         outcomes = []
 
@@ -372,11 +373,11 @@ class LesionSegmenter:
         for position, crop in enumerate(crops):
             crops_of[crop.frame].append(position)
 
-        def network_input(first: int, last: int) -> torch.Tensor:
+        def network_input(first: int, last: int) -> np.ndarray:
             return to_network_input(frames[whole_frames[first:last]], self.input_size)
 
         def store(first, last, output: Probabilities) -> None:
-            resized = resize_frames(output.probability.float().cpu(), size)[:, 0].clamp_(0.0, 1.0).numpy()
+            resized = np.clip(resize_frames(output.probability, size)[:, 0], 0.0, 1.0)
             for row, frame in enumerate(whole_frames[first:last]):
                 for position in crops_of[frame]:
                     windows[position] = resized[row][crops[position].window.slices].copy()
@@ -427,14 +428,12 @@ class _OutputFrames:
     def store(self, first: int, last: int, output: Probabilities) -> None:
         """Resize the ``(n, 1, h, w)`` network outputs to the input grid, clip to [0, 1] and keep them."""
         for target, source in zip([self.probability, *self.attention_maps], [output.probability, *output.attention]):
-            rows = torch.from_numpy(target[first:last])
-            rows.copy_(resize_frames(source.float().cpu(), self.size).squeeze(1))
-            rows.clamp_(0.0, 1.0)
+            np.clip(resize_frames(source, self.size)[:, 0], 0.0, 1.0, out=target[first:last])
         if self.lesion_probability is not None:
-            self.lesion_probability[first:last] = output.lesion_probability.float().cpu().numpy()
+            self.lesion_probability[first:last] = output.lesion_probability
 
     def paste(
-        self, crop: "_Crop", probability: torch.Tensor, attention: list[torch.Tensor],
+        self, crop: "_Crop", probability: np.ndarray, attention: list,
         frame_probability: np.ndarray | None = None, frame_weight: float = 0.0,
     ) -> np.ndarray:
         """Resize one crop's ``(1, 1, h, w)`` outputs to its window and paste them (the maximum where windows overlap).
@@ -445,8 +444,8 @@ class _OutputFrames:
         """
         window = crop.window
 
-        def to_window(source: torch.Tensor) -> np.ndarray:
-            return resize_frames(source.float().cpu(), (window.height, window.width))[0, 0].clamp_(0.0, 1.0).numpy()
+        def to_window(source: np.ndarray) -> np.ndarray:
+            return np.clip(resize_frames(source, (window.height, window.width))[0, 0], 0.0, 1.0)
 
         crop_probability = to_window(probability)
         if frame_probability is not None:

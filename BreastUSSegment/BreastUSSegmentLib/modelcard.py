@@ -2,7 +2,9 @@
 
 ``<name>.json`` describes ``<name>.safetensors``: architecture, input size,
 normalisation, post-processing, training provenance, metrics and the sha256 of
-the weights file (see :mod:`.weights`, which saves and loads the weights). This
+the weights file, and optionally the ONNX graph of the network with its sha256
+(for the OpenVINO and ONNX Runtime backends, :mod:`.runtime`) (see :mod:`.weights`,
+which saves and loads the weights). This
 module imports neither PyTorch nor safetensors, so the Slicer panel can show a
 model's settings before PyTorch is installed.
 """
@@ -98,6 +100,9 @@ class ModelCard:
     training: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     storage_dtype: str = "float32"  # how the floating-point tensors are stored in the file (STORAGE_DTYPES)
+    # The ONNX graph beside the weights: file, sha256, storage_dtype, opset and per backend-precision the
+    # agreement with PyTorch float32 ("passed" False: backend="auto" does not choose it); None without one.
+    onnx: dict | None = None
 
     @property
     def model_config(self) -> ModelConfig:
@@ -108,7 +113,10 @@ class ModelCard:
         return PostprocessOptions.from_dict(self.postprocessing)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+        values = asdict(self)
+        if values["onnx"] is None:  # cards without a graph stay as they were
+            del values["onnx"]
+        return json.dumps(values, indent=2, sort_keys=True) + "\n"
 
 
 def check_storage_dtype(storage_dtype: str) -> str:
@@ -144,6 +152,8 @@ def read_model_card(weights_path: str | os.PathLike) -> ModelCard:
         check_input_size(card.input_size, card.model_config)  # also validates the architecture block
         card.postprocess_options
         check_storage_dtype(card.storage_dtype)
+        if card.onnx is not None and not (isinstance(card.onnx, dict) and {"file", "sha256"} <= set(card.onnx)):
+            raise ValueError("its onnx block must name the graph's file and sha256")
         if card.normalization != NORMALIZATION_NAME:
             raise ValueError(f"normalization {card.normalization!r} is not implemented; this code scales frames "
                              f"by {NORMALIZATION_NAME!r}")

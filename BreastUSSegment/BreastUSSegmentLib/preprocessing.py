@@ -3,13 +3,19 @@
 Steps, in order: colour to luminance (ITU-R BT.601 weights, alpha dropped),
 per-frame min-max scaling to [0, 1] in float32, then bilinear resizing
 (antialiased when shrinking) to the model's input size.
+
+Everything here is numpy, so inference runs without PyTorch (an ONNX Runtime or
+OpenVINO backend); ``resize_frames`` computes what PyTorch's
+``F.interpolate(..., align_corners=False, antialias=shrinking)`` does, and also
+takes and returns tensors for the training code.
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
-import torch
-from torch.nn import functional as F
+from scipy import sparse
 
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
@@ -72,31 +78,73 @@ def normalize_intensity(frames: np.ndarray) -> np.ndarray:
     return normalized
 
 
-def resize_frames(frames: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
-    """Resize a ``(N, C, H, W)`` tensor to ``size`` (antialiased when shrinking with bilinear)."""
+def resize_frames(frames, size: tuple[int, int], mode: str = "bilinear"):
+    """Resize ``(..., H, W)`` frames (numpy, or a CPU torch tensor) to ``size``; same type out, float32.
+
+    Bilinear with half-pixel centres, antialiased (a triangle filter widened by the
+    scale) when shrinking along either axis; ``nearest`` picks ``floor(i * H / h)``.
+    """
     if tuple(frames.shape[-2:]) == tuple(size):
         return frames
+    if not isinstance(frames, np.ndarray):  # a torch tensor (training code); imported only then
+        import torch
+
+        return torch.from_numpy(resize_frames(frames.detach().float().cpu().numpy(), size, mode))
+    frames = np.asarray(frames, dtype=np.float32)
     if mode == "nearest":
-        return F.interpolate(frames, size=size, mode="nearest")
-    shrinking = frames.shape[-2] > size[0] or frames.shape[-1] > size[1]
-    return F.interpolate(frames, size=size, mode=mode, align_corners=False, antialias=shrinking)
+        rows, columns = (_nearest_indices(frames.shape[axis], out) for axis, out in zip((-2, -1), size))
+        return np.ascontiguousarray(frames[..., rows[:, None], columns[None, :]])
+    if mode != "bilinear":
+        raise ValueError(f"unknown resize mode {mode!r}; choose bilinear or nearest")
+    (height, width), (rows_out, columns_out) = frames.shape[-2:], (int(size[0]), int(size[1]))
+    antialias = height > rows_out or width > columns_out
+    rows = _bilinear_weights(height, rows_out, antialias)
+    columns = _bilinear_weights(width, columns_out, antialias).T  # CSC: fast on the right of a dense array
+    stack = frames.reshape(-1, height, width)
+    resized = np.empty((stack.shape[0], rows_out, columns_out), dtype=np.float32)
+    for index, frame in enumerate(stack):  # sparse weights: a few input pixels per output pixel
+        resized[index] = (rows @ frame) @ columns
+    return resized.reshape(*frames.shape[:-2], rows_out, columns_out)
 
 
-def to_network_input(frames: np.ndarray, input_size: tuple[int, int]) -> torch.Tensor:
-    """Grey frames ``(F, H, W)`` (whole frames or crops) to the network's input ``(F, 1, h, w)``: each frame
-    scaled to [0, 1] by its own minimum and maximum, then resized to ``input_size``."""
-    return resize_frames(torch.from_numpy(normalize_intensity(frames)).unsqueeze(1), tuple(input_size))
+def _nearest_indices(source: int, target: int) -> np.ndarray:
+    scale = np.float32(source / target)
+    return np.minimum(np.floor(np.arange(target, dtype=np.float32) * scale).astype(np.int64), source - 1)
+
+
+@lru_cache(maxsize=64)
+def _bilinear_weights(source: int, target: int, antialias: bool) -> sparse.csr_matrix:
+    """The sparse ``(target, source)`` matrix of one axis: row i holds output pixel i's weights over the input pixels.
+
+    Output pixel i is centred at ``scale * (i + 0.5)`` in input pixels; a triangle of half-width
+    ``max(scale, 1)`` when antialiasing (1 otherwise) weighs the input pixel centres, and the
+    weights inside the frame are normalised to sum to 1 (so edges repeat the border pixel).
+    """
+    scale = source / target
+    support = max(scale, 1.0) if antialias else 1.0
+    centres = scale * (np.arange(target) + 0.5)
+    distance = np.abs(np.arange(source)[None, :] + 0.5 - centres[:, None]) / support
+    weights = np.clip(1.0 - distance, 0.0, None)
+    return sparse.csr_matrix((weights / weights.sum(axis=1, keepdims=True)).astype(np.float32))
+
+
+def to_network_input(frames: np.ndarray, input_size: tuple[int, int]) -> np.ndarray:
+    """Grey frames ``(F, H, W)`` (whole frames or crops) to the network's float32 input ``(F, 1, h, w)``: each
+    frame scaled to [0, 1] by its own minimum and maximum, then resized to ``input_size``."""
+    return resize_frames(normalize_intensity(frames)[:, np.newaxis], tuple(input_size))
 
 
 def prepare_frames(
     image: np.ndarray, input_size: tuple[int, int], color: bool | None = None
-) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Full preprocessing: the network input ``(F, 1, h, w)`` and the frames' original ``(H, W)``."""
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """Full preprocessing: the float32 network input ``(F, 1, h, w)`` (numpy) and the frames' original ``(H, W)``."""
     frames = to_grayscale_frames(image, color=color)
     original_size = (int(frames.shape[-2]), int(frames.shape[-1]))
     return to_network_input(frames, input_size), original_size
 
 
-def prepare_input(image: np.ndarray, input_size: tuple[int, int], color: bool | None = None) -> torch.Tensor:
-    """Full preprocessing: any supported array to a float32 tensor ``(F, 1, h, w)`` for the network."""
-    return prepare_frames(image, input_size, color)[0]
+def prepare_input(image: np.ndarray, input_size: tuple[int, int], color: bool | None = None):
+    """Full preprocessing as a torch tensor ``(F, 1, h, w)``, for training code (imports PyTorch)."""
+    import torch
+
+    return torch.from_numpy(prepare_frames(image, input_size, color)[0])

@@ -49,14 +49,16 @@ def units(calibrated: bool) -> dict:
     return {column.name: column_unit(column, calibrated) for column in LESION_COLUMNS if column.unit}
 
 
-def provenance(weights_path, card, postprocessing: dict, device: str, precision: str) -> dict:
-    """Where a result came from: software, model file and sha256 (verified on loading), settings, device, precision."""
+def provenance(weights_path, card, postprocessing: dict, device: str, precision: str, backend: str = "torch") -> dict:
+    """Where a result came from: software, model file and sha256 (verified on loading), settings, device, precision
+    and the backend that ran the network (:mod:`.runtime`)."""
     return {
         "software": {"name": SOFTWARE_NAME, "version": __version__},
         "model": {"file": Path(weights_path).name, "sha256": card.sha256, "name": card.name},
         "settings": dict(postprocessing),
         "device": device,
         "precision": precision,
+        "backend": backend,
     }
 
 
@@ -69,6 +71,7 @@ def header_fields(record: dict) -> dict:
         "BreastUS_model_sha256": source["model"]["sha256"],
         "BreastUS_settings": json.dumps(source["settings"], sort_keys=True),
         "BreastUS_device": f"{source['device']} {source['precision']}",
+        "BreastUS_backend": source.get("backend", "torch"),
         "BreastUS_input_sha256": record["input"]["sha256"],
         # NIfTI keeps only this one, as its 80-byte "descrip" field
         "ITK_FileNotes": f"{source['software']['name']} {source['software']['version']}; model sha256 "

@@ -30,13 +30,25 @@ def attention_display_range(attention: np.ndarray) -> tuple[float, float]:
     return float(low), float(max(high, low + 1e-6))
 
 
-def heat_colormap(values: np.ndarray) -> np.ndarray:
-    """Map values in [0, 1] to uint8 RGB colours along the blue-to-red scale."""
+def _heat_colours(values: np.ndarray) -> np.ndarray:
+    """The blue-to-red scale at ``values`` in [0, 1], interpolated between its anchors (uint8 RGB)."""
     positions = np.clip(values, 0.0, 1.0) * (len(HEAT_ANCHORS) - 1)
     lower = np.floor(positions).astype(int).clip(0, len(HEAT_ANCHORS) - 2)
     fraction = (positions - lower)[..., np.newaxis]
     colours = HEAT_ANCHORS[lower] * (1 - fraction) + HEAT_ANCHORS[lower + 1] * fraction
     return colours.round().astype(np.uint8)
+
+
+# The scale sampled at HEAT_STEPS + 1 evenly spaced values (anchors included: HEAT_STEPS is a multiple of the
+# anchor count minus one); a frame's colours are looked up in it, at most one unit off the exact interpolation.
+HEAT_STEPS = 1020
+HEAT_TABLE = _heat_colours(np.linspace(0.0, 1.0, HEAT_STEPS + 1))
+
+
+def heat_colormap(values: np.ndarray) -> np.ndarray:
+    """Map values in [0, 1] to uint8 RGB colours along the blue-to-red scale."""
+    indices = (np.clip(np.asarray(values, dtype=np.float32), 0.0, 1.0) * HEAT_STEPS + 0.5).astype(np.intp)
+    return HEAT_TABLE[indices]
 
 
 def mask_outline(mask: np.ndarray, thickness: int = 2) -> np.ndarray:
@@ -80,15 +92,16 @@ def overlay_figure(
     gray = _shrink(gray, size)
     mask = _shrink(np.asarray(mask, dtype=np.float32), size) >= 0.5
     attention = _shrink(attention, size)
-    base = np.repeat((np.clip(gray, 0.0, 1.0) * 255).round().astype(np.uint8)[..., np.newaxis], 3, axis=-1)
+    gray8 = (np.clip(gray, 0.0, 1.0) * 255).round().astype(np.uint8)[..., np.newaxis]
     thickness = max(1, round(min(mask.shape) / 200))
-    outlined = base.copy()
+    outlined = np.repeat(gray8, 3, axis=-1)
     outlined[mask_outline(mask, thickness)] = OUTLINE_COLOR
     low, high = FIGURE_ATTENTION_RANGE
     stretched = np.clip((attention - low) / (high - low), 0.0, 1.0)
-    heat = (base * (1 - opacity) + heat_colormap(stretched) * opacity).round().astype(np.uint8)
+    weight = np.uint16(round(256 * opacity))  # blended in 1/256 steps, in integers (a figure, not a measurement)
+    heat = ((gray8 * (256 - weight) + heat_colormap(stretched) * weight + 128) >> 8).astype(np.uint8)
 
-    height, width = base.shape[:2]
+    height, width = outlined.shape[:2]
     canvas = Image.new("RGB", (2 * width + FIGURE_GAP, height + FIGURE_CAPTION + FIGURE_FOOTER), "black")
     canvas.paste(Image.fromarray(outlined), (0, FIGURE_CAPTION))
     canvas.paste(Image.fromarray(heat), (width + FIGURE_GAP, FIGURE_CAPTION))

@@ -5,9 +5,10 @@ VTK and MRML but never Qt itself, so it runs headless with ``slicer-core``. Its 
 those below it:
 
 - ``common``: the names, tags and roles the module writes into the scene, its error types, translation;
-- ``nodes``, ``parameters``, ``models``, ``status``: scene helpers (node lists, geometry, the output
-  segmentation, removal of a failed write's nodes); the panel's parameter node and the options it gives the
-  Logic; model cards and loaded segmenters; the status lines;
+- ``nodes``, ``parameters``, ``models``, ``status``, ``progress``, ``samples``, ``dependencies``: scene helpers
+  (node lists, geometry, the output segmentation, removal of a failed write's nodes); the panel's parameter node
+  and the options it gives the Logic; model cards and loaded segmenters; the status lines; run progress by stage;
+  the bundled sample frames; the Python packages the module needs and their installed versions;
 - ``inputs``, ``rois``, ``segments``, ``results``, ``measurements``, ``provenance``: frames and spacing read from
   volumes; box prompts; the Lesion and box segments; the result volumes and overlay; the measurement table (a row
   per lesion per frame); the provenance attributes of the output segmentation;

@@ -12,10 +12,11 @@ import numpy as np
 import vtk
 
 from BreastUSSegmentLib.measure import (
-    LESION_COLUMNS, LesionMeasurement, column_unit, measure_frames, result_in_words, summarize_frame,
+    LESION_COLUMNS, LesionMeasurement, column_unit, measure_frames, measure_lesion, result_in_words, summarize_frame,
 )
 
 from .common import MEASUREMENT_TABLE_ROLE, _
+from .progress import MEASURING, RunProgress
 
 # Identifiers, not quantities: string columns, empty where there is none (a frame without a lesion, no box).
 LABEL_COLUMNS = ("lesion", "box")
@@ -164,3 +165,9 @@ def _tableNode(segmentationNode):
             "vtkMRMLTableNode", scene.GenerateUniqueName(f"{segmentationNode.GetName()} measurements"))
         segmentationNode.SetNodeReferenceID(MEASUREMENT_TABLE_ROLE, tableNode.GetID())
     return tableNode
+
+
+def measureFrames(masks, spacing, progress: RunProgress) -> List[LesionMeasurement]:
+    """The core's measurements of each frame of ``masks`` (numbered from 1), reporting :data:`MEASURING` progress
+    frame by frame."""
+    return [measure_lesion(frame, spacing, number) for number, frame in enumerate(progress.each(MEASURING, masks), 1)]

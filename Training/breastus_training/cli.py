@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import (box_rule, convert, descriptor_check, descriptor_fit, ensemble, evaluate, export, intervals, prepare,
-               sweep, train)
+from . import (
+    box_rule, convert, descriptor_check, descriptor_fit, ensemble, evaluate, export, intervals, onnx_graph, prepare,
+    sweep, train,
+)
 
 SUBCOMMANDS = {
     "convert": (convert, "rewrite BrEaST-Lesions_USG as published (TCIA) into the folder layout 'prepare' reads"),
@@ -28,6 +30,8 @@ SUBCOMMANDS = {
     "descriptors": (descriptor_check, "check the lexicon descriptors against radiologists' reads and the malignancy "
                                       "likelihood's AUC on a subset, with 95% intervals (research use)"),
     "export": (export, "write evaluated weights as the bundled model, with the evaluation in its model card"),
+    "onnx": (onnx_graph, "write a model's ONNX graph beside its weights (listed in its model card) and measure each "
+                         "backend's agreement with PyTorch float32 on val"),
 }
 
 

@@ -110,7 +110,7 @@ def check(data_roots, split_path, subset: str, masks: str, output: Path, weights
         from BreastUSSegmentLib.inference import LesionSegmenter  # torch only when the model runs
 
         try:
-            segmenter = LesionSegmenter.from_weights(weights, select_device(device))
+            segmenter = LesionSegmenter.from_weights(weights, select_device(device), backend="torch")  # as evaluate
         except (WeightsError, RuntimeError) as error:
             raise ValueError(str(error)) from error
     model = load_likelihood_model(likelihood_path)

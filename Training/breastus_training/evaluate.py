@@ -405,6 +405,7 @@ def evaluate_split(
     output_dir: str | os.PathLike,
     *,
     device: str | torch.device = "auto",
+    backend: str = "torch",
     precision: str = "auto",
     box_prompt: BoxPrompt | None = None,
     run_dir: str | os.PathLike | None = None,
@@ -423,7 +424,8 @@ def evaluate_split(
     cases = list(manifest.cases_for(subset))
     if not cases:
         raise ValueError(f"the split {split_path} has no case in subset {subset!r}")
-    segmenter = LesionSegmenter.from_weights(weights, device, precision, **settings)
+    # PyTorch by default: the reference the other backends are measured against
+    segmenter = LesionSegmenter.from_weights(weights, device, backend=backend, precision=precision, **settings)
     card = segmenter.card
 
     def sample_of(case) -> Sample:

@@ -11,6 +11,11 @@ masks do not change: before writing, every val image of the report's split is
 segmented by the float32 model and by its stored copy, and the export is refused
 unless their mean processed-mask Dice is at least ``AGREEMENT_DICE``. The
 measured agreement goes into the card's ``training`` block.
+
+The network's ONNX graph is written beside the weights (``<name>.onnx``, float16
+weights unless ``--onnx-dtype float32``) and listed in the card (see
+:mod:`.onnx_graph`); ``breastus-train onnx --data ... --split ...`` then measures
+each backend's agreement with PyTorch float32.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from BreastUSSegmentLib.options import PostprocessOptions
 from BreastUSSegmentLib.weights import load_model, save_model, sha256_of_file, stored_copy
 
 from .busi import load_case, load_manifest
+from .onnx_graph import GRAPH_DTYPES, attach_graph
 from .datasets import DataRoots
 
 REQUIRED_REPORT_KEYS = (
@@ -178,7 +184,7 @@ def export_model(
                           "on which the stored copy must agree with the float32 model")
     if not half and (data_roots or split_path is not None):
         raise ExportError("--data and --split are only used to check a half-precision --storage-dtype")
-    existing = [path for path in (output, card_path_for(output)) if path.exists()]
+    existing = [path for path in (output, card_path_for(output), output.with_suffix(".onnx")) if path.exists()]
     if existing and not force:
         raise ExportError(f"{existing[0]} already exists; pass --force to replace it")
     model, card = load_model(weights, device="cpu")
@@ -244,6 +250,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with a half-precision --storage-dtype: a dataset folder of the split; repeat for each")
     parser.add_argument("--split", type=Path, help="with a half-precision --storage-dtype: the report's split file")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar during the agreement check")
+    parser.add_argument("--onnx-dtype", choices=GRAPH_DTYPES, default="float16",
+                        help="how the ONNX graph written beside the weights stores its weights (default float16)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -254,7 +262,10 @@ def run(args: argparse.Namespace) -> int:
         raise ExportError(str(error)) from error
     if "storage_agreement" in card.training:
         print(describe_agreement(card.training["storage_agreement"]))
-    print(f"wrote {args.output} and {card_path_for(args.output)} (stored in {card.storage_dtype})")
+    graph = attach_graph(args.output, args.onnx_dtype)
+    print(f"wrote {args.output} and {card_path_for(args.output)} (stored in {card.storage_dtype}), and its ONNX "
+          f"graph {args.output.with_suffix('.onnx')} (sha256 {graph['sha256']}); measure each backend's agreement "
+          "with 'breastus-train onnx --weights ... --data ... --split ...'")
     print(f"sha256 {card.sha256}")
     if Path(args.output).resolve() == BUNDLED_WEIGHTS.resolve():
         print(f"set BUNDLED_SHA256 = \"{card.sha256}\" in BreastUSSegmentLib/__init__.py: the bundled model loads "

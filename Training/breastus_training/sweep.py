@@ -113,7 +113,8 @@ class SweepTally:
 
 def sweep_split(
     data_roots, split_path, weights, subset: str, grid_values: dict, *,
-    test_time_flip: bool | None = None, device="auto", precision: str = "auto", progress: bool = True,
+    test_time_flip: bool | None = None, device="auto", backend: str = "torch", precision: str = "auto",
+    progress: bool = True,
 ) -> dict:
     """Score every post-processing combination of ``grid_values`` on ``subset``; return the sweep record.
 
@@ -125,7 +126,8 @@ def sweep_split(
     cases = list(manifest.cases_for(subset))
     if not cases:
         raise ValueError(f"the split {split_path} has no case in subset {subset!r}")
-    segmenter = LesionSegmenter.from_weights(weights, device, precision, test_time_flip=test_time_flip)
+    segmenter = LesionSegmenter.from_weights(weights, device, backend=backend, precision=precision,
+                                             test_time_flip=test_time_flip)
     card = segmenter.card
     grid = option_grid(segmenter.postprocessing, **grid_values)
     for options in grid:  # a lesion-probability bar on a model without the head: refused before any image
