@@ -89,20 +89,14 @@ def main():
     session.stop()
     assert scene.GetNumberOfNodes() == nodeCount, "the live step added nodes"
     counted = slice(args.warmup, None)
-    precision = "bfloat16" if getattr(session.stepper.segmenter, "cpu_bf16", False) else "float32"
-    print(f"live step, bundled model, CPU ({precision}), {rows}x{columns} frames, temporal {args.temporal}, "
-          f"{args.frames} frames after {args.warmup} warm-up, torch threads {_threads()}")
+    runner = session.stepper.segmenter.runner
+    print(f"live step, bundled model, CPU, {runner.backend} {runner.precision}, {rows}x{columns} frames, "
+          f"temporal {args.temporal}, {args.frames} frames after {args.warmup} warm-up, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
     print(f"  whole step (read, segment, write): {percentiles(steps[counted])}")
     print(f"  core part (network, post-processing): {percentiles(core[counted])}")
     print(f"  scene part (read and write): {percentiles(np.subtract(steps, core)[counted])}")
     print(f"  load average before {loadBefore[0]:.2f}, after {os.getloadavg()[0]:.2f} "
           f"({os.cpu_count()} CPUs)")
-
-
-def _threads():
-    import torch
-
-    return torch.get_num_threads()
 
 
 if __name__ == "__main__":
