@@ -579,7 +579,7 @@ def test_module_classes_and_parameter_node_fields():
     fields = BUS.BreastUSSegmentParameterNode.__annotations__
     assert set(fields) == {
         "inputVolume", "outputSegmentation", "postprocessing", "device", "showAttention", "attentionOpacity",
-        "createProbabilityVolume", "boxAllFrames",
+        "createProbabilityVolume", "boxAllFrames", "liveTemporal",
     }
     # The post-processing fields are the core's settings under the core's names: all of them, smoothing as a switch.
     from BreastUSSegmentLib.options import PostprocessOptions
