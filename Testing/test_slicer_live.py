@@ -208,3 +208,19 @@ def test_a_clip_is_refused(scene, logic, brightness_weights):
     with pytest.raises(common.BreastUSSegmentError, match="single-frame"):
         logic.startLive(volume, options=options(brightness_weights))
     assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 0
+
+
+def test_the_live_benchmark_runs_and_adds_no_node():
+    """benchmarks/slicer_live_step.py on a few small frames: it prints its three timings (it asserts the node count)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "slicer_live_step.py"
+    run = subprocess.run([sys.executable, str(script), "--frames", "3", "--warmup", "1", "--size", "96", "128"],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert "96x128 frames" in run.stdout
+    for part in ("whole step", "core part", "scene part"):
+        [line] = [line for line in run.stdout.splitlines() if part in line]
+        assert "median" in line and "p95" in line, line
