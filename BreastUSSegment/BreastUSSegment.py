@@ -64,6 +64,7 @@ except ImportError:  # plain Python with slicer-core: minimal stand-ins so the L
 
 
 from BreastUSSegmentLib import BUNDLED_WEIGHTS
+from BreastUSSegmentLib.descriptors import DESCRIPTOR_NOTE, describe_frames
 from BreastUSSegmentLib.imagetypes import MAX_INPUT_PIXELS
 from BreastUSSegmentLib.measure import LesionMeasurement, measure_frames
 from BreastUSSegmentScene import (
@@ -72,6 +73,7 @@ from BreastUSSegmentScene import (
 from BreastUSSegmentScene.common import (
     ATTENTION_REFERENCE_ROLE,
     LABELMAP_SUFFIXES,
+    MEASUREMENT_TABLE_ROLE,
     BreastUSSegmentError,
     SegmentationCancelled,
     _,
@@ -89,7 +91,7 @@ from BreastUSSegmentScene.dependencies import (
 )
 from BreastUSSegmentScene.measurements import measureFrames
 from BreastUSSegmentScene.samples import SAMPLES_DIR, registerSampleData, sampleDataSources
-from BreastUSSegmentScene.status import boxSummary, measurementSummary
+from BreastUSSegmentScene.status import boxSummary, descriptorSummary, measurementSummary
 
 
 
@@ -169,6 +171,7 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.modelPathLineEdit.currentPath = ""
         self.ui.progressBar.hide()
         self.ui.cancelButton.hide()
+        self.ui.descriptorsNoteLabel.text = DESCRIPTOR_NOTE
         self._gui = ParameterNodeGui(vars(self.ui).values())
         self._setStatus(_("Select an ultrasound image, then click Segment lesion."))
 
@@ -282,6 +285,7 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if output.tableNode is not None:
             status += _(" Every lesion's measurements: table '{name}'.").format(name=output.tableNode.GetName())
         self._setStatus(status)
+        self._showDescriptors()
         self._onParameterNodeModified()
 
     def onSegmentInBoxButton(self) -> None:
@@ -306,6 +310,7 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         parameters.outputSegmentation = output.segmentationNode
         self._setStatus(boxSummary(output.segmentationNode, output.segmentIds, output.measurements)
                         + _(". Every lesion's measurements: table '{name}'.").format(name=output.tableNode.GetName()))
+        self._showDescriptors()
         self._onParameterNodeModified()
 
     def onAddBoxButton(self) -> None:
@@ -378,6 +383,7 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if frames is None:
             return
         self._setStatus(measurementSummary(frames, inputs.volumeSpacing(parameters.inputVolume)))
+        self._showDescriptors()
 
     def onEditButton(self) -> None:
         """Open Segment Editor on the lesion, with the input image as source volume."""
@@ -583,6 +589,12 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._onParameterNodeModified()  # enable what the selection allows
         slicer.app.processEvents()
 
+    def _showDescriptors(self) -> None:
+        """Show the research-use descriptors of the shown frame's lesions (computed by the Logic from the table)."""
+        parameters = self._parameterNode
+        text = self.logic.descriptorSummary(parameters.outputSegmentation, parameters.inputVolume)
+        self.ui.descriptorsLabel.text = text or _("Segment or measure a lesion to see its descriptors.")
+
     def _setStatus(self, text: str, error: bool = False) -> None:
         self.ui.statusLabel.text = text
         self.ui.statusLabel.styleSheet = "color: #c0392b;" if error else ""
@@ -627,6 +639,7 @@ class SegmentationOutput:
     hiddenConfidence: Optional[float] = None  # when nothing was found: best mean probability Min. confidence hid
     rejectedLesionProbability: Optional[float] = None  # when the lesion head emptied every frame: its highest probability
     tableNode: Any = None  # the measurement table: one row per lesion per frame (vtkMRMLTableNode)
+    descriptors: List[list] = field(default_factory=list)  # per frame, its lesions' research-use descriptor dicts
     sequenceNode: Any = None  # a Sequence's segmentation Sequence (one item per frame; the output node is its proxy)
 
 
@@ -685,8 +698,10 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
         def write(segmentationNode):
             written = writer.writeVolumeResult(segmentationNode, inputVolumeNode, result, options.createProbabilityVolume)
             progress.report(WRITING, 1, 1)
-            output = self._output(segmentationNode, written, result, postprocessing, inputVolumeNode, progress)
-            output.tableNode = self._lesionTable(segmentationNode, output.segmentId, output.measurements)
+            output = self._output(segmentationNode, written, result, postprocessing, inputVolumeNode, progress,
+                                  frames, color)
+            output.tableNode = self._lesionTable(segmentationNode, output.segmentId, output.measurements,
+                                                 descriptors=output.descriptors)
             return output
 
         return self._intoScene(inputVolumeNode, outputSegmentationNode, options, write,
@@ -710,8 +725,10 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
         def write(segmentationNode):
             written = writer.writeSequenceResult(segmentationNode, browser, sequence, proxyVolumeNode, result,
                                                  options.createProbabilityVolume, progress)
-            output = self._output(segmentationNode, written, result, postprocessing, proxyVolumeNode, progress)
-            output.tableNode = self._lesionTable(segmentationNode, output.segmentId, output.measurements, sequence)
+            output = self._output(segmentationNode, written, result, postprocessing, proxyVolumeNode, progress,
+                                  frames, color)
+            output.tableNode = self._lesionTable(segmentationNode, output.segmentId, output.measurements, sequence,
+                                                 output.descriptors)
             return output
 
         return self._intoScene(proxyVolumeNode, outputSegmentationNode, options, write,
@@ -740,14 +757,17 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
             progress.report(WRITING, 1, 1)
             empty = prompts.emptyNumbers(result)
             progress.report(MEASURING, 0, 1)
-            frames = measurements.measureBoxes(written.masks, inputs.volumeSpacing(inputVolumeNode))
+            spacing = inputs.volumeSpacing(inputVolumeNode)
+            measured = measurements.measureBoxes(written.masks, spacing)
+            described = measurements.describeBoxes(frames, color, written.masks, spacing)
             progress.report(MEASURING, 1, 1)
             tableNode = measurements.updateMeasurementTable(
-                segmentationNode, frames, segmentNames=measurements.boxSegmentNames(segmentationNode, written.segmentIds),
-                emptyBoxes=measurements.emptyBoxes(frames, prompts.owners))
+                segmentationNode, measured,
+                segmentNames=measurements.boxSegmentNames(segmentationNode, written.segmentIds),
+                emptyBoxes=measurements.emptyBoxes(measured, prompts.owners), descriptors=described)
             return BoxSegmentationOutput(
                 segmentationNode, written.segmentIds, [roi for number, roi in enumerate(roiNodes) if number in empty],
-                written.attentionVolumeNode, measurements.byBox(frames, len(roiNodes)), result, tableNode)
+                written.attentionVolumeNode, measurements.byBox(measured, len(roiNodes)), result, tableNode)
 
         return self._intoScene(inputVolumeNode, outputSegmentationNode, options, write,
                                self._provenance(options, postprocessing, inputVolumeNode, boxAllFrames=allFrames))
@@ -782,10 +802,12 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
         return provenance.runProvenance(segmenter, postprocessing, inputVolumeNode, boxAllFrames)
 
     @staticmethod
-    def _lesionTable(segmentationNode, segmentId, frames, indexSequence=None):
-        """The measurement table of the Lesion segment ``segmentId``: one row per lesion per frame."""
+    def _lesionTable(segmentationNode, segmentId, frames, indexSequence=None, descriptors=None):
+        """The measurement table of the Lesion segment ``segmentId``: one row per lesion per frame, with each
+        lesion's research-use ``descriptors`` (one list per frame)."""
         name = segmentationNode.GetSegmentation().GetSegment(segmentId).GetName()
-        return measurements.updateMeasurementTable(segmentationNode, frames, indexSequence, {None: name})
+        return measurements.updateMeasurementTable(segmentationNode, frames, indexSequence, {None: name},
+                                                   descriptors=descriptors)
 
     @staticmethod
     def _intoScene(inputVolumeNode, outputSegmentationNode, options, write, record: dict):
@@ -802,16 +824,19 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
         return output
 
     @staticmethod
-    def _output(segmentationNode, written, result, postprocessing, inputVolumeNode, progress) -> SegmentationOutput:
-        """What :meth:`segment` returns: the nodes, the lesion's measurements and, for an empty result,
-        the strongest candidate Min. confidence hid."""
+    def _output(segmentationNode, written, result, postprocessing, inputVolumeNode, progress, pixels,
+                color) -> SegmentationOutput:
+        """What :meth:`segment` returns: the nodes, the lesions' measurements and research-use descriptors (from
+        the input's ``pixels``) and, for an empty result, the strongest candidate Min. confidence hid."""
         [segmentId], [masks] = written.segmentIds, written.masks
+        measured, described = measureFrames(masks, pixels, color, inputs.volumeSpacing(inputVolumeNode), progress)
         return SegmentationOutput(
             segmentationNode=segmentationNode,
             segmentId=segmentId,
             attentionVolumeNode=written.attentionVolumeNode,
             probabilityVolumeNode=written.probabilityVolumeNode,
-            measurements=measureFrames(masks, inputs.volumeSpacing(inputVolumeNode), progress),
+            measurements=measured,
+            descriptors=described,
             pipelineResult=result,
             postprocessing=postprocessing,
             hiddenConfidence=None if result.why_empty is None else result.why_empty.hidden_confidence,
@@ -863,14 +888,36 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
             segmentationNode, referenceVolumeNode, _("Select the input volume and the segmentation to measure."), segmentId)
         clip = sequences.browsedSequence(referenceVolumeNode)
         if clip is not None and clip[0].GetSequenceNode(segmentationNode) is not None:
-            frames = sequences.measureSequence(*clip, segmentationNode)
-            self._lesionTable(segmentationNode, segmentId, frames, clip[1])
+            frameMasks = sequences.lesionMasks(*clip, segmentationNode)
+            frames = sequences.measureMasks(frameMasks)
+            self._lesionTable(segmentationNode, segmentId, frames, clip[1],
+                              sequences.describeMasks(frameMasks, self.maxInputPixels))
             return frames
         masks = segments.arrayFromSegment(segmentationNode, segmentId, referenceVolumeNode)
         segments.updateAlgorithmType(segmentationNode, segmentId, masks)
-        frames = measure_frames(masks, inputs.volumeSpacing(referenceVolumeNode))
-        self._lesionTable(segmentationNode, segmentId, frames)
+        spacing = inputs.volumeSpacing(referenceVolumeNode)
+        frames = measure_frames(masks, spacing)
+        pixels, color = inputs.volumeArray(referenceVolumeNode, self.maxInputPixels)
+        self._lesionTable(segmentationNode, segmentId, frames, descriptors=describe_frames(pixels, masks, spacing,
+                                                                                          color=color))
         return frames
+
+    def descriptorSummary(self, segmentationNode, referenceVolumeNode) -> str:
+        """The research-use descriptor lines of the measurement table for the frame shown (a Sequence's current
+        item; otherwise the frame of the largest lesion): see :func:`BreastUSSegmentScene.status.descriptorSummary`.
+        Empty when the segmentation has no measurement table yet."""
+        tableNode = segmentationNode.GetNodeReference(MEASUREMENT_TABLE_ROLE) if segmentationNode else None
+        if tableNode is None:
+            return ""
+        rows = measurements.readTableRows(tableNode)
+        frameCount = max((row["frame"] for row in rows), default=1)
+        clip = sequences.browsedSequence(referenceVolumeNode) if referenceVolumeNode else None
+        if clip is not None:
+            frame = sequences.shownItem(*clip) + 1
+        else:
+            lesions = [row for row in rows if row["lesion"]]
+            frame = max(lesions, key=lambda row: (row["area"], -row["frame"]))["frame"] if lesions else 1
+        return descriptorSummary(rows, frame, frameCount)
 
     def exportLabelmap(self, segmentationNode, referenceVolumeNode, path=None, overwrite: bool = False):
         """The Lesion segment as a labelmap volume node (lesion = 1) on the reference grid, written to ``path`` if given.

@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 
 from BreastUSSegmentLib.descriptors import (
-    ECHO_TERMS, MARGIN_TERMS, ORIENTATION_TERMS, POSTERIOR_TERMS, SHAPE_TERMS, describe_lesion, measure_numbers,
+    DESCRIPTOR_COLUMNS, DESCRIPTOR_NOTE, ECHO_TERMS, MARGIN_TERMS, ORIENTATION_TERMS, POSTERIOR_TERMS, RESEARCH_USE,
+    SHAPE_TERMS, describe_frames, describe_lesion, describe_lesions, measure_numbers,
 )
 from BreastUSSegmentLib.likelihood import MODEL_PATH, LikelihoodModel, load_likelihood_model, malignancy_likelihood
+from BreastUSSegmentLib.measure import measure_lesions
 
 SIZE = (200, 240)
 
@@ -138,3 +140,42 @@ def test_bundled_likelihood_says_research_use_and_bad_files_name_themselves(tmp_
         load_likelihood_model(broken)
     with pytest.raises(ValueError, match="missing.json"):
         load_likelihood_model(tmp_path / "missing.json")
+
+
+def test_describe_lesions_gives_each_region_measure_lesions_finds_its_own_descriptors():
+    image = tissue()
+    image[150:] *= 0.5  # darker deep tissue: posterior numbers differ by depth
+    mask = ellipse((60, 60), 12, 30) | star((120, 170), 30)
+    mask[190, 5] = True  # a one-pixel lesion: too small to describe
+    lesions = measure_lesions(mask)
+    rows = describe_lesions(image, mask)
+    assert [lesion.pixel_count for lesion in lesions][-1] == 1 and len(rows) == len(lesions) == 3
+    assert [row["shape"] for row in rows] == ["irregular", "oval", None]  # the star is the larger
+    assert rows[0]["solidity"] == pytest.approx(describe_lesion(image, star((120, 170), 30)).solidity)
+    assert rows[2] == {column.name: None for column in DESCRIPTOR_COLUMNS}
+    assert list(rows[0]) == [column.name for column in DESCRIPTOR_COLUMNS]
+    assert rows[0]["malignancy_likelihood"] > rows[1]["malignancy_likelihood"]
+    # With boxes, a region split by two boxes is two lesions, as measure_lesions numbers them.
+    boxes = np.zeros(SIZE, np.uint16)
+    boxes[:, :60] = 1
+    boxes[:, 60:] = 2
+    split = describe_lesions(image, ellipse((60, 60), 12, 30), box_labels=boxes)
+    assert len(split) == len(measure_lesions(ellipse((60, 60), 12, 30), box_labels=boxes)) == 2
+
+
+def test_describe_frames_describes_each_frame_of_a_clip_and_refuses_a_mismatched_image():
+    masks = np.zeros((3,) + SIZE, bool)
+    masks[1] = ellipse((60, 60), 12, 30)
+    masks[2] = ellipse((60, 60), 12, 30) | ellipse((140, 160), 20, 20)
+    pixels = np.stack([tissue(seed=seed) for seed in range(3)])
+    frames = describe_frames(pixels, masks, spacing=(0.1, 0.1))
+    assert [[row["shape"] for row in rows] for rows in frames] == [[], ["oval"], ["round", "oval"]]  # largest first
+    rgb = np.repeat(pixels[1][..., np.newaxis], 3, axis=-1)
+    (from_rgb,), = describe_frames(rgb, masks[1], color=True)
+    assert from_rgb == pytest.approx(describe_lesions(pixels[1], masks[1])[0])
+    with pytest.raises(ValueError, match="does not match"):
+        describe_frames(pixels[:2], masks)
+
+
+def test_the_descriptor_note_says_research_use_and_weak_on_model_outlines():
+    assert RESEARCH_USE in DESCRIPTOR_NOTE and "model's outline" in DESCRIPTOR_NOTE and "weak" in DESCRIPTOR_NOTE

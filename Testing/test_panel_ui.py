@@ -392,6 +392,23 @@ def test_live_section_offers_a_toggle_the_temporal_rule_and_the_rate(app):
     assert panel.findChild(ctkCollapsibleButton, "liveCollapsibleButton").collapsed is True  # for live images only
 
 
+def test_descriptors_section_says_research_use_and_weak_on_the_models_outline(app):
+    from BreastUSSegmentLib.descriptors import DESCRIPTOR_NOTE
+
+    widgets = ui_widgets()
+    section = widgets["descriptorsCollapsibleButton"]
+    assert ui_property(section, "text") == "Descriptors (research use)"
+    assert "not for diagnosis" in ui_property(section, "toolTip")
+    inside = {element.get("name") for element in section.iter("widget")}
+    assert {"descriptorsLabel", "descriptorsNoteLabel"} <= inside
+    assert "Research use only, not for diagnosis" in ui_property(widgets["descriptorsNoteLabel"], "text")
+    # The module shows the core's note (one text: research use, weak on the model's outline) and the Logic's lines.
+    module = MODULE_PATH.read_text()
+    assert "self.ui.descriptorsNoteLabel.text = DESCRIPTOR_NOTE" in module
+    assert "self.logic.descriptorSummary(" in module
+    assert "not for diagnosis" in DESCRIPTOR_NOTE and "weak" in DESCRIPTOR_NOTE
+
+
 class SlicerWrapperStandIn:
     """What ``ParameterNodeGui`` uses of a parameterNodeWrapper object, as Slicer's wrapper.py does it:
     ``connectParametersToGui`` stores the widgets under a new tag and returns it, ``disconnectGui(tag)``
@@ -466,6 +483,15 @@ def render_panel(path):
             widget.setChecked(value) if isinstance(widget, QCheckBox) else widget.setValue(value)
     for name in ("minLesionProbabilitySliderWidget", "minLesionProbabilityLabel"):  # enabled for a lesion head only
         panel.findChild(QWidget, name).setEnabled(card.model_config.lesion_head)
+    # The descriptors of a lesion, as the Logic words them (status.descriptorSummary) after a run.
+    from BreastUSSegmentLib.descriptors import DESCRIPTOR_NOTE
+    from BreastUSSegmentScene.status import descriptorSummary
+
+    example = {"frame": 1, "lesion": "1", "area": 84.9, "shape": "oval", "orientation": "parallel",
+               "margin": "circumscribed", "echo_pattern": "hypoechoic", "posterior": "none",
+               "malignancy_likelihood": 0.196}
+    panel.findChild(QLabel, "descriptorsLabel").setText(descriptorSummary([example], 1))
+    panel.findChild(QLabel, "descriptorsNoteLabel").setText(DESCRIPTOR_NOTE)
     panel.findChild(ctkCollapsibleButton, "advancedCollapsibleButton").setCollapsed(False)
     panel.findChild(ctkCollapsibleButton, "liveCollapsibleButton").setCollapsed(False)
     panel.resize(QSize(400, panel.sizeHint().height()))

@@ -12,9 +12,11 @@ import SimpleITK as sitk
 from PIL import Image
 
 from BreastUSSegmentLib.cli import main
+from BreastUSSegmentLib.descriptors import DESCRIPTOR_COLUMNS, DESCRIPTOR_NOTE, describe_lesion
 from BreastUSSegmentLib.fileio import sha256_of_file
 from BreastUSSegmentLib.measure import measure_lesions
 from BreastUSSegmentLib.options import UNTUNED_POSTPROCESSING
+from BreastUSSegmentLib.likelihood import MODEL_PATH, malignancy_likelihood
 from BreastUSSegmentLib.sidecar import RUN_TABLE_NAME, TABLE_COLUMNS
 from BreastUSSegmentLib.weights import read_model_card, save_model
 from conftest import brightness_model
@@ -117,6 +119,35 @@ def test_the_run_table_has_a_row_per_frame_and_lesion_of_every_input(tmp_path, w
     assert len(read_table(out / RUN_TABLE_NAME)) == 1
 
 
+def test_every_lesion_row_gets_its_descriptors_and_likelihood_with_the_research_use_note(tmp_path, weights):
+    two_lesion_png(tmp_path / "two.png")
+    out = tmp_path / "out"
+    assert run([tmp_path / "two.png"], out, weights, "--spacing", "0.2,0.3") == 0
+    record = json.loads((out / "two_measurements.json").read_text())
+    assert "research use only, not for diagnosis" in record["descriptors_note"] == DESCRIPTOR_NOTE
+    assert "weak" in record["descriptors_note"]
+    assert record["units"]["long_axis_angle_deg"] == "°"
+    assert record["provenance"]["likelihood_model"] == {"file": MODEL_PATH.name, "sha256": sha256_of_file(MODEL_PATH)}
+    image = np.asarray(Image.open(tmp_path / "two.png"))
+    regions = [(slice(10, 30), slice(10, 51)), (slice(70, 80), slice(150, 161))]
+    assert len(record["lesions"]) == 2
+    for row, (rows, cols) in zip(record["lesions"], regions):
+        assert all(column.name in row for column in DESCRIPTOR_COLUMNS)
+        mask = np.zeros(image.shape, bool)
+        mask[rows, cols] = True
+        expected = describe_lesion(image, mask, (0.2, 0.3))  # the lesion's own region, not both
+        assert (row["shape"], row["orientation"], row["margin"]) == (expected.shape, "parallel", "circumscribed")
+        assert row["solidity"] == pytest.approx(expected.solidity)
+        assert row["echo_ratio_surround"] == pytest.approx(expected.echo_ratio_surround)
+        assert row["malignancy_likelihood"] == pytest.approx(malignancy_likelihood(expected.to_dict()))
+    assert record["lesions"][0]["long_axis_angle_deg"] < 5  # 12 mm wide, 3.8 mm deep
+    table = read_table(out / RUN_TABLE_NAME)
+    assert [row["shape"] for row in table] == [row["shape"] for row in record["lesions"]]
+    assert [float(row["malignancy_likelihood"]) for row in table] == pytest.approx(
+        [row["malignancy_likelihood"] for row in record["lesions"]], rel=1e-5)
+    assert {row["descriptors_note"] for row in table} == {DESCRIPTOR_NOTE}
+
+
 def test_a_clip_gets_a_result_per_frame_and_a_row_per_lesion(tmp_path, weights, capsys):
     clip = np.full((3, 100, 200), 20, np.uint8)
     clip[1, 5:15, 5:15] = 200
@@ -131,6 +162,8 @@ def test_a_clip_gets_a_result_per_frame_and_a_row_per_lesion(tmp_path, weights, 
     assert record["spacing"] == {"row_mm": 0.5, "col_mm": 0.4, "source": "header"}
     assert [frame["result"] for frame in record["frames"]] == ["no lesion found", "1 lesion", "2 lesions"]
     assert [(row["frame"], row["lesion"]) for row in record["lesions"]] == [(2, 1), (3, 1), (3, 2)]
+    # each lesion described on its own frame, in mm: a square of pixels 0.5 mm high and 0.4 mm wide is taller than wide
+    assert [row["orientation"] for row in record["lesions"]] == ["not parallel", "not parallel", "parallel"]
     assert "lesion in 2/3 frame(s); frame 2: 1 lesion: lesion 1: area 20.0 mm²" in capsys.readouterr().out
 
 

@@ -18,6 +18,7 @@ import slicer
 from BreastUSSegmentLib.inference import LesionSegmenter
 from BreastUSSegmentLib import __version__
 from BreastUSSegmentLib.boxes import CONTEXT_MARGIN
+from BreastUSSegmentLib.descriptors import DESCRIPTOR_COLUMNS, describe_lesion
 from BreastUSSegmentLib.measure import LESION_COLUMNS, measure_frames, measure_lesions
 from BreastUSSegmentLib.model import AttentionUNet, ModelConfig
 from BreastUSSegmentLib.modelcard import read_model_card
@@ -745,12 +746,14 @@ def test_attention_overlay_has_the_figures_fixed_window(tmp_path):
 
 def test_two_lesions_get_a_row_each_with_their_own_values_units_and_descriptions(scene, logic):
     """Planted two-region mask: each region measured alone, one table row each; no length joins the two."""
-    volume = add_volume(scene, np.zeros((1, 120, 160), dtype=np.uint8))
     row_mm, col_mm = SPACING[1], SPACING[0]
     rectangles = [(slice(20, 40), slice(10, 50)), (slice(70, 80), slice(100, 130))]  # rows, columns: large first
     mask = np.zeros((120, 160), bool)
     for rows, cols in rectangles:
         mask[rows, cols] = True
+    image = np.where(mask, 40, 120).astype(np.uint8)  # dark lesions in brighter tissue
+    image[20:40, 10:50][:, ::2] = 90  # the large one not uniform
+    volume = add_volume(scene, image[np.newaxis])
     segmentation_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
     segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(volume)
     segment_id = segments.addLesionSegment(segmentation_node)
@@ -773,11 +776,14 @@ def test_two_lesions_get_a_row_each_with_their_own_values_units_and_descriptions
 
     table = segmentation_node.GetNodeReference(common.MEASUREMENT_TABLE_ROLE)
     names = [table.GetColumnName(column) for column in range(table.GetNumberOfColumns())]
-    assert names == ["frame", "lesion", "box", "segment", *[c.name for c in LESION_COLUMNS[3:]], "result"]
+    assert names == ["frame", "lesion", "box", "segment", *[c.name for c in LESION_COLUMNS[3:]],
+                     *[c.name for c in DESCRIPTOR_COLUMNS], "result"]
     assert table.GetNumberOfRows() == 2
-    for column in LESION_COLUMNS:
+    for column in LESION_COLUMNS + DESCRIPTOR_COLUMNS:
         assert table.GetColumnUnitLabel(column.name) == column.unit
         assert table.GetColumnDescription(column.name) == column.description
+    assert table.GetColumnUnitLabel("long_axis_angle_deg") == "°"
+    assert "research use" in table.GetColumnDescription("malignancy_likelihood")
     assert (table.GetColumnUnitLabel("area"), table.GetColumnUnitLabel("longest_diameter")) == ("mm²", "mm")
     assert table.GetColumnTitle("longest_diameter") == "Longest diameter" and table.GetUseColumnTitleAsColumnHeader()
     values = table.GetTable()
@@ -787,6 +793,21 @@ def test_two_lesions_get_a_row_each_with_their_own_values_units_and_descriptions
             assert values.GetColumnByName(column).GetValue(row) == pytest.approx(getattr(lesion, column)), column
         assert [values.GetColumnByName(name).GetValue(row) for name in ("lesion", "box", "segment", "result")] == [
             str(row + 1), "", "Lesion", "2 lesions"]
+        # Its descriptors: of its own region and the volume's pixels, in mm.
+        alone = np.zeros_like(mask)
+        alone[rectangles[row]] = True
+        expected = describe_lesion(image, alone, (row_mm, col_mm))
+        for name in ("shape", "orientation", "margin", "echo_pattern", "posterior"):
+            assert values.GetColumnByName(name).GetValue(row) == getattr(expected, name), name
+        for name in ("solidity", "axis_ratio", "echo_ratio_surround", "echo_spread"):
+            assert values.GetColumnByName(name).GetValue(row) == pytest.approx(getattr(expected, name)), name
+        assert 0 < values.GetColumnByName("malignancy_likelihood").GetValue(row) < 1
+    assert values.GetColumnByName("echo_spread").GetValue(0) > values.GetColumnByName("echo_spread").GetValue(1)
+
+    # The panel's descriptor lines: the largest lesion first, then the other.
+    lines = logic.descriptorSummary(segmentation_node, volume).splitlines()
+    assert lines[0].startswith("Largest lesion (lesion 1 of 2): ") and lines[1].startswith("Lesion 2: ")
+    assert "malignancy likelihood" in lines[0] and values.GetColumnByName("shape").GetValue(0) in lines[0]
 
     # The status line: the count and the largest lesion's own diameters, never a length across the two.
     summary = status.measurementSummary([measured], (row_mm, col_mm))
@@ -803,6 +824,9 @@ def test_two_lesions_get_a_row_each_with_their_own_values_units_and_descriptions
     assert [table.GetTable().GetColumnByName(name).GetValue(0) for name in ("frame", "lesion", "result")] == [
         1, "", "no lesion found"]
     assert math.isnan(table.GetTable().GetColumnByName("area").GetValue(0))
+    assert table.GetTable().GetColumnByName("shape").GetValue(0) == ""
+    assert math.isnan(table.GetTable().GetColumnByName("malignancy_likelihood").GetValue(0))
+    assert logic.descriptorSummary(segmentation_node, volume) == "No lesion to describe."
 
 
 def sha256_of(path):
@@ -925,6 +949,8 @@ def test_each_roi_gets_its_own_lesion_segment_and_other_segments_are_untouched(s
                                      [1, "2", "2", "Lesion 2", "2 lesions; no lesion found in box 3"]]
     for row, (x0, y0, x1, y1) in enumerate(lesions):
         assert table.GetColumnByName("centroid_x").GetValue(row) == pytest.approx((x0 + x1 - 1) / 2, abs=1.0)
+        assert table.GetColumnByName("shape").GetValue(row) and table.GetColumnByName("margin").GetValue(row)
+        assert 0 < table.GetColumnByName("malignancy_likelihood").GetValue(row) < 1
         assert [m.lesions[0].box for m in output.measurements[row]] == [row + 1]
     segmentation = segmentation_node.GetSegmentation()
     assert [segmentation.GetSegment(i).GetName() for i in output.segmentIds] == ["Lesion 1", "Lesion 2", "Lesion 3"]

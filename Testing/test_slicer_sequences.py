@@ -17,6 +17,7 @@ import vtk
 from slicer_module import LOAD_MODULE_CODE, load_module
 
 import slicer
+from BreastUSSegmentLib.descriptors import SHAPE_TERMS
 from BreastUSSegmentLib.modelcard import read_model_card
 from BreastUSSegmentLib.options import UNTUNED_POSTPROCESSING
 from BreastUSSegmentLib.weights import save_model
@@ -199,6 +200,14 @@ def test_a_sequence_with_two_lesions_per_frame_gets_a_row_per_frame_per_lesion(s
     assert {column["result"].GetValue(row) for row in range(8)} == {"2 lesions"}
     summary = status.measurementSummary(output.measurements, SPACING[::-1])
     assert summary.startswith("Largest lesion (frame 1 of 4): ") and "at most 2 in a frame" in summary
+    # Every lesion row has its descriptors; the panel's lines are of the frame shown (the third).
+    shapes = [table.GetTable().GetColumnByName("shape").GetValue(row) for row in range(8)]
+    assert set(shapes) <= set(SHAPE_TERMS) and len(shapes) == 8
+    likelihoods = [table.GetTable().GetColumnByName("malignancy_likelihood").GetValue(row) for row in range(8)]
+    assert all(0 < value < 1 for value in likelihoods)
+    assert [len(frame) for frame in output.descriptors] == [2] * 4
+    lines = logic.descriptorSummary(output.segmentationNode, clip.proxy).splitlines()
+    assert lines[0].startswith("Largest lesion in frame 3 of 4 (lesion 1 of 2): ") and len(lines) == 2
     # The model and settings stay recorded on the proxy while the clip is browsed, and on the segmentation Sequence.
     digest = hashlib.sha256(Path(bright_weights).read_bytes()).hexdigest()
     clip.show(0)
@@ -208,6 +217,9 @@ def test_a_sequence_with_two_lesions_per_frame_gets_a_row_per_frame_per_lesion(s
     # Measuring again (after edits) gives the same rows.
     logic.measureLesion(output.segmentationNode, clip.proxy)
     assert table.GetNumberOfRows() == 8 and table.GetTable().GetColumnByName("frame").GetValue(7) == 4
+    assert [table.GetTable().GetColumnByName("shape").GetValue(row) for row in range(8)] == shapes
+    assert [table.GetTable().GetColumnByName("malignancy_likelihood").GetValue(row) for row in range(8)] == \
+        pytest.approx(likelihoods)
 
 
 def test_a_clip_in_one_volume_gets_a_table_and_no_3d_surface(scene, logic, bright_weights):

@@ -8,7 +8,7 @@ For every input ``NAME.ext`` it writes ``NAME_mask.<format>`` (processed
 mask, 0/1), ``NAME_probability.<format>`` (float probabilities; scaled to
 0-255 for PNG), ``NAME_overlay.png`` (outline and attention heatmap of the
 frame with the largest lesion area) and ``NAME_measurements.json`` (every
-lesion of every frame measured, with the spacing and provenance; see
+lesion of every frame measured and described, research use only, with the spacing and provenance; see
 :mod:`.sidecar`), all or none of them; the run's ``measurements.csv`` has one
 row per input, frame and lesion. ``NAME`` is the file name without its last extension
 (``.nii.gz`` counts as one). Inputs whose outputs would share a name are
@@ -42,6 +42,7 @@ import numpy as np
 
 from . import BUNDLED_WEIGHTS, __version__
 from .boxes import CONTEXT_MARGIN, FRAME_WEIGHT, BoxError, parse_box, read_box_table, read_table_spacings
+from .descriptors import describe_frames
 from .device import DEVICE_CHOICES
 from .fileio import sha256_of_file, split_extension, write_together
 from .imageio import image_writer, read_image
@@ -250,6 +251,7 @@ def segment_file(segmenter, job: Job, args) -> tuple:
         input_path=job.image_path, input_sha256=sha256_of_file(job.image_path), frame_shape=image.frame_shape,
         spacing=spacing, source=spacing_source(image.spacing_source, user=job.spacing is not None),
         frames=[(frame.lesions, text) for frame, text in zip(frames, words)],
+        descriptors=describe_frames(image.pixels, mask, spacing, labels, color=image.color),
         boxes=None if job.boxes is None else [box.as_tuple() for box in job.boxes],
         provenance_block=run_provenance(segmenter, args), outputs={kind: path.name for kind, path in job.outputs.items()},
     )

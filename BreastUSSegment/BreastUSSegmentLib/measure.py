@@ -235,14 +235,14 @@ def _regions(mask: np.ndarray) -> list:
     return [labels == index + 1 for index in order]
 
 
-def measure_lesions(mask: np.ndarray, spacing=(1.0, 1.0), frame: int = 1, box_labels=None) -> list:
-    """One :class:`Lesion` per connected region of a 2-D mask, in the frame numbered ``frame``.
+def lesion_regions(mask: np.ndarray, box_labels=None) -> list:
+    """The lesions of a 2-D mask as ``(box, region)`` pairs in lesion-number order (``region``: a bool array
+    holding only that lesion; ``box``: its box number, None without boxes).
 
     ``box_labels`` (same shape; 0 outside the boxes, N for the pixels of box N) assigns each region
     to its box: the regions of each box are found separately and numbered box by box.
     """
     mask = _check_mask(mask)
-    spacing = check_spacing(spacing)
     if box_labels is None:
         groups = [(None, mask)]
     else:
@@ -250,11 +250,15 @@ def measure_lesions(mask: np.ndarray, spacing=(1.0, 1.0), frame: int = 1, box_la
         if box_labels.shape != mask.shape:
             raise ValueError(f"box labels {box_labels.shape} must match the mask {mask.shape}")
         groups = [(int(value), mask & (box_labels == value)) for value in np.unique(box_labels[mask]) if value > 0]
-    lesions = []
-    for box, group in groups:
-        for region in _regions(group):
-            lesions.append(_measure_region(region, spacing, frame, len(lesions) + 1, box))
-    return lesions
+    return [(box, region) for box, group in groups for region in _regions(group)]
+
+
+def measure_lesions(mask: np.ndarray, spacing=(1.0, 1.0), frame: int = 1, box_labels=None) -> list:
+    """One :class:`Lesion` per connected region of a 2-D mask (:func:`lesion_regions`), in the frame numbered
+    ``frame``."""
+    spacing = check_spacing(spacing)
+    return [_measure_region(region, spacing, frame, number, box)
+            for number, (box, region) in enumerate(lesion_regions(mask, box_labels), start=1)]
 
 
 def largest_diameter_mm(mask: np.ndarray, spacing=(1.0, 1.0)) -> float:

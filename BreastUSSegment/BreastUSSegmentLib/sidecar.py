@@ -3,7 +3,8 @@
 The JSON file holds, for one input: the input's path and sha256, the pixel spacing and where it came
 from, the units, the provenance (software version, model file and sha256, every post-processing
 setting, device and precision), each frame's result in words and one row per lesion (the columns of
-:data:`.measure.LESION_COLUMNS`). The CSV table has one row per input, frame and lesion (a frame
+:data:`LESION_ROW_COLUMNS`: the measurements, then the research-use descriptors and likelihood, with
+:data:`.descriptors.DESCRIPTOR_NOTE`). The CSV table has one row per input, frame and lesion (a frame
 without a lesion gets one row with an empty lesion number). See README.md, "Measurement sidecar".
 """
 
@@ -17,7 +18,9 @@ from pathlib import Path
 from typing import Optional
 
 from . import __version__
-from .fileio import write_atomically
+from .descriptors import DESCRIPTOR_COLUMNS, DESCRIPTOR_NOTE
+from .fileio import sha256_of_file, write_atomically
+from .likelihood import MODEL_PATH as LIKELIHOOD_MODEL_PATH
 from .measure import LESION_COLUMNS, column_unit
 
 SIDECAR_FORMAT = "breastus-measurements"
@@ -28,8 +31,10 @@ SOFTWARE_NAME = "SlicerBreastUS"
 NIFTI_DESCRIPTION_LENGTH = 79  # the NIfTI header's descrip field holds 80 bytes, the last a zero
 # Where a pixel spacing came from, as the sidecar names it.
 SPACING_SOURCES = ("header", "DICOM", "user", "default")
-TABLE_COLUMNS = ("file", *(column.name for column in LESION_COLUMNS), "length_unit", "spacing_row_mm",
-                 "spacing_col_mm", "spacing_source", "result")
+# A lesion's row: its measurements, then its descriptors and likelihood (sidecar, run table, Slicer table).
+LESION_ROW_COLUMNS = LESION_COLUMNS + DESCRIPTOR_COLUMNS
+TABLE_COLUMNS = ("file", *(column.name for column in LESION_ROW_COLUMNS), "length_unit", "spacing_row_mm",
+                 "spacing_col_mm", "spacing_source", "result", "descriptors_note")
 
 
 def spacing_source(loaded_source: str, user: bool = False) -> str:
@@ -46,12 +51,12 @@ def spacing_source(loaded_source: str, user: bool = False) -> str:
 
 def units(calibrated: bool) -> dict:
     """The unit of every lesion column that has one ("mm" reads "px" when the spacing is the default)."""
-    return {column.name: column_unit(column, calibrated) for column in LESION_COLUMNS if column.unit}
+    return {column.name: column_unit(column, calibrated) for column in LESION_ROW_COLUMNS if column.unit}
 
 
 def provenance(weights_path, card, postprocessing: dict, device: str, precision: str, backend: str = "torch") -> dict:
-    """Where a result came from: software, model file and sha256 (verified on loading), settings, device, precision
-    and the backend that ran the network (:mod:`.runtime`)."""
+    """Where a result came from: software, model file and sha256 (verified on loading), settings, device, precision,
+    the backend that ran the network (:mod:`.runtime`) and the malignancy likelihood's model file and sha256."""
     return {
         "software": {"name": SOFTWARE_NAME, "version": __version__},
         "model": {"file": Path(weights_path).name, "sha256": card.sha256, "name": card.name},
@@ -59,6 +64,7 @@ def provenance(weights_path, card, postprocessing: dict, device: str, precision:
         "device": device,
         "precision": precision,
         "backend": backend,
+        "likelihood_model": {"file": LIKELIHOOD_MODEL_PATH.name, "sha256": sha256_of_file(LIKELIHOOD_MODEL_PATH)},
     }
 
 
@@ -80,17 +86,20 @@ def header_fields(record: dict) -> dict:
 
 
 def sidecar_record(
-    *, input_path, input_sha256: str, frame_shape, spacing, source: str, frames: list, boxes: Optional[list],
-    provenance_block: dict, outputs: dict,
+    *, input_path, input_sha256: str, frame_shape, spacing, source: str, frames: list, descriptors: list,
+    boxes: Optional[list], provenance_block: dict, outputs: dict,
 ) -> dict:
     """The JSON object of one input.
 
-    ``frames`` holds one ``(lesions, result_in_words)`` pair per frame (lesions: :class:`.measure.Lesion`);
+    ``frames`` holds one ``(lesions, result_in_words)`` pair per frame (lesions: :class:`.measure.Lesion`),
+    ``descriptors`` one list per frame of its lesions' descriptor dicts (:func:`.descriptors.describe_frames`);
     ``boxes`` the box prompts as ``(x0, y0, x1, y1)`` (None: automatic); ``outputs`` kind -> file name.
     """
     if source not in SPACING_SOURCES and not source.startswith("DICOM "):
         raise ValueError(f"unknown spacing source {source!r}")
     calibrated = source != "default"
+    if [len(lesions) for lesions, _words in frames] != [len(rows) for rows in descriptors]:
+        raise ValueError("every lesion needs its descriptors: the frames' lesions and descriptors do not match")
     return {
         "format": SIDECAR_FORMAT,
         "format_version": SIDECAR_FORMAT_VERSION,
@@ -104,7 +113,9 @@ def sidecar_record(
             for number, box in enumerate(boxes, start=1)],
         "frames": [{"frame": number, "lesions": len(lesions), "result": words}
                    for number, (lesions, words) in enumerate(frames, start=1)],
-        "lesions": [lesion.row() for lesions, _words in frames for lesion in lesions],
+        "lesions": [{**lesion.row(), **described} for (lesions, _words), rows in zip(frames, descriptors)
+                    for lesion, described in zip(lesions, rows)],
+        "descriptors_note": DESCRIPTOR_NOTE,
         "outputs": dict(outputs),
     }
 
@@ -129,8 +140,9 @@ def table_rows(record: dict, file: str) -> list:
     for frame in record["frames"]:
         lesions = [row for row in record["lesions"] if row["frame"] == frame["frame"]]
         for lesion in lesions or [{"frame": frame["frame"]}]:
-            rows.append({"file": file, **{name: lesion.get(name) for name in TABLE_COLUMNS[1:len(LESION_COLUMNS) + 1]},
-                         **common, "result": frame["result"]})
+            rows.append({"file": file, **{column.name: lesion.get(column.name) for column in LESION_ROW_COLUMNS},
+                         **common, "result": frame["result"],
+                         "descriptors_note": record["descriptors_note"] if lesions else None})
     return rows
 
 

@@ -1,16 +1,18 @@
 """The measurement table: one row per lesion per frame, with the core's column names, units and descriptions
-(``BreastUSSegmentLib.measure.LESION_COLUMNS``, the columns of the command line's sidecar table too).
+(``BreastUSSegmentLib.measure.LESION_COLUMNS``, then the research-use descriptors and malignancy likelihood of
+``BreastUSSegmentLib.descriptors.DESCRIPTOR_COLUMNS``: the columns of the command line's sidecar table too).
 
 A frame without a lesion gets one row saying so (its lesion columns empty), so a clip's table lists every frame. The
 lesions of box segments are measured box by box, each knowing its box.
 """
 
 import math
-from typing import Dict, List, NamedTuple, Optional, Sequence
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import vtk
 
+from BreastUSSegmentLib.descriptors import DESCRIPTOR_COLUMNS, RULES, describe_frames
 from BreastUSSegmentLib.measure import (
     LESION_COLUMNS, LesionMeasurement, column_unit, measure_frames, measure_lesion, result_in_words, summarize_frame,
 )
@@ -55,6 +57,9 @@ def tableColumns(indexSequence=None) -> List[TableColumn]:
         if column.name == "box":
             columns.append(TableColumn(SEGMENT_COLUMN, columnTitle(SEGMENT_COLUMN), "",
                                        _("name of the segment the lesion is in"), "string"))
+    for column in DESCRIPTOR_COLUMNS:  # lexicon terms are strings, their numbers doubles
+        columns.append(TableColumn(column.name, columnTitle(column.name), column.unit, column.description,
+                                   "string" if column.name in RULES else "double"))
     columns.append(TableColumn(RESULT_COLUMN, columnTitle(RESULT_COLUMN), "",
                                _("the frame's result in words (\"no lesion found\", \"2 lesions\")"), "string"))
     return columns
@@ -70,19 +75,25 @@ def indexColumn(indexSequence) -> TableColumn:
 
 
 def tableRows(frames: List[LesionMeasurement], segmentNames: Dict[Optional[int], str],
-              emptyBoxes: Optional[Sequence] = None) -> List[dict]:
+              emptyBoxes: Optional[Sequence] = None, descriptors: Optional[Sequence] = None) -> List[dict]:
     """One row (column name -> value, None where empty) per lesion of every frame, and one for each frame without.
 
     ``segmentNames``: the name of the segment of each box number (None: the automatic Lesion segment);
-    ``emptyBoxes[frame]``: the numbers of that frame's boxes that hold no lesion.
+    ``emptyBoxes[frame]``: the numbers of that frame's boxes that hold no lesion; ``descriptors[frame]``: that
+    frame's lesions' descriptor dicts, in lesion order (``BreastUSSegmentLib.descriptors.describe_frames``).
     """
     rows = []
     for number, frame in enumerate(frames):
         words = result_in_words(frame.lesions, emptyBoxes[number] if emptyBoxes else ())
-        for lesion in frame.lesions or [None]:
-            row = dict.fromkeys([*(column.name for column in LESION_COLUMNS), SEGMENT_COLUMN])
+        described = descriptors[number] if descriptors else [{}] * len(frame.lesions)
+        if len(described) != len(frame.lesions):
+            raise ValueError(f"frame {number + 1} has {len(frame.lesions)} lesions but {len(described)} described")
+        for lesion, lesionDescriptors in zip(frame.lesions, described) if frame.lesions else [(None, {})]:
+            row = dict.fromkeys([*(column.name for column in LESION_COLUMNS), SEGMENT_COLUMN,
+                                 *(column.name for column in DESCRIPTOR_COLUMNS)])
             if lesion is not None:
                 row.update(lesion.row())
+                row.update(lesionDescriptors)
                 row[SEGMENT_COLUMN] = segmentNames.get(lesion.box, "")
             row.update({"frame": number + 1, RESULT_COLUMN: words})
             rows.append(row)
@@ -90,16 +101,18 @@ def tableRows(frames: List[LesionMeasurement], segmentNames: Dict[Optional[int],
 
 
 def updateMeasurementTable(segmentationNode, frames: List[LesionMeasurement], indexSequence=None,
-                           segmentNames: Optional[Dict[Optional[int], str]] = None, emptyBoxes=None):
+                           segmentNames: Optional[Dict[Optional[int], str]] = None, emptyBoxes=None,
+                           descriptors=None):
     """Write the lesions of ``frames`` (one :class:`LesionMeasurement` per frame) into the table node the
     segmentation refers to (created when missing), one row per lesion per frame; return the table node.
 
-    ``indexSequence``: the Sequence the frames are items of (its index values get a column); ``segmentNames``
-    and ``emptyBoxes`` as in :func:`tableRows` (by default the lesions are the module's Lesion segment's).
+    ``indexSequence``: the Sequence the frames are items of (its index values get a column); ``segmentNames``,
+    ``emptyBoxes`` and ``descriptors`` as in :func:`tableRows` (by default the lesions are the module's Lesion
+    segment's; without descriptors their columns stay empty).
     """
     tableNode = _tableNode(segmentationNode)
     columns = tableColumns(indexSequence)
-    rows = tableRows(frames, segmentNames or {}, emptyBoxes)
+    rows = tableRows(frames, segmentNames or {}, emptyBoxes, descriptors)
     if indexSequence is not None:
         name = indexColumn(indexSequence).name
         for row in rows:
@@ -128,13 +141,25 @@ def updateMeasurementTable(segmentationNode, frames: List[LesionMeasurement], in
     return tableNode
 
 
-def measureBoxes(roiMasks: List[np.ndarray], spacing) -> List[LesionMeasurement]:
-    """Every frame's lesions measured box by box: ``roiMasks[n]`` (``(F, H, W)``) is the segment of ROI n, whose
-    lesions are those of box n + 1, so no lesion spans two boxes (the first ROI keeps a pixel two segments share)."""
-    boxLabels = np.zeros(np.shape(roiMasks[0]), dtype=np.uint16)
+def boxLabels(roiMasks: List[np.ndarray]) -> np.ndarray:
+    """Per pixel the box number (1 the first) whose segment holds it, 0 for none: ``roiMasks[n]`` (``(F, H, W)``) is
+    the segment of ROI n, whose lesions are those of box n + 1 (the first ROI keeps a pixel two segments share)."""
+    labels = np.zeros(np.shape(roiMasks[0]), dtype=np.uint16)
     for number, masks in reversed(list(enumerate(roiMasks))):
-        boxLabels[np.asarray(masks) > 0] = number + 1
-    return measure_frames(boxLabels > 0, spacing, boxLabels)
+        labels[np.asarray(masks) > 0] = number + 1
+    return labels
+
+
+def measureBoxes(roiMasks: List[np.ndarray], spacing) -> List[LesionMeasurement]:
+    """Every frame's lesions measured box by box (:func:`boxLabels`), so no lesion spans two boxes."""
+    labels = boxLabels(roiMasks)
+    return measure_frames(labels > 0, spacing, labels)
+
+
+def describeBoxes(pixels: np.ndarray, color: bool, roiMasks: List[np.ndarray], spacing) -> List[list]:
+    """Every frame's lesions described box by box, in the order :func:`measureBoxes` gives them (research use)."""
+    labels = boxLabels(roiMasks)
+    return describe_frames(pixels, labels > 0, spacing, labels, color=color)
 
 
 def byBox(frames: List[LesionMeasurement], count: int) -> List[List[LesionMeasurement]]:
@@ -156,6 +181,13 @@ def boxSegmentNames(segmentationNode, segmentIds) -> Dict[Optional[int], str]:
     return {number: segmentation.GetSegment(segmentId).GetName() for number, segmentId in enumerate(segmentIds, 1)}
 
 
+def readTableRows(tableNode) -> List[dict]:
+    """The rows of a measurement table (column name -> value; "" or NaN where empty), as written above."""
+    table = tableNode.GetTable()
+    arrays = [table.GetColumn(index) for index in range(table.GetNumberOfColumns())]
+    return [{array.GetName(): array.GetValue(row) for array in arrays} for row in range(table.GetNumberOfRows())]
+
+
 def _tableNode(segmentationNode):
     """The table node the segmentation refers to, created (and referred to) when missing."""
     scene = segmentationNode.GetScene()
@@ -167,7 +199,12 @@ def _tableNode(segmentationNode):
     return tableNode
 
 
-def measureFrames(masks, spacing, progress: RunProgress) -> List[LesionMeasurement]:
-    """The core's measurements of each frame of ``masks`` (numbered from 1), reporting :data:`MEASURING` progress
-    frame by frame."""
-    return [measure_lesion(frame, spacing, number) for number, frame in enumerate(progress.each(MEASURING, masks), 1)]
+def measureFrames(masks, pixels, color: bool, spacing,
+                  progress: RunProgress) -> Tuple[List[LesionMeasurement], List[list]]:
+    """The core's measurements and research-use descriptors (from the input's ``pixels``, RGB(A) when ``color``) of
+    each frame of ``masks`` (numbered from 1), reporting :data:`MEASURING` progress frame by frame."""
+    measured, described = [], []
+    for number, (frame, framePixels) in enumerate(progress.each(MEASURING, zip(masks, pixels)), 1):
+        measured.append(measure_lesion(frame, spacing, number))
+        described.extend(describe_frames(framePixels, frame, spacing, color=color))
+    return measured, described

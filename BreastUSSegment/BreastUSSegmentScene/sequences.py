@@ -7,9 +7,10 @@ from typing import List, Optional
 import numpy as np
 
 import slicer
+from BreastUSSegmentLib.descriptors import describe_frames
 from BreastUSSegmentLib.measure import LesionMeasurement, measure_lesion
 
-from .inputs import volumeSpacing
+from .inputs import volumeArray, volumeSpacing
 from .nodes import copyGeometry, helperNodesRemoved, kji, nodesOfClass
 from .progress import WRITING, RunProgress
 from .segments import arrayFromSegment, lesionSegmentId, updateAlgorithmType, writeLesionSegment
@@ -81,13 +82,12 @@ def writeVolumeSequence(browser, sequence, proxyVolumeNode, arrays, progress: Op
     return volumeSequence
 
 
-def measureSequence(browser, sequence, proxySegmentationNode) -> List[LesionMeasurement]:
-    """One measurement per frame of ``sequence`` (frame 1 is its first item):
-    of its item in the proxy's segmentation Sequence, and of the proxy itself for the frame shown now (which may
-    hold edits not yet saved into the item)."""
+def lesionMasks(browser, sequence, proxySegmentationNode) -> list:
+    """``(frame node, masks)`` per frame of ``sequence``: the Lesion of its item in the proxy's segmentation
+    Sequence, and of the proxy itself for the frame shown now (which may hold edits not yet saved into the item)."""
     segmentationSequence = browser.GetSequenceNode(proxySegmentationNode)
     shown = shownItem(browser, sequence)
-    measurements = []
+    frames = []
     for item, (frameNode, indexValue) in enumerate(zip(*frameItems(sequence))):
         node = proxySegmentationNode if item == shown else segmentationSequence.GetDataNodeAtValue(indexValue)
         segmentId = lesionSegmentId(node)
@@ -97,8 +97,24 @@ def measureSequence(browser, sequence, proxySegmentationNode) -> List[LesionMeas
             with helperNodesRemoved(node.GetScene()) if node is not proxySegmentationNode else nullcontext():
                 masks = arrayFromSegment(node, segmentId, frameNode)
             updateAlgorithmType(node, segmentId, masks)
-        measurements.append(measure_lesion(masks[0], volumeSpacing(frameNode), frame=item + 1))
-    return measurements
+        frames.append((frameNode, masks))
+    return frames
+
+
+def measureMasks(frameMasks) -> List[LesionMeasurement]:
+    """One measurement per ``(frame node, masks)`` of :func:`lesionMasks` (frame 1 the first)."""
+    return [measure_lesion(masks[0], volumeSpacing(frameNode), frame=item + 1)
+            for item, (frameNode, masks) in enumerate(frameMasks)]
+
+
+def describeMasks(frameMasks, maxPixels: int) -> List[list]:
+    """Per ``(frame node, masks)`` of :func:`lesionMasks`, its lesions' research-use descriptors (in the order
+    :func:`measureMasks` gives them), from the frame's own pixels."""
+    described = []
+    for frameNode, masks in frameMasks:
+        pixels, color = volumeArray(frameNode, maxPixels)
+        described.extend(describe_frames(pixels, masks, volumeSpacing(frameNode), color=color))
+    return described
 
 
 def _proxySequence(browser, indexSequence, proxyNode):

@@ -81,3 +81,36 @@ def boxSummary(segmentationNode, segmentIds, measurements: List[List[LesionMeasu
         frame, largest = largestLesion(frames)
         parts.append(_("{name}: {lesions}").format(name=name, lesions=lesionsText(len(frames[frame].lesions), largest)))
     return "; ".join(parts)
+
+
+def _described(row: dict) -> bool:
+    return bool(row.get("shape"))
+
+
+def lesionTerms(row: dict) -> str:
+    """One lesion's lexicon terms and likelihood from its table row, e.g. "irregular, not parallel, not
+    circumscribed, hypoechoic, posterior shadowing; malignancy likelihood 0.64"."""
+    posterior = row["posterior"]
+    return _("{shape}, {orientation}, {margin}, {echo}, {posterior}; malignancy likelihood {likelihood:.2f}").format(
+        shape=row["shape"], orientation=row["orientation"], margin=row["margin"], echo=row["echo_pattern"],
+        posterior=_("no posterior features") if posterior == "none" else _("posterior {term}").format(term=posterior),
+        likelihood=row["malignancy_likelihood"])
+
+
+def descriptorSummary(rows: List[dict], frame: int, frameCount: int = 1) -> str:
+    """The panel's descriptor lines for ``frame`` (1 the first) from measurement-table ``rows`` (column -> value):
+    its largest lesion's terms and likelihood, then each other lesion's, briefly (research use)."""
+    lesions = sorted((row for row in rows if row.get("frame") == frame and str(row.get("lesion", ""))),
+                     key=lambda row: -row["area"])
+    where = _(" in frame {frame} of {count}").format(frame=frame, count=frameCount) if frameCount > 1 else ""
+    if not lesions:
+        return _("No lesion{where} to describe.").format(where=where)
+    lines = []
+    for number, row in enumerate(lesions):
+        name = (_("Largest lesion{where} (lesion {lesion} of {count})").format(
+            where=where, lesion=row["lesion"], count=len(lesions)) if number == 0 and len(lesions) > 1
+            else _("Lesion{where}").format(where=where) if number == 0
+            else _("Lesion {lesion}").format(lesion=row["lesion"]))
+        terms = lesionTerms(row) if _described(row) else _("too small to describe")
+        lines.append(f"{name}: {terms}")
+    return "\n".join(lines)
