@@ -67,7 +67,7 @@ from BreastUSSegmentLib.descriptors import DESCRIPTOR_NOTE, describe_frames
 from BreastUSSegmentLib.imagetypes import MAX_INPUT_PIXELS
 from BreastUSSegmentLib.measure import LesionMeasurement, measure_frames
 from BreastUSSegmentScene import (
-    inputs, install, measurements, models, nodes, provenance, results, rois, segments, sequences, writer,
+    inputs, install, live, measurements, models, nodes, provenance, results, rois, segments, sequences, writer,
 )
 from BreastUSSegmentScene.common import (
     ATTENTION_REFERENCE_ROLE,
@@ -150,6 +150,7 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._busy = False  # a run is in progress (the application processes events between frames)
         self._cancelRequested = False
         self._newOutput = True  # the run in progress makes a new output segmentation (removed when cancelled)
+        self._live = None  # the running LiveSession, while Live is on
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -183,11 +184,13 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.exportNiftiButton.connect("clicked(bool)", lambda: self.onExportLabelmap(".nii.gz"))
         self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.onModelPathChanged)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
+        self.ui.liveButton.connect("toggled(bool)", self.onLiveButton)
 
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
         self._cancelRequested = True
+        self._stopLive()
         self.setParameterNode(None)
         self.removeObservers()
 
@@ -200,6 +203,7 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSceneStartClose(self, caller, event) -> None:
         self._cancelRequested = True  # a run in progress stops at its next frame and writes nothing
         self._placingBox = None
+        self._stopLive()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -233,6 +237,7 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if parameters is None or self._busy:  # _setBusy(False) brings the buttons back
             return
         problem = self.logic.inputProblem(parameters.inputVolume)
+        self.ui.liveButton.enabled = self._live is not None or not problem
         self.ui.segmentButton.enabled = not problem
         self.ui.segmentButton.toolTip = problem or _("Segment the lesion in the selected image (all frames of a clip).")
         self.ui.segmentInBoxButton.enabled = self.ui.addBoxButton.enabled = not problem
@@ -241,6 +246,9 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for button in (self.ui.measureButton, self.ui.editButton, self.ui.exportNrrdButton, self.ui.exportNiftiButton):
             button.enabled = hasLesion and parameters.inputVolume is not None
         self.ui.attentionOpacitySliderWidget.enabled = parameters.showAttention
+        if self._live is not None:  # the live session holds the input, the output and the settings
+            for widget in self._liveLockedWidgets():
+                widget.enabled = False
 
         overlaySettings = (parameters.showAttention, parameters.attentionOpacity)
         if overlaySettings != self._lastOverlaySettings:
@@ -428,6 +436,72 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             lambda: install.ensureDependencies(backend, device, self._modelPath(), self._setStatus),
             waitCursor=False))  # it asks before installing
 
+    # --- Live ---
+
+    def onLiveButton(self, checked: bool) -> None:
+        """Start or stop segmenting the input each time its image changes (see ``BreastUSSegmentLogic.startLive``)."""
+        if not checked:
+            self._stopLive()
+            self._setStatus(_("Live stopped."))
+            return
+        card = self._live is None and not self._busy and self._checkDependencies() and self.followModelCard()
+        if not card:
+            self._setLiveButton(False)
+            return
+        parameters = self._parameterNode
+        options = SegmentationOptions.fromParameterNode(parameters, self._modelPath(), card)
+        self._live = self._tryShowingError(_("Live segmentation failed"), lambda: self.logic.startLive(
+            parameters.inputVolume, parameters.outputSegmentation, options, parameters.liveTemporal.rule(),
+            schedule=lambda step: qt.QTimer.singleShot(0, lambda: self._liveStep(step)),
+            onStopped=self._onLiveStopped))
+        if self._live is None:
+            self._setLiveButton(False)
+            return
+        parameters.outputSegmentation = self._live.segmentationNode
+        self.ui.liveStatusLabel.text = _("Waiting for frames...")
+        self._setStatus(_("Live: segmenting each new frame of '{name}'.").format(name=parameters.inputVolume.GetName()))
+        self._onParameterNodeModified()
+
+    def _liveStep(self, step: Callable[[], None]) -> None:
+        """Run a scheduled live step, then show the rate."""
+        step()
+        session = self._live
+        if session is None or session.lastStep is None:
+            return
+        fps = session.framesPerSecond
+        self.ui.liveStatusLabel.text = _("{fps} frames/s, {ms:.0f} ms per frame, {dropped} frames skipped").format(
+            fps="-" if fps is None else f"{fps:.1f}", ms=1000 * session.lastStep.seconds, dropped=session.framesDropped)
+
+    def _onLiveStopped(self, reason: str, error: str) -> None:
+        """The live session stopped by itself: the node was removed, the scene closed or a step failed."""
+        self._live = None
+        self._setLiveButton(False)
+        self.ui.liveStatusLabel.text = ""
+        if reason == live.FAILED:
+            self._setStatus(_("Live stopped: {error}").format(error=error), error=True)
+        elif reason == live.NODE_REMOVED:
+            self._setStatus(_("Live stopped: the input or the output was removed from the scene."))
+        self._onParameterNodeModified()
+
+    def _stopLive(self) -> None:
+        if self._live is not None:
+            session, self._live = self._live, None
+            session.stop()
+        self._setLiveButton(False)
+        self.ui.liveStatusLabel.text = ""
+        self._onParameterNodeModified()
+
+    def _setLiveButton(self, checked: bool) -> None:
+        """Show the Live button's state without starting or stopping anything."""
+        wasBlocked = self.ui.liveButton.blockSignals(True)
+        self.ui.liveButton.checked = checked
+        self.ui.liveButton.blockSignals(wasBlocked)
+
+    def _liveLockedWidgets(self) -> list:
+        """What Live leaves unusable: every other action, the selectors and the settings it started with."""
+        return [widget for widget in self._busyWidgets() if widget is not self.ui.liveButton] + [
+            self.ui.liveTemporalComboBox]
+
     def _onProgress(self, done: int, total: int, stage: str) -> None:
         """Show progress, let the application process events (so Cancel can be clicked), stop if cancelled."""
         self.ui.progressBar.maximum = total
@@ -464,7 +538,7 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ui = self.ui
         return [ui.segmentButton, ui.segmentInBoxButton, ui.addBoxButton, ui.measureButton, ui.editButton,
                 ui.exportNrrdButton, ui.exportNiftiButton, ui.inputSelector, ui.outputSelector, ui.modelPathLineEdit,
-                ui.deviceComboBox, ui.backendComboBox, ui.precisionComboBox]
+                ui.deviceComboBox, ui.backendComboBox, ui.precisionComboBox, ui.liveButton]
 
     def _setBusy(self, busy: bool) -> None:
         self._busy = busy
@@ -733,6 +807,41 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
             rejectedLesionProbability=None if result.why_empty is None else result.why_empty.rejected_lesion_probability,
             sequenceNode=written.sequenceNode,
         )
+
+    # --- Live ---
+
+    def startLive(self, inputVolumeNode, outputSegmentationNode=None, options: Optional[SegmentationOptions] = None,
+                  temporal=None, schedule: Optional[Callable] = None, onStopped: Optional[Callable] = None):
+        """Segment the newest frame of ``inputVolumeNode`` each time its image data changes (a live image), into the
+        Lesion segment and the attention volume of the output segmentation, in place; return the started
+        :class:`~BreastUSSegmentScene.live.LiveSession` (``session.stop()`` ends it).
+
+        ``temporal`` is the core's ``TemporalRule`` or None; ``schedule(function)`` runs a step later (the panel
+        passes a zero-delay timer; by default the step runs at once, inside the observer); ``onStopped(reason,
+        error)`` hears when the session stops by itself. A new segmentation node is made when none is given.
+        """
+        from BreastUSSegmentLib.stream import FrameStepper
+
+        options = options or SegmentationOptions()
+        problem = self.inputProblem(inputVolumeNode)
+        if problem:
+            raise BreastUSSegmentError(problem)
+        if inputVolumeNode.GetImageData().GetDimensions()[2] != 1:
+            raise BreastUSSegmentError(_("Live segmentation needs a single-frame image; '{name}' is a clip.").format(
+                name=inputVolumeNode.GetName()))
+        nodes.checkOutputScene(inputVolumeNode, outputSegmentationNode)
+        segmenter = self.segmenters.get(options.weightsPath, options.device)
+        postprocessing = options.postprocessing or segmenter.postprocessing
+        stepper = FrameStepper(segmenter, temporal, batch_size=1, postprocessing=postprocessing)
+        record = self._provenance(options, postprocessing, inputVolumeNode)
+        record["live"] = {"temporal": str(temporal) if temporal else "off"}
+        with nodes.nodesRemovedOnFailure(inputVolumeNode.GetScene()):
+            segmentationNode = nodes.outputSegmentation(inputVolumeNode, outputSegmentationNode)
+            provenance.writeProvenance(segmentationNode, record)
+        session = live.LiveSession(inputVolumeNode, segmentationNode, stepper, schedule or (lambda step: step()),
+                                   self.maxInputPixels, options.showAttention, options.attentionOpacity, onStopped)
+        session.start()
+        return session
 
     # --- Measurement and export ---
 

@@ -588,7 +588,7 @@ def test_module_classes_and_parameter_node_fields():
     assert set(fields) == {
         "inputVolume", "outputSegmentation", "postprocessing", "device", "backend", "precision", "showAttention",
         "attentionOpacity",
-        "createProbabilityVolume", "boxAllFrames",
+        "createProbabilityVolume", "boxAllFrames", "liveTemporal",
     }
     # The post-processing fields are the core's settings under the core's names: all of them, smoothing as a switch.
     from BreastUSSegmentLib.options import PostprocessOptions

@@ -83,6 +83,28 @@ class PrecisionChoice(enum.Enum):
                 "BF16": _("bfloat16")}[member.name]
 
 
+class LiveTemporalChoice(enum.Enum):
+    """The temporal rule of live segmentation: values are the core's ``K/N`` (``temporal.TemporalRule``) or off."""
+
+    OFF = "off"
+    RULE_2_OF_2 = "2/2"
+    RULE_2_OF_3 = "2/3"
+    RULE_3_OF_5 = "3/5"
+
+    @staticmethod
+    def label(member):
+        if member.name == "OFF":
+            return _("Off (every frame on its own)")
+        hits, frames = member.value.split("/")
+        return _("Lesion seen on {hits} of the last {frames} frames").format(hits=hits, frames=frames)
+
+    def rule(self):
+        """The core's ``TemporalRule``, or None when off."""
+        from BreastUSSegmentLib.temporal import TemporalRule
+
+        return TemporalRule.parse(self.value)
+
+
 @parameterPack
 class PostprocessingParameters:
     """The panel's post-processing settings, each named as the field of the core's ``PostprocessOptions`` it sets
@@ -145,6 +167,7 @@ class BreastUSSegmentParameterNode:
     showAttention, attentionOpacity - the attention overlay in the slice views.
     createProbabilityVolume - also write the probability map as a volume.
     boxAllFrames - "Segment in box" uses each box on every frame of a clip, not only the frame it was drawn on.
+    liveTemporal - the temporal rule of live segmentation (off by default).
     """
 
     # Both classes by name: Slicer's wrapper sets the input selector's node types from this annotation, and the
@@ -159,6 +182,7 @@ class BreastUSSegmentParameterNode:
     attentionOpacity: Annotated[float, WithinRange(0.0, 1.0)] = DEFAULT_ATTENTION_OPACITY
     createProbabilityVolume: bool = False
     boxAllFrames: bool = False
+    liveTemporal: LiveTemporalChoice = LiveTemporalChoice.OFF
 
 
 def fillFromModelCard(parameters, card, source: str, force: bool = False) -> bool:
