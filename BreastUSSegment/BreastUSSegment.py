@@ -63,16 +63,15 @@ except ImportError:  # plain Python with slicer-core: minimal stand-ins so the L
 
 
 from BreastUSSegmentLib import BUNDLED_WEIGHTS
-from BreastUSSegmentLib.descriptors import DESCRIPTOR_NOTE, describe_frames
+from BreastUSSegmentLib.descriptors import DESCRIPTOR_NOTE
 from BreastUSSegmentLib.imagetypes import MAX_INPUT_PIXELS
-from BreastUSSegmentLib.measure import LesionMeasurement, measure_frames
+from BreastUSSegmentLib.measure import LesionMeasurement
 from BreastUSSegmentScene import (
-    inputs, install, live, measurements, models, nodes, provenance, results, rois, segments, sequences, writer,
+    inputs, install, live, measurements, models, nodes, provenance, results, review, rois, segments, sequences, writer,
 )
 from BreastUSSegmentScene.common import (
     ATTENTION_REFERENCE_ROLE,
     LABELMAP_SUFFIXES,
-    MEASUREMENT_TABLE_ROLE,
     BreastUSSegmentError,
     SegmentationCancelled,
     _,
@@ -88,7 +87,7 @@ from BreastUSSegmentScene.progress import MEASURING, SEGMENTING, WRITING, Progre
 from BreastUSSegmentScene.dependencies import importableRuntimes
 from BreastUSSegmentScene.measurements import measureFrames
 from BreastUSSegmentScene.samples import SAMPLES_DIR, registerSampleData, sampleDataSources
-from BreastUSSegmentScene.status import boxSummary, descriptorSummary, measurementSummary
+from BreastUSSegmentScene.status import boxSummary, measurementSummary
 
 
 
@@ -664,7 +663,7 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
             progress.report(WRITING, 1, 1)
             output = self._output(segmentationNode, written, result, postprocessing, inputVolumeNode, progress,
                                   frames, color)
-            output.tableNode = self._lesionTable(segmentationNode, output.segmentId, output.measurements,
+            output.tableNode = measurements.lesionTable(segmentationNode, output.segmentId, output.measurements,
                                                  descriptors=output.descriptors)
             return output
 
@@ -691,7 +690,7 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
                                                  options.createProbabilityVolume, progress)
             output = self._output(segmentationNode, written, result, postprocessing, proxyVolumeNode, progress,
                                   frames, color)
-            output.tableNode = self._lesionTable(segmentationNode, output.segmentId, output.measurements, sequence,
+            output.tableNode = measurements.lesionTable(segmentationNode, output.segmentId, output.measurements, sequence,
                                                  output.descriptors)
             return output
 
@@ -766,14 +765,6 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
         return provenance.runProvenance(segmenter, postprocessing, inputVolumeNode, boxAllFrames)
 
     @staticmethod
-    def _lesionTable(segmentationNode, segmentId, frames, indexSequence=None, descriptors=None):
-        """The measurement table of the Lesion segment ``segmentId``: one row per lesion per frame, with each
-        lesion's research-use ``descriptors`` (one list per frame)."""
-        name = segmentationNode.GetSegmentation().GetSegment(segmentId).GetName()
-        return measurements.updateMeasurementTable(segmentationNode, frames, indexSequence, {None: name},
-                                                   descriptors=descriptors)
-
-    @staticmethod
     def _intoScene(inputVolumeNode, outputSegmentationNode, options, write, record: dict):
         """``write(segmentation node)``'s output, written into the output segmentation (a new one when None) with
         the provenance ``record`` as its attributes; a failed write leaves no new node. Then the attention overlay
@@ -830,7 +821,7 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
             raise BreastUSSegmentError(_("Live segmentation needs a single-frame image; '{name}' is a clip.").format(
                 name=inputVolumeNode.GetName()))
         nodes.checkOutputScene(inputVolumeNode, outputSegmentationNode)
-        segmenter = self.segmenters.get(options.weightsPath, options.device)
+        segmenter = self.segmenters.get(options.weightsPath, options.device, options.backend, options.precision)
         postprocessing = options.postprocessing or segmenter.postprocessing
         stepper = FrameStepper(segmenter, temporal, batch_size=1, postprocessing=postprocessing)
         record = self._provenance(options, postprocessing, inputVolumeNode)
@@ -846,76 +837,20 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
     # --- Measurement and export ---
 
     def measureLesion(self, segmentationNode, referenceVolumeNode, segmentId=None) -> List[LesionMeasurement]:
-        """Every lesion (connected region) of the lesion segment measured on its own, one entry per frame of the
-        reference volume; written into the measurement table, one row per lesion per frame."""
-        segmentId = self._lesionSegmentId(
-            segmentationNode, referenceVolumeNode, _("Select the input volume and the segmentation to measure."), segmentId)
-        clip = sequences.browsedSequence(referenceVolumeNode)
-        if clip is not None and clip[0].GetSequenceNode(segmentationNode) is not None:
-            frameMasks = sequences.lesionMasks(*clip, segmentationNode)
-            frames = sequences.measureMasks(frameMasks)
-            self._lesionTable(segmentationNode, segmentId, frames, clip[1],
-                              sequences.describeMasks(frameMasks, self.maxInputPixels))
-            return frames
-        masks = segments.arrayFromSegment(segmentationNode, segmentId, referenceVolumeNode)
-        segments.updateAlgorithmType(segmentationNode, segmentId, masks)
-        spacing = inputs.volumeSpacing(referenceVolumeNode)
-        frames = measure_frames(masks, spacing)
-        pixels, color = inputs.volumeArray(referenceVolumeNode, self.maxInputPixels)
-        self._lesionTable(segmentationNode, segmentId, frames, descriptors=describe_frames(pixels, masks, spacing,
-                                                                                          color=color))
-        return frames
-
-    def descriptorSummary(self, segmentationNode, referenceVolumeNode) -> str:
-        """The research-use descriptor lines of the measurement table for the frame shown (a Sequence's current
-        item; otherwise the frame of the largest lesion): see :func:`BreastUSSegmentScene.status.descriptorSummary`.
-        Empty when the segmentation has no measurement table yet."""
-        tableNode = segmentationNode.GetNodeReference(MEASUREMENT_TABLE_ROLE) if segmentationNode else None
-        if tableNode is None:
-            return ""
-        rows = measurements.readTableRows(tableNode)
-        frameCount = max((row["frame"] for row in rows), default=1)
-        clip = sequences.browsedSequence(referenceVolumeNode) if referenceVolumeNode else None
-        if clip is not None:
-            frame = sequences.shownItem(*clip) + 1
-        else:
-            lesions = [row for row in rows if row["lesion"]]
-            frame = max(lesions, key=lambda row: (row["area"], -row["frame"]))["frame"] if lesions else 1
-        return descriptorSummary(rows, frame, frameCount)
-
-    def exportLabelmap(self, segmentationNode, referenceVolumeNode, path=None, overwrite: bool = False):
-        """The Lesion segment as a labelmap volume node (lesion = 1) on the reference grid, written to ``path`` if given.
-
-        ``path`` must end with .nrrd, .nii or .nii.gz; an existing file is only replaced with ``overwrite=True``.
-        """
-        segmentId = self._lesionSegmentId(
-            segmentationNode, referenceVolumeNode, _("Select the input volume and the segmentation to export."))
-        if path is not None:
-            path = str(path)
-            if not path.lower().endswith(LABELMAP_SUFFIXES):
-                raise BreastUSSegmentError(
-                    _("Cannot write {path}: use a .nrrd, .nii or .nii.gz file name.").format(path=path))
-            if os.path.exists(path) and not overwrite:
-                raise BreastUSSegmentError(_("{path} already exists; not overwriting it.").format(path=path))
-        scene = segmentationNode.GetScene()
-        name = scene.GenerateUniqueName(f"{referenceVolumeNode.GetName()} lesion label")
-        with nodes.nodesRemovedOnFailure(scene):
-            labelmap = segments.exportToLabelmapNode(segmentationNode, [segmentId], referenceVolumeNode, name)
-            if path is not None:
-                segments.writeLabelmapFile(labelmap, path)
-        return labelmap
+        """Every lesion of the lesion segment measured on its own, one entry per frame of the reference volume;
+        written into the measurement table (see :func:`BreastUSSegmentScene.review.measureLesion`)."""
+        return review.measureLesion(segmentationNode, referenceVolumeNode, self.maxInputPixels, segmentId)
 
     @staticmethod
-    def _lesionSegmentId(segmentationNode, referenceVolumeNode, unselected: str, segmentId=None) -> str:
-        """``segmentId`` or the Lesion segment's ID; ``unselected`` is the error when a node is missing."""
-        if segmentationNode is None or referenceVolumeNode is None:
-            raise BreastUSSegmentError(unselected)
-        segmentId = segmentId or segments.lesionSegmentId(segmentationNode)
-        if not segmentId:
-            raise BreastUSSegmentError(
-                _("Segmentation '{name}' has no Lesion segment; click Segment lesion first.").format(
-                    name=segmentationNode.GetName()))
-        return segmentId
+    def descriptorSummary(segmentationNode, referenceVolumeNode) -> str:
+        """The research-use descriptor lines of the frame shown (:func:`BreastUSSegmentScene.review.shownDescriptors`)."""
+        return review.shownDescriptors(segmentationNode, referenceVolumeNode)
+
+    @staticmethod
+    def exportLabelmap(segmentationNode, referenceVolumeNode, path=None, overwrite: bool = False):
+        """The Lesion segment as a labelmap volume node, written to ``path`` if given
+        (:func:`BreastUSSegmentScene.review.exportLabelmap`)."""
+        return review.exportLabelmap(segmentationNode, referenceVolumeNode, path, overwrite)
 
 
 #

@@ -13,7 +13,8 @@ those below it:
 - ``inputs``, ``rois``, ``segments``, ``results``, ``measurements``, ``provenance``: frames and spacing read from
   volumes; box prompts; the Lesion and box segments; the result volumes and overlay; the measurement table (a row
   per lesion per frame); the provenance attributes of the output segmentation;
-- ``sequences``: Sequence items of a clip; ``writer``: one core result into the scene, for a volume, a
+- ``sequences``: Sequence items of a clip; ``review``: measuring the Lesion segment again, the descriptors of the
+  frame shown and the labelmap export; ``writer``: one core result into the scene, for a volume, a
   Sequence or box prompts, without the bookkeeping around it (the Logic's);
 - ``live``: a live image's newest frame segmented each time it changes, written in place.
 """
