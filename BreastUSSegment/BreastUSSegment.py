@@ -18,7 +18,6 @@ annotations that are evaluated at run time.
 
 import logging
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, List, Optional
 
@@ -42,24 +41,12 @@ try:
         ScriptedLoadableModuleWidget,
     )
 except ImportError:  # plain Python with slicer-core: minimal stand-ins so the Logic is usable
-    import unittest
-
-    class ScriptedLoadableModule:
-        def __init__(self, parent):
-            self.parent = parent
-            self.moduleName = self.__class__.__name__
-
-    class ScriptedLoadableModuleWidget:
-        def __init__(self, parent=None):
-            self.parent = parent
-
-    class ScriptedLoadableModuleLogic:
-        def __init__(self, parent=None):
-            self.moduleName = self.__class__.__name__[: -len("Logic")]
-
-    class ScriptedLoadableModuleTest(unittest.TestCase):
-        def delayDisplay(self, message, msec=100):
-            logging.info(message)
+    from BreastUSSegmentScene.standins import (
+        ScriptedLoadableModule,
+        ScriptedLoadableModuleLogic,
+        ScriptedLoadableModuleTest,
+        ScriptedLoadableModuleWidget,
+    )
 
 
 from BreastUSSegmentLib import BUNDLED_WEIGHTS
@@ -86,6 +73,7 @@ from BreastUSSegmentScene.parameters import (
 from BreastUSSegmentScene.progress import MEASURING, SEGMENTING, WRITING, ProgressCallback, RunProgress, segmentInParts
 from BreastUSSegmentScene.dependencies import importableRuntimes
 from BreastUSSegmentScene.measurements import measureFrames
+from BreastUSSegmentScene.outputs import BoxSegmentationOutput, SegmentationOutput
 from BreastUSSegmentScene.samples import SAMPLES_DIR, registerSampleData, sampleDataSources
 from BreastUSSegmentScene.status import boxSummary, measurementSummary
 
@@ -586,37 +574,6 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 #
 # BreastUSSegmentLogic
 #
-
-
-@dataclass
-class SegmentationOutput:
-    """What :meth:`BreastUSSegmentLogic.segment` produced."""
-
-    segmentationNode: Any
-    segmentId: str
-    attentionVolumeNode: Any
-    probabilityVolumeNode: Any = None
-    measurements: List[LesionMeasurement] = field(default_factory=list)
-    pipelineResult: Any = None  # BreastUSSegmentLib.inference.SegmentationResult
-    postprocessing: Any = None  # BreastUSSegmentLib.postprocessing.PostprocessOptions used
-    hiddenConfidence: Optional[float] = None  # when nothing was found: best mean probability Min. confidence hid
-    rejectedLesionProbability: Optional[float] = None  # when the lesion head emptied every frame: its highest probability
-    tableNode: Any = None  # the measurement table: one row per lesion per frame (vtkMRMLTableNode)
-    descriptors: List[list] = field(default_factory=list)  # per frame, its lesions' research-use descriptor dicts
-    sequenceNode: Any = None  # a Sequence's segmentation Sequence (one item per frame; the output node is its proxy)
-
-
-@dataclass
-class BoxSegmentationOutput:
-    """What :meth:`BreastUSSegmentLogic.segmentInBoxes` produced: one segment per ROI, in the ROIs' order."""
-
-    segmentationNode: Any
-    segmentIds: List[str]
-    emptyRois: List[Any]  # the ROIs in which the network saw no lesion
-    attentionVolumeNode: Any
-    measurements: List[List[LesionMeasurement]] = field(default_factory=list)  # per ROI, one entry per frame
-    pipelineResult: Any = None  # BreastUSSegmentLib.inference.SegmentationResult
-    tableNode: Any = None  # the measurement table: one row per lesion per frame, with its box (vtkMRMLTableNode)
 
 
 class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):

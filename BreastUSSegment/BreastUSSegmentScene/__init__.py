@@ -16,5 +16,7 @@ those below it:
 - ``sequences``: Sequence items of a clip; ``review``: measuring the Lesion segment again, the descriptors of the
   frame shown and the labelmap export; ``writer``: one core result into the scene, for a volume, a
   Sequence or box prompts, without the bookkeeping around it (the Logic's);
+- ``outputs``: what the Logic's entry points return;
+- ``standins``: the scripted-module base classes where Slicer's are absent (plain Python);
 - ``live``: a live image's newest frame segmented each time it changes, written in place.
 """
