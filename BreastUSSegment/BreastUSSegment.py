@@ -16,10 +16,8 @@ Python 3.9 compatible (Slicer 5.8 bundles Python 3.9): no ``X | Y`` unions in
 annotations that are evaluated at run time.
 """
 
-import importlib.util
 import logging
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, List, Optional
 
@@ -43,37 +41,24 @@ try:
         ScriptedLoadableModuleWidget,
     )
 except ImportError:  # plain Python with slicer-core: minimal stand-ins so the Logic is usable
-    import unittest
-
-    class ScriptedLoadableModule:
-        def __init__(self, parent):
-            self.parent = parent
-            self.moduleName = self.__class__.__name__
-
-    class ScriptedLoadableModuleWidget:
-        def __init__(self, parent=None):
-            self.parent = parent
-
-    class ScriptedLoadableModuleLogic:
-        def __init__(self, parent=None):
-            self.moduleName = self.__class__.__name__[: -len("Logic")]
-
-    class ScriptedLoadableModuleTest(unittest.TestCase):
-        def delayDisplay(self, message, msec=100):
-            logging.info(message)
+    from BreastUSSegmentScene.standins import (
+        ScriptedLoadableModule,
+        ScriptedLoadableModuleLogic,
+        ScriptedLoadableModuleTest,
+        ScriptedLoadableModuleWidget,
+    )
 
 
 from BreastUSSegmentLib import BUNDLED_WEIGHTS
-from BreastUSSegmentLib.descriptors import DESCRIPTOR_NOTE, describe_frames
+from BreastUSSegmentLib.descriptors import DESCRIPTOR_NOTE
 from BreastUSSegmentLib.imagetypes import MAX_INPUT_PIXELS
-from BreastUSSegmentLib.measure import LesionMeasurement, measure_frames
+from BreastUSSegmentLib.measure import LesionMeasurement
 from BreastUSSegmentScene import (
-    inputs, measurements, models, nodes, provenance, results, rois, segments, sequences, writer,
+    inputs, install, live, measurements, models, nodes, provenance, results, review, rois, segments, sequences, writer,
 )
 from BreastUSSegmentScene.common import (
     ATTENTION_REFERENCE_ROLE,
     LABELMAP_SUFFIXES,
-    MEASUREMENT_TABLE_ROLE,
     BreastUSSegmentError,
     SegmentationCancelled,
     _,
@@ -86,12 +71,11 @@ from BreastUSSegmentScene.parameters import (
     fillFromModelCard,
 )
 from BreastUSSegmentScene.progress import MEASURING, SEGMENTING, WRITING, ProgressCallback, RunProgress, segmentInParts
-from BreastUSSegmentScene.dependencies import (
-    installedVersions, moduleRequirements, torchVersionRequirement, unmetRequirements,
-)
+from BreastUSSegmentScene.dependencies import importableRuntimes
 from BreastUSSegmentScene.measurements import measureFrames
+from BreastUSSegmentScene.outputs import BoxSegmentationOutput, SegmentationOutput
 from BreastUSSegmentScene.samples import SAMPLES_DIR, registerSampleData, sampleDataSources
-from BreastUSSegmentScene.status import boxSummary, descriptorSummary, measurementSummary
+from BreastUSSegmentScene.status import boxSummary, measurementSummary
 
 
 
@@ -153,6 +137,7 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._busy = False  # a run is in progress (the application processes events between frames)
         self._cancelRequested = False
         self._newOutput = True  # the run in progress makes a new output segmentation (removed when cancelled)
+        self._live = None  # the running LiveSession, while Live is on
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -186,11 +171,13 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.exportNiftiButton.connect("clicked(bool)", lambda: self.onExportLabelmap(".nii.gz"))
         self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.onModelPathChanged)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
+        self.ui.liveButton.connect("toggled(bool)", self.onLiveButton)
 
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
         self._cancelRequested = True
+        self._stopLive()
         self.setParameterNode(None)
         self.removeObservers()
 
@@ -203,6 +190,7 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSceneStartClose(self, caller, event) -> None:
         self._cancelRequested = True  # a run in progress stops at its next frame and writes nothing
         self._placingBox = None
+        self._stopLive()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -236,6 +224,7 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if parameters is None or self._busy:  # _setBusy(False) brings the buttons back
             return
         problem = self.logic.inputProblem(parameters.inputVolume)
+        self.ui.liveButton.enabled = self._live is not None or not problem
         self.ui.segmentButton.enabled = not problem
         self.ui.segmentButton.toolTip = problem or _("Segment the lesion in the selected image (all frames of a clip).")
         self.ui.segmentInBoxButton.enabled = self.ui.addBoxButton.enabled = not problem
@@ -244,6 +233,9 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for button in (self.ui.measureButton, self.ui.editButton, self.ui.exportNrrdButton, self.ui.exportNiftiButton):
             button.enabled = hasLesion and parameters.inputVolume is not None
         self.ui.attentionOpacitySliderWidget.enabled = parameters.showAttention
+        if self._live is not None:  # the live session holds the input, the output and the settings
+            for widget in self._liveLockedWidgets():
+                widget.enabled = False
 
         overlaySettings = (parameters.showAttention, parameters.attentionOpacity)
         if overlaySettings != self._lastOverlaySettings:
@@ -423,46 +415,79 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _checkDependencies(self) -> bool:
         """True when the Python packages the module needs are there (installed now if the user agrees); a failed
         install is shown in a dialog and the status line."""
-        return bool(self._tryShowingError(_("Installing Python packages failed"), self._ensurePythonDependencies,
-                                          waitCursor=False))  # it asks before installing
+        parameters = self._parameterNode
+        backend = parameters.backend.value if parameters else "auto"
+        device = parameters.device.value if parameters else "auto"
+        return bool(self._tryShowingError(
+            _("Installing Python packages failed"),
+            lambda: install.ensureDependencies(backend, device, self._modelPath(), self._setStatus),
+            waitCursor=False))  # it asks before installing
 
-    def _ensurePythonDependencies(self) -> bool:
-        """Install PyTorch (through the PyTorch extension) and other packages after asking the user."""
-        if importlib.util.find_spec("torch") is None:
-            try:
-                import PyTorchUtils
-            except ModuleNotFoundError:
-                message = _("This module needs PyTorch. Install the 'PyTorch' extension from the Extensions Manager, "
-                            "restart Slicer and click Segment lesion again.")
-                self._setStatus(message, error=True)
-                slicer.util.errorDisplay(message)
-                return False
-            torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-            if not torchLogic.torchInstalled():
-                torch = torchLogic.installTorch(askConfirmation=True, torchVersionRequirement=torchVersionRequirement())
-                if torch is None:
-                    self._setStatus(_("PyTorch is required to segment; installation was cancelled."), error=True)
-                    return False
-        torchRequirement = "torch" + torchVersionRequirement()
-        torchVersion = installedVersions().get("torch")
-        if torchVersion and unmetRequirements([torchRequirement]):
-            raise BreastUSSegmentError(_(
-                "PyTorch {version} is installed but this module needs {requirement}: update it in the PyTorch Utils "
-                "module, restart Slicer and click Segment lesion again.").format(
-                    version=torchVersion, requirement=torchRequirement))
-        missing = unmetRequirements(moduleRequirements())
-        if missing:
-            if not slicer.util.confirmOkCancelDisplay(
-                _("This module needs the Python packages {packages} (missing or too old). Download and install "
-                  "them now?").format(
-                    packages=", ".join(missing)
-                )
-            ):
-                self._setStatus(_("Missing Python packages: {packages}.").format(packages=", ".join(missing)), error=True)
-                return False
-            with slicer.util.WaitCursor():
-                slicer.util.pip_install(missing)
-        return True
+    # --- Live ---
+
+    def onLiveButton(self, checked: bool) -> None:
+        """Start or stop segmenting the input each time its image changes (see ``BreastUSSegmentLogic.startLive``)."""
+        if not checked:
+            self._stopLive()
+            self._setStatus(_("Live stopped."))
+            return
+        card = self._live is None and not self._busy and self._checkDependencies() and self.followModelCard()
+        if not card:
+            self._setLiveButton(False)
+            return
+        parameters = self._parameterNode
+        options = SegmentationOptions.fromParameterNode(parameters, self._modelPath(), card)
+        self._live = self._tryShowingError(_("Live segmentation failed"), lambda: self.logic.startLive(
+            parameters.inputVolume, parameters.outputSegmentation, options, parameters.liveTemporal.rule(),
+            schedule=lambda step: qt.QTimer.singleShot(0, lambda: self._liveStep(step)),
+            onStopped=self._onLiveStopped))
+        if self._live is None:
+            self._setLiveButton(False)
+            return
+        parameters.outputSegmentation = self._live.segmentationNode
+        self.ui.liveStatusLabel.text = _("Waiting for frames...")
+        self._setStatus(_("Live: segmenting each new frame of '{name}'.").format(name=parameters.inputVolume.GetName()))
+        self._onParameterNodeModified()
+
+    def _liveStep(self, step: Callable[[], None]) -> None:
+        """Run a scheduled live step, then show the rate."""
+        step()
+        session = self._live
+        if session is None or session.lastStep is None:
+            return
+        fps = session.framesPerSecond
+        self.ui.liveStatusLabel.text = _("{fps} frames/s, {ms:.0f} ms per frame, {dropped} frames skipped").format(
+            fps="-" if fps is None else f"{fps:.1f}", ms=1000 * session.lastStep.seconds, dropped=session.framesDropped)
+
+    def _onLiveStopped(self, reason: str, error: str) -> None:
+        """The live session stopped by itself: the node was removed, the scene closed or a step failed."""
+        self._live = None
+        self._setLiveButton(False)
+        self.ui.liveStatusLabel.text = ""
+        if reason == live.FAILED:
+            self._setStatus(_("Live stopped: {error}").format(error=error), error=True)
+        elif reason == live.NODE_REMOVED:
+            self._setStatus(_("Live stopped: the input or the output was removed from the scene."))
+        self._onParameterNodeModified()
+
+    def _stopLive(self) -> None:
+        if self._live is not None:
+            session, self._live = self._live, None
+            session.stop()
+        self._setLiveButton(False)
+        self.ui.liveStatusLabel.text = ""
+        self._onParameterNodeModified()
+
+    def _setLiveButton(self, checked: bool) -> None:
+        """Show the Live button's state without starting or stopping anything."""
+        wasBlocked = self.ui.liveButton.blockSignals(True)
+        self.ui.liveButton.checked = checked
+        self.ui.liveButton.blockSignals(wasBlocked)
+
+    def _liveLockedWidgets(self) -> list:
+        """What Live leaves unusable: every other action, the selectors and the settings it started with."""
+        return [widget for widget in self._busyWidgets() if widget is not self.ui.liveButton] + [
+            self.ui.liveTemporalComboBox]
 
     def _onProgress(self, done: int, total: int, stage: str) -> None:
         """Show progress, let the application process events (so Cancel can be clicked), stop if cancelled."""
@@ -500,7 +525,7 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ui = self.ui
         return [ui.segmentButton, ui.segmentInBoxButton, ui.addBoxButton, ui.measureButton, ui.editButton,
                 ui.exportNrrdButton, ui.exportNiftiButton, ui.inputSelector, ui.outputSelector, ui.modelPathLineEdit,
-                ui.deviceComboBox]
+                ui.deviceComboBox, ui.backendComboBox, ui.precisionComboBox, ui.liveButton]
 
     def _setBusy(self, busy: bool) -> None:
         self._busy = busy
@@ -551,37 +576,6 @@ class BreastUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 #
 
 
-@dataclass
-class SegmentationOutput:
-    """What :meth:`BreastUSSegmentLogic.segment` produced."""
-
-    segmentationNode: Any
-    segmentId: str
-    attentionVolumeNode: Any
-    probabilityVolumeNode: Any = None
-    measurements: List[LesionMeasurement] = field(default_factory=list)
-    pipelineResult: Any = None  # BreastUSSegmentLib.inference.SegmentationResult
-    postprocessing: Any = None  # BreastUSSegmentLib.postprocessing.PostprocessOptions used
-    hiddenConfidence: Optional[float] = None  # when nothing was found: best mean probability Min. confidence hid
-    rejectedLesionProbability: Optional[float] = None  # when the lesion head emptied every frame: its highest probability
-    tableNode: Any = None  # the measurement table: one row per lesion per frame (vtkMRMLTableNode)
-    descriptors: List[list] = field(default_factory=list)  # per frame, its lesions' research-use descriptor dicts
-    sequenceNode: Any = None  # a Sequence's segmentation Sequence (one item per frame; the output node is its proxy)
-
-
-@dataclass
-class BoxSegmentationOutput:
-    """What :meth:`BreastUSSegmentLogic.segmentInBoxes` produced: one segment per ROI, in the ROIs' order."""
-
-    segmentationNode: Any
-    segmentIds: List[str]
-    emptyRois: List[Any]  # the ROIs in which the network saw no lesion
-    attentionVolumeNode: Any
-    measurements: List[List[LesionMeasurement]] = field(default_factory=list)  # per ROI, one entry per frame
-    pipelineResult: Any = None  # BreastUSSegmentLib.inference.SegmentationResult
-    tableNode: Any = None  # the measurement table: one row per lesion per frame, with its box (vtkMRMLTableNode)
-
-
 class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
     """Segmentation, measurement and export on any MRML scene, without GUI.
 
@@ -626,7 +620,7 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
             progress.report(WRITING, 1, 1)
             output = self._output(segmentationNode, written, result, postprocessing, inputVolumeNode, progress,
                                   frames, color)
-            output.tableNode = self._lesionTable(segmentationNode, output.segmentId, output.measurements,
+            output.tableNode = measurements.lesionTable(segmentationNode, output.segmentId, output.measurements,
                                                  descriptors=output.descriptors)
             return output
 
@@ -653,7 +647,7 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
                                                  options.createProbabilityVolume, progress)
             output = self._output(segmentationNode, written, result, postprocessing, proxyVolumeNode, progress,
                                   frames, color)
-            output.tableNode = self._lesionTable(segmentationNode, output.segmentId, output.measurements, sequence,
+            output.tableNode = measurements.lesionTable(segmentationNode, output.segmentId, output.measurements, sequence,
                                                  output.descriptors)
             return output
 
@@ -708,7 +702,7 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
         from BreastUSSegmentLib.modelcard import WeightsError
 
         nodes.checkOutputScene(inputVolumeNode, outputSegmentationNode)
-        segmenter = self.segmenters.get(options.weightsPath, options.device)
+        segmenter = self.segmenters.get(options.weightsPath, options.device, options.backend, options.precision)
         postprocessing = options.postprocessing or segmenter.postprocessing
         progress.report(SEGMENTING, 0, frames.shape[0])  # the model is loaded: let the application breathe
         logging.info(f"BreastUSSegment: segmenting {inputVolumeNode.GetName()} {frames.shape} on {segmenter.device}")
@@ -724,16 +718,8 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
     def _provenance(self, options, postprocessing, inputVolumeNode, boxAllFrames: Optional[bool] = None) -> dict:
         """Where a run's result comes from (model, sha256, every setting, device; see
         :mod:`BreastUSSegmentScene.provenance`); with box prompts (``boxAllFrames`` not None) their settings too."""
-        segmenter = self.segmenters.get(options.weightsPath, options.device)
+        segmenter = self.segmenters.get(options.weightsPath, options.device, options.backend, options.precision)
         return provenance.runProvenance(segmenter, postprocessing, inputVolumeNode, boxAllFrames)
-
-    @staticmethod
-    def _lesionTable(segmentationNode, segmentId, frames, indexSequence=None, descriptors=None):
-        """The measurement table of the Lesion segment ``segmentId``: one row per lesion per frame, with each
-        lesion's research-use ``descriptors`` (one list per frame)."""
-        name = segmentationNode.GetSegmentation().GetSegment(segmentId).GetName()
-        return measurements.updateMeasurementTable(segmentationNode, frames, indexSequence, {None: name},
-                                                   descriptors=descriptors)
 
     @staticmethod
     def _intoScene(inputVolumeNode, outputSegmentationNode, options, write, record: dict):
@@ -770,79 +756,58 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
             sequenceNode=written.sequenceNode,
         )
 
+    # --- Live ---
+
+    def startLive(self, inputVolumeNode, outputSegmentationNode=None, options: Optional[SegmentationOptions] = None,
+                  temporal=None, schedule: Optional[Callable] = None, onStopped: Optional[Callable] = None):
+        """Segment the newest frame of ``inputVolumeNode`` each time its image data changes (a live image), into the
+        Lesion segment and the attention volume of the output segmentation, in place; return the started
+        :class:`~BreastUSSegmentScene.live.LiveSession` (``session.stop()`` ends it).
+
+        ``temporal`` is the core's ``TemporalRule`` or None; ``schedule(function)`` runs a step later (the panel
+        passes a zero-delay timer; by default the step runs at once, inside the observer); ``onStopped(reason,
+        error)`` hears when the session stops by itself. A new segmentation node is made when none is given.
+        """
+        from BreastUSSegmentLib.stream import FrameStepper
+
+        options = options or SegmentationOptions()
+        problem = self.inputProblem(inputVolumeNode)
+        if problem:
+            raise BreastUSSegmentError(problem)
+        if inputVolumeNode.GetImageData().GetDimensions()[2] != 1:
+            raise BreastUSSegmentError(_("Live segmentation needs a single-frame image; '{name}' is a clip.").format(
+                name=inputVolumeNode.GetName()))
+        nodes.checkOutputScene(inputVolumeNode, outputSegmentationNode)
+        segmenter = self.segmenters.get(options.weightsPath, options.device, options.backend, options.precision)
+        postprocessing = options.postprocessing or segmenter.postprocessing
+        stepper = FrameStepper(segmenter, temporal, batch_size=1, postprocessing=postprocessing)
+        record = self._provenance(options, postprocessing, inputVolumeNode)
+        record["live"] = {"temporal": str(temporal) if temporal else "off"}
+        with nodes.nodesRemovedOnFailure(inputVolumeNode.GetScene()):
+            segmentationNode = nodes.outputSegmentation(inputVolumeNode, outputSegmentationNode)
+            provenance.writeProvenance(segmentationNode, record)
+        session = live.LiveSession(inputVolumeNode, segmentationNode, stepper, schedule or (lambda step: step()),
+                                   self.maxInputPixels, options.showAttention, options.attentionOpacity, onStopped)
+        session.start()
+        return session
+
     # --- Measurement and export ---
 
     def measureLesion(self, segmentationNode, referenceVolumeNode, segmentId=None) -> List[LesionMeasurement]:
-        """Every lesion (connected region) of the lesion segment measured on its own, one entry per frame of the
-        reference volume; written into the measurement table, one row per lesion per frame."""
-        segmentId = self._lesionSegmentId(
-            segmentationNode, referenceVolumeNode, _("Select the input volume and the segmentation to measure."), segmentId)
-        clip = sequences.browsedSequence(referenceVolumeNode)
-        if clip is not None and clip[0].GetSequenceNode(segmentationNode) is not None:
-            frameMasks = sequences.lesionMasks(*clip, segmentationNode)
-            frames = sequences.measureMasks(frameMasks)
-            self._lesionTable(segmentationNode, segmentId, frames, clip[1],
-                              sequences.describeMasks(frameMasks, self.maxInputPixels))
-            return frames
-        masks = segments.arrayFromSegment(segmentationNode, segmentId, referenceVolumeNode)
-        segments.updateAlgorithmType(segmentationNode, segmentId, masks)
-        spacing = inputs.volumeSpacing(referenceVolumeNode)
-        frames = measure_frames(masks, spacing)
-        pixels, color = inputs.volumeArray(referenceVolumeNode, self.maxInputPixels)
-        self._lesionTable(segmentationNode, segmentId, frames, descriptors=describe_frames(pixels, masks, spacing,
-                                                                                          color=color))
-        return frames
-
-    def descriptorSummary(self, segmentationNode, referenceVolumeNode) -> str:
-        """The research-use descriptor lines of the measurement table for the frame shown (a Sequence's current
-        item; otherwise the frame of the largest lesion): see :func:`BreastUSSegmentScene.status.descriptorSummary`.
-        Empty when the segmentation has no measurement table yet."""
-        tableNode = segmentationNode.GetNodeReference(MEASUREMENT_TABLE_ROLE) if segmentationNode else None
-        if tableNode is None:
-            return ""
-        rows = measurements.readTableRows(tableNode)
-        frameCount = max((row["frame"] for row in rows), default=1)
-        clip = sequences.browsedSequence(referenceVolumeNode) if referenceVolumeNode else None
-        if clip is not None:
-            frame = sequences.shownItem(*clip) + 1
-        else:
-            lesions = [row for row in rows if row["lesion"]]
-            frame = max(lesions, key=lambda row: (row["area"], -row["frame"]))["frame"] if lesions else 1
-        return descriptorSummary(rows, frame, frameCount)
-
-    def exportLabelmap(self, segmentationNode, referenceVolumeNode, path=None, overwrite: bool = False):
-        """The Lesion segment as a labelmap volume node (lesion = 1) on the reference grid, written to ``path`` if given.
-
-        ``path`` must end with .nrrd, .nii or .nii.gz; an existing file is only replaced with ``overwrite=True``.
-        """
-        segmentId = self._lesionSegmentId(
-            segmentationNode, referenceVolumeNode, _("Select the input volume and the segmentation to export."))
-        if path is not None:
-            path = str(path)
-            if not path.lower().endswith(LABELMAP_SUFFIXES):
-                raise BreastUSSegmentError(
-                    _("Cannot write {path}: use a .nrrd, .nii or .nii.gz file name.").format(path=path))
-            if os.path.exists(path) and not overwrite:
-                raise BreastUSSegmentError(_("{path} already exists; not overwriting it.").format(path=path))
-        scene = segmentationNode.GetScene()
-        name = scene.GenerateUniqueName(f"{referenceVolumeNode.GetName()} lesion label")
-        with nodes.nodesRemovedOnFailure(scene):
-            labelmap = segments.exportToLabelmapNode(segmentationNode, [segmentId], referenceVolumeNode, name)
-            if path is not None:
-                segments.writeLabelmapFile(labelmap, path)
-        return labelmap
+        """Every lesion of the lesion segment measured on its own, one entry per frame of the reference volume;
+        written into the measurement table (see :func:`BreastUSSegmentScene.review.measureLesion`)."""
+        return review.measureLesion(segmentationNode, referenceVolumeNode, self.maxInputPixels, segmentId)
 
     @staticmethod
-    def _lesionSegmentId(segmentationNode, referenceVolumeNode, unselected: str, segmentId=None) -> str:
-        """``segmentId`` or the Lesion segment's ID; ``unselected`` is the error when a node is missing."""
-        if segmentationNode is None or referenceVolumeNode is None:
-            raise BreastUSSegmentError(unselected)
-        segmentId = segmentId or segments.lesionSegmentId(segmentationNode)
-        if not segmentId:
-            raise BreastUSSegmentError(
-                _("Segmentation '{name}' has no Lesion segment; click Segment lesion first.").format(
-                    name=segmentationNode.GetName()))
-        return segmentId
+    def descriptorSummary(segmentationNode, referenceVolumeNode) -> str:
+        """The research-use descriptor lines of the frame shown (:func:`BreastUSSegmentScene.review.shownDescriptors`)."""
+        return review.shownDescriptors(segmentationNode, referenceVolumeNode)
+
+    @staticmethod
+    def exportLabelmap(segmentationNode, referenceVolumeNode, path=None, overwrite: bool = False):
+        """The Lesion segment as a labelmap volume node, written to ``path`` if given
+        (:func:`BreastUSSegmentScene.review.exportLabelmap`)."""
+        return review.exportLabelmap(segmentationNode, referenceVolumeNode, path, overwrite)
 
 
 #
@@ -859,28 +824,35 @@ class BreastUSSegmentTest(ScriptedLoadableModuleTest):
     # the bars leave room for resampling differences between Slicer's reader and Pillow.
     MINIMUM_SAMPLE_DICE = {"breastus_sample_benign": 0.8, "breastus_sample_malignant": 0.2}
 
-    # Why the self-test is skipped where PyTorch is missing (a fresh build installs the PyTorch extension, not torch).
-    TORCH_MISSING = ("BreastUSSegment self-test skipped: PyTorch (the 'torch' package) is not installed. "
-                     "Install it with the PyTorch extension (PyTorch Utils module), or click Segment lesion once, "
-                     "then run the test again.")
+    # Why a test is skipped where its runtime is missing (a fresh install has none until Segment lesion is clicked).
+    NO_RUNTIME = ("BreastUSSegment self-test skipped: no network runtime (OpenVINO, ONNX Runtime or PyTorch) is "
+                  "installed. Click Segment lesion once to install one, then run the test again.")
+    TORCH_MISSING = ("BreastUSSegment tiny-model test skipped: it builds a model with PyTorch, which is not installed "
+                     "(the PyTorch extension installs it).")
 
     def setUp(self):
-        if importlib.util.find_spec("torch") is None:
-            self.skipTest(self.TORCH_MISSING)
+        if not importableRuntimes():
+            self.skipTest(self.NO_RUNTIME)
         slicer.mrmlScene.Clear()
 
     def runTest(self):
-        if importlib.util.find_spec("torch") is None:  # Reload and Test: say why, do not fail
+        if not importableRuntimes():  # Reload and Test: say why, do not fail
+            logging.warning(self.NO_RUNTIME)
+            self.delayDisplay(self.NO_RUNTIME)
+            return
+        if "torch" in importableRuntimes():
+            self.setUp()
+            self.test_TinyModelMatchesThePipeline()
+        else:
             logging.warning(self.TORCH_MISSING)
             self.delayDisplay(self.TORCH_MISSING)
-            return
-        self.setUp()
-        self.test_TinyModelMatchesThePipeline()
         self.setUp()
         self.test_SampleDataWithBundledModel()
 
     def test_TinyModelMatchesThePipeline(self):
         """The Lesion segment equals the core pipeline's mask for the same image, and re-running replaces it."""
+        if "torch" not in importableRuntimes():
+            self.skipTest(self.TORCH_MISSING)
         import tempfile
 
         import torch
@@ -900,10 +872,11 @@ class BreastUSSegmentTest(ScriptedLoadableModuleTest):
             weights = os.path.join(folder, "tiny.safetensors")
             save_model(AttentionUNet(ModelConfig(base_channels=4, depth=2)), weights, input_size=(64, 64),
                        postprocessing=UNTUNED_POSTPROCESSING)
-            reference = LesionSegmenter.from_weights(weights, device="cpu")
+            reference = LesionSegmenter.from_weights(weights, device="cpu", backend="torch")
             threshold = float(np.quantile(reference.segment(frame).probability, 0.6))
             postprocessing = reference.postprocessing.with_overrides(threshold=threshold)
-            options = SegmentationOptions(weightsPath=weights, device="cpu", postprocessing=postprocessing)
+            options = SegmentationOptions(weightsPath=weights, device="cpu", backend="torch",
+                                          postprocessing=postprocessing)
             expected = reference.segment(frame, postprocessing=postprocessing).processed_mask
             logic = BreastUSSegmentLogic()
             output = logic.segment(volume, options=options)

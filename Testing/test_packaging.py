@@ -52,11 +52,15 @@ def test_wheel_requires_the_one_dependency_list_and_the_lock_pins_each(wheel):
     [metadata] = [name for name in archive.namelist() if name.endswith(".dist-info/METADATA")]
     requirements = [line.split(":", 1)[1].strip() for line in archive.read(metadata).decode().splitlines()
                     if line.startswith("Requires-Dist:")]
-    required = [line for line in requirements if "extra ==" not in line]
-    assert required == dependencies()
-    # Optional extras: breastus-live's pyigtl, the graph runtimes (pip install slicer-breastus[openvino]).
+    assert [line for line in requirements if "extra ==" not in line] == dependencies()
+    # Optional extras: the runtimes (pip install slicer-breastus[torch]; the command line's list names OpenVINO,
+    # so breastus-segment runs without PyTorch) and breastus-live's pyigtl.
+    from BreastUSSegmentLib.runtime import TORCH_REQUIREMENT
+
     assert sorted(line for line in requirements if "extra ==" in line) == [
-        'onnxruntime; extra == "onnxruntime"', 'openvino; extra == "openvino"', 'pyigtl; extra == "live"']
+        'onnxruntime; extra == "onnxruntime"', 'openvino; extra == "openvino"', 'pyigtl; extra == "live"',
+        f'{TORCH_REQUIREMENT}; extra == "torch"']
+    assert "openvino" in dependencies() and not any(r.startswith("torch") for r in dependencies())
     extras = [line.split(";")[0].strip() for line in requirements if 'extra == "live"' in line]
     pinned = {line.split("==")[0].strip().lower() for line in (ROOT / "requirements.txt").read_text().splitlines()
               if "==" in line and not line.startswith("#")}

@@ -375,6 +375,23 @@ def test_segment_in_box_section_offers_drawing_and_segmenting(app):
     assert panel.findChild(ctkCollapsibleButton, "boxCollapsibleButton").collapsed is False
 
 
+def test_live_section_offers_a_toggle_the_temporal_rule_and_the_rate(app):
+    widgets = ui_widgets()
+    section = widgets["liveCollapsibleButton"]
+    inside = {element.get("name") for element in section.iter("widget")}
+    assert {"liveButton", "liveTemporalComboBox", "liveStatusLabel"} <= inside
+    assert ui_property(widgets["liveButton"], "checkable") is True  # a toggle: on, then off
+    assert ui_property(widgets["liveButton"], "enabled") is False  # enabled once a valid input is selected
+    assert ui_property(widgets["liveTemporalComboBox"], "SlicerParameterName") == "liveTemporal"
+    # Off by default; every choice is a rule the core accepts.
+    assert parameters.BreastUSSegmentParameterNode.liveTemporal is parameters.LiveTemporalChoice.OFF
+    assert parameters.LiveTemporalChoice.OFF.rule() is None
+    assert [str(choice.rule()) for choice in list(parameters.LiveTemporalChoice)[1:]] == ["2/2", "2/3", "3/5"]
+    panel = load_panel()
+    assert panel.findChild(QPushButton, "liveButton").isCheckable()
+    assert panel.findChild(ctkCollapsibleButton, "liveCollapsibleButton").collapsed is True  # for live images only
+
+
 def test_descriptors_section_says_research_use_and_weak_on_the_models_outline(app):
     from BreastUSSegmentLib.descriptors import DESCRIPTOR_NOTE
 
@@ -443,14 +460,21 @@ def test_the_panel_connects_once_per_parameter_node(app, returnsTag):
 
 
 def render_panel(path):
-    """Render the panel as it looks with a frame selected and the advanced options open."""
+    """Render the panel as it looks with a frame selected and the live and advanced options open."""
     panel = load_panel()
     panel.findChild(qMRMLNodeComboBox, "inputSelector").showNode("breastus_sample_benign")
     panel.findChild(qMRMLNodeComboBox, "outputSelector").showNode("breastus_sample_benign lesion")
     device = panel.findChild(QComboBox, "deviceComboBox")
     for choice in parameters.DeviceChoice:
         device.addItem(parameters.DeviceChoice.label(choice))
-    for name in ("segmentButton", "segmentInBoxButton", "addBoxButton"):
+    for name, choices in (("backendComboBox", parameters.BackendChoice), ("precisionComboBox", parameters.PrecisionChoice)):
+        combo = panel.findChild(QComboBox, name)
+        for choice in choices:
+            combo.addItem(choices.label(choice))
+    temporal = panel.findChild(QComboBox, "liveTemporalComboBox")
+    for choice in parameters.LiveTemporalChoice:
+        temporal.addItem(parameters.LiveTemporalChoice.label(choice))
+    for name in ("segmentButton", "segmentInBoxButton", "addBoxButton", "liveButton"):
         panel.findChild(QPushButton, name).setEnabled(True)
     panel.findChild(QProgressBar, "progressBar").hide()
     panel.findChild(QPushButton, "cancelButton").hide()  # shown only while a run is going
@@ -473,6 +497,7 @@ def render_panel(path):
     panel.findChild(QLabel, "descriptorsLabel").setText(descriptorSummary([example], 1))
     panel.findChild(QLabel, "descriptorsNoteLabel").setText(DESCRIPTOR_NOTE)
     panel.findChild(ctkCollapsibleButton, "advancedCollapsibleButton").setCollapsed(False)
+    panel.findChild(ctkCollapsibleButton, "liveCollapsibleButton").setCollapsed(False)
     panel.resize(QSize(400, panel.sizeHint().height()))
     panel.layout().activate()
     image = panel.grab().toImage()

@@ -234,11 +234,13 @@ def test_the_command_line_takes_a_backend_and_names_it(graph_weights, tmp_path, 
 
 
 def test_the_slicer_logic_segments_and_shows_attention_where_torch_cannot_be_imported():
-    """The module's Logic on a slicer-core scene, PyTorch blocked: backend "auto" runs the bundled model's graph
-    through whichever graph runtime is installed."""
-    if not any(runtime.runtime_available(name) for name in GRAPH_BACKENDS):
+    """The module's Logic on a slicer-core scene, PyTorch blocked: the panel's backend (OpenVINO where installed)
+    runs the bundled model's graph, shows attention and is recorded on the segmentation; nothing to install."""
+    installed = [name for name in ("openvino", "onnxruntime") if runtime.runtime_available(name)]
+    if not installed:
         pytest.skip("neither onnxruntime nor openvino is installed")
     pytest.importorskip("slicer", reason="slicer-core is not installed")
+    backend = installed[0]
     script = BLOCK_TORCH + f"""
 sys.path.insert(0, {str(ROOT / "Testing")!r})
 from slicer_module import load_module
@@ -246,24 +248,54 @@ module = load_module()
 import numpy as np, slicer
 from PIL import Image
 from BreastUSSegmentLib import BUNDLED_WEIGHTS
-from BreastUSSegmentLib.inference import LesionSegmenter
+from BreastUSSegmentScene.provenance import readProvenance
 frame = np.asarray(Image.open({str(ROOT / "BreastUSSegment/Resources/Samples/breastus_sample_benign.png")!r}).convert("L"))
 scene = slicer.vtkMRMLScene()
 volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "frame")
 slicer.util.updateVolumeFromArray(volume, frame[np.newaxis])
 logic = module.BreastUSSegmentLogic()
-output = logic.segment(volume, options=module.SegmentationOptions(weightsPath=str(BUNDLED_WEIGHTS), device="cpu"))
+options = module.SegmentationOptions(weightsPath=str(BUNDLED_WEIGHTS), device="cpu", backend={backend!r},
+                                     precision="fp32")
+output = logic.segment(volume, options=options)
 attention = slicer.util.arrayFromVolume(output.attentionVolumeNode)
 assert "torch" not in sys.modules
-segmenter = logic.segmenters.get(str(BUNDLED_WEIGHTS), "cpu")
-print(segmenter.provenance["backend"] != "torch", output.pipelineResult.processed_mask.any(),
-      attention.shape == (1, *frame.shape), float(attention.max()) > 0)
+record = readProvenance(output.segmentationNode)
+print(record["backend"], record["precision"], output.pipelineResult.processed_mask.any(),
+      attention.shape == (1, *frame.shape), float(attention.max()) > 0, module.runtimesToOffer("auto", "auto"))
 """
     env = {**os.environ, "PYTHONPATH": str(ROOT / "BreastUSSegment")}
     env.pop("OMP_NUM_THREADS", None)
     completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=ROOT)
     assert completed.returncode == 0, completed.stderr[-3000:]
-    assert completed.stdout.split() == ["True", "True", "True", "True"]
+    assert completed.stdout.split() == [backend, "float32", "True", "True", "True", "[]"]
+
+
+def test_without_any_runtime_the_module_loads_offers_openvino_and_says_what_is_missing():
+    """No runtime importable (all three blocked): the module imports, the first Segment lesion would offer
+    OpenVINO (then ONNX Runtime, then PyTorch), and segmenting fails with a message naming the packages."""
+    pytest.importorskip("slicer", reason="slicer-core is not installed")
+    script = BLOCK_TORCH.replace('name == "torch" or name.startswith("torch.")',
+                                 'name.split(".")[0] in ("torch", "openvino", "onnxruntime")') + f"""
+sys.path.insert(0, {str(ROOT / "Testing")!r})
+from slicer_module import load_module
+module = load_module()
+import numpy as np, slicer
+from BreastUSSegmentLib import BUNDLED_WEIGHTS
+scene = slicer.vtkMRMLScene()
+volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "frame")
+slicer.util.updateVolumeFromArray(volume, np.zeros((1, 40, 50), np.uint8))
+print(" ".join(module.runtimesToOffer("auto", "auto")), "|", " ".join(module.runtimesToOffer("auto", "cuda")))
+try:
+    module.BreastUSSegmentLogic().segment(volume, options=module.SegmentationOptions(weightsPath=str(BUNDLED_WEIGHTS)))
+except module.BreastUSSegmentError as error:
+    print(error)
+"""
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                               env={**os.environ, "PYTHONPATH": str(ROOT / "BreastUSSegment")}, cwd=ROOT)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    offered, error = completed.stdout.split("\n", 1)
+    assert offered == "openvino onnxruntime torch | torch"
+    assert "no inference runtime is installed" in error and "openvino" in error and "onnxruntime" in error
 
 
 def test_the_bundled_graph_is_checked_against_the_sha256_pinned_in_the_code(monkeypatch):

@@ -10,7 +10,7 @@ from slicer_module import load_module
 from test_slicer_sequences import Clip, bright_weights, clip_frame, options  # noqa: F401 (fixture)
 
 import slicer
-from BreastUSSegmentScene import common, nodes, parameters, progress, rois, segments
+from BreastUSSegmentScene import common, dependencies, nodes, parameters, progress, rois, segments
 
 BUS = load_module()
 
@@ -175,25 +175,25 @@ def test_converter_rules_are_registered_once_and_not_probed_again():
 
 
 def test_the_module_installs_the_librarys_requirements_not_the_command_lines():
-    from BreastUSSegmentLib import dependencies
+    from BreastUSSegmentLib import dependencies as coreDependencies
 
-    required = BUS.moduleRequirements()
-    assert "tqdm" not in " ".join(required) and "tqdm" in " ".join(dependencies())
+    required = dependencies.moduleRequirements()
+    assert "tqdm" not in " ".join(required) and "tqdm" in " ".join(coreDependencies())
     assert not any(requirement.startswith("torch") for requirement in required)  # the PyTorch extension's job
-    assert set(required) < set(dependencies())
+    assert set(required) < set(coreDependencies())
 
 
 def test_installed_versions_are_compared_with_the_requirements():
     requirements = ["safetensors>=0.4", "numpy", "SimpleITK"]
-    assert BUS.unmetRequirements(requirements, {"safetensors": "0.3.3", "numpy": "1.26.4", "simpleitk": "2.4.0"}) \
+    assert dependencies.unmetRequirements(requirements, {"safetensors": "0.3.3", "numpy": "1.26.4", "simpleitk": "2.4.0"}) \
         == ["safetensors>=0.4"]
-    assert BUS.unmetRequirements(requirements, {"safetensors": "0.4.5", "numpy": "2.0"}) == ["SimpleITK"]
-    assert BUS.unmetRequirements(BUS.moduleRequirements()) == []  # this environment has them all
+    assert dependencies.unmetRequirements(requirements, {"safetensors": "0.4.5", "numpy": "2.0"}) == ["SimpleITK"]
+    assert dependencies.unmetRequirements(dependencies.moduleRequirements()) == []  # this environment has them all
 
 
 def test_the_installed_pytorch_is_checked_against_the_cores_requirement():
-    version = BUS.installedVersions()["torch"]
-    requirement = "torch" + BUS.torchVersionRequirement()
-    assert BUS.unmetRequirements([requirement]) == []
-    assert BUS.unmetRequirements([requirement], {"torch": "2.0.1"}) == [requirement]
+    version = dependencies.installedVersions()["torch"]
+    requirement = "torch" + dependencies.torchVersionRequirement()
+    assert dependencies.unmetRequirements([requirement]) == []
+    assert dependencies.unmetRequirements([requirement], {"torch": "2.0.1"}) == [requirement]
     assert version.split("+")[0] == __import__("torch").__version__.split("+")[0]

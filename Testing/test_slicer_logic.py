@@ -25,6 +25,7 @@ from BreastUSSegmentLib.modelcard import read_model_card
 from BreastUSSegmentLib.options import UNTUNED_POSTPROCESSING
 from BreastUSSegmentLib.weights import save_model
 from BreastUSSegmentScene import common, models, parameters, provenance, rois, segments, status
+from BreastUSSegmentScene import dependencies as moduleDependencies
 from conftest import brightness_model
 
 SHAPE = (48, 64)  # rows, columns of the synthetic frames
@@ -555,23 +556,29 @@ def test_module_category_is_slicers_translated_segmentation_category(monkeypatch
     assert BUS.BreastUSSegment(SimpleNamespace()).parent.categories == ["Segmentation"]  # untranslated without Slicer
 
 
-def test_self_test_is_skipped_with_a_clear_message_without_torch(monkeypatch, caplog):
-    """CTest runs the test methods with unittest: both are skipped, which counts as success; Reload and Test says why."""
+def test_self_test_is_skipped_with_a_clear_message_without_a_runtime(monkeypatch, caplog):
+    """CTest runs the test methods with unittest: without any network runtime both are skipped, which counts as
+    success, and Reload and Test says why; without PyTorch only the tiny-model test (it builds a torch model) is."""
     import importlib.util
     import io
     import unittest
 
     find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None if name == "torch" else find_spec(name, *args))
+    hidden = {"torch", "openvino", "onnxruntime"}
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None if name in hidden else find_spec(name, *args))
     suite = unittest.TestLoader().loadTestsFromTestCase(BUS.BreastUSSegmentTest)
     result = unittest.TextTestRunner(stream=io.StringIO(), verbosity=2).run(suite)
     assert result.testsRun == 2 and result.wasSuccessful()
-    assert [reason for _test, reason in result.skipped] == [BUS.BreastUSSegmentTest.TORCH_MISSING] * 2
-    assert "PyTorch (the 'torch' package) is not installed" in BUS.BreastUSSegmentTest.TORCH_MISSING
-
+    assert [reason for _test, reason in result.skipped] == [BUS.BreastUSSegmentTest.NO_RUNTIME] * 2
     with caplog.at_level("WARNING"):
         BUS.BreastUSSegmentTest().runTest()  # returns instead of failing
-    assert BUS.BreastUSSegmentTest.TORCH_MISSING in caplog.text
+    assert BUS.BreastUSSegmentTest.NO_RUNTIME in caplog.text
+
+    hidden = {"torch"}
+    monkeypatch.setattr(slicer, "mrmlScene", slicer.vtkMRMLScene(), raising=False)
+    test = BUS.BreastUSSegmentTest("test_TinyModelMatchesThePipeline")
+    result = unittest.TextTestRunner(stream=io.StringIO()).run(test)
+    assert [reason for _test, reason in result.skipped] == [BUS.BreastUSSegmentTest.TORCH_MISSING]
 
 
 def test_module_classes_and_parameter_node_fields():
@@ -579,8 +586,9 @@ def test_module_classes_and_parameter_node_fields():
         assert hasattr(BUS, "BreastUSSegment" + suffix)
     fields = BUS.BreastUSSegmentParameterNode.__annotations__
     assert set(fields) == {
-        "inputVolume", "outputSegmentation", "postprocessing", "device", "showAttention", "attentionOpacity",
-        "createProbabilityVolume", "boxAllFrames",
+        "inputVolume", "outputSegmentation", "postprocessing", "device", "backend", "precision", "showAttention",
+        "attentionOpacity",
+        "createProbabilityVolume", "boxAllFrames", "liveTemporal",
     }
     # The post-processing fields are the core's settings under the core's names: all of them, smoothing as a switch.
     from BreastUSSegmentLib.options import PostprocessOptions
@@ -590,6 +598,10 @@ def test_module_classes_and_parameter_node_fields():
     from BreastUSSegmentLib.device import DEVICE_CHOICES
 
     assert [choice.value for choice in parameters.DeviceChoice] == list(DEVICE_CHOICES)
+    from BreastUSSegmentLib.runtime import BACKEND_CHOICES, PRECISION_CHOICES
+
+    assert [choice.value for choice in parameters.BackendChoice] == list(BACKEND_CHOICES)
+    assert [choice.value for choice in parameters.PrecisionChoice] == list(PRECISION_CHOICES)
 
 
 def test_segmentation_options_are_the_parameter_nodes_fields_mapped_once_to_the_core():
@@ -600,12 +612,13 @@ def test_segmentation_options_are_the_parameter_nodes_fields_mapped_once_to_the_
     Pack = parameters.PostprocessingParameters
     chosen = Pack(threshold=0.3, min_area_fraction=0.02, min_mean_probability=0.6, min_lesion_probability=0.4,
                   keep_largest=True, fill_holes=False, smoothing=True, test_time_flip=True)
-    node = SimpleNamespace(postprocessing=chosen, device=parameters.DeviceChoice.GPU, showAttention=False,
-                           attentionOpacity=0.2, createProbabilityVolume=True)
+    node = SimpleNamespace(postprocessing=chosen, device=parameters.DeviceChoice.GPU,
+                           backend=parameters.BackendChoice.OPENVINO, precision=parameters.PrecisionChoice.FP32,
+                           showAttention=False, attentionOpacity=0.2, createProbabilityVolume=True)
     card = SimpleNamespace(postprocess_options=UNTUNED_POSTPROCESSING.with_overrides(smoothing_sigma=0.0))
     options = BUS.SegmentationOptions.fromParameterNode(node, "model.safetensors", card)
     assert options == BUS.SegmentationOptions(
-        weightsPath="model.safetensors", device="cuda", showAttention=False, attentionOpacity=0.2,
+        weightsPath="model.safetensors", device="cuda", backend="openvino", precision="fp32", showAttention=False, attentionOpacity=0.2,
         createProbabilityVolume=True, postprocessing=UNTUNED_POSTPROCESSING.with_overrides(
             threshold=0.3, min_area_fraction=0.02, min_mean_probability=0.6, min_lesion_probability=0.4,
             keep_largest=True, fill_holes=False, test_time_flip=True))  # smoothing on: the untuned strength
@@ -661,11 +674,34 @@ def test_panel_post_processing_follows_the_chosen_models_card_one_way(logic, tmp
 
 
 def test_python_requirements_come_from_the_cores_dependency_list():
-    """The packages the panel checks and installs are the core library's list (PyTorch through its extension)."""
+    """The packages the panel checks and installs are the core library's list, which holds no network runtime
+    (PyTorch comes through its extension, a CPU runtime after asking: see runtimesToOffer)."""
     from BreastUSSegmentLib import dependencies
+    from BreastUSSegmentLib.runtime import RUNTIME_PACKAGES, TORCH_REQUIREMENT
 
-    assert BUS.moduleRequirements() == [r for r in dependencies(command_line=False) if not r.startswith("torch")]
-    assert any(r == "torch" + BUS.torchVersionRequirement() for r in dependencies())
+    assert moduleDependencies.moduleRequirements() == dependencies(command_line=False)
+    assert not any(r.startswith(tuple(RUNTIME_PACKAGES)) for r in moduleDependencies.moduleRequirements())
+    assert "torch" + moduleDependencies.torchVersionRequirement() == TORCH_REQUIREMENT == "torch>=2.5"
+
+
+def test_the_runtime_offered_is_the_smallest_that_can_run_the_chosen_backend_and_device():
+    offer = moduleDependencies.runtimesToOffer
+    nothing = set()
+    assert offer("auto", "auto", nothing) == ["openvino", "onnxruntime", "torch"]  # small CPU runtimes first
+    assert offer("auto", "cpu", nothing) == ["openvino", "onnxruntime", "torch"]
+    for installed in ({"openvino"}, {"onnxruntime"}, {"torch"}):
+        assert offer("auto", "auto", installed) == []  # any of them runs the graph or the model on the CPU
+    assert offer("openvino", "cpu", {"onnxruntime", "torch"}) == ["openvino"]  # asked by name: that one
+    assert offer("onnxruntime", "auto", {"openvino"}) == ["onnxruntime"]
+    assert offer("onnxruntime", "auto", {"onnxruntime"}) == []
+    for device in ("cuda", "mps"):  # a GPU: PyTorch only
+        assert offer("auto", device, {"openvino", "onnxruntime"}) == ["torch"]
+        assert offer("auto", device, {"torch"}) == []
+    assert offer("torch", "cpu", {"openvino"}) == ["torch"]
+    assert offer("auto", "cpu", {"openvino"}, graph=False) == ["torch"]  # a model without an ONNX graph
+    assert offer("openvino", "cpu", {"openvino"}, graph=False) == []  # named: the core says what is missing
+    assert set(moduleDependencies.RUNTIME_SIZES_MB) == {"openvino", "onnxruntime", "torch"}
+    assert moduleDependencies.RUNTIME_SIZES_MB["onnxruntime"] < moduleDependencies.RUNTIME_SIZES_MB["openvino"] < moduleDependencies.RUNTIME_SIZES_MB["torch"]
 
 
 def test_sample_sources_list_only_existing_frames(tmp_path):

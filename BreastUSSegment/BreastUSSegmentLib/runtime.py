@@ -34,6 +34,9 @@ PRECISION_CHOICES = ("auto", "fp32", "bf16")
 CPU_FRAMES_PER_FORWARD = 4
 # The installable package of each runtime and its installed size (measured: pip install into an empty venv).
 RUNTIME_PACKAGES = {"torch": "torch", "openvino": "openvino", "onnxruntime": "onnxruntime"}
+# PyTorch is optional (pyproject's extra "torch", which repeats this; a test checks they agree): the ONNX graph
+# runtimes need none. This is the version the torch backend and the training need.
+TORCH_REQUIREMENT = "torch>=2.5"
 
 
 class RawOutput(NamedTuple):

@@ -8,10 +8,15 @@ those below it:
 - ``nodes``, ``parameters``, ``models``, ``status``, ``progress``, ``samples``, ``dependencies``: scene helpers
   (node lists, geometry, the output segmentation, removal of a failed write's nodes); the panel's parameter node
   and the options it gives the Logic; model cards and loaded segmenters; the status lines; run progress by stage;
-  the bundled sample frames; the Python packages the module needs and their installed versions;
+  the bundled sample frames; the Python packages the module needs and their installed versions (``install``
+  asks the user and installs them);
 - ``inputs``, ``rois``, ``segments``, ``results``, ``measurements``, ``provenance``: frames and spacing read from
   volumes; box prompts; the Lesion and box segments; the result volumes and overlay; the measurement table (a row
   per lesion per frame); the provenance attributes of the output segmentation;
-- ``sequences``: Sequence items of a clip; ``writer``: one core result into the scene, for a volume, a
-  Sequence or box prompts, without the bookkeeping around it (the Logic's).
+- ``sequences``: Sequence items of a clip; ``review``: measuring the Lesion segment again, the descriptors of the
+  frame shown and the labelmap export; ``writer``: one core result into the scene, for a volume, a
+  Sequence or box prompts, without the bookkeeping around it (the Logic's);
+- ``outputs``: what the Logic's entry points return;
+- ``standins``: the scripted-module base classes where Slicer's are absent (plain Python);
+- ``live``: a live image's newest frame segmented each time it changes, written in place.
 """

@@ -1,4 +1,5 @@
-"""The Python packages the module needs inside Slicer, and whether the installed versions meet them."""
+"""The Python packages the module needs inside Slicer (the core's and one network runtime), and whether the
+installed versions meet them."""
 
 import re
 from typing import Optional
@@ -6,19 +7,48 @@ from typing import Optional
 from BreastUSSegmentLib import dependencies
 
 
-def _requirementName(requirement: str) -> str:
-    return re.match(r"[A-Za-z0-9._-]+", requirement).group(0)
-
-
 def torchVersionRequirement() -> str:
     """The core's PyTorch version requirement, e.g. ``>=2.5``, for the PyTorch extension's installer."""
-    [torch] = [requirement for requirement in dependencies() if _requirementName(requirement) == "torch"]
-    return torch[len("torch"):].strip()
+    from BreastUSSegmentLib.runtime import TORCH_REQUIREMENT
+
+    return TORCH_REQUIREMENT[len("torch"):].strip()
 
 
 def moduleRequirements() -> list:
-    """The core library's requirements but PyTorch (its extension installs it); not the command line's."""
-    return [requirement for requirement in dependencies(command_line=False) if _requirementName(requirement) != "torch"]
+    """The core library's requirements (no network runtime: see :func:`runtimesToOffer`); not the command line's."""
+    return dependencies(command_line=False)
+
+
+# Installed size of each runtime in MB (du of its site-packages folders, CPU builds; issue 35), for the question.
+RUNTIME_SIZES_MB = {"openvino": 180, "onnxruntime": 78, "torch": 754}
+
+
+def importableRuntimes() -> set:
+    """The network runtimes (the core's backend names) this Python can import."""
+    from BreastUSSegmentLib.runtime import RUNTIME_PACKAGES, runtime_available
+
+    return {name for name in RUNTIME_PACKAGES if runtime_available(name)}
+
+
+def runtimesToOffer(backend: str = "auto", device: str = "auto", importable: Optional[set] = None,
+                    graph: bool = True) -> list:
+    """The runtimes to offer installing, best first, for running the network with ``backend`` on ``device`` (the
+    core's names); empty when a runtime that can do it is importable already (``importable``: by default this
+    Python's).
+
+    A GPU (``cuda``, ``mps``), ``backend="torch"`` or a model without an ONNX graph (``graph`` False: its card
+    lists none) needs PyTorch; a named graph runtime needs itself; ``auto`` on the CPU is served by any of them,
+    so the small ones come first: OpenVINO, then ONNX Runtime (for a Python that OpenVINO has no wheel for), then
+    PyTorch.
+    """
+    importable = importableRuntimes() if importable is None else set(importable)
+    if backend == "torch" or device in ("cuda", "mps") or (backend == "auto" and not graph):
+        usable = ["torch"]
+    elif backend in ("openvino", "onnxruntime"):
+        usable = [backend]
+    else:
+        usable = ["openvino", "onnxruntime", "torch"]
+    return [] if importable & set(usable) else usable
 
 
 def _distributionKey(name: str) -> str:

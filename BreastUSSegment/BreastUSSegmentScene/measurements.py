@@ -208,3 +208,11 @@ def measureFrames(masks, pixels, color: bool, spacing,
         measured.append(measure_lesion(frame, spacing, number))
         described.extend(describe_frames(framePixels, frame, spacing, color=color))
     return measured, described
+
+
+def lesionTable(segmentationNode, segmentId, frames, indexSequence=None, descriptors=None):
+    """The measurement table of the Lesion segment ``segmentId``: one row per lesion per frame, with each
+    lesion's research-use ``descriptors`` (one list per frame)."""
+    name = segmentationNode.GetSegmentation().GetSegment(segmentId).GetName()
+    return updateMeasurementTable(segmentationNode, frames, indexSequence, {None: name},
+                                               descriptors=descriptors)

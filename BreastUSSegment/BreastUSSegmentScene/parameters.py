@@ -56,6 +56,55 @@ class DeviceChoice(enum.Enum):
                 "MPS": _("Apple GPU (MPS)")}[member.name]
 
 
+class BackendChoice(enum.Enum):
+    """What runs the network. Values are the core's backend names (``BreastUSSegmentLib.runtime.BACKEND_CHOICES``)."""
+
+    AUTO = "auto"
+    TORCH = "torch"
+    OPENVINO = "openvino"
+    ONNXRUNTIME = "onnxruntime"
+
+    @staticmethod
+    def label(member):
+        return {"AUTO": _("Auto (GPU through PyTorch, else OpenVINO, else ONNX Runtime)"), "TORCH": _("PyTorch"),
+                "OPENVINO": _("OpenVINO (CPU)"), "ONNXRUNTIME": _("ONNX Runtime (CPU)")}[member.name]
+
+
+class PrecisionChoice(enum.Enum):
+    """What the network computes in. Values are the core's (``BreastUSSegmentLib.runtime.PRECISION_CHOICES``)."""
+
+    AUTO = "auto"
+    FP32 = "fp32"
+    BF16 = "bf16"
+
+    @staticmethod
+    def label(member):
+        return {"AUTO": _("Auto (bfloat16 where the CPU computes it natively)"), "FP32": _("float32"),
+                "BF16": _("bfloat16")}[member.name]
+
+
+class LiveTemporalChoice(enum.Enum):
+    """The temporal rule of live segmentation: values are the core's ``K/N`` (``temporal.TemporalRule``) or off."""
+
+    OFF = "off"
+    RULE_2_OF_2 = "2/2"
+    RULE_2_OF_3 = "2/3"
+    RULE_3_OF_5 = "3/5"
+
+    @staticmethod
+    def label(member):
+        if member.name == "OFF":
+            return _("Off (every frame on its own)")
+        hits, frames = member.value.split("/")
+        return _("Lesion seen on {hits} of the last {frames} frames").format(hits=hits, frames=frames)
+
+    def rule(self):
+        """The core's ``TemporalRule``, or None when off."""
+        from BreastUSSegmentLib.temporal import TemporalRule
+
+        return TemporalRule.parse(self.value)
+
+
 @parameterPack
 class PostprocessingParameters:
     """The panel's post-processing settings, each named as the field of the core's ``PostprocessOptions`` it sets
@@ -114,9 +163,11 @@ class BreastUSSegmentParameterNode:
     outputSegmentation - receives the "Lesion" segment (created when empty).
     postprocessing - the chosen model's post-processing (from its card; see :func:`fillFromModelCard`).
     device - where the network runs.
+    backend, precision - what runs the network and in which precision (the core's ``choose_backend``).
     showAttention, attentionOpacity - the attention overlay in the slice views.
     createProbabilityVolume - also write the probability map as a volume.
     boxAllFrames - "Segment in box" uses each box on every frame of a clip, not only the frame it was drawn on.
+    liveTemporal - the temporal rule of live segmentation (off by default).
     """
 
     # Both classes by name: Slicer's wrapper sets the input selector's node types from this annotation, and the
@@ -125,10 +176,13 @@ class BreastUSSegmentParameterNode:
     outputSegmentation: vtkMRMLSegmentationNode
     postprocessing: PostprocessingParameters
     device: DeviceChoice = DeviceChoice.AUTO
+    backend: BackendChoice = BackendChoice.AUTO
+    precision: PrecisionChoice = PrecisionChoice.AUTO
     showAttention: bool = True
     attentionOpacity: Annotated[float, WithinRange(0.0, 1.0)] = DEFAULT_ATTENTION_OPACITY
     createProbabilityVolume: bool = False
     boxAllFrames: bool = False
+    liveTemporal: LiveTemporalChoice = LiveTemporalChoice.OFF
 
 
 def fillFromModelCard(parameters, card, source: str, force: bool = False) -> bool:
@@ -156,6 +210,8 @@ class SegmentationOptions:
 
     weightsPath: Optional[str] = None  # None: the bundled model
     device: str = "auto"  # one of the core's device names
+    backend: str = "auto"  # one of the core's backend names
+    precision: str = "auto"  # one of the core's precision names
     postprocessing: Optional["PostprocessOptions"] = None
     showAttention: bool = True
     attentionOpacity: float = DEFAULT_ATTENTION_OPACITY
@@ -166,8 +222,9 @@ class SegmentationOptions:
         """The panel's choices: every field of the same name in the parameter node, its post-processing applied to
         the model card ``card`` (a ``ModelCard``) of the model at ``weightsPath``."""
         values = {f.name: getattr(parameters, f.name) for f in fields(cls)
-                  if f.name not in ("weightsPath", "device", "postprocessing")}
-        return cls(weightsPath=weightsPath, device=parameters.device.value,
+                  if f.name not in ("weightsPath", "device", "backend", "precision", "postprocessing")}
+        return cls(weightsPath=weightsPath, device=parameters.device.value, backend=parameters.backend.value,
+                   precision=parameters.precision.value,
                    postprocessing=parameters.postprocessing.options(card.postprocess_options), **values)
 
 

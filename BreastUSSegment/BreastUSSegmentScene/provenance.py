@@ -23,7 +23,7 @@ def runProvenance(segmenter, postprocessing, inputVolumeNode, boxAllFrames: Opti
                     "box_frame_weight": FRAME_WEIGHT}
     precision = "bfloat16" if getattr(segmenter, "cpu_bf16", False) else "float32"  # as the command line says it
     record = provenance(segmenter.weights_path, segmenter.card, {**postprocessing.to_dict(), **settings},
-                        str(segmenter.device), precision)
+                        str(segmenter.device), precision, segmenter.provenance["backend"])
     record["input"] = {"volume": inputVolumeNode.GetName()}
     return record
 

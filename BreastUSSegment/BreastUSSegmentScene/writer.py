@@ -1,5 +1,5 @@
 """One core result (``BreastUSSegmentLib.inference.SegmentationResult``) into the scene: for a volume, a Sequence's
-proxy volume, or box prompts.
+proxy volume or box prompts; and one live frame's result (``BreastUSSegmentLib.stream.FrameResult``).
 
 The writers only write: the caller makes the output segmentation, checks the nodes are still in the scene and
 removes what a failed write added (``nodes.nodesRemovedOnFailure``).
@@ -49,6 +49,14 @@ def _finishVolume(segmentationNode, referenceVolumeNode, result, probability, se
     showSegments(segmentationNode, surface=result.frame_count == 1)
     attentionVolume, probabilityVolume = writeResultVolumes(segmentationNode, result, referenceVolumeNode, probability)
     return WrittenResult(segmentIds, masks, attentionVolume, probabilityVolume)
+
+
+def writeLiveFrame(segmentationNode, referenceVolumeNode, result) -> None:
+    """One live frame's result (``stream.FrameResult``) into the Lesion segment and the attention volume, in place:
+    the nodes are made on the first frame only, and no 3D surface is built (it would be rebuilt on every frame)."""
+    writeLesionSegment(segmentationNode, result.processed_mask[np.newaxis], referenceVolumeNode)
+    showSegments(segmentationNode, surface=False)
+    writeResultVolumes(segmentationNode, result, referenceVolumeNode, probability=False)
 
 
 def writeSequenceResult(segmentationNode, browser, sequence, proxyVolumeNode, result,
