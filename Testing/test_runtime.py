@@ -248,6 +248,7 @@ module = load_module()
 import numpy as np, slicer
 from PIL import Image
 from BreastUSSegmentLib import BUNDLED_WEIGHTS
+from BreastUSSegmentScene.dependencies import runtimesToOffer
 from BreastUSSegmentScene.provenance import readProvenance
 frame = np.asarray(Image.open({str(ROOT / "BreastUSSegment/Resources/Samples/breastus_sample_benign.png")!r}).convert("L"))
 scene = slicer.vtkMRMLScene()
@@ -261,7 +262,7 @@ attention = slicer.util.arrayFromVolume(output.attentionVolumeNode)
 assert "torch" not in sys.modules
 record = readProvenance(output.segmentationNode)
 print(record["backend"], record["precision"], output.pipelineResult.processed_mask.any(),
-      attention.shape == (1, *frame.shape), float(attention.max()) > 0, module.runtimesToOffer("auto", "auto"))
+      attention.shape == (1, *frame.shape), float(attention.max()) > 0, runtimesToOffer("auto", "auto"))
 """
     env = {**os.environ, "PYTHONPATH": str(ROOT / "BreastUSSegment")}
     env.pop("OMP_NUM_THREADS", None)
@@ -281,10 +282,11 @@ from slicer_module import load_module
 module = load_module()
 import numpy as np, slicer
 from BreastUSSegmentLib import BUNDLED_WEIGHTS
+from BreastUSSegmentScene.dependencies import runtimesToOffer
 scene = slicer.vtkMRMLScene()
 volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "frame")
 slicer.util.updateVolumeFromArray(volume, np.zeros((1, 40, 50), np.uint8))
-print(" ".join(module.runtimesToOffer("auto", "auto")), "|", " ".join(module.runtimesToOffer("auto", "cuda")))
+print(" ".join(runtimesToOffer("auto", "auto")), "|", " ".join(runtimesToOffer("auto", "cuda")))
 try:
     module.BreastUSSegmentLogic().segment(volume, options=module.SegmentationOptions(weightsPath=str(BUNDLED_WEIGHTS)))
 except module.BreastUSSegmentError as error:
