@@ -7,25 +7,12 @@ import typing
 import numpy as np
 import pytest
 from slicer_module import load_module
-from test_slicer_sequences import Clip, bright_weights, clip_frame, options  # noqa: F401 (fixture)
+from test_slicer_sequences import Clip, bright_weights, clip_frame, logic, options, scene  # noqa: F401 (fixtures)
 
 import slicer
 from BreastUSSegmentScene import common, dependencies, nodes, parameters, progress, rois, segments
 
 BUS = load_module()
-
-
-@pytest.fixture
-def scene(monkeypatch):
-    scene = slicer.vtkMRMLScene()
-    scene.RegisterNodeClass(slicer.vtkMRMLSequenceBrowserNode())
-    monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
-    return scene
-
-
-@pytest.fixture
-def logic():
-    return BUS.BreastUSSegmentLogic()
 
 
 # --- 1. "Segment in box" places the ROI, not a point list ---
