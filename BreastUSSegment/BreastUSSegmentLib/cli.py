@@ -53,7 +53,7 @@ from .likelihood import load_likelihood_model
 from .measure import measure_lesion, result_in_words
 from .modelcard import WeightsError
 from .options import add_settings_arguments, settings_from_args
-from .sidecar import (RUN_TABLE_NAME, SIDECAR_SUFFIX, header_fields, provenance, sidecar_json, sidecar_record,
+from .sidecar import (RUN_TABLE_NAME, SIDECAR_SUFFIX, header_fields, segmenter_provenance, sidecar_json, sidecar_record,
                       spacing_source, table_rows, write_table)
 from .preprocessing import InvalidImageError
 from .stream import CHUNK_FRAMES, ClipSummary, segment_stream
@@ -333,10 +333,7 @@ def run_provenance(segmenter, args) -> dict:
     settings = {**segmenter.postprocessing.to_dict(), "postprocess": not args.no_postprocess}
     if args.box or args.boxes:
         settings.update(box_context_margin=CONTEXT_MARGIN, box_frame_weight=FRAME_WEIGHT)
-    precision = "bfloat16" if getattr(segmenter, "cpu_bf16", False) else "float32"
-    weights = segmenter.weights_path or args.weights
-    return provenance(weights, segmenter.card, settings, str(segmenter.device), precision,
-                      segmenter.provenance["backend"])
+    return segmenter_provenance(segmenter, settings, args.weights)
 
 
 def box_label_frame(result, shape) -> Optional[np.ndarray]:

@@ -68,6 +68,14 @@ def provenance(weights_path, card, postprocessing: dict, device: str, precision:
     }
 
 
+def segmenter_provenance(segmenter, settings: dict, weights_path=None) -> dict:
+    """:func:`provenance` of a run of ``segmenter`` (a ``LesionSegmenter``) with ``settings``: its weights file
+    (``weights_path`` where it has none), device, backend, and precision in words (bfloat16 or float32)."""
+    precision = "bfloat16" if getattr(segmenter, "cpu_bf16", False) else "float32"
+    return provenance(segmenter.weights_path or weights_path, segmenter.card, settings, str(segmenter.device),
+                      precision, segmenter.provenance["backend"])
+
+
 def header_fields(record: dict) -> dict:
     """Short provenance for an image header (NRRD key/value pairs), all strings."""
     source = record["provenance"]

@@ -15,15 +15,13 @@ def runProvenance(segmenter, postprocessing, inputVolumeNode, boxAllFrames: Opti
     """The provenance of one run of ``segmenter`` with ``postprocessing`` on ``inputVolumeNode``; with box prompts
     (``boxAllFrames``: whether each box covered every frame) the box settings too."""
     from BreastUSSegmentLib.boxes import CONTEXT_MARGIN, FRAME_WEIGHT
-    from BreastUSSegmentLib.sidecar import provenance
+    from BreastUSSegmentLib.sidecar import segmenter_provenance
 
     settings = {}
     if boxAllFrames is not None:  # the module leaves the core's box settings at their defaults
         settings = {"box_all_frames": boxAllFrames, "box_context_margin": CONTEXT_MARGIN,
                     "box_frame_weight": FRAME_WEIGHT}
-    precision = "bfloat16" if getattr(segmenter, "cpu_bf16", False) else "float32"  # as the command line says it
-    record = provenance(segmenter.weights_path, segmenter.card, {**postprocessing.to_dict(), **settings},
-                        str(segmenter.device), precision, segmenter.provenance["backend"])
+    record = segmenter_provenance(segmenter, {**postprocessing.to_dict(), **settings})
     record["input"] = {"volume": inputVolumeNode.GetName()}
     return record
 
