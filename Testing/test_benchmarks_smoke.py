@@ -212,4 +212,4 @@ def test_backend_rows_name_the_cpu_and_time_every_installed_backend(report):
             assert "not installed" in rows[key]["forward, batch 1"], key
     assert number(rows["torch-fp32"]["max logit difference to torch-fp32"]) == 0
     steps = {row["step"]: number(row["time"]) for row in table_after(section, "Steps of one frame")}
-    assert {"network", "post-processing", "overlay figure"} <= set(steps) and all(v >= 0 for v in steps.values())
+    assert {"read the PNG file", "network", "post-processing", "overlay figure (command line only)"} <= set(steps) and all(v >= 0 for v in steps.values())

@@ -176,7 +176,7 @@ def test_a_lesion_in_the_box_lands_back_where_it_was(brightness_segmenter, shape
     assert not mask[~rectangle(shape, *clipped.as_tuple())].any()  # nothing outside the box
     assert result.boxes[0].box == clipped and result.boxes[0].found
     assert result.box_labels.dtype == np.uint16 and set(np.unique(result.box_labels)) == {0, 1}
-    for array in (result.probability, result.raw_mask, result.combined_attention, *result.attention_maps):
+    for array in (result.probability, result.raw_mask, result.combined_attention):
         assert array.shape == (1, *shape)
 
 
@@ -253,7 +253,6 @@ def test_a_stack_with_no_box_on_any_frame_gives_empty_results(brightness_segment
     result = brightness_segmenter.segment(stack, frame_boxes=[None, []])
     assert result.boxes == [] and not result.processed_mask.any() and not result.raw_mask.any()
     assert result.probability.max() == 0.0 and result.combined_attention.shape == (2, 30, 40)
-    assert len(result.attention_maps) == brightness_segmenter.model.config.depth
 
 
 def test_several_boxes_number_their_lesions_and_the_rest_stays_empty(brightness_segmenter):

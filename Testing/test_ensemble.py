@@ -109,9 +109,9 @@ def test_joined_file_segments_like_the_mean_of_its_members(tmp_path, frame):
     singles = [LesionSegmenter.from_weights(path, device="cpu").segment(frame) for path in members]
     assert np.abs(singles[0].probability - singles[1].probability).max() > 1e-3
     np.testing.assert_allclose(joined.probability, (singles[0].probability + singles[1].probability) / 2, atol=1e-5)
-    for level, maps in enumerate(joined.attention_maps):
-        np.testing.assert_allclose(maps, (singles[0].attention_maps[level] + singles[1].attention_maps[level]) / 2,
-                                   atol=1e-5)
+    assert np.abs(singles[0].combined_attention - singles[1].combined_attention).max() > 1e-3
+    np.testing.assert_allclose(joined.combined_attention,  # each gate averaged, so their mean is too
+                               (singles[0].combined_attention + singles[1].combined_attention) / 2, atol=1e-5)
 
 
 def test_joined_file_round_trips_and_stores_in_half_precision(tmp_path):

@@ -10,6 +10,7 @@ from BreastUSSegmentLib.model import AttentionUNet, ModelConfig
 from BreastUSSegmentLib.modelcard import WeightsError
 from BreastUSSegmentLib.options import PostprocessOptions, UNTUNED_POSTPROCESSING
 from BreastUSSegmentLib.postprocessing import strongest_hidden_confidence
+from BreastUSSegmentLib.preprocessing import prepare_frames, resize_frames
 from BreastUSSegmentLib.weights import save_model
 
 
@@ -40,13 +41,22 @@ def test_outputs_on_original_grid_for_every_layout(segmenter, name):
     image, frames, size = LAYOUTS[name]
     result = segmenter.segment(image, batch_size=2)
     assert result.frame_count == frames
-    for array in (result.probability, result.raw_mask, result.processed_mask, result.combined_attention, *result.attention_maps):
+    for array in (result.probability, result.raw_mask, result.processed_mask, result.combined_attention):
         assert array.shape == (frames, *size)
-    assert len(result.attention_maps) == 3
-    for array in (result.probability, result.combined_attention, *result.attention_maps):
+    for array in (result.probability, result.combined_attention):
         assert array.dtype == np.float32 and array.min() >= 0.0 and array.max() <= 1.0
     np.testing.assert_array_equal(result.raw_mask, result.probability >= 0.5)
-    np.testing.assert_allclose(result.combined_attention, np.mean(result.attention_maps, axis=0), atol=1e-6)
+
+
+def test_attention_is_the_mean_of_the_gates_each_resized_to_the_frame(segmenter):
+    """The one-product sum of the gates equals the plain definition: every gate resized alone, then averaged."""
+    image = LAYOUTS["uint16 cine"][0]
+    result = segmenter.segment(image, batch_size=2)
+    gates = segmenter.runner.run(prepare_frames(image, segmenter.input_size)[0]).attention
+    assert len(gates) == 3 and len({gate.shape for gate in gates}) == 3  # one per level, each its own size
+    expected = np.mean([np.clip(resize_frames(gate[:, 0], image.shape[-2:]), 0, 1) for gate in gates], axis=0)
+    np.testing.assert_allclose(result.combined_attention, expected, atol=1e-6)
+    assert result.combined_attention.std() > 1e-3  # not a constant map, which any mean would match
 
 
 def test_identical_frames_give_identical_results_in_any_batch(segmenter):

@@ -204,12 +204,12 @@ frame = np.zeros((70, 90), np.uint8); frame[20:50, 30:60] = 200
 result = segmenter.segment(frame, test_time_flip=True)
 boxed = segmenter.segment(frame, box=(25, 15, 65, 55))
 assert "torch" not in sys.modules
-print(segmenter.provenance["backend"], result.processed_mask.shape, len(result.attention_maps), boxed.box_labels.shape)
+print(segmenter.provenance["backend"], result.processed_mask.shape, result.combined_attention.shape, boxed.box_labels.shape)
 """
     completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                                env={**os.environ, "PYTHONPATH": str(ROOT / "BreastUSSegment")})
     assert completed.returncode == 0, completed.stderr
-    assert completed.stdout.strip() == f"{backend} (1, 70, 90) 2 (1, 70, 90)"
+    assert completed.stdout.strip() == f"{backend} (1, 70, 90) (1, 70, 90) (1, 70, 90)"
 
 
 @pytest.mark.parametrize("backend", GRAPH_BACKENDS)

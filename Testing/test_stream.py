@@ -8,6 +8,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -52,7 +53,13 @@ def test_box_prompts_per_frame_keep_their_clip_frame_numbers(tiny_segmenter):
     boxes = [(4, 4, 30, 30), None, [(2, 2, 20, 20), (20, 10, 50, 38)], (0, 0, 10, 10), None]
     whole = tiny_segmenter.segment(clip, frame_boxes=boxes, batch_size=2)
     results = list(segment_stream(tiny_segmenter, clip, frame_boxes=boxes, chunk_frames=2, batch_size=2))
-    assert [outcome for result in results for outcome in result.boxes] == whole.boxes
+    streamed = [outcome for result in results for outcome in result.boxes]
+    # the network sees other batches in chunks, and PyTorch's CPU convolutions differ by a few units in the last
+    # place between batch sizes: the peaks agree to that, everything else exactly
+    assert [replace(outcome, peak_probability=0.0) for outcome in streamed] == \
+        [replace(outcome, peak_probability=0.0) for outcome in whole.boxes]
+    assert [outcome.peak_probability for outcome in streamed] == \
+        pytest.approx([outcome.peak_probability for outcome in whole.boxes], abs=1e-6)
     assert np.array_equal(np.stack([result.box_labels for result in results]), whole.box_labels)
 
 

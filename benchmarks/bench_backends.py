@@ -16,7 +16,9 @@ import numpy as np
 from PIL import Image
 
 from BreastUSSegmentLib.imageio import read_image
-from BreastUSSegmentLib.inference import LesionSegmenter, Probabilities, _OutputFrames, sigmoid
+from BreastUSSegmentLib.inference import (
+    LesionSegmenter, Probabilities, _mean_of_gates, _OutputFrames, _resized, sigmoid,
+)
 from BreastUSSegmentLib.modelcard import read_model_card
 from BreastUSSegmentLib.postprocessing import postprocess_frames
 from BreastUSSegmentLib.preprocessing import to_grayscale_frames, to_network_input
@@ -96,34 +98,40 @@ def measure_backends(weights: Path, settings: Settings, threads: int) -> dict:
 
 
 def profile_steps(segmenter: LesionSegmenter, frame: np.ndarray, runs: int) -> dict:
-    """Median milliseconds of each step of one frame's pipeline, as :meth:`LesionSegmenter.segment` runs them."""
+    """Median milliseconds of each step of one PNG frame's pipeline, as :meth:`LesionSegmenter.segment` runs them,
+    and of the command line's figure."""
     options = segmenter.postprocessing
-    steps = {name: [] for name in ("preprocess (grey, scale, resize)", "network", "sigmoid",
-                                   "resize outputs to the frame", "post-processing", "combined attention",
-                                   "overlay figure")}
-    for _ in range(runs + 1):
-        clock = [time.perf_counter()]
+    steps = {name: [] for name in ("read the PNG file", "preprocess (grey, scale, resize)", "network", "sigmoid",
+                                   "resize the probability to the frame", "attention map (mean of the gates)",
+                                   "post-processing", "overlay figure (command line only)")}
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "frame.png"
+        Image.fromarray(frame).save(path)
+        for _ in range(runs + 1):
+            clock = [time.perf_counter()]
 
-        def lap():
-            clock.append(time.perf_counter())
+            def lap():
+                clock.append(time.perf_counter())
 
-        batch = to_network_input(to_grayscale_frames(frame), segmenter.input_size)
-        lap()
-        raw = segmenter.runner.run(batch)
-        lap()
-        output = Probabilities(sigmoid(raw.logits), raw.attention, None)
-        lap()
-        outputs = _OutputFrames(1, frame.shape[:2], segmenter.config.depth)
-        outputs.store(0, 1, output)
-        lap()
-        mask = postprocess_frames(outputs.probability, options, None)
-        lap()
-        combined = outputs.combined_attention()
-        lap()
-        overlay_figure(frame, mask[0], combined[0])
-        lap()
-        for name, start, stop in zip(steps, clock, clock[1:]):
-            steps[name].append(1000 * (stop - start))
+            loaded = read_image(path)
+            lap()
+            batch = to_network_input(to_grayscale_frames(loaded.pixels), segmenter.input_size)
+            lap()
+            raw = segmenter.runner.run(batch)
+            lap()
+            output = Probabilities(sigmoid(raw.logits), raw.attention, None)
+            lap()
+            outputs = _OutputFrames(1, frame.shape[:2])
+            np.clip(_resized(output.probability, outputs.size), 0.0, 1.0, out=outputs.probability)
+            lap()
+            np.clip(_mean_of_gates(output.attention, outputs.size), 0.0, 1.0, out=outputs.attention)
+            lap()
+            mask = postprocess_frames(outputs.probability, options, None)
+            lap()
+            overlay_figure(frame, mask[0], outputs.attention[0])
+            lap()
+            for name, start, stop in zip(steps, clock, clock[1:]):
+                steps[name].append(1000 * (stop - start))
     return {name: float(np.median(values[1:])) for name, values in steps.items()}
 
 

@@ -83,14 +83,14 @@ def run_png(weights: Path, settings: Settings) -> dict:
 
         timing = time_calls(read_and_segment, settings.png_runs, warmup=1)
     result = outputs["result"]
-    if result.processed_mask.shape != (1, *FRAME_SIZE) or not result.attention_maps:
-        raise RuntimeError(f"unexpected pipeline output shape {result.processed_mask.shape}")
+    if result.processed_mask.shape != (1, *FRAME_SIZE) or result.combined_attention.shape != (1, *FRAME_SIZE):
+        raise RuntimeError(f"unexpected pipeline output shapes {result.processed_mask.shape}, "
+                           f"{result.combined_attention.shape}")
     return {
         "timing": timing.to_dict(),
         "load_seconds": load_seconds,
         "source": source,
         "mask_fraction": float(result.processed_mask.mean()),
-        "attention_levels": len(result.attention_maps),
     }
 
 

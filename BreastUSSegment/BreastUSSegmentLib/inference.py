@@ -21,7 +21,7 @@ from .boxes import (
 from .modelcard import ModelCard, ModelConfig, WeightsError, read_model_card
 from .options import PostprocessOptions, check_lesion_head
 from .postprocessing import WhyEmpty, postprocess_box, postprocess_frames_explained
-from .preprocessing import prepare_frames, resize_frames, to_grayscale_frames, to_network_input
+from .preprocessing import prepare_frames, resized_sum, to_grayscale_frames, to_network_input
 from .runtime import TorchRunner, choose_backend, open_runner, verified_onnx_path
 
 logger = logging.getLogger(__name__)
@@ -49,12 +49,15 @@ class SegmentationResult:
     and attention maps are zero outside the boxes' crop windows (inside a window the
     probability is the crop's blended with the whole frame's; where windows overlap,
     the maximum).
+
+    The attention map is the mean of the gates' coefficients, each resized to the frame. The gates one by
+    one are not kept (at the frame's size they would cost a clip several times its own memory); the
+    runner gives them on the network's grid (``segmenter.runner.run(batch).attention``).
     """
 
     probability: np.ndarray  # float32 in [0, 1]
     raw_mask: np.ndarray  # bool, probability >= threshold (inside the boxes, with box prompts)
     processed_mask: np.ndarray  # bool, after post-processing
-    attention_maps: list[np.ndarray]  # float32 in [0, 1], one per gate, coarsest level first
     combined_attention: np.ndarray  # float32 in [0, 1], mean of the gates
     box_labels: np.ndarray | None = None  # uint16, with box prompts only
     boxes: list[BoxOutcome] | None = None  # with box prompts only
@@ -282,8 +285,7 @@ class LesionSegmenter:
                 options, batch_size, progress,
             )
         network_input, original_size = prepare_frames(image, self.input_size, color=color)
-        outputs = _OutputFrames(network_input.shape[0], original_size, self.config.depth,
-                                lesion_head=self.has_lesion_head)
+        outputs = _OutputFrames(network_input.shape[0], original_size, lesion_head=self.has_lesion_head)
         self._run(network_input.shape[0], lambda first, last: network_input[first:last],
                   test_time_flip, batch_size, progress, outputs.store)
         raw_mask = outputs.probability >= options.threshold
@@ -292,8 +294,7 @@ class LesionSegmenter:
             probability=outputs.probability,
             raw_mask=raw_mask,
             processed_mask=processed_mask,
-            attention_maps=outputs.attention_maps,
-            combined_attention=outputs.combined_attention(),
+            combined_attention=outputs.attention,
             lesion_probability=outputs.lesion_probability,
             why_empty=None if processed_mask.any() else why_empty,
         )
@@ -321,7 +322,7 @@ class LesionSegmenter:
             return np.concatenate([to_network_input(frames[crop.frame][crop.window.slices][np.newaxis],
                                                     self.input_size) for crop in crops[first:last]])
 
-        outputs = _OutputFrames(frames.shape[0], size, self.config.depth, fill=0.0)
+        outputs = _OutputFrames(frames.shape[0], size, fill=0.0)
         labels = np.zeros((frames.shape[0], *size), dtype=np.uint16)
         outcomes = []
 
@@ -351,8 +352,7 @@ class LesionSegmenter:
             probability=outputs.probability,
             raw_mask=raw_mask,
             processed_mask=labels > 0,
-            attention_maps=outputs.attention_maps,
-            combined_attention=outputs.combined_attention(),
+            combined_attention=outputs.attention,
             box_labels=labels,
             boxes=outcomes,
         )
@@ -377,7 +377,7 @@ class LesionSegmenter:
             return to_network_input(frames[whole_frames[first:last]], self.input_size)
 
         def store(first, last, output: Probabilities) -> None:
-            resized = np.clip(resize_frames(output.probability, size)[:, 0], 0.0, 1.0)
+            resized = np.clip(_resized(output.probability, size), 0.0, 1.0)
             for row, frame in enumerate(whole_frames[first:last]):
                 for position in crops_of[frame]:
                     windows[position] = resized[row][crops[position].window.slices].copy()
@@ -405,19 +405,18 @@ class _Crop:
 
 
 class _OutputFrames:
-    """The pipeline's float outputs, filled batch by batch on the input's own grid.
+    """The pipeline's float outputs, filled batch by batch on the input's own grid: the probability and the
+    attention map (the mean of the gates).
 
     Each batch is resized straight into preallocated arrays, so a long cine clip
-    is never held twice (no list of batches to concatenate, no stack of all
-    attention levels to average).
+    is never held twice (no list of batches to concatenate, no gate kept at the frame's size).
     """
 
-    def __init__(self, frame_count: int, size: tuple[int, int], attention_levels: int, fill: float | None = None,
-                 lesion_head: bool = False):
+    def __init__(self, frame_count: int, size: tuple[int, int], fill: float | None = None, lesion_head: bool = False):
         self.size = size
         self.fill = fill  # None: every pixel gets written; a number: the value of pixels no crop covers
         self.probability = self._new_map(frame_count)
-        self.attention_maps = [self._new_map(frame_count) for _ in range(attention_levels)]  # one per gate
+        self.attention = self._new_map(frame_count)
         self.lesion_probability = np.zeros(frame_count, dtype=np.float32) if lesion_head else None
 
     def _new_map(self, frame_count: int) -> np.ndarray:
@@ -427,8 +426,8 @@ class _OutputFrames:
 
     def store(self, first: int, last: int, output: Probabilities) -> None:
         """Resize the ``(n, 1, h, w)`` network outputs to the input grid, clip to [0, 1] and keep them."""
-        for target, source in zip([self.probability, *self.attention_maps], [output.probability, *output.attention]):
-            np.clip(resize_frames(source, self.size)[:, 0], 0.0, 1.0, out=target[first:last])
+        np.clip(_resized(output.probability, self.size), 0.0, 1.0, out=self.probability[first:last])
+        np.clip(_mean_of_gates(output.attention, self.size), 0.0, 1.0, out=self.attention[first:last])
         if self.lesion_probability is not None:
             self.lesion_probability[first:last] = output.lesion_probability
 
@@ -443,22 +442,24 @@ class _OutputFrames:
         Returns the crop's (blended) probability inside its box.
         """
         window = crop.window
-
-        def to_window(source: np.ndarray) -> np.ndarray:
-            return np.clip(resize_frames(source, (window.height, window.width))[0, 0], 0.0, 1.0)
-
-        crop_probability = to_window(probability)
+        size = (window.height, window.width)
+        crop_probability = np.clip(_resized(probability, size)[0], 0.0, 1.0)
         if frame_probability is not None:
             crop_probability = frame_weight * frame_probability + (1.0 - frame_weight) * crop_probability
-        for target, values in zip([self.probability, *self.attention_maps], [crop_probability, *map(to_window, attention)]):
+        crop_attention = np.clip(_mean_of_gates(attention, size)[0], 0.0, 1.0)
+        for target, values in ((self.probability, crop_probability), (self.attention, crop_attention)):
             region = target[crop.frame][window.slices]
             np.maximum(region, values, out=region)
         return crop_probability[crop.box.inside(window).slices]
 
-    def combined_attention(self) -> np.ndarray:
-        """Mean of the attention levels, summed level by level in float32."""
-        combined = self.attention_maps[0].copy()
-        for level in self.attention_maps[1:]:
-            combined += level
-        combined /= np.float32(len(self.attention_maps))
-        return combined
+
+def _resized(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``(n, 1, h, w)`` network maps resized to ``size``: ``(n, H, W)``."""
+    return resized_sum([maps[:, 0]], size)
+
+
+def _mean_of_gates(attention: list, size: tuple[int, int]) -> np.ndarray:
+    """The mean of the gates' ``(n, 1, h_i, w_i)`` coefficients, each resized to ``size``: ``(n, H, W)``."""
+    mean = resized_sum([gate[:, 0] for gate in attention], size)
+    mean /= np.float32(len(attention))
+    return mean

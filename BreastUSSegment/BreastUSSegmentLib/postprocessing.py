@@ -50,27 +50,12 @@ def remove_uncertain_components(mask: np.ndarray, probability: np.ndarray, min_m
     Lesions the network is sure of are bright throughout; the false lesions it
     finds on normal tissue (shadows, fat lobules) are mostly lukewarm.
     """
-    return _remove_uncertain(mask, probability, min_mean_probability)[0]
-
-
-def _remove_uncertain(mask: np.ndarray, probability: np.ndarray, min_mean_probability: float) -> tuple:
-    """:func:`remove_uncertain_components`, and the highest mean probability among the components it dropped
-    (None when it dropped none)."""
     if min_mean_probability <= 0 or not mask.any():
-        return mask, None
+        return mask
     labels, sums, sizes = _component_sums(mask, probability)
     keep = sums >= min_mean_probability * sizes  # mean >= bar, without dividing by an empty background
     keep[0] = False
-    hidden = ~keep[1:]
-    strongest = float(np.max(sums[1:][hidden] / sizes[1:][hidden])) if hidden.any() else None
-    return keep[labels], strongest
-
-
-def candidate_mask(probability: np.ndarray, options: PostprocessOptions, frame_pixels: int | None = None) -> np.ndarray:
-    """The first steps of post-processing: threshold, then drop components below the minimum area
-    (a fraction of ``frame_pixels``, by default the map's own size)."""
-    mask = probability >= options.threshold
-    return remove_small_components(mask, int(round(options.min_area_fraction * (frame_pixels or mask.size))))
+    return keep[labels]
 
 
 def keep_largest_component(mask: np.ndarray) -> np.ndarray:
@@ -139,34 +124,57 @@ def postprocess_mask(probability: np.ndarray, options: PostprocessOptions) -> np
 def _postprocess(probability: np.ndarray, options: PostprocessOptions) -> tuple:
     """:func:`postprocess_mask`, and the highest mean probability among the regions the minimum confidence hid.
 
-    Every step acts only inside the bounding box of the pixels above the threshold
-    (components and holes lie in it, and a blur re-thresholded at 0.5 cannot grow a
-    mask past it), so the steps run on that box, grown by a ring of background, and
-    the result is pasted into an empty frame: the same mask, several times faster
-    when the lesion is small.
+    Every step acts only inside the bounding box of the pixels it is given (components and holes lie in
+    it, and a blur re-thresholded at 0.5 cannot grow a mask past it), so the region rules run on the box of
+    the pixels above the threshold and the shaping steps on the box of the regions kept, each grown by a
+    ring of background: the same mask as on the whole frame, several times faster when the lesion is small.
     """
     if probability.ndim != 2:
         raise ValueError(f"expected a 2-D probability map, got shape {probability.shape}")
-    above = probability >= options.threshold
-    rows, columns = np.flatnonzero(above.any(axis=1)), np.flatnonzero(above.any(axis=0))
     mask = np.zeros(probability.shape, dtype=bool)
-    if rows.size == 0:
+    window = _bounding_window(probability >= options.threshold)
+    if window is None:
         return mask, None
-    sigma = options.smoothing_sigma * min(probability.shape) / REFERENCE_SIZE
-    margin = 1  # a ring of background around the box
-    window = (slice(max(rows[0] - margin, 0), rows[-1] + margin + 1),
-              slice(max(columns[0] - margin, 0), columns[-1] + margin + 1))
-    mask[window], hidden = _postprocess_window(probability[window], options, probability.size, sigma)
+    kept, hidden = _confident_regions(probability[window], options, probability.size)
+    inner = _bounding_window(kept)
+    if inner is not None:
+        sigma = options.smoothing_sigma * min(probability.shape) / REFERENCE_SIZE
+        mask[window][inner] = _shape_lesion(kept[inner], options, sigma)[1]
     return mask, hidden
 
 
-def _postprocess_window(probability: np.ndarray, options: PostprocessOptions, frame_pixels: int,
-                        sigma: float) -> tuple:
-    """:func:`_postprocess`'s steps on a window of the frame (``frame_pixels``: the whole frame's size; ``sigma``:
-    the smoothing's, in pixels)."""
-    mask, hidden = _remove_uncertain(candidate_mask(probability, options, frame_pixels), probability,
-                                     options.min_mean_probability)
-    return _shape_lesion(mask, options, sigma)[1].astype(bool), hidden
+def _bounding_window(mask: np.ndarray) -> tuple | None:
+    """Slices of the bounding box of ``mask``'s pixels grown by a ring of one pixel (within the array); None when
+    it is empty."""
+    rows, columns = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return None
+    return (slice(max(rows[0] - 1, 0), rows[-1] + 2), slice(max(columns[0] - 1, 0), columns[-1] + 2))
+
+
+def _confident_regions(probability: np.ndarray, options: PostprocessOptions, frame_pixels: int) -> tuple:
+    """The region rules from one labelling: threshold, drop the regions below the minimum area (a fraction of
+    ``frame_pixels``) and those below the minimum confidence, and with ``keep_largest`` keep the largest left.
+
+    The same mask as :func:`candidate_mask`, :func:`remove_uncertain_components` and
+    :func:`keep_largest_component` one after the other; also returns the highest mean probability among
+    the regions the confidence rule dropped (None when it dropped none).
+    """
+    labels, sums, sizes = _component_sums(probability >= options.threshold, probability)
+    keep = sizes >= int(round(options.min_area_fraction * frame_pixels))
+    keep[0] = False
+    hidden = None
+    if options.min_mean_probability > 0:
+        confident = sums >= options.min_mean_probability * sizes  # mean >= bar, without dividing by empty labels
+        dropped = keep & ~confident
+        if dropped.any():
+            hidden = float(np.max(sums[dropped] / sizes[dropped]))
+        keep &= confident
+    if options.keep_largest and keep.any():
+        largest = int(np.argmax(np.where(keep, sizes, 0)))  # the first on a tie, as keep_largest_component
+        keep[:] = False
+        keep[largest] = True
+    return keep[labels], hidden
 
 
 @dataclass(frozen=True)

@@ -82,7 +82,7 @@ def resize_frames(frames, size: tuple[int, int], mode: str = "bilinear"):
     """Resize ``(..., H, W)`` frames (numpy, or a CPU torch tensor) to ``size``; same type out, float32.
 
     Bilinear with half-pixel centres, antialiased (a triangle filter widened by the
-    scale) when shrinking along either axis; ``nearest`` picks ``floor(i * H / h)``.
+    scale) along an axis that shrinks; ``nearest`` picks ``floor(i * H / h)``.
     """
     if tuple(frames.shape[-2:]) == tuple(size):
         return frames
@@ -96,15 +96,33 @@ def resize_frames(frames, size: tuple[int, int], mode: str = "bilinear"):
         return np.ascontiguousarray(frames[..., rows[:, None], columns[None, :]])
     if mode != "bilinear":
         raise ValueError(f"unknown resize mode {mode!r}; choose bilinear or nearest")
-    (height, width), (rows_out, columns_out) = frames.shape[-2:], (int(size[0]), int(size[1]))
-    antialias = height > rows_out or width > columns_out
-    rows = _bilinear_weights(height, rows_out, antialias)
-    columns = _bilinear_weights(width, columns_out, antialias).T  # CSC: fast on the right of a dense array
-    stack = frames.reshape(-1, height, width)
-    resized = np.empty((stack.shape[0], rows_out, columns_out), dtype=np.float32)
-    for index, frame in enumerate(stack):  # sparse weights: a few input pixels per output pixel
-        resized[index] = (rows @ frame) @ columns
-    return resized.reshape(*frames.shape[:-2], rows_out, columns_out)
+    stack = frames.reshape(-1, *frames.shape[-2:])
+    return resized_sum([stack], size).reshape(*frames.shape[:-2], int(size[0]), int(size[1]))
+
+
+def resized_sum(levels: list, size: tuple[int, int]) -> np.ndarray:
+    """The sum of float32 stacks ``(n, h_i, w_i)``, each first resized to ``size`` as :func:`resize_frames`
+    does (bilinear, antialiased along an axis that shrinks): ``(n, H, W)`` float32.
+
+    Resizing is linear, ``R_i(a) = rows_i @ a @ columns_i.T``, so the sum over the stacks takes one
+    sparse product per frame: each stack resized along its columns, the results stacked row-wise, times the
+    stacks' row weights side by side. Summing the attention gates this way costs about what one resize does.
+    """
+    rows_out, columns_out = int(size[0]), int(size[1])
+    levels = [np.asarray(level, dtype=np.float32) for level in levels]
+    rows = _stacked_weights(tuple(int(level.shape[-2]) for level in levels), rows_out)
+    columns = [_bilinear_weights(level.shape[-1], columns_out) for level in levels]
+    out = np.empty((levels[0].shape[0], rows_out, columns_out), dtype=np.float32)
+    for index in range(out.shape[0]):  # frame by frame: a long clip is never copied whole
+        along_columns = [(weights @ level[index].T).T for weights, level in zip(columns, levels)]  # (h_i, W) each
+        out[index] = rows @ np.concatenate(along_columns)
+    return out
+
+
+@lru_cache(maxsize=64)
+def _stacked_weights(heights: tuple, target: int) -> sparse.csr_matrix:
+    """The row weights of stacks of ``heights`` rows side by side: ``(target, sum(heights))``."""
+    return sparse.hstack([_bilinear_weights(height, target) for height in heights], format="csr")
 
 
 def _nearest_indices(source: int, target: int) -> np.ndarray:
@@ -113,15 +131,15 @@ def _nearest_indices(source: int, target: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=64)
-def _bilinear_weights(source: int, target: int, antialias: bool) -> sparse.csr_matrix:
+def _bilinear_weights(source: int, target: int) -> sparse.csr_matrix:
     """The sparse ``(target, source)`` matrix of one axis: row i holds output pixel i's weights over the input pixels.
 
     Output pixel i is centred at ``scale * (i + 0.5)`` in input pixels; a triangle of half-width
-    ``max(scale, 1)`` when antialiasing (1 otherwise) weighs the input pixel centres, and the
+    ``max(scale, 1)`` (wider than one pixel when shrinking: antialiasing) weighs the input pixel centres, and the
     weights inside the frame are normalised to sum to 1 (so edges repeat the border pixel).
     """
     scale = source / target
-    support = max(scale, 1.0) if antialias else 1.0
+    support = max(scale, 1.0)
     centres = scale * (np.arange(target) + 0.5)
     distance = np.abs(np.arange(source)[None, :] + 0.5 - centres[:, None]) / support
     weights = np.clip(1.0 - distance, 0.0, None)

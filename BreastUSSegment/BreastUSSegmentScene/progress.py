@@ -66,12 +66,10 @@ class ClipResult:
 
     def __init__(self, first, total: int) -> None:
         self._type = type(first)
-        self._arrays, self._lists, self._gates = {}, {}, None
+        self._arrays, self._lists = {}, {}
         for field in fields(first):
             value = getattr(first, field.name)
-            if field.name == "attention_maps":  # one map per gate
-                self._gates = [np.empty((total,) + gate.shape[1:], gate.dtype) for gate in value]
-            elif isinstance(value, np.ndarray):
+            if isinstance(value, np.ndarray):
                 self._arrays[field.name] = np.empty((total,) + value.shape[1:], value.dtype)
             elif field.name in ("boxes", "why_empty") or value is None:
                 self._lists[field.name] = []
@@ -82,8 +80,6 @@ class ClipResult:
         stop = start + part.processed_mask.shape[0]
         for name, array in self._arrays.items():
             array[start:stop] = getattr(part, name)
-        for gate, value in zip(self._gates, part.attention_maps):
-            gate[start:stop] = value
         for name, pieces in self._lists.items():
             value = getattr(part, name)
             if name == "boxes" and value is not None:
@@ -91,7 +87,7 @@ class ClipResult:
             pieces.append(value)
 
     def result(self):
-        values = dict(self._arrays, attention_maps=self._gates)
+        values = dict(self._arrays)
         for name, pieces in self._lists.items():
             if all(piece is None for piece in pieces):
                 values[name] = None
