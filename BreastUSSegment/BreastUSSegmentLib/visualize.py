@@ -3,6 +3,8 @@ line's figures of the lesion outline and attention heatmap over the frame (Pillo
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
@@ -116,12 +118,10 @@ def overlay_figure(
     heat = Image.blend(grey, colours, opacity)
 
     width, height = outlined.size
-    canvas = Image.new("RGB", (2 * width + FIGURE_GAP, height + FIGURE_CAPTION + FIGURE_FOOTER), "black")
+    canvas = _blank_figure(width, height).copy()
     canvas.paste(outlined, (0, FIGURE_CAPTION))
     canvas.paste(heat, (width + FIGURE_GAP, FIGURE_CAPTION))
     draw = ImageDraw.Draw(canvas)
-    draw.text((4, 4), "Lesion (processed mask)", fill=(0, 255, 0))
-    draw.text((width + FIGURE_GAP + 4, 4), "Attention (mean of gates)", fill=(255, 200, 0))
     for number, (x0, y0, x1, y1) in boxes:
         for left in (0, width + FIGURE_GAP):
             corners = (left + x0 * scale[1], FIGURE_CAPTION + y0 * scale[0],
@@ -132,7 +132,18 @@ def overlay_figure(
     draw.text((4, footer + 4), result_text, fill=(255, 255, 255))
     if frame_text:
         draw.text((4, footer + 20), frame_text, fill=(200, 200, 200))
-    _colour_bar(canvas, draw, (width + FIGURE_GAP, footer), width)
+    return canvas
+
+
+@lru_cache(maxsize=8)
+def _blank_figure(width: int, height: int) -> Image.Image:
+    """What every figure with halves of ``width`` x ``height`` pixels shares, drawn once per size: the black
+    canvas, the two captions and the colour bar (copy it before drawing on it)."""
+    canvas = Image.new("RGB", (2 * width + FIGURE_GAP, height + FIGURE_CAPTION + FIGURE_FOOTER), "black")
+    draw = ImageDraw.Draw(canvas)
+    draw.text((4, 4), "Lesion (processed mask)", fill=(0, 255, 0))
+    draw.text((width + FIGURE_GAP + 4, 4), "Attention (mean of gates)", fill=(255, 200, 0))
+    _colour_bar(canvas, draw, (width + FIGURE_GAP, height + FIGURE_CAPTION), width)
     return canvas
 
 
