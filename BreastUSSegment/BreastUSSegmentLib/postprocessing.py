@@ -37,10 +37,12 @@ def remove_small_components(mask: np.ndarray, min_pixels: int) -> np.ndarray:
 
 
 def _component_sums(mask: np.ndarray, probability: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """8-connected labels of ``mask`` and, per label (0 is the background), its probability sum and pixel count."""
+    """8-connected labels of ``mask`` and, per label, its probability sum and pixel count (counted over the
+    mask's pixels only, so label 0, the background, gets zeros)."""
     labels, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
-    sums = np.bincount(labels.ravel(), weights=probability.ravel(), minlength=count + 1)
-    sizes = np.bincount(labels.ravel(), minlength=count + 1)
+    inside = labels[mask]
+    sums = np.bincount(inside, weights=probability[mask], minlength=count + 1)
+    sizes = np.bincount(inside, minlength=count + 1)
     return labels, sums, sizes
 
 
