@@ -360,3 +360,15 @@ def test_cli_an_invalid_row_fails_its_image_and_the_others_run(tmp_path, brightn
     assert captured.out.strip().endswith("1 segmented, 1 failed")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_mask.nrrd", "a_measurements.json",
                                                                      "a_probability.nrrd", "measurements.csv"]
+
+
+def test_where_crop_windows_overlap_the_attention_map_is_the_larger_crop_map(tiny_segmenter):
+    """Each crop's attention map is the mean of its gates; where two windows overlap the larger map is kept."""
+    frame = (np.random.default_rng(7).random((64, 64)) * 255).astype(np.uint8)
+    first_box, second_box = (2, 2, 32, 32), (21, 21, 63, 63)
+    both = tiny_segmenter.segment(frame, box=[first_box, second_box], frame_weight=0.0)
+    first = tiny_segmenter.segment(frame, box=first_box, frame_weight=0.0).combined_attention
+    second = tiny_segmenter.segment(frame, box=second_box, frame_weight=0.0).combined_attention
+    overlap = (first > 0) & (second > 0)
+    assert overlap.sum() > 100 and np.abs(first - second)[overlap].max() > 1e-3  # the two maps differ there
+    np.testing.assert_allclose(both.combined_attention, np.maximum(first, second), atol=1e-6)

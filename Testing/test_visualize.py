@@ -2,10 +2,11 @@
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from BreastUSSegmentLib.visualize import (
     BOX_COLOR, FIGURE_CAPTION, FIGURE_FOOTER, FIGURE_GAP, FIGURE_MAX_SIDE, OUTLINE_COLOR, figure_size, heat_colormap,
-    overlay_figure,
+    mask_outline, overlay_figure,
 )
 
 GAP, CAPTION = FIGURE_GAP, FIGURE_CAPTION  # between the halves, above them
@@ -76,3 +77,17 @@ def test_the_figure_draws_the_boxes_and_has_a_colour_bar_and_the_result_in_words
     blank = np.asarray(overlay_figure(frame, mask, attention, result_text=""))[CAPTION + 120:, :160]
     worded = np.asarray(overlay_figure(frame, mask, attention, result_text="2 lesions"))[CAPTION + 120:, :160]
     assert blank.sum() == 0 and worded.sum() > 0
+
+
+@pytest.mark.parametrize("thickness", [1, 3])
+def test_the_outline_is_the_mask_less_its_erosion_on_the_whole_array(thickness):
+    """mask_outline erodes only the box around the mask; the outline must be the whole array's, also for regions
+    on the border, several regions and a stack of masks."""
+    rng = np.random.default_rng(thickness)
+    flat = ndimage.binary_opening(rng.random((40, 50)) > 0.6, iterations=1)
+    flat[:6, -9:] = True  # on the corner
+    stacked = np.stack([flat, np.zeros_like(flat), np.roll(flat, 7, axis=1)])
+    for mask in (flat, stacked, np.zeros((8, 9), bool)):
+        expected = mask & ~ndimage.binary_erosion(mask, iterations=thickness, border_value=0)
+        np.testing.assert_array_equal(mask_outline(mask, thickness), expected)
+    assert mask_outline(flat, thickness).any()

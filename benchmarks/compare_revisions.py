@@ -9,8 +9,8 @@ The core package as it was at ``--baseline`` is imported under another name
 beside the current one. Both read the same 500x500 PNG frame and segment it, and
 segment the same cine clip, with the same weights and backend, alternating run by
 run so that a busy machine slows both alike. The script also checks that both give
-the same outputs. ``--replay-network`` runs the network once per batch size and
-replays its output, so that the times are those of everything around the network
+the same outputs, on the clip and on the frame with a box prompt. ``--replay-network`` runs the network once
+per batch size and replays its output, so that the times are those of everything around the network
 (reading, preprocessing, resizing, post-processing, attention map).
 """
 
@@ -40,6 +40,8 @@ from BreastUSSegmentLib import BUNDLED_WEIGHTS  # noqa: E402
 from BreastUSSegmentLib.imageio import read_image  # noqa: E402
 from BreastUSSegmentLib.inference import LesionSegmenter  # noqa: E402
 from bench_pipeline_worker import benchmark_frame, cine_clip  # noqa: E402
+
+BOX = (100, 80, 300, 260)  # a box prompt on the 500x500 benchmark frame, around its lesion (x0, y0, x1, y1)
 
 
 def git(*args: str) -> str:
@@ -118,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
             return segmenter.segment(loaded.pixels, color=loaded.color)
 
         outputs = {name: segmenter.segment(clip) for name, segmenter in versions.items()}  # warm-up
+        for segmenter in versions.values():
+            segment_png(segmenter)  # warm-up of one frame (a batch of 1: with --replay-network, its only network run)
+        boxed = {name: segmenter.segment(frame, box=BOX) for name, segmenter in versions.items()}
         frame_times = {name: [] for name in versions}
         clip_times = {name: [] for name in versions}
         for run in range(args.runs):
@@ -136,8 +141,12 @@ def main(argv: list[str] | None = None) -> int:
     probability_diff = float(np.abs(first.probability - second.probability).max())
     attention_diff = float(np.abs(first.combined_attention - second.combined_attention).max())
     masks_equal = bool(np.array_equal(first.processed_mask, second.processed_mask))
-    print(f"largest probability difference {probability_diff:.2e}, attention {attention_diff:.2e}; "
+    print(f"clip: largest probability difference {probability_diff:.2e}, attention {attention_diff:.2e}; "
           f"processed masks identical: {masks_equal}")
+    first, second = (boxed[name] for name in versions)
+    print(f"frame with the box {BOX}: largest probability difference "
+          f"{float(np.abs(first.probability - second.probability).max()):.2e}; processed masks identical: "
+          f"{bool(np.array_equal(first.processed_mask, second.processed_mask))}")
     return 0
 
 

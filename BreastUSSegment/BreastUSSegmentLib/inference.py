@@ -48,7 +48,7 @@ class SegmentationResult:
     first box, 0 elsewhere), ``boxes`` says what each box gave, and the probability
     and attention maps are zero outside the boxes' crop windows (inside a window the
     probability is the crop's blended with the whole frame's; where windows overlap,
-    the maximum).
+    the maximum of the crops' maps).
 
     The attention map is the mean of the gates' coefficients, each resized to the frame. The gates one by
     one are not kept (at the frame's size they would cost a clip several times its own memory); the

@@ -158,8 +158,8 @@ def _confident_regions(probability: np.ndarray, options: PostprocessOptions, fra
     """The region rules from one labelling: threshold, drop the regions below the minimum area (a fraction of
     ``frame_pixels``) and those below the minimum confidence, and with ``keep_largest`` keep the largest left.
 
-    The same mask as :func:`candidate_mask`, :func:`remove_uncertain_components` and
-    :func:`keep_largest_component` one after the other; also returns the highest mean probability among
+    The same mask as :func:`remove_small_components`, :func:`remove_uncertain_components` and
+    :func:`keep_largest_component` one after the other on the thresholded map; also returns the highest mean probability among
     the regions the confidence rule dropped (None when it dropped none).
     """
     labels, sums, sizes = _component_sums(probability >= options.threshold, probability)

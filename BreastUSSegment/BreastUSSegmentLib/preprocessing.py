@@ -104,18 +104,29 @@ def resized_sum(levels: list, size: tuple[int, int]) -> np.ndarray:
     """The sum of float32 stacks ``(n, h_i, w_i)``, each first resized to ``size`` as :func:`resize_frames`
     does (bilinear, antialiased along an axis that shrinks): ``(n, H, W)`` float32.
 
-    Resizing is linear, ``R_i(a) = rows_i @ a @ columns_i.T``, so the sum over the stacks takes one
-    sparse product per frame: each stack resized along its columns, the results stacked row-wise, times the
+    Resizing is linear, ``R_i(a) = rows_i @ a @ columns_i.T``, so the sum over the stacks takes one product
+    per stack and one for all: each stack resized along its columns, the results stacked row-wise, times the
     stacks' row weights side by side. Summing the attention gates this way costs about what one resize does.
+    One stack whose rows shrink is resized rows first, so that the large frame is never transposed.
     """
     rows_out, columns_out = int(size[0]), int(size[1])
     levels = [np.asarray(level, dtype=np.float32) for level in levels]
+    out = np.empty((levels[0].shape[0], rows_out, columns_out), dtype=np.float32)
+    if len(levels) == 1 and levels[0].shape[-2] > rows_out:
+        rows = _bilinear_weights(levels[0].shape[-2], rows_out)
+        columns = _bilinear_weights(levels[0].shape[-1], columns_out).T  # CSC: fast on the right of a dense array
+        for index, frame in enumerate(levels[0]):  # frame by frame: a long clip is never copied whole
+            out[index] = (rows @ frame) @ columns
+        return out
     rows = _stacked_weights(tuple(int(level.shape[-2]) for level in levels), rows_out)
     columns = [_bilinear_weights(level.shape[-1], columns_out) for level in levels]
-    out = np.empty((levels[0].shape[0], rows_out, columns_out), dtype=np.float32)
-    for index in range(out.shape[0]):  # frame by frame: a long clip is never copied whole
-        along_columns = [(weights @ level[index].T).T for weights, level in zip(columns, levels)]  # (h_i, W) each
-        out[index] = rows @ np.concatenate(along_columns)
+    along_columns = np.empty((rows.shape[1], columns_out), dtype=np.float32)  # C order, as the product wants it
+    for index in range(out.shape[0]):
+        start = 0
+        for weights, level in zip(columns, levels):
+            along_columns[start:start + level.shape[-2]] = (weights @ level[index].T).T
+            start += level.shape[-2]
+        out[index] = rows @ along_columns
     return out
 
 

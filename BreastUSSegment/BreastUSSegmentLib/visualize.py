@@ -66,9 +66,7 @@ def mask_outline(mask: np.ndarray, thickness: int = 2) -> np.ndarray:
     its bounding box there is nothing to erode)."""
     mask = np.asarray(mask, dtype=bool)
     outline = np.zeros_like(mask)
-    rows, columns = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    if rows.size:
-        box = (slice(rows[0], rows[-1] + 1), slice(columns[0], columns[-1] + 1))
+    for box in ndimage.find_objects(mask.view(np.uint8)):  # the box around the mask's pixels, if any
         inside = mask[box]
         outline[box] = inside & ~ndimage.binary_erosion(inside, iterations=max(1, thickness), border_value=0)
     return outline
@@ -135,7 +133,7 @@ def overlay_figure(
     return canvas
 
 
-@lru_cache(maxsize=8)
+@lru_cache(maxsize=4)
 def _blank_figure(width: int, height: int) -> Image.Image:
     """What every figure with halves of ``width`` x ``height`` pixels shares, drawn once per size: the black
     canvas, the two captions and the colour bar (copy it before drawing on it)."""
