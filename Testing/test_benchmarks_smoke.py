@@ -213,3 +213,28 @@ def test_backend_rows_name_the_cpu_and_time_every_installed_backend(report):
     assert number(rows["torch-fp32"]["max logit difference to torch-fp32"]) == 0
     steps = {row["step"]: number(row["time"]) for row in table_after(section, "Steps of one frame")}
     assert {"read the PNG file", "network", "post-processing", "overlay figure (command line only)"} <= set(steps) and all(v >= 0 for v in steps.values())
+    verdicts = section[section.index("Targets of the backends issue"):].splitlines()[2:]
+    assert verdicts and all(line.startswith("- ") for line in verdicts if line)
+    assert any("forced fp32" in line for line in verdicts)
+
+
+def backend_rows(**rows):
+    """A backends result with the given rows (forward ms, PNG ms, clip s) on a CPU with AMX."""
+    return {"cpu_flags": "avx512_bf16, amx_bf16", "auto": "openvino-bf16", "auto_fp32": "openvino-fp32",
+            "rows": {key: {"forward_ms": f, "png_ms": p, "clip_s": c, "clip_frames": 100}
+                     for key, (f, p, c) in rows.items()}}
+
+
+def test_the_backend_targets_are_judged_from_the_rows():
+    from bench_backends import targets
+
+    met = targets(backend_rows(**{"torch-bf16": (60.0, 80, 5.0), "openvino-bf16": (12.0, 19.5, 1.9),
+                                  "torch-fp32": (99.0, 120, 9.9), "openvino-fp32": (50.0, 70, 6.6)}))
+    assert [line.rsplit(": ", 1)[-1].split()[0] for line in met] == ["met"] * 4, met
+    missed = targets(backend_rows(**{"torch-bf16": (61.5, 80.5, 5.29), "openvino-bf16": (16.7, 33.9, 2.73),
+                                     "torch-fp32": (98.7, 116.8, 9.93), "openvino-fp32": (50.3, 117.0, 6.6)}))
+    assert [line.rsplit(": ", 1)[-1].split()[0] for line in missed] == ["met", "missed", "missed", "missed"], missed
+    assert "3.7x" in missed[0] and "(2 of 3 rows)" in missed[3]
+    no_amx = targets({**backend_rows(**{"torch-fp32": (190.0, 200, 18.0), "openvino-fp32": (185.0, 190, 15.3)}),
+                      "cpu_flags": "none of avx512f, avx512_bf16, amx", "auto": "openvino-fp32"})
+    assert "not applicable" in no_amx[0] and no_amx[1].endswith("met (3 of 3 rows)")
