@@ -309,12 +309,18 @@ def test_cli_box_segments_inside_the_boxes_only(tmp_path, brightness_weights, ca
     assert "lesion in 1/1 frame(s)" in capsys.readouterr().out
 
 
-def test_cli_box_table_for_many_images(tmp_path, brightness_weights, capsys):
+def segment_two_images_by_box_table(tmp_path, weights, last_row):
+    """Run the command line on a.png (lesion at 10..30) and b.png (lesion at 30..50) with a box table that gives
+    each its lesion's box and then ``last_row``; returns the exit status."""
     Image.fromarray(frame_with_lesions((60, 60), (10, 10, 30, 30))).save(tmp_path / "a.png")
     Image.fromarray(frame_with_lesions((60, 60), (30, 30, 50, 50))).save(tmp_path / "b.png")
-    (tmp_path / "boxes.csv").write_text("file,x0,y0,x1,y1\na.png,5,5,35,35\nb.png,25,25,55,55\nb.png,0,0,15,15\n")
-    code = main(["--boxes", str(tmp_path / "boxes.csv"), "-o", str(tmp_path / "out"), "--weights",
-                 str(brightness_weights), "--device", "cpu", "--no-figure"])
+    (tmp_path / "boxes.csv").write_text(f"file,x0,y0,x1,y1\na.png,5,5,35,35\nb.png,25,25,55,55\n{last_row}\n")
+    return main(["--boxes", str(tmp_path / "boxes.csv"), "-o", str(tmp_path / "out"), "--weights",
+                 str(weights), "--device", "cpu", "--no-figure"])
+
+
+def test_cli_box_table_for_many_images(tmp_path, brightness_weights, capsys):
+    code = segment_two_images_by_box_table(tmp_path, brightness_weights, "b.png,0,0,15,15")
     assert code == 0
     assert iou(written_mask(tmp_path / "out", "a"), rectangle((60, 60), 10, 10, 30, 30)) > 0.85
     assert iou(written_mask(tmp_path / "out", "b"), rectangle((60, 60), 30, 30, 50, 50)) > 0.85
@@ -349,11 +355,7 @@ def test_cli_refuses_bad_box_arguments(tmp_path, brightness_weights, capsys):
 
 
 def test_cli_an_invalid_row_fails_its_image_and_the_others_run(tmp_path, brightness_weights, capsys):
-    Image.fromarray(frame_with_lesions((60, 60), (10, 10, 30, 30))).save(tmp_path / "a.png")
-    Image.fromarray(frame_with_lesions((60, 60), (30, 30, 50, 50))).save(tmp_path / "b.png")
-    (tmp_path / "boxes.csv").write_text("file,x0,y0,x1,y1\na.png,5,5,35,35\nb.png,25,25,55,55\nb.png,9,9,9,9\n")
-    code = main(["--boxes", str(tmp_path / "boxes.csv"), "-o", str(tmp_path / "out"), "--weights",
-                 str(brightness_weights), "--device", "cpu", "--no-figure"])
+    code = segment_two_images_by_box_table(tmp_path, brightness_weights, "b.png,9,9,9,9")
     assert code == 1
     captured = capsys.readouterr()
     assert f"error: {tmp_path / 'b.png'}: {tmp_path / 'boxes.csv'} line 4: box (9, 9, 9, 9) is empty" in captured.err
