@@ -179,6 +179,22 @@ def test_time_interleaved_rotates_the_order_and_times_every_call():
     assert {name: len(timing.samples) for name, timing in timings.items()} == {"a": 3, "b": 3, "c": 3}
 
 
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="VmHWM is Linux's")
+def test_a_workers_peak_memory_leaves_out_the_parents():
+    """A worker started by a process holding 300 MB reports its own peak, not the parent's."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    held = np.ones(300 * 2**20, np.uint8)  # touched, so resident
+    code = (f"import sys; sys.path.insert(0, {str(BENCHMARK_DIR)!r}); "
+            "from bench_timing import peak_rss_mib; print(peak_rss_mib())")
+    worker = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert 0 < worker < 200, worker
+    assert held.sum() == held.size
+
+
 def test_bad_arguments_are_refused(capsys):
     with pytest.raises(SystemExit):
         benchmark.main(["--threads", "0"])
