@@ -30,7 +30,7 @@ from BreastUSSegmentLib import BUNDLED_WEIGHTS  # noqa: E402
 from BreastUSSegmentLib.modelcard import read_model_card  # noqa: E402
 from BreastUSSegmentLib.preprocessing import to_network_input  # noqa: E402
 from BreastUSSegmentLib.runtime import (  # noqa: E402
-    CPU_FRAMES_PER_FORWARD, OpenVINORunner, raw_output, resolve_precision, verified_onnx_path,
+    CPU_FRAMES_PER_FORWARD, OpenVINORunner, compile_openvino, openvino_output, resolve_precision, verified_onnx_path,
 )
 from bench_backends import cpu_flags  # noqa: E402
 from bench_pipeline_worker import benchmark_frame, cine_clip  # noqa: E402
@@ -49,41 +49,17 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
-def compile_graph(onnx_path: Path, precision: str, threads: int, hint: str, batch: int | None = None):
-    """The graph compiled for the CPU; ``batch`` fixes the batch axis (None keeps it dynamic)."""
-    import openvino as ov
-
-    core = ov.Core()
-    model = core.read_model(str(onnx_path))
-    if batch is not None:
-        model.reshape({model.inputs[0]: [batch, *model.inputs[0].get_partial_shape()[1:].to_shape()]})
-    config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32", "PERFORMANCE_HINT": hint,
-              "INFERENCE_NUM_THREADS": threads}
-    if hint == "THROUGHPUT":
-        config["NUM_STREAMS"] = 2
-    return core.compile_model(model, "CPU", config)
-
-
-def outputs_of(request, compiled) -> dict:
-    """A finished request's outputs by name, copied."""
-    return {output.get_any_name(): np.array(request.get_tensor(output).data, dtype=np.float32)
-            for output in compiled.outputs}
-
-
 class StaticRunner:
-    """The graph with its batch axis fixed, one compiled model per batch size met."""
+    """The graph with its batch axis fixed: one runner per batch size met."""
 
     def __init__(self, onnx_path: Path, precision: str, threads: int):
-        self.arguments = (onnx_path, precision, threads, "LATENCY")
-        self.requests = {}
+        self.arguments = (onnx_path, precision, threads)
+        self.runners = {}
 
     def run(self, batch: np.ndarray):
-        if batch.shape[0] not in self.requests:
-            compiled = compile_graph(*self.arguments, batch=batch.shape[0])
-            self.requests[batch.shape[0]] = (compiled.create_infer_request(), compiled)
-        request, compiled = self.requests[batch.shape[0]]
-        request.infer({0: batch})
-        return raw_output(outputs_of(request, compiled))
+        if batch.shape[0] not in self.runners:
+            self.runners[batch.shape[0]] = OpenVINORunner(*self.arguments, batch=batch.shape[0])
+        return self.runners[batch.shape[0]].run(batch)
 
 
 def throughput_clip(compiled, clip: np.ndarray) -> list:
@@ -92,7 +68,7 @@ def throughput_clip(compiled, clip: np.ndarray) -> list:
 
     queue = ov.AsyncInferQueue(compiled, 2)
     results = [None] * clip.shape[0]
-    queue.set_callback(lambda request, index: results.__setitem__(index, raw_output(outputs_of(request, compiled))))
+    queue.set_callback(lambda request, index: results.__setitem__(index, openvino_output(compiled, request)))
     for index in range(clip.shape[0]):
         queue.start_async({0: clip[index:index + 1]}, index)
     queue.wait_all()
@@ -127,7 +103,7 @@ def measure(args) -> str:
 
     runner = OpenVINORunner(onnx_path, precision, args.threads)
     static = StaticRunner(onnx_path, precision, args.threads)
-    throughput = compile_graph(onnx_path, precision, args.threads, "THROUGHPUT", batch=1)
+    throughput = compile_openvino(onnx_path, precision, args.threads, "THROUGHPUT", batch=1)
     passes = {}  # row name -> (call, the runner's row it is compared with)
     for frames in (one, several):
         own = f"runner (dynamic batch, LATENCY), batch {frames.shape[0]}"

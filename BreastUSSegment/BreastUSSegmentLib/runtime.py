@@ -32,7 +32,7 @@ PRECISION_CHOICES = ("auto", "fp32", "bf16")
 # Frames per network call on the CPU: larger batches do more work per frame on a small CPU (their
 # activations no longer fit in the caches); measured with benchmarks/benchmark.py. Frames are independent.
 CPU_FRAMES_PER_FORWARD = 4
-# The installable package of each runtime and its installed size (measured: pip install into an empty venv).
+# The installable package of each runtime.
 RUNTIME_PACKAGES = {"torch": "torch", "openvino": "openvino", "onnxruntime": "onnxruntime"}
 # PyTorch is optional (pyproject's extra "torch", which repeats this; a test checks they agree): the ONNX graph
 # runtimes need none. This is the version the torch backend and the training need.
@@ -210,31 +210,52 @@ class OnnxRuntimeRunner:
         return raw_output(dict(zip(self.output_names, values)))
 
 
+def compile_openvino(onnx_path: str | Path, precision: str = "fp32", threads: int | None = None,
+                     hint: str = "LATENCY", batch: int | None = None):
+    """The ONNX graph compiled by OpenVINO for the CPU: ``precision`` bf16 sets its inference-precision hint,
+    ``hint`` its performance hint (THROUGHPUT also asks for two streams), ``batch`` fixes the batch axis (None
+    keeps it dynamic, as the runner does)."""
+    import openvino as ov
+
+    core = ov.Core()
+    model = core.read_model(str(onnx_path))
+    if batch is not None:
+        model.reshape({model.inputs[0]: [batch, *model.inputs[0].get_partial_shape()[1:].to_shape()]})
+    config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32", "PERFORMANCE_HINT": hint}
+    if hint == "THROUGHPUT":
+        config["NUM_STREAMS"] = 2
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    return core.compile_model(model, "CPU", config)
+
+
+def openvino_output(compiled, request) -> RawOutput:
+    """A finished OpenVINO request's outputs, copied out of its tensors."""
+    return raw_output({output.get_any_name(): np.array(request.get_tensor(output).data, dtype=np.float32)
+                       for output in compiled.outputs})
+
+
 class OpenVINORunner:
-    """The ONNX graph through OpenVINO on the CPU; ``precision`` bf16 sets its inference-precision hint."""
+    """The ONNX graph through OpenVINO on the CPU; ``precision`` bf16 sets its inference-precision hint.
+    ``batch`` fixes the batch axis (None, the default, keeps it dynamic; see benchmarks/openvino_settings.py)."""
 
     backend = "openvino"
     device = "cpu"
 
-    def __init__(self, onnx_path: str | Path, precision: str = "fp32", threads: int | None = None):
-        import openvino as ov
-
+    def __init__(self, onnx_path: str | Path, precision: str = "fp32", threads: int | None = None,
+                 batch: int | None = None):
         self.precision = precision
-        config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32", "PERFORMANCE_HINT": "LATENCY"}
-        if threads:
-            config["INFERENCE_NUM_THREADS"] = int(threads)
-        core = ov.Core()
-        self.compiled = core.compile_model(core.read_model(str(onnx_path)), "CPU", config)
+        self.compiled = compile_openvino(onnx_path, precision, threads, batch=batch)
         self.request = self.compiled.create_infer_request()
-        self.output_names = [output.get_any_name() for output in self.compiled.outputs]
 
     def frames_per_call(self, batch_size: int) -> int:
         return min(batch_size, CPU_FRAMES_PER_FORWARD)
 
     def run(self, batch: np.ndarray) -> RawOutput:
-        results = self.request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
-        return raw_output({name: np.asarray(results[output], dtype=np.float32)
-                           for name, output in zip(self.output_names, self.compiled.outputs)})
+        # start and wait rather than infer(), which would copy the outputs once more
+        self.request.start_async({0: np.ascontiguousarray(batch, dtype=np.float32)})
+        self.request.wait()
+        return openvino_output(self.compiled, self.request)
 
 
 def raw_output(values: dict) -> RawOutput:
