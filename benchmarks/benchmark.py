@@ -197,7 +197,7 @@ def run_benchmarks(args: argparse.Namespace) -> str:
     model_common = common + (["--channels-last"] if args.channels_last else [])
     model_common += (["--weights", str(args.weights)] if args.weights else []) + (["--cpu-bf16"] if args.cpu_bf16 else [])
     if args.only_backends:
-        return only_backends(args, settings, common, env, load_before)
+        return only_backends(args, common, env, load_before)
     results = {}
     for key in args.models:
         if spec_for(key).needs_monai and not monai_available():
@@ -224,7 +224,7 @@ def run_benchmarks(args: argparse.Namespace) -> str:
     return report if backends is None else report + "\n" + backends_section(backends)
 
 
-def only_backends(args, settings, common, env, load_before) -> str:
+def only_backends(args, common, env, load_before) -> str:
     """The report of ``--only-backends``: the environment, then the backend rows and the profile."""
     with tempfile.TemporaryDirectory(prefix="breastus-bench-") as folder:
         weights, weights_note = pipeline_weights(Path(folder), args.weights)

@@ -29,9 +29,10 @@ import pyigtl
 from pyigtl.messages import MessageBase
 from PIL import Image
 
+from BreastUSSegmentLib.live import HEADER_SIZE
+
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "BreastUSSegment" / "Resources" / "Samples" / "breastus_sample_benign.png"
-HEADER_SIZE = 58
 
 
 def sweep(frames: int, window: float = 0.6) -> list[np.ndarray]:

@@ -32,11 +32,10 @@ from BreastUSSegmentLib.likelihood import MODEL_PATH, load_likelihood_model
 from BreastUSSegmentLib.modelcard import WeightsError
 
 from .busi import SPLITS, load_manifest
-from .descriptor_data import BIRADS_ORDER, cohen_kappa, describe_cases, roc_auc
+from .descriptor_data import BIRADS_ORDER, READ_DESCRIPTORS, cohen_kappa, describe_cases, roc_auc
 from .intervals import RESAMPLES, bootstrap_interval
 
 REPORT_FORMAT_VERSION = 1
-AGREEMENT = ("shape", "margin", "echo_pattern", "posterior")
 # name: (descriptor read, positive reads, number, sign making a higher score mean positive)
 NUMBER_SPLITS = {
     "irregular vs oval/round (solidity, lower)": ("shape", ("irregular",), "solidity", -1.0),
@@ -48,22 +47,22 @@ NUMBER_SPLITS = {
 NOT_CHECKED = {"orientation": "BrEaST gives no orientation read"}
 
 
-def with_interval(value: float, images: int, statistic, columns, resamples: int, seed: int) -> dict:
+def with_interval(statistic, columns: list, resamples: int, seed: int) -> dict:
+    """``statistic(*columns)`` over the images (one per row of the columns) with its bootstrap interval."""
     low, high = bootstrap_interval(statistic, columns, resamples, seed)
-    return {"images": images, "value": value, "low": low, "high": high}
+    return {"images": len(columns[0]), "value": statistic(*columns), "low": low, "high": high}
 
 
 def agreement(rows: list[dict], resamples: int, seed: int) -> dict:
     """Kappa of each descriptor's terms against the reads, over described BrEaST images with that read."""
     result = {}
-    for descriptor in AGREEMENT:
+    for descriptor in READ_DESCRIPTORS:
         pairs = [(row["terms"][descriptor], row["reads"][descriptor]) for row in rows
                  if row.get("terms") and row.get("reads", {}).get(descriptor)]
         if not pairs:
             continue
         ours, theirs = (list(side) for side in zip(*pairs))
-        result[descriptor] = with_interval(cohen_kappa(ours, theirs), len(pairs), cohen_kappa, [ours, theirs],
-                                           resamples, seed)
+        result[descriptor] = with_interval(cohen_kappa, [ours, theirs], resamples, seed)
     return result
 
 
@@ -76,8 +75,7 @@ def number_aucs(rows: list[dict], resamples: int, seed: int) -> dict:
         if not pairs:
             continue
         scores, labels = (list(side) for side in zip(*pairs))
-        result[name] = with_interval(roc_auc(scores, labels), len(pairs), roc_auc, [scores, labels],
-                                     resamples, seed)
+        result[name] = with_interval(roc_auc, [scores, labels], resamples, seed)
     return result
 
 
@@ -88,14 +86,13 @@ def malignancy_aucs(rows: list[dict], resamples: int, seed: int) -> dict:
         subset = [row for row in rows if row["dataset"] == dataset]
         scores = [row["likelihood"] for row in subset]
         labels = [row["label"] == "malignant" for row in subset]
-        result[f"{dataset}: malignancy likelihood"] = with_interval(
-            roc_auc(scores, labels), len(subset), roc_auc, [scores, labels], resamples, seed)
+        result[f"{dataset}: malignancy likelihood"] = with_interval(roc_auc, [scores, labels], resamples, seed)
         graded = [row for row in subset if row.get("reads", {}).get("birads") in BIRADS_ORDER]
         if graded:
             scores = [BIRADS_ORDER.index(row["reads"]["birads"]) for row in graded]
             labels = [row["label"] == "malignant" for row in graded]
-            result[f"{dataset}: radiologists' BI-RADS category"] = with_interval(
-                roc_auc(scores, labels), len(graded), roc_auc, [scores, labels], resamples, seed)
+            result[f"{dataset}: radiologists' BI-RADS category"] = with_interval(roc_auc, [scores, labels], resamples,
+                                                                                 seed)
     return result
 
 

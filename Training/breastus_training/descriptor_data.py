@@ -13,11 +13,11 @@ import csv
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 from scipy.stats import rankdata
 from tqdm import tqdm
 
 from BreastUSSegmentLib.descriptors import measure_numbers, terms_of
+from BreastUSSegmentLib.postprocessing import keep_largest_component
 
 from .busi import LESION_CLASSES, load_case
 from .datasets import DataRoots, DatasetError
@@ -25,6 +25,10 @@ from .datasets import DataRoots, DatasetError
 READS_TABLE = "cases.csv"
 BIRADS_ORDER = ("1", "2", "3", "4a", "4b", "4c", "5")  # the category as an ordinal score 1..7
 POSTERIOR_READS = {"no": "none", "enhancement": "enhancement", "shadowing": "shadowing", "combined": "combined"}
+
+
+# The descriptors that BrEaST's reads give (and read_reads returns, with the BI-RADS category).
+READ_DESCRIPTORS = ("shape", "margin", "echo_pattern", "posterior")
 
 
 def read_reads(root: Path) -> dict:
@@ -56,15 +60,6 @@ def read_reads(root: Path) -> dict:
     return reads
 
 
-def largest_region(mask: np.ndarray) -> np.ndarray | None:
-    """The largest 8-connected region of ``mask`` (None when empty)."""
-    labels, count = ndimage.label(np.asarray(mask, dtype=bool), structure=np.ones((3, 3)))
-    if count == 0:
-        return None
-    sizes = np.bincount(labels.ravel())[1:]
-    return labels == 1 + int(np.argmax(sizes))
-
-
 def describe_cases(data_roots, cases: list, segmenter=None, progress: bool = True) -> list[dict]:
     """One row per lesion case: id, dataset, label, the reads (BrEaST) and the numbers and terms of its largest
     ground-truth region, or of the largest region ``segmenter`` (a LesionSegmenter) finds ("found": False and
@@ -77,7 +72,7 @@ def describe_cases(data_roots, cases: list, segmenter=None, progress: bool = Tru
         image, mask = load_case(roots, case)
         if segmenter is not None:
             mask = segmenter.segment(image).processed_mask[0]
-        region = largest_region(mask)
+        region = keep_largest_component(mask) if mask.any() else None
         row = {"id": case.id, "dataset": case.dataset, "label": case.label, "found": region is not None}
         if case.dataset == "BrEaST":
             if "BrEaST" not in reads_of:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ from BreastUSSegmentLib.fileio import write_text_atomically
 from BreastUSSegmentLib.likelihood import MODEL_PATH, LikelihoodModel
 
 from .busi import load_manifest
-from .descriptor_data import cohen_kappa, describe_cases, roc_auc
+from .descriptor_data import READ_DESCRIPTORS, cohen_kappa, describe_cases, roc_auc
 
 # Numbers the likelihood uses: the main number of each descriptor, all without a unit.
 FEATURES = ("solidity", "axis_ratio", "margin_irregularity", "depth_to_width", "echo_ratio_surround",
@@ -44,7 +45,6 @@ THRESHOLD_NUMBER = {
     "isoechoic_above_ratio": "echo_ratio_fat",
     "shadowing_below_ratio": "posterior_ratio", "enhancement_above_ratio": "posterior_ratio",
 }
-READ_DESCRIPTORS = ("shape", "margin", "echo_pattern", "posterior")  # the descriptors BrEaST's reads give
 
 
 def rule_kappa(rows: list[dict], descriptor: str, rule: dict) -> float:
@@ -90,8 +90,8 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, penalty: float, iterations: int =
     return float(weights[0]), weights[1:]
 
 
-def model_of(train: list[dict], penalty: float, notes: dict | None = None) -> LikelihoodModel:
-    """The likelihood model fitted on ``train`` rows (missing numbers count as their mean)."""
+def model_of(train: list[dict], penalty: float) -> LikelihoodModel:
+    """The likelihood model fitted on ``train`` rows (missing numbers count as their mean), without notes."""
     x = feature_matrix(train)
     mean, scale = np.nanmean(x, axis=0), np.nanstd(x, axis=0)
     scale = np.where(scale > 0, scale, 1.0)
@@ -99,7 +99,7 @@ def model_of(train: list[dict], penalty: float, notes: dict | None = None) -> Li
     y = np.array([row["label"] == "malignant" for row in train], dtype=float)
     intercept, weights = fit_logistic(standard, y, penalty)
     return LikelihoodModel(FEATURES, tuple(float(v) for v in mean), tuple(float(v) for v in scale),
-                           tuple(round(float(w), 6) for w in weights), round(intercept, 6), notes or {})
+                           tuple(round(float(w), 6) for w in weights), round(intercept, 6), {})
 
 
 def likelihood_auc(model: LikelihoodModel, rows: list[dict]) -> float:
@@ -114,9 +114,9 @@ def fit(data_roots, split_path, model_path: Path, progress: bool = True, log=pri
     train = [row for row in describe_cases(data_roots, manifest.cases_for("train"), progress=progress) if row["found"]]
     val = [row for row in describe_cases(data_roots, manifest.cases_for("val"), progress=progress) if row["found"]]
     rules = {}
+    rule_train = [row for row in train if row["dataset"] == RULE_DATASET]
+    rule_val = [row for row in val if row["dataset"] == RULE_DATASET]
     for descriptor in READ_DESCRIPTORS:
-        rule_train = [row for row in train if row["dataset"] == RULE_DATASET]
-        rule_val = [row for row in val if row["dataset"] == RULE_DATASET]
         chosen = choose_rule(rule_train, descriptor) if rule_train else dict(RULES[descriptor][1])
         rules[descriptor] = {"rule": chosen, "train_kappa": rule_kappa(rule_train, descriptor, chosen),
                              "val_kappa": rule_kappa(rule_val, descriptor, chosen),
@@ -124,7 +124,8 @@ def fit(data_roots, split_path, model_path: Path, progress: bool = True, log=pri
         log(f"{descriptor}: {chosen}  kappa train {rules[descriptor]['train_kappa']:.3f}, "
             f"val {rules[descriptor]['val_kappa']:.3f} (rule in the code: val "
             f"{rules[descriptor]['code_val_kappa']:.3f})")
-    val_aucs = {penalty: likelihood_auc(model_of(train, penalty), val) for penalty in PENALTIES}
+    models = {penalty: model_of(train, penalty) for penalty in PENALTIES}
+    val_aucs = {penalty: likelihood_auc(model, val) for penalty, model in models.items()}
     for penalty, auc in val_aucs.items():
         log(f"likelihood L2 {penalty:g}: pooled val AUC {auc:.3f}")
     penalty = max(PENALTIES, key=lambda value: (val_aucs[value], value))  # ties: the stronger penalty
@@ -135,11 +136,11 @@ def fit(data_roots, split_path, model_path: Path, progress: bool = True, log=pri
         "l2_penalty": penalty,
         "chosen_by": f"highest pooled val AUC of L2 in {list(PENALTIES)}",
         "val_auc": {"pooled": round(val_aucs[penalty], 4), **{
-            dataset: round(likelihood_auc(model_of(train, penalty), [r for r in val if r["dataset"] == dataset]), 4)
+            dataset: round(likelihood_auc(models[penalty], [r for r in val if r["dataset"] == dataset]), 4)
             for dataset in datasets}},
         "command": "breastus-train descriptors-fit",
     }
-    model = model_of(train, penalty, notes)
+    model = replace(models[penalty], notes=notes)
     write_text_atomically(model_path, json.dumps(model.to_dict(), indent=1) + "\n")
     log(f"wrote {model_path} (L2 {penalty:g}, val AUC {val_aucs[penalty]:.3f}); weights: "
         + ", ".join(f"{name} {weight:+.3f}" for name, weight in zip(model.features, model.weights)))

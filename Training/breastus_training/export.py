@@ -37,7 +37,7 @@ from BreastUSSegmentLib.options import PostprocessOptions
 from BreastUSSegmentLib.weights import load_model, save_model, sha256_of_file, stored_copy
 
 from .busi import load_case, load_manifest
-from .onnx_graph import GRAPH_DTYPES, attach_graph
+from .onnx_graph import AGREEMENT_DICE, AGREEMENT_SUBSET, GRAPH_DTYPES, attach_graph
 from .datasets import DataRoots
 
 REQUIRED_REPORT_KEYS = (
@@ -50,10 +50,6 @@ REQUIRED_REPORT_KEYS = (
     ("options", "test_time_flip"),
     ("options", "postprocessing", "threshold"),
 )
-# Half-precision storage is allowed when the stored copy's processed masks agree with the float32 model's
-# by at least this mean Dice over the val images (issue 15).
-AGREEMENT_DICE = 0.99
-AGREEMENT_SUBSET = "val"
 SUMMARY_KEYS = ("dice_mean", "dice_std", "iou_mean", "iou_std", "pooled_iou", "hd95_px_mean", "hd95_px_median", "hd95_undefined")
 
 

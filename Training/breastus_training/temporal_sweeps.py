@@ -23,6 +23,7 @@ import numpy as np
 
 from BreastUSSegmentLib import BUNDLED_WEIGHTS
 from BreastUSSegmentLib.inference import LesionSegmenter
+from BreastUSSegmentLib.metrics import dice_score
 from BreastUSSegmentLib.preprocessing import to_grayscale_frames
 from BreastUSSegmentLib.stream import segment_stream
 from BreastUSSegmentLib.temporal import TemporalFilter, TemporalRule
@@ -65,11 +66,6 @@ def network_masks(segmenter, case, roots, args) -> dict:
     return {"masks": masks, "targets": targets}
 
 
-def dice(prediction: np.ndarray, target: np.ndarray) -> float:
-    total = int(prediction.sum()) + int(target.sum())
-    return 1.0 if total == 0 else 2.0 * int((prediction & target).sum()) / total
-
-
 def score(sweeps: list[dict], rule, skip_first: int = 0) -> dict:
     """False-lesion share on lesion-free frames and mean Dice on lesion frames, with ``rule`` (None: off);
     the first ``skip_first`` frames of each sweep are run through the rule but not scored."""
@@ -82,7 +78,7 @@ def score(sweeps: list[dict], rule, skip_first: int = 0) -> dict:
             if number < skip_first:
                 continue
             if target.any():
-                dices.append(dice(shown, target))
+                dices.append(dice_score(shown, target))
             else:
                 free += 1
                 false_frames += bool(shown.any())
