@@ -284,7 +284,7 @@ def segment_file(segmenter, job: Job, args) -> tuple:
             pending[number] = frame
             yield frame
 
-    shown = None  # (area, -number, number, mask, attention) of the frame the figure shows: the largest lesion area
+    shown = None  # (area, -number, number, frame, mask, attention) of the figure's frame: the largest lesion area
     results = segment_stream(
         segmenter, frames_in(), box=job.boxes or None, batch_size=args.batch_size,
         temporal=args.temporal if clip.frame_count > 1 and not args.no_postprocess else None,
@@ -303,10 +303,11 @@ def segment_file(segmenter, job: Job, args) -> tuple:
             labels = box_label_frame(result, mask.shape)
             measured = measure_lesion(mask, spacing, result.index + 1, labels)
             frames.append(measured)
-            descriptors.append(describe_lesions(pending.pop(result.index), mask, spacing, labels, likelihood))
-            words.append(result_in_words(measured.lesions, empty_boxes_of(summary, result.index, measured.lesions)))
-            if shown is None or (measured.area_mm2, -result.index) > shown[:2]:
-                shown = (measured.area_mm2, -result.index, result.index, mask, result.combined_attention)
+            frame = pending.pop(result.index)
+            descriptors.append(describe_lesions(frame, mask, spacing, labels, likelihood))
+            words.append(result_in_words(measured.lesions, empty_boxes_of(result, result.index, measured.lesions)))
+            if shown is None or (measured.area_mm2, -result.index) > shown[:2]:  # the frame copied out of its chunk
+                shown = (measured.area_mm2, -result.index, result.index, frame.copy(), mask, result.combined_attention)
         record = record_of([(frame.lesions, text) for frame, text in zip(frames, words)], descriptors)
         writers = {
             **images.writers(),
@@ -315,9 +316,9 @@ def segment_file(segmenter, job: Job, args) -> tuple:
                                                                          errors="backslashreplace"),
         }
         if "figure" in job.outputs:
-            number, mask, attention = shown[2:]
+            number, frame, mask, attention = shown[2:]
             figure = overlay_figure(
-                clip.frame(number), mask, attention, result_text=words[number],
+                frame, mask, attention, result_text=words[number],
                 boxes=[(outcome.index + 1, outcome.box.as_tuple()) for outcome in summary.boxes or []
                        if outcome.frame == number],
                 frame_text=f"frame {number + 1} of {clip.frame_count}" if clip.frame_count > 1 else "",
@@ -350,7 +351,8 @@ def box_label_frame(result, shape) -> Optional[np.ndarray]:
 
 def empty_boxes_of(result, frame: int, lesions) -> list:
     """The numbers (1 for the first) of the boxes of ``frame`` that hold none of its ``lesions`` (measured);
-    ``result`` is anything with the clip's ``boxes`` (BoxOutcomes, frames numbered from 0), such as a ClipSummary."""
+    ``result`` is anything with ``boxes`` (BoxOutcomes, frames numbered from 0 in the clip), such as the frame's
+    :class:`.stream.FrameResult` or a ClipSummary."""
     found = {lesion.box for lesion in lesions}
     return [outcome.index + 1 for outcome in result.boxes or [] if outcome.frame == frame and outcome.index + 1 not in found]
 

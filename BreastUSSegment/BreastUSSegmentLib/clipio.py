@@ -59,13 +59,6 @@ class Clip:
         """Whether the frames are read from the file a chunk at a time (else the file was read whole)."""
         return self._nrrd is not None
 
-    def frame(self, number: int) -> np.ndarray:
-        """Frame ``number`` (0 is the first), read again from the file when the clip is read in chunks."""
-        for start, chunk in zip(range(0, self.frame_count, 16), self.chunks(16)):
-            if number < start + len(chunk):
-                return chunk[number - start]
-        raise IndexError(f"{self.path}: no frame {number} in a clip of {self.frame_count}")
-
     def chunks(self, size: int) -> Iterator[np.ndarray]:
         """``(n, H, W[, C])`` stacks of at most ``size`` frames, first to last."""
         if self._nrrd is None:

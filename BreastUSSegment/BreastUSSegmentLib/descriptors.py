@@ -39,9 +39,9 @@ from typing import Optional
 import numpy as np
 
 from .imagetypes import check_spacing
-from .measure import Column, lesion_regions
+from .likelihood import RESEARCH_USE
+from .measure import Column, boundary_pixels, convex_hull, lesion_regions
 
-RESEARCH_USE = "research use only, not for diagnosis"
 # Shown wherever descriptors are (sidecar, run table, Slicer table and panel); numbers from README.md,
 # "Lesion descriptors and malignancy likelihood".
 DESCRIPTOR_NOTE = (f"Descriptors and likelihood: {RESEARCH_USE}. From the model's outline they are weak, shape and "
@@ -138,32 +138,20 @@ def _check_region(mask: np.ndarray, shape: tuple) -> np.ndarray:
 
 
 def _hull_area(points: np.ndarray) -> float:
-    """Area of the convex hull of (N, 2) points (monotone chain and the shoelace formula)."""
-    points = np.unique(points, axis=0)
-    if len(points) < 3:
+    """Area of the convex hull of (N, 2) points (the shoelace formula over :func:`.measure.convex_hull`)."""
+    hull = convex_hull(points)
+    if len(hull) < 3:
         return 0.0
-
-    def half(ordered):
-        chain: list = []
-        for point in ordered:
-            while len(chain) >= 2 and ((chain[-1][0] - chain[-2][0]) * (point[1] - chain[-2][1])
-                                       - (chain[-1][1] - chain[-2][1]) * (point[0] - chain[-2][0])) <= 0:
-                chain.pop()
-            chain.append(point)
-        return chain[:-1]
-
-    hull = np.array(half(points) + half(points[::-1]))
     x, y = hull[:, 0], hull[:, 1]
     return float(abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2.0)
 
 
 def shape_numbers(region: np.ndarray, spacing) -> dict:
     """Solidity, moment-ellipse axis ratio, depth-to-width ratio and long-axis angle (degrees from the rows)."""
-    ndimage = _ndimage()
     row_mm, col_mm = spacing
     rows, cols = np.nonzero(region)
     area = rows.size * row_mm * col_mm
-    edge_rows, edge_cols = np.nonzero(region & ~ndimage.binary_erosion(region))
+    edge_rows, edge_cols = np.nonzero(boundary_pixels(region))
     corners = np.concatenate([np.column_stack([(edge_rows + dr) * row_mm, (edge_cols + dc) * col_mm])
                               for dr in (-0.5, 0.5) for dc in (-0.5, 0.5)])
     solidity = min(1.0, area / _hull_area(corners))

@@ -20,6 +20,7 @@ from pathlib import Path
 
 MODEL_PATH = Path(__file__).resolve().parent / "bundled" / "malignancy_likelihood.json"
 FORMAT_VERSION = 1
+RESEARCH_USE = "research use only, not for diagnosis"
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ class LikelihoodModel:
         return 1.0 / (1.0 + math.exp(-max(-500.0, min(500.0, self.linear(numbers)))))
 
     def to_dict(self) -> dict:
-        return {"format_version": FORMAT_VERSION, "research_use": "research use only, not for diagnosis",
+        return {"format_version": FORMAT_VERSION, "research_use": RESEARCH_USE,
                 "features": list(self.features), "mean": list(self.mean), "scale": list(self.scale),
                 "weights": list(self.weights), "intercept": self.intercept, "notes": self.notes}
 

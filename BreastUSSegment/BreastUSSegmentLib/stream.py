@@ -177,7 +177,9 @@ class ClipSummary:
         self.frame_count += 1
         self.frames_with_lesion += bool(self.mask_of(result).any())
         if result.boxes is not None:
-            self.boxes = (self.boxes or []) + list(result.boxes)
+            if self.boxes is None:
+                self.boxes = []
+            self.boxes.extend(result.boxes)
         if result.why_empty is not None:
             self._chunk_reasons[id(result.why_empty)] = result.why_empty
             self._frames_explained += 1

@@ -17,7 +17,7 @@ from typing import Optional
 import numpy as np
 from scipy import ndimage
 
-EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
+from .measure import EIGHT_CONNECTED
 
 
 @dataclass(frozen=True)
