@@ -612,8 +612,8 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
             return self.segmentSequence(inputVolumeNode, outputSegmentationNode, options, progressCallback)
         progress = RunProgress(progressCallback)
         frames, color = inputs.volumeArray(inputVolumeNode, self.maxInputPixels)
-        result, postprocessing = self._segmentFrames(inputVolumeNode, outputSegmentationNode, options, progress,
-                                                     frames, color=color)
+        result, segmenter, postprocessing = self._segmentFrames(inputVolumeNode, outputSegmentationNode, options,
+                                                                progress, frames, color=color)
 
         def write(segmentationNode):
             written = writer.writeVolumeResult(segmentationNode, inputVolumeNode, result, options.createProbabilityVolume)
@@ -625,7 +625,7 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
             return output
 
         return self._intoScene(inputVolumeNode, outputSegmentationNode, options, write,
-                               self._provenance(options, postprocessing, inputVolumeNode))
+                               provenance.runProvenance(segmenter, postprocessing, inputVolumeNode))
 
     def segmentSequence(self, proxyVolumeNode, outputSegmentationNode=None, options: Optional[SegmentationOptions] = None,
                         progressCallback: Optional[ProgressCallback] = None) -> SegmentationOutput:
@@ -639,8 +639,8 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
         progress = RunProgress(progressCallback)
         browser, sequence = sequences.browsedSequence(proxyVolumeNode)
         frames, color = inputs.sequenceArray(sequence, self.maxInputPixels)
-        result, postprocessing = self._segmentFrames(proxyVolumeNode, outputSegmentationNode, options, progress,
-                                                     frames, (browser, sequence), color=color)
+        result, segmenter, postprocessing = self._segmentFrames(proxyVolumeNode, outputSegmentationNode, options,
+                                                                progress, frames, (browser, sequence), color=color)
 
         def write(segmentationNode):
             written = writer.writeSequenceResult(segmentationNode, browser, sequence, proxyVolumeNode, result,
@@ -652,7 +652,7 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
             return output
 
         return self._intoScene(proxyVolumeNode, outputSegmentationNode, options, write,
-                               self._provenance(options, postprocessing, proxyVolumeNode))
+                               provenance.runProvenance(segmenter, postprocessing, proxyVolumeNode))
 
     def segmentInBoxes(self, inputVolumeNode, roiNodes, outputSegmentationNode=None,
                        options: Optional[SegmentationOptions] = None, allFrames: bool = False,
@@ -668,8 +668,9 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
         progress = RunProgress(progressCallback)
         frames, color = inputs.volumeArray(inputVolumeNode, self.maxInputPixels)
         prompts = rois.boxPrompts(roiNodes, inputVolumeNode, frames.shape[0], allFrames)
-        result, postprocessing = self._segmentFrames(inputVolumeNode, outputSegmentationNode, options, progress,
-                                                     frames, roiNodes, frame_boxes=prompts.frameBoxes, color=color)
+        result, segmenter, postprocessing = self._segmentFrames(
+            inputVolumeNode, outputSegmentationNode, options, progress, frames, roiNodes,
+            frame_boxes=prompts.frameBoxes, color=color)
 
         def write(segmentationNode):
             written = writer.writeBoxResult(segmentationNode, inputVolumeNode, roiNodes, prompts, result,
@@ -678,8 +679,7 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
             empty = prompts.emptyNumbers(result)
             progress.report(MEASURING, 0, 1)
             spacing = inputs.volumeSpacing(inputVolumeNode)
-            measured = measurements.measureBoxes(written.masks, spacing)
-            described = measurements.describeBoxes(frames, color, written.masks, spacing)
+            measured, described = measurements.measureBoxes(frames, color, written.masks, spacing)
             progress.report(MEASURING, 1, 1)
             tableNode = measurements.updateMeasurementTable(
                 segmentationNode, measured,
@@ -690,20 +690,18 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
                 written.attentionVolumeNode, measurements.byBox(measured, len(roiNodes)), result, tableNode)
 
         return self._intoScene(inputVolumeNode, outputSegmentationNode, options, write,
-                               self._provenance(options, postprocessing, inputVolumeNode, boxAllFrames=allFrames))
+                               provenance.runProvenance(segmenter, postprocessing, inputVolumeNode, allFrames))
 
     def _segmentFrames(self, inputVolumeNode, outputSegmentationNode, options, progress: RunProgress, frames,
                        usedNodes=(), **arguments):
-        """``(result, postprocessing)`` of the core on ``frames`` (``arguments``: more of ``LesionSegmenter.segment``),
-        before any node is made, a few frames at a time (:func:`~BreastUSSegmentScene.progress.segmentInParts`);
+        """``(result, segmenter, postprocessing)``: the core's result on ``frames`` (``arguments``: more of
+        ``LesionSegmenter.segment``), before any node is made, a few frames at a time (:func:`~BreastUSSegmentScene.progress.segmentInParts`);
         refused when the input, the output or another of the ``usedNodes`` left the scene meanwhile. A broken model
         (NaN output) or a refused box is a :class:`BreastUSSegmentError`; exceptions of the progress callback pass
         through."""
         from BreastUSSegmentLib.modelcard import WeightsError
 
-        nodes.checkOutputScene(inputVolumeNode, outputSegmentationNode)
-        segmenter = self.segmenters.get(options.weightsPath, options.device, options.backend, options.precision)
-        postprocessing = options.postprocessing or segmenter.postprocessing
+        segmenter, postprocessing = self._segmenterFor(options, inputVolumeNode, outputSegmentationNode)
         progress.report(SEGMENTING, 0, frames.shape[0])  # the model is loaded: let the application breathe
         logging.info(f"BreastUSSegment: segmenting {inputVolumeNode.GetName()} {frames.shape} on {segmenter.device}")
         try:
@@ -713,13 +711,14 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
         except ValueError as error:  # input, option or box the core refuses (a box outside the frame...)
             raise BreastUSSegmentError(str(error)) from error
         nodes.checkStillInScene(inputVolumeNode, outputSegmentationNode, *usedNodes)
-        return result, postprocessing
+        return result, segmenter, postprocessing
 
-    def _provenance(self, options, postprocessing, inputVolumeNode, boxAllFrames: Optional[bool] = None) -> dict:
-        """Where a run's result comes from (model, sha256, every setting, device; see
-        :mod:`BreastUSSegmentScene.provenance`); with box prompts (``boxAllFrames`` not None) their settings too."""
+    def _segmenterFor(self, options, inputVolumeNode, outputSegmentationNode):
+        """``(segmenter, postprocessing)`` of a run with ``options`` (the card's post-processing unless the options
+        give their own), after checking that the output segmentation is in the input's scene."""
+        nodes.checkOutputScene(inputVolumeNode, outputSegmentationNode)
         segmenter = self.segmenters.get(options.weightsPath, options.device, options.backend, options.precision)
-        return provenance.runProvenance(segmenter, postprocessing, inputVolumeNode, boxAllFrames)
+        return segmenter, options.postprocessing or segmenter.postprocessing
 
     @staticmethod
     def _intoScene(inputVolumeNode, outputSegmentationNode, options, write, record: dict):
@@ -777,11 +776,9 @@ class BreastUSSegmentLogic(ScriptedLoadableModuleLogic):
         if inputVolumeNode.GetImageData().GetDimensions()[2] != 1:
             raise BreastUSSegmentError(_("Live segmentation needs a single-frame image; '{name}' is a clip.").format(
                 name=inputVolumeNode.GetName()))
-        nodes.checkOutputScene(inputVolumeNode, outputSegmentationNode)
-        segmenter = self.segmenters.get(options.weightsPath, options.device, options.backend, options.precision)
-        postprocessing = options.postprocessing or segmenter.postprocessing
+        segmenter, postprocessing = self._segmenterFor(options, inputVolumeNode, outputSegmentationNode)
         stepper = FrameStepper(segmenter, temporal, batch_size=1, postprocessing=postprocessing)
-        record = self._provenance(options, postprocessing, inputVolumeNode)
+        record = provenance.runProvenance(segmenter, postprocessing, inputVolumeNode)
         record["live"] = {"temporal": str(temporal) if temporal else "off"}
         with nodes.nodesRemovedOnFailure(inputVolumeNode.GetScene()):
             segmentationNode = nodes.outputSegmentation(inputVolumeNode, outputSegmentationNode)

@@ -102,8 +102,9 @@ def ensurePyTorch(setStatus: Callable[..., None]) -> bool:
                                 error=True)
                 return False
     torchRequirement = "torch" + torchVersionRequirement()
-    torchVersion = installedVersions().get("torch")
-    if torchVersion and unmetRequirements([torchRequirement]):
+    versions = installedVersions()
+    torchVersion = versions.get("torch")
+    if torchVersion and unmetRequirements([torchRequirement], versions):
         raise BreastUSSegmentError(_(
             "PyTorch {version} is installed but this module needs {requirement}: update it in the PyTorch Utils "
             "module, restart Slicer and click Segment lesion again.").format(

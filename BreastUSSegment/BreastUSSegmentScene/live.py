@@ -38,7 +38,6 @@ class LiveStep:
 
     frame: int  # the frame's number in the stream (from 0)
     seconds: float  # read, segment and write
-    lesion: bool  # whether the Lesion segment holds a lesion now
 
 
 class LiveSession(VTKObservationMixin):
@@ -131,7 +130,7 @@ class LiveSession(VTKObservationMixin):
         ended = time.perf_counter()
         self._stepEnds.append(ended)
         self.framesSegmented += 1
-        self.lastStep = LiveStep(result.index, ended - started, bool(result.processed_mask.any()))
+        self.lastStep = LiveStep(result.index, ended - started)
         return self.lastStep
 
     @property

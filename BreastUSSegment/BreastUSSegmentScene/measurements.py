@@ -150,16 +150,13 @@ def boxLabels(roiMasks: List[np.ndarray]) -> np.ndarray:
     return labels
 
 
-def measureBoxes(roiMasks: List[np.ndarray], spacing) -> List[LesionMeasurement]:
-    """Every frame's lesions measured box by box (:func:`boxLabels`), so no lesion spans two boxes."""
+def measureBoxes(pixels: np.ndarray, color: bool, roiMasks: List[np.ndarray],
+                 spacing) -> Tuple[List[LesionMeasurement], List[list]]:
+    """Every frame's lesions measured box by box (:func:`boxLabels`), so no lesion spans two boxes, and their
+    research-use descriptors in the same order (from the input's ``pixels``, RGB(A) when ``color``)."""
     labels = boxLabels(roiMasks)
-    return measure_frames(labels > 0, spacing, labels)
-
-
-def describeBoxes(pixels: np.ndarray, color: bool, roiMasks: List[np.ndarray], spacing) -> List[list]:
-    """Every frame's lesions described box by box, in the order :func:`measureBoxes` gives them (research use)."""
-    labels = boxLabels(roiMasks)
-    return describe_frames(pixels, labels > 0, spacing, labels, color=color)
+    masks = labels > 0
+    return measure_frames(masks, spacing, labels), describe_frames(pixels, masks, spacing, labels, color=color)
 
 
 def byBox(frames: List[LesionMeasurement], count: int) -> List[List[LesionMeasurement]]:

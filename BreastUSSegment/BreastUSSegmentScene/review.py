@@ -4,11 +4,11 @@ frame shown, and the Lesion segment exported as a labelmap."""
 import os
 from typing import List
 
-from BreastUSSegmentLib.descriptors import describe_frames
-from BreastUSSegmentLib.measure import LesionMeasurement, measure_frames
+from BreastUSSegmentLib.measure import LesionMeasurement
 
 from . import inputs, measurements, nodes, segments, sequences, status
 from .common import LABELMAP_SUFFIXES, MEASUREMENT_TABLE_ROLE, BreastUSSegmentError, _
+from .progress import RunProgress
 
 
 def measureLesion(segmentationNode, referenceVolumeNode, maxInputPixels: int, segmentId=None) -> List[LesionMeasurement]:
@@ -25,11 +25,10 @@ def measureLesion(segmentationNode, referenceVolumeNode, maxInputPixels: int, se
         return frames
     masks = segments.arrayFromSegment(segmentationNode, segmentId, referenceVolumeNode)
     segments.updateAlgorithmType(segmentationNode, segmentId, masks)
-    spacing = inputs.volumeSpacing(referenceVolumeNode)
-    frames = measure_frames(masks, spacing)
     pixels, color = inputs.volumeArray(referenceVolumeNode, maxInputPixels)
-    measurements.lesionTable(segmentationNode, segmentId, frames, descriptors=describe_frames(pixels, masks, spacing,
-                                                                                      color=color))
+    frames, described = measurements.measureFrames(masks, pixels, color, inputs.volumeSpacing(referenceVolumeNode),
+                                                   RunProgress())
+    measurements.lesionTable(segmentationNode, segmentId, frames, descriptors=described)
     return frames
 
 def shownDescriptors(segmentationNode, referenceVolumeNode) -> str:
