@@ -28,18 +28,39 @@ def isSceneBookkeeping(node) -> bool:
 
 
 @contextmanager
+def _addedNodes(scene):
+    """The list of the nodes added to ``scene`` while the ``with`` block runs, in the order they were added
+    (heard from the scene, so no walk over all its nodes)."""
+    added = []
+
+    @vtk.calldata_type(vtk.VTK_OBJECT)
+    def onNodeAdded(caller, event, node):
+        added.append(node)
+
+    tag = scene.AddObserver(slicer.vtkMRMLScene.NodeAddedEvent, onNodeAdded)
+    try:
+        yield added
+    finally:
+        scene.RemoveObserver(tag)
+
+
+def _removeAdded(scene, added: list, keep=lambda node: False) -> None:
+    """Remove the ``added`` nodes still in ``scene``, last added first, except those ``keep`` says to keep."""
+    for node in reversed(added):
+        if node.GetScene() is scene and not keep(node):
+            scene.RemoveNode(node)
+
+
+@contextmanager
 def nodesRemovedOnFailure(scene):
     """Remove every node added to ``scene`` inside the ``with`` block when the block raises, so a failed
     write leaves no half-made nodes (the scene's own singletons and subject hierarchy stay)."""
-    before = {scene.GetNthNode(index).GetID() for index in range(scene.GetNumberOfNodes())}
-    try:
-        yield
-    except BaseException:
-        added = [scene.GetNthNode(index) for index in range(scene.GetNumberOfNodes())]
-        for node in reversed([node for node in added if node.GetID() not in before]):
-            if node.GetScene() is scene and not isSceneBookkeeping(node):
-                scene.RemoveNode(node)
-        raise
+    with _addedNodes(scene) as added:
+        try:
+            yield
+        except BaseException:
+            _removeAdded(scene, added, keep=isSceneBookkeeping)
+            raise
 
 
 @contextmanager
@@ -47,14 +68,11 @@ def helperNodesRemoved(scene):
     """Remove every node added to ``scene`` inside the ``with`` block (display nodes, colour tables, subject
     hierarchy... that segmentation imports and exports make), e.g. in a Sequence's own scene, where they would
     pile up with every run and be saved with the Sequence."""
-    before = {scene.GetNthNode(index).GetID() for index in range(scene.GetNumberOfNodes())}
-    try:
-        yield
-    finally:
-        added = [scene.GetNthNode(index) for index in range(scene.GetNumberOfNodes())]
-        for node in reversed([node for node in added if node.GetID() not in before]):
-            if node.GetScene() is scene:
-                scene.RemoveNode(node)
+    with _addedNodes(scene) as added:
+        try:
+            yield
+        finally:
+            _removeAdded(scene, added)
 
 
 def kji(volumeNode):
