@@ -219,13 +219,13 @@ class SegmentationOptions:
 
     @classmethod
     def fromParameterNode(cls, parameters, weightsPath, card) -> "SegmentationOptions":
-        """The panel's choices: every field of the same name in the parameter node, its post-processing applied to
-        the model card ``card`` (a ``ModelCard``) of the model at ``weightsPath``."""
+        """The panel's choices: every field of the same name in the parameter node (a choice, an enum there, as
+        its value), its post-processing applied to the model card ``card`` (a ``ModelCard``) of the model at
+        ``weightsPath``."""
         values = {f.name: getattr(parameters, f.name) for f in fields(cls)
-                  if f.name not in ("weightsPath", "device", "backend", "precision", "postprocessing")}
-        return cls(weightsPath=weightsPath, device=parameters.device.value, backend=parameters.backend.value,
-                   precision=parameters.precision.value,
-                   postprocessing=parameters.postprocessing.options(card.postprocess_options), **values)
+                  if f.name not in ("weightsPath", "postprocessing")}
+        return cls(weightsPath=weightsPath, postprocessing=parameters.postprocessing.options(card.postprocess_options),
+                   **{name: value.value if isinstance(value, enum.Enum) else value for name, value in values.items()})
 
 
 def parameterWidgets(widgets) -> dict:
